@@ -1,0 +1,158 @@
+//! The events file: one JSON object a line, written by the supervisor alone, flushed as
+//! each event happens, rotated by size with each new file starting with a snapshot.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+/// The writer of the events file.
+#[derive(Debug)]
+pub struct EventsFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    seq: u64,
+    rotate_bytes: u64,
+    keep: u32,
+}
+
+/// Wall-clock seconds, as `ts` in every event.
+pub fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The `.N` file of a rotation.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The `seq` of the last complete line of a file, if any.
+fn last_seq(path: &Path) -> Option<u64> {
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    // The last line is short; read the tail only.
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut last = None;
+    for line in BufReader::new(file).lines().map_while(Result::ok) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
+                last = Some(seq);
+            }
+        }
+    }
+    last
+}
+
+impl EventsFile {
+    /// Open the events file for a new run: `seq` continues from the newest file, and a
+    /// non-empty file is rotated first so the new one begins with our snapshot.
+    pub fn open(path: &Path, rotate_bytes: u64, keep: u32) -> io::Result<EventsFile> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let seq = last_seq(path)
+            .or_else(|| last_seq(&rotated(path, 1)))
+            .unwrap_or(0);
+        let mut ev = EventsFile {
+            path: path.to_path_buf(),
+            file: Self::open_append(path)?,
+            size: 0,
+            seq,
+            rotate_bytes,
+            keep,
+        };
+        ev.size = ev.file.metadata()?.len();
+        if ev.size > 0 {
+            ev.shift()?;
+        }
+        Ok(ev)
+    }
+
+    fn open_append(path: &Path) -> io::Result<File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it.
+    pub fn write(&mut self, event: &str, fields: &Map<String, Value>) -> io::Result<()> {
+        self.seq += 1;
+        let mut line = format!(
+            "{{\"seq\":{},\"ts\":{},\"event\":{}",
+            self.seq,
+            json!((wall_now() * 1000.0).round() / 1000.0),
+            json!(event)
+        );
+        for (k, v) in fields {
+            line.push(',');
+            line.push_str(&json!(k).to_string());
+            line.push(':');
+            line.push_str(&v.to_string());
+        }
+        line.push_str("}\n");
+        // One write per event: a reader never sees half a line from us.
+        self.file.write_all(line.as_bytes())?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the file has grown past its rotation size.
+    pub fn wants_rotation(&self) -> bool {
+        self.size >= self.rotate_bytes
+    }
+
+    /// Rotate: `path` → `path.1` → … → `path.keep`; the oldest is dropped. The caller
+    /// writes a snapshot first thing into the new file.
+    pub fn shift(&mut self) -> io::Result<()> {
+        if self.keep == 0 {
+            fs::remove_file(&self.path).or_else(ignore_missing)?;
+        } else {
+            fs::remove_file(rotated(&self.path, self.keep)).or_else(ignore_missing)?;
+            for n in (1..self.keep).rev() {
+                fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1))
+                    .or_else(ignore_missing)?;
+            }
+            fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        self.reopen()
+    }
+
+    /// Open `path` again (after logrotate moved it away, on SIGHUP).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = Self::open_append(&self.path)?;
+        self.size = self.file.metadata()?.len();
+        Ok(())
+    }
+
+    /// Whether the file at `path` is no longer the one we write (moved away or empty
+    /// after an external rotation): then it needs a snapshot at its top.
+    pub fn is_fresh(&self) -> bool {
+        self.size == 0
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Read every event of the current file (lines that do not parse are skipped: a torn
+/// last line while the supervisor writes it).
+pub fn read_events(path: &Path) -> io::Result<Vec<Value>> {
+    let file = File::open(path)?;
+    Ok(BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .collect())
+}

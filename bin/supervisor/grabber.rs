@@ -1,0 +1,223 @@
+//! The grabber child: claims jobs from the store against the credits the supervisor
+//! grants (one per free worker slot; no prefetch) and routes them to groups.
+//!
+//! Its polling is buildbot's doorbell loop: a submit, a cancel, a returned credit or a
+//! new config rings it; rings coalesce into one pass; each pass asks to be woken at the
+//! next poll interval (or the next retry time, or after an oslo-style error backoff).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use supervisor_core::backoff::{Backoff, BackoffState};
+use supervisor_core::doorbell::{Doorbell, Outcome};
+use supervisor_core::{SplitMix64, Time};
+use supervisor_store::{JobStore, Route, SqliteStore};
+
+use crate::events_file::wall_now;
+use crate::ipc;
+use crate::wire::{Claim, FromChild, StoreArg, ToChild};
+
+struct Grabber {
+    tx: ipc_channel::ipc::IpcSender<FromChild>,
+    store_arg: StoreArg,
+    store: Option<SqliteStore>,
+    instance: i64,
+    poll_interval: Duration,
+    error_backoff: Backoff,
+    errors: BackoffState,
+    rng: SplitMix64,
+    routes: Vec<Route>,
+    credits: BTreeMap<String, u32>,
+    epochs: BTreeMap<String, u64>,
+    /// The latest epoch the supervisor asked us to poll at.
+    epoch: u64,
+    last_report: Option<(u64, bool)>,
+    cancels_sent: BTreeSet<i64>,
+    started: Instant,
+}
+
+/// Run the grabber until told to stop or the supervisor goes away.
+pub fn main(
+    ipc_name: &str,
+    store: StoreArg,
+    instance: i64,
+    poll_interval_s: f64,
+    error_backoff: Backoff,
+    routes: Vec<Route>,
+) -> i32 {
+    let (tx, rx) = match ipc::connect(ipc_name) {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("grabber: cannot connect to the supervisor: {e}");
+            return 1;
+        }
+    };
+    let mut g = Grabber {
+        tx,
+        store_arg: store,
+        store: None,
+        instance,
+        poll_interval: Duration::from_secs_f64(poll_interval_s),
+        error_backoff,
+        errors: BackoffState::default(),
+        rng: SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64),
+        routes,
+        credits: BTreeMap::new(),
+        epochs: BTreeMap::new(),
+        epoch: 0,
+        last_report: None,
+        cancels_sent: BTreeSet::new(),
+        started: Instant::now(),
+    };
+    if g.tx.send(FromChild::Ready).is_err() {
+        return 1;
+    }
+    let mut bell = Doorbell::new(Duration::from_millis(1));
+    bell.add("poll");
+    bell.ring();
+    loop {
+        let now = g.now();
+        if let Some(pass) = bell.poll(now) {
+            let results: Vec<(&str, Outcome)> =
+                pass.ids.into_iter().map(|k| (k, g.pass())).collect();
+            bell.finish(g.now(), results);
+            continue;
+        }
+        let msg = match bell.next_deadline() {
+            Some(t) => match rx.try_recv_timeout(t.saturating_since(g.now())) {
+                Ok(m) => Some(m),
+                Err(ipc_channel::TryRecvError::Empty) => None,
+                Err(_) => return 0, // the supervisor is gone
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => return 0,
+            },
+        };
+        let Some(msg) = msg else { continue };
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToChild::Ping => {
+                    if g.tx.send(FromChild::Pong).is_err() {
+                        return 0;
+                    }
+                }
+                ToChild::Stop => return 0,
+                ToChild::Routes(r) => {
+                    g.routes = r;
+                    bell.ring();
+                }
+                ToChild::Grant { group, n, epoch } => {
+                    let e = g.epochs.entry(group.clone()).or_insert(0);
+                    let c = g.credits.entry(group).or_insert(0);
+                    if epoch > *e {
+                        *e = epoch;
+                        *c = n;
+                    } else if epoch == *e {
+                        *c += n;
+                    }
+                    bell.ring();
+                }
+                ToChild::Revoke { group, epoch } => {
+                    g.epochs.insert(group.clone(), epoch);
+                    g.credits.insert(group, 0);
+                }
+                ToChild::Poll { epoch } => {
+                    g.epoch = g.epoch.max(epoch);
+                    bell.ring();
+                }
+                ToChild::Wake => bell.ring(),
+                ToChild::Run(_) | ToChild::SignalJob { .. } => {
+                    log::error!("grabber: got a worker's message; ignoring it")
+                }
+            }
+            // Take everything already queued before running a pass: rings coalesce.
+            next = rx.try_recv().ok();
+        }
+    }
+}
+
+impl Grabber {
+    fn now(&self) -> Time {
+        Time::from_origin(self.started.elapsed())
+    }
+
+    /// One pass: claim what the credits allow, pass on cancel requests, report.
+    fn pass(&mut self) -> Outcome {
+        match self.try_pass() {
+            Ok(wake) => {
+                self.errors.reset();
+                Ok(Some(wake))
+            }
+            Err(e) => {
+                let delay = self.errors.next(&self.error_backoff, &mut self.rng);
+                log::warn!(
+                    "grabber: store error: {e}; next try in {:.2}s",
+                    delay.as_secs_f64()
+                );
+                let _ = self.tx.send(FromChild::SourceFailed {
+                    error: e.to_string(),
+                });
+                self.last_report = None;
+                Ok(Some(self.now() + delay))
+            }
+        }
+    }
+
+    fn try_pass(&mut self) -> Result<Time, supervisor_store::StoreError> {
+        if self.store.is_none() {
+            let StoreArg::Sqlite(path) = &self.store_arg;
+            self.store = Some(SqliteStore::open(path)?);
+        }
+        let store = self.store.as_mut().expect("opened above");
+        let wall = wall_now();
+        let mut credits: BTreeMap<String, u32> = self
+            .credits
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(g, &n)| (g.clone(), n))
+            .collect();
+        let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
+        for (group, left) in &credits {
+            self.credits.insert(group.clone(), *left);
+        }
+        for job in &result.jobs {
+            let claim = Claim {
+                id: job.id,
+                group: job.group.clone(),
+                attempt: job.attempt,
+                timeout_s: job.timeout_s,
+                max_attempts: job.max_attempts,
+                epoch: self.epochs.get(&job.group).copied().unwrap_or(0),
+                command: job.command.clone(),
+                env: job.env.clone(),
+                cwd: job.cwd.clone(),
+            };
+            if self.tx.send(FromChild::Claimed(claim)).is_err() {
+                std::process::exit(0);
+            }
+        }
+        let requests = store.cancel_requests(self.instance)?;
+        let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
+        for id in requested.difference(&self.cancels_sent.clone()) {
+            let _ = self.tx.send(FromChild::CancelRequested { job: *id });
+        }
+        self.cancels_sent = requested;
+        let empty = result.jobs.is_empty() && result.more.is_empty();
+        // Report only what is news, so an idle supervisor is not woken every poll.
+        if self.last_report != Some((self.epoch, empty)) {
+            self.last_report = Some((self.epoch, empty));
+            let _ = self.tx.send(FromChild::SourceReport {
+                epoch: self.epoch,
+                empty,
+            });
+        }
+        let mut wake = self.now() + self.poll_interval;
+        if let Some(at) = result.more.waiting_until {
+            let until = Duration::from_secs_f64((at - wall).max(0.0));
+            wake = wake.min(self.now() + until);
+        }
+        Ok(wake)
+    }
+}

@@ -1,0 +1,216 @@
+//! Talking to children: spawn with a handshake, one hub thread that receives from every
+//! child, and one writer thread per child so that a child that stops reading can never
+//! block the supervisor.
+//!
+//! Everything that arrives goes into the supervisor's one event queue as a [`Ev`].
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use ipc_channel::ipc::{
+    self, IpcOneShotServer, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
+};
+use supervisor_core::supervision::ChildId;
+
+use crate::wire::{ChildArgs, FromChild, ToChild};
+
+/// Messages a child may have waiting before it counts as wedged.
+const WRITE_QUEUE: usize = 1024;
+
+/// One thing that happened, for the supervisor's event loop.
+#[derive(Debug)]
+pub enum Ev {
+    /// A signal arrived.
+    Signal(i32),
+    /// A child finished its handshake.
+    Connected {
+        child: ChildId,
+        sender: IpcSender<ToChild>,
+    },
+    /// A child never connected (it died first, or sent garbage).
+    HandshakeFailed { child: ChildId, error: String },
+    /// A message from a child.
+    Message { child: ChildId, msg: FromChild },
+    /// A child's channel closed: it has said everything it will ever say.
+    Closed { child: ChildId },
+    /// A child sent something that does not decode.
+    BadMessage { child: ChildId, error: String },
+}
+
+/// The hub: a thread that selects over every child's receiver.
+pub struct Hub {
+    add: IpcSender<(ChildId, IpcReceiver<FromChild>)>,
+}
+
+impl Hub {
+    /// Start the hub thread, reporting into `events`.
+    pub fn start(events: Sender<Ev>) -> std::io::Result<Hub> {
+        let (add, add_rx) =
+            ipc::channel::<(ChildId, IpcReceiver<FromChild>)>().map_err(std::io::Error::other)?;
+        let mut set = IpcReceiverSet::new()?;
+        let ctl = set.add(add_rx)?;
+        thread::Builder::new()
+            .name("ipc-hub".into())
+            .spawn(move || {
+                let mut ids: std::collections::HashMap<u64, ChildId> = Default::default();
+                loop {
+                    let Ok(results) = set.select() else { return };
+                    for r in results {
+                        match r {
+                            IpcSelectionResult::MessageReceived(id, msg) if id == ctl => {
+                                match msg.to::<(ChildId, IpcReceiver<FromChild>)>() {
+                                    Ok((child, rx)) => match set.add(rx) {
+                                        Ok(sid) => {
+                                            ids.insert(sid, child);
+                                        }
+                                        Err(e) => {
+                                            log::error!("ipc hub cannot watch child {child}: {e}")
+                                        }
+                                    },
+                                    Err(e) => log::error!("ipc hub control message: {e}"),
+                                }
+                            }
+                            IpcSelectionResult::MessageReceived(id, msg) => {
+                                let Some(&child) = ids.get(&id) else { continue };
+                                let ev = match msg.to::<FromChild>() {
+                                    Ok(msg) => Ev::Message { child, msg },
+                                    Err(e) => Ev::BadMessage {
+                                        child,
+                                        error: e.to_string(),
+                                    },
+                                };
+                                if events.send(ev).is_err() {
+                                    return;
+                                }
+                            }
+                            IpcSelectionResult::ChannelClosed(id) if id == ctl => return,
+                            IpcSelectionResult::ChannelClosed(id) => {
+                                if let Some(child) = ids.remove(&id) {
+                                    if events.send(Ev::Closed { child }).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(Hub { add })
+    }
+
+    /// Spawn our own binary as a child in `args.role`, and accept its handshake on a
+    /// helper thread (accept has no timeout of its own; see [`unblock`]).
+    pub fn spawn(
+        &self,
+        child: ChildId,
+        mut args: ChildArgs,
+        events: Sender<Ev>,
+    ) -> std::io::Result<(u32, String)> {
+        let (server, name) = IpcOneShotServer::<FromChild>::new()?;
+        args.ipc = name.clone();
+        let json = serde_json::to_string(&args).map_err(std::io::Error::other)?;
+        // /proc/self/exe, not current_exe(): it still works after the binary was
+        // replaced on disk, and only the running image speaks our message format.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg0("supervisor")
+            .arg("__child")
+            .arg(json)
+            .stdin(Stdio::null());
+        let proc = supervisor_os::spawn_clean(&mut cmd, true)?;
+        let pid = proc.id();
+        drop(proc); // reaped by waitpid(-1) in the event loop
+        let add = self.add.clone();
+        thread::Builder::new()
+            .name(format!("accept-{child}"))
+            .spawn(move || {
+                let ev = match server.accept() {
+                    Ok((rx, FromChild::Hello { to_child, .. })) => match add.send((child, rx)) {
+                        Ok(()) => Ev::Connected {
+                            child,
+                            sender: to_child,
+                        },
+                        Err(e) => Ev::HandshakeFailed {
+                            child,
+                            error: e.to_string(),
+                        },
+                    },
+                    Ok((_, other)) => Ev::HandshakeFailed {
+                        child,
+                        error: format!("expected Hello first, got {other:?}"),
+                    },
+                    Err(e) => Ev::HandshakeFailed {
+                        child,
+                        error: e.to_string(),
+                    },
+                };
+                let _ = events.send(ev);
+            })?;
+        Ok((pid, name))
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// Release an accept thread whose child died before connecting: connect to its server
+/// ourselves, so `accept` returns.
+pub fn unblock(name: &str) {
+    if let Ok(tx) = IpcSender::<FromChild>::connect(name.to_string()) {
+        let _ = tx.send(FromChild::Ready);
+    }
+}
+
+/// A queue to one child, drained by its own writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    queue: Sender<ToChild>,
+}
+
+impl Writer {
+    /// Start the writer thread for one child.
+    pub fn start(child: ChildId, sender: IpcSender<ToChild>) -> Writer {
+        let (queue, rx) = crossbeam_channel::bounded::<ToChild>(WRITE_QUEUE);
+        let spawned = thread::Builder::new()
+            .name(format!("writer-{child}"))
+            .spawn(move || {
+                for msg in rx {
+                    if sender.send(msg).is_err() {
+                        return; // the child is gone; its exit is reported by the reaper
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the writer for child {child}: {e}");
+        }
+        Writer { queue }
+    }
+
+    /// Queue a message. `false` when the child has stopped reading (its queue is
+    /// full) or its writer is gone: the caller treats it as unresponsive.
+    pub fn send(&self, msg: ToChild) -> bool {
+        match self.queue.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// How long the event loop waits for a dead child's channel to close before handling
+/// its exit anyway.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+// ----- the child side ----------------------------------------------------------------
+
+/// A child's end: connect to the supervisor, say hello, and get the receiver for
+/// messages addressed to us.
+pub fn connect(name: &str) -> std::io::Result<(IpcSender<FromChild>, IpcReceiver<ToChild>)> {
+    let tx = IpcSender::<FromChild>::connect(name.to_string())?;
+    let (to_child, rx) = ipc::channel::<ToChild>().map_err(std::io::Error::other)?;
+    tx.send(FromChild::Hello {
+        to_child,
+        pid: std::process::id(),
+    })
+    .map_err(std::io::Error::other)?;
+    Ok((tx, rx))
+}

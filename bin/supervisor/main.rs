@@ -1,0 +1,234 @@
+//! `supervisor`: a multi-process job supervisor. This file is the command line; each
+//! verb lives in its own module (`run`, `commands`), each child role in its own
+//! (`grabber`, `worker`).
+
+mod commands;
+mod events_file;
+mod grabber;
+mod ipc;
+mod run;
+mod wire;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A multi-process job supervisor: a grabber claims jobs from a durable store, worker
+/// pools run them, and everything that happens goes to an events file.
+#[derive(Debug, Parser)]
+#[command(name = "supervisor", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+/// `-c FILE`, shared by every verb.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigArg {
+    /// The config file [default: $SUPERVISOR_CONFIG, then ./supervisor.json]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> PathBuf {
+        supervisor_config::default_config_path(self.config.as_deref())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Run the supervisor in the foreground until stopped.
+    ///
+    /// Example: supervisor run -c supervisor.json --until-empty
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Exit (code 0) once no runnable job is queued and none is running.
+        #[arg(long)]
+        until_empty: bool,
+    },
+    /// Queue one job (or a file of JSON lines) and print its id.
+    ///
+    /// Example: supervisor submit --group x86_64 --tag arch=x86_64 --timeout 60 -- make -j4
+    Submit(commands::SubmitArgs),
+    /// Show the supervisor, every child and job counts.
+    ///
+    /// Example: supervisor status --json
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    ///
+    /// Example: supervisor jobs --state failed
+    Jobs {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only jobs in this state (queued, running, succeeded, failed, timed_out, dead, canceled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    ///
+    /// Example: supervisor job 17 --json
+    Job {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The job's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued job at once, or stop a running one (SIGTERM, then SIGKILL).
+    ///
+    /// Example: supervisor cancel 17
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The job's id.
+        id: String,
+    },
+    /// Print the events file (human form on a terminal, JSON lines otherwise).
+    ///
+    /// Example: supervisor events --follow --json
+    Events {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Keep printing new events, across rotations.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running supervisor to reload its config (SIGHUP).
+    ///
+    /// Example: supervisor reload
+    Reload {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Ask the running supervisor to stop gracefully (SIGTERM).
+    ///
+    /// Example: supervisor stop --wait
+    Stop {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Wait until it has exited.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Validate the config and print a summary.
+    ///
+    /// Example: supervisor check -c supervisor.json
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Internal: a child process of a running supervisor.
+    #[command(name = "__child", hide = true)]
+    Child {
+        /// The child's arguments, as JSON.
+        args: String,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Verb::Run {
+            config,
+            until_empty,
+        } => run::run(&config.path(), until_empty),
+        Verb::Submit(args) => commands::submit(args),
+        Verb::Status { config, json } => commands::status(&config.path(), json),
+        Verb::Jobs {
+            config,
+            state,
+            json,
+        } => commands::jobs(&config.path(), state.as_deref(), json),
+        Verb::Job { config, id, json } => commands::job(&config.path(), &id, json),
+        Verb::Cancel { config, id } => commands::cancel(&config.path(), &id),
+        Verb::Events {
+            config,
+            follow,
+            json,
+        } => commands::events(&config.path(), follow, json),
+        Verb::Reload { config } => commands::signal(&config.path(), commands::Control::Reload),
+        Verb::Stop { config, wait } => {
+            commands::signal(&config.path(), commands::Control::Stop { wait })
+        }
+        Verb::Check { config } => commands::check(&config.path()),
+        Verb::Child { args } => Ok(child(&args)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("supervisor: {e:#}");
+            ExitCode::from(run::EXIT_FAILURE as u8)
+        }
+    }
+}
+
+/// Run as a child of a supervisor, in the role its arguments name.
+fn child(args: &str) -> i32 {
+    let args: wire::ChildArgs = match serde_json::from_str(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("supervisor: bad child arguments: {e}");
+            return run::EXIT_USAGE;
+        }
+    };
+    // The supervisor may have died between our fork and PR_SET_PDEATHSIG.
+    if nix::unistd::getppid().as_raw() as u32 != args.parent {
+        return 1;
+    }
+    match args.role {
+        wire::ChildRole::Grabber {
+            store,
+            instance,
+            poll_interval_s,
+            error_backoff,
+            routes,
+        } => grabber::main(
+            &args.ipc,
+            store,
+            instance,
+            poll_interval_s,
+            error_backoff.into(),
+            routes,
+        ),
+        wire::ChildRole::Worker {
+            logs, kill_grace_s, ..
+        } => worker::main(
+            &args.ipc,
+            logs,
+            std::time::Duration::from_secs_f64(kill_grace_s),
+        ),
+    }
+}
+
+/// The routing table the grabber uses: the groups in config order.
+pub fn routes(config: &supervisor_config::Config) -> Vec<supervisor_store::Route> {
+    config
+        .groups
+        .iter()
+        .map(|g| supervisor_store::Route {
+            group: g.name.clone(),
+            matches: g.matches.clone(),
+        })
+        .collect()
+}

@@ -1,0 +1,705 @@
+//! `supervisor run`: the thin OS shell around the core. One event loop that blocks on
+//! one queue until a signal, an IPC message or the core's next deadline; it feeds the
+//! core what happened and carries out what the core decides.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Map, Value};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use supervisor_config::{Config, StoreConfig};
+use supervisor_core::doorbell::Doorbell;
+use supervisor_core::supervision::{Action, ChildId, ClaimedJob, Core, Input, Next, Outcome, Role};
+use supervisor_core::{SplitMix64, Time};
+use supervisor_os::{PidFile, PidFileState, Sig};
+use supervisor_store::{JobStore, SqliteStore};
+
+use crate::events_file::{wall_now, EventsFile};
+use crate::ipc::{self, Ev, Hub, Writer};
+use crate::wire::{ChildArgs, ChildRole, Claim, FromChild, JobPayload, StoreArg, ToChild};
+
+/// Exit codes of the contract.
+pub const EXIT_FAILURE: i32 = 1;
+/// Bad usage or config.
+pub const EXIT_USAGE: i32 = 2;
+
+/// A child as the shell knows it: how to reach it and whether its channel is closed.
+struct ShellChild {
+    pid: Option<u32>,
+    ipc_name: String,
+    writer: Option<Writer>,
+    closed: bool,
+    /// Reaped, waiting for the channel to close before the core hears of it.
+    exit: Option<(supervisor_core::supervision::ProcessEnd, Instant)>,
+}
+
+/// The running supervisor.
+struct Supervisor {
+    config: Config,
+    generation: u64,
+    core: Core,
+    started: Instant,
+    events: EventsFile,
+    store: SqliteStore,
+    instance: i64,
+    hub: Hub,
+    queue_tx: Sender<Ev>,
+    children: HashMap<ChildId, ShellChild>,
+    by_pid: HashMap<u32, ChildId>,
+    /// What workers need to run the jobs the core knows by id.
+    claims: HashMap<i64, Claim>,
+    /// SIGHUPs coalesce here: one reload pass after the last ring.
+    reloads: Doorbell<&'static str>,
+    sigints: u32,
+    exit_code: Option<i32>,
+}
+
+/// Run the supervisor in the foreground until it stops; returns the exit code.
+pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
+    let config = match supervisor_config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    std::fs::create_dir_all(config.state_dir.join("logs"))
+        .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
+    let pid_path = config.state_dir.join("supervisor.pid");
+    let _pidfile = match PidFile::acquire(&pid_path) {
+        Ok(p) => p,
+        Err(PidFileState::Running(pid)) => {
+            eprintln!(
+                "supervisor: another supervisor (pid {pid}) is already running on {}",
+                config.state_dir.display()
+            );
+            return Ok(EXIT_FAILURE);
+        }
+        Err(_) => return Err(anyhow!("cannot create the pidfile {}", pid_path.display())),
+    };
+    supervisor_os::become_subreaper().context("cannot become child subreaper")?;
+
+    let mut store = open_store(&config.store)?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid = std::process::id();
+    let token = supervisor_os::process_start_ticks(pid)
+        .unwrap_or(0)
+        .to_string();
+    let instance = store.register_instance(&host, pid, &token, wall_now())?;
+    let orphans = store.requeue_orphans(instance, &|i| {
+        // A supervisor on this host is dead when its pid is gone or now names another
+        // process (a different start time).
+        i.host == host
+            && (!supervisor_os::pid_alive(i.pid)
+                || supervisor_os::process_start_ticks(i.pid).map(|t| t.to_string())
+                    != Some(i.token.clone()))
+    })?;
+    if !orphans.is_empty() {
+        log::info!(
+            "requeued {} job(s) held by a dead supervisor",
+            orphans.len()
+        );
+    }
+
+    let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
+    start_signal_thread(queue_tx.clone())?;
+    let hub = Hub::start(queue_tx.clone()).context("cannot start the IPC hub")?;
+    let events = EventsFile::open(
+        &config.events.path,
+        config.events.rotate_bytes,
+        config.events.keep,
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the events file {}",
+            config.events.path.display()
+        )
+    })?;
+    let seed = (wall_now() * 1e9) as u64 ^ u64::from(pid);
+    let core = Core::new(config.spec(until_empty), Box::new(SplitMix64::new(seed)));
+    let mut reloads = Doorbell::new(Duration::from_millis(1));
+    reloads.add("reload");
+    let mut sv = Supervisor {
+        config,
+        generation: 1,
+        core,
+        started: Instant::now(),
+        events,
+        store,
+        instance,
+        hub,
+        queue_tx,
+        children: HashMap::new(),
+        by_pid: HashMap::new(),
+        claims: HashMap::new(),
+        reloads,
+        sigints: 0,
+        exit_code: None,
+    };
+    sv.snapshot();
+    let mut f = Map::new();
+    f.insert("pid".into(), json!(pid));
+    f.insert("config".into(), json!(sv.config.path));
+    f.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    sv.emit("supervisor_started", f);
+    sv.config_event("config_loaded", None);
+    sv.feed(Input::Start);
+    let code = sv.event_loop(&queue_rx);
+    let _ = sv.store.unregister_instance(sv.instance);
+    Ok(code)
+}
+
+fn open_store(cfg: &StoreConfig) -> Result<SqliteStore> {
+    match cfg {
+        StoreConfig::Sqlite { path } => SqliteStore::open(path)
+            .with_context(|| format!("cannot open the job store {}", path.display())),
+        StoreConfig::Postgres { .. } => Err(anyhow!(
+            "the postgres store is not available in this build; use {{\"sqlite\": {{}}}}"
+        )),
+    }
+}
+
+fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Ev::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+impl Supervisor {
+    fn now(&self) -> Time {
+        Time::from_origin(self.started.elapsed())
+    }
+
+    fn event_loop(&mut self, rx: &Receiver<Ev>) -> i32 {
+        loop {
+            if let Some(code) = self.exit_code {
+                return code;
+            }
+            let deadline = [
+                self.core.next_deadline(),
+                self.reloads.next_deadline(),
+                self.close_wait_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let ev = match deadline {
+                Some(t) => {
+                    let wait = t.saturating_since(self.now());
+                    match rx.recv_timeout(wait) {
+                        Ok(ev) => Some(ev),
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                            return EXIT_FAILURE
+                        }
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(ev) => Some(ev),
+                    Err(_) => return EXIT_FAILURE,
+                },
+            };
+            if let Some(ev) = ev {
+                self.on_event(ev);
+                // Drain what else is queued before timers and reloads, so bursts coalesce.
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(ev) => self.on_event(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.deliver_overdue_exits();
+            let now = self.now();
+            if let Some(pass) = self.reloads.poll(now) {
+                let results: Vec<_> = pass.ids.into_iter().map(|k| (k, self.reload())).collect();
+                self.reloads.finish(self.now(), results);
+            }
+            if self.core.next_deadline().is_some_and(|t| t <= now) {
+                let actions = self.core.on_timeout(now);
+                self.execute(actions);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Ev) {
+        match ev {
+            Ev::Signal(SIGCHLD) => self.reap(),
+            Ev::Signal(SIGTERM) => self.feed(Input::Shutdown {
+                reason: "SIGTERM".into(),
+                immediate: false,
+            }),
+            Ev::Signal(SIGINT) => {
+                self.sigints += 1;
+                self.feed(Input::Shutdown {
+                    reason: if self.sigints > 1 {
+                        "second SIGINT"
+                    } else {
+                        "SIGINT"
+                    }
+                    .into(),
+                    immediate: self.sigints > 1,
+                });
+            }
+            Ev::Signal(SIGHUP) => {
+                if let Err(e) = self.events.reopen() {
+                    log::error!("cannot reopen the events file: {e}");
+                }
+                if self.events.is_fresh() {
+                    self.snapshot();
+                }
+                self.reloads.ring();
+            }
+            Ev::Signal(SIGUSR1) => {
+                // The doorbell of `submit` and `cancel`: the grabber looks at the store now.
+                if let Some(g) = self.core.grabber() {
+                    self.send(g, ToChild::Wake);
+                }
+            }
+            Ev::Signal(other) => log::debug!("ignoring signal {other}"),
+            Ev::Connected { child, sender } => match self.children.get_mut(&child) {
+                Some(c) if c.exit.is_none() => c.writer = Some(Writer::start(child, sender)),
+                _ => {}
+            },
+            Ev::HandshakeFailed { child, error } => {
+                log::debug!("child {child}: handshake failed: {error}");
+                if let Some(c) = self.children.get_mut(&child) {
+                    c.closed = true;
+                }
+                self.maybe_deliver_exit(child);
+            }
+            Ev::Closed { child } => {
+                if let Some(c) = self.children.get_mut(&child) {
+                    c.closed = true;
+                }
+                self.maybe_deliver_exit(child);
+            }
+            Ev::BadMessage { child, error } => {
+                log::error!("child {child} sent an undecodable message: {error}; killing it");
+                if let Some(pid) = self.children.get(&child).and_then(|c| c.pid) {
+                    let _ = supervisor_os::signal_pid(pid, Sig::SIGKILL);
+                }
+            }
+            Ev::Message { child, msg } => self.on_message(child, msg),
+        }
+    }
+
+    fn on_message(&mut self, child: ChildId, msg: FromChild) {
+        let input = match msg {
+            FromChild::Hello { .. } => return,
+            FromChild::Ready => {
+                let Some(role) = self.core.role(child).cloned() else {
+                    return;
+                };
+                if role == Role::Grabber {
+                    let routes = crate::routes(&self.config);
+                    self.send(child, ToChild::Routes(routes));
+                }
+                // Not a core decision, but `status` needs it to tell starting from up.
+                let mut f = Map::new();
+                f.insert("role".into(), json!(role.kind()));
+                f.insert("group".into(), json!(role.group()));
+                f.insert("slot".into(), json!(role.slot()));
+                f.insert(
+                    "pid".into(),
+                    json!(self.children.get(&child).and_then(|c| c.pid)),
+                );
+                self.emit("child_ready", f);
+                Input::Ready { child }
+            }
+            FromChild::Pong => Input::Alive { child },
+            FromChild::Claimed(claim) => {
+                let job = ClaimedJob {
+                    id: claim.id,
+                    group: claim.group.clone(),
+                    attempt: claim.attempt,
+                    timeout: claim.timeout_s.map(Duration::from_secs_f64),
+                    max_attempts: claim.max_attempts,
+                    epoch: claim.epoch,
+                };
+                self.claims.insert(claim.id, claim);
+                Input::JobClaimed(job)
+            }
+            FromChild::SourceReport { epoch, empty } => Input::SourceReport { epoch, empty },
+            FromChild::SourceFailed { error } => Input::SourceFailed { error },
+            FromChild::CancelRequested { job } => Input::CancelRequested { job },
+            FromChild::JobStarted { job, pid } => Input::JobStarted { child, job, pid },
+            FromChild::JobEnded { job, end } => Input::JobEnded {
+                child,
+                job,
+                end: end.map(Into::into),
+            },
+        };
+        self.feed(input);
+    }
+
+    /// Reap every ended child; tell the core once its channel has also closed.
+    fn reap(&mut self) {
+        for (pid, ended) in supervisor_os::reap_all() {
+            let Some(&child) = self.by_pid.get(&pid) else {
+                continue; // an orphaned grandchild: reaped, nothing more to do
+            };
+            let end = crate::wire::WireEnd::from(ended).into();
+            if let Some(c) = self.children.get_mut(&child) {
+                c.exit = Some((end, Instant::now()));
+                if c.writer.is_none() && !c.closed {
+                    // Died before its handshake: free the accept thread.
+                    ipc::unblock(&c.ipc_name);
+                }
+            }
+            self.maybe_deliver_exit(child);
+        }
+    }
+
+    fn maybe_deliver_exit(&mut self, child: ChildId) {
+        let ready = self.children.get(&child).is_some_and(|c| {
+            c.exit.is_some()
+                && (c.closed || c.exit.is_some_and(|(_, t)| t.elapsed() >= ipc::CLOSE_WAIT))
+        });
+        if !ready {
+            return;
+        }
+        let c = self.children.remove(&child).expect("checked above");
+        let pid = c.pid.expect("a reaped child has a pid");
+        self.by_pid.remove(&pid);
+        let (end, _) = c.exit.expect("checked above");
+        self.feed(Input::Exited { pid, end });
+    }
+
+    fn close_wait_deadline(&self) -> Option<Time> {
+        self.children
+            .values()
+            .filter_map(|c| c.exit.map(|(_, t)| t))
+            .min()
+            .map(|t| Time::from_origin(t.duration_since(self.started)) + ipc::CLOSE_WAIT)
+    }
+
+    fn deliver_overdue_exits(&mut self) {
+        let overdue: Vec<ChildId> = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.exit.is_some_and(|(_, t)| t.elapsed() >= ipc::CLOSE_WAIT))
+            .map(|(&id, _)| id)
+            .collect();
+        for child in overdue {
+            self.maybe_deliver_exit(child);
+        }
+    }
+
+    /// Feed one input to the core and carry out everything that follows.
+    fn feed(&mut self, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let actions = self.core.handle(self.now(), input);
+            inputs.extend(self.execute(actions));
+        }
+    }
+
+    /// Carry out actions in order; returns inputs they produced (spawn results).
+    fn execute(&mut self, actions: Vec<Action>) -> Vec<Input> {
+        let mut back = Vec::new();
+        for action in actions {
+            match action {
+                Action::Spawn { child, role } => back.push(self.spawn(child, role)),
+                Action::StopChild { child } => {
+                    let connected = self
+                        .children
+                        .get(&child)
+                        .is_some_and(|c| c.writer.is_some());
+                    if !connected || !self.send(child, ToChild::Stop) {
+                        if let Some(pid) = self.children.get(&child).and_then(|c| c.pid) {
+                            let _ = supervisor_os::signal_pid(pid, Sig::SIGTERM);
+                        }
+                    }
+                }
+                Action::KillChild { pid, signal, .. } => {
+                    let sig = if crate::wire::is_kill(signal) {
+                        Sig::SIGKILL
+                    } else {
+                        Sig::SIGTERM
+                    };
+                    let _ = supervisor_os::signal_pid(pid, sig);
+                }
+                Action::Ping { child } => {
+                    self.send(child, ToChild::Ping);
+                }
+                Action::StartJob { child, job } => {
+                    let payload = match self.claims.get(&job.id) {
+                        Some(c) => JobPayload {
+                            id: c.id,
+                            attempt: c.attempt,
+                            command: c.command.clone(),
+                            env: c.env.clone(),
+                            cwd: c.cwd.clone(),
+                        },
+                        None => {
+                            log::error!("job {} has no payload; cannot start it", job.id);
+                            continue;
+                        }
+                    };
+                    self.send(child, ToChild::Run(payload));
+                }
+                Action::SignalJob { child, job, signal } => {
+                    self.send(
+                        child,
+                        ToChild::SignalJob {
+                            job,
+                            kill: crate::wire::is_kill(signal),
+                        },
+                    );
+                }
+                Action::KillJobGroup { pgid } => {
+                    let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
+                }
+                Action::Grant { group, n, epoch } => {
+                    self.to_grabber(ToChild::Grant { group, n, epoch })
+                }
+                Action::Revoke { group, epoch } => {
+                    self.to_grabber(ToChild::Revoke { group, epoch })
+                }
+                Action::Poll { epoch } => self.to_grabber(ToChild::Poll { epoch }),
+                Action::RecordOutcome {
+                    job,
+                    attempt,
+                    outcome,
+                    end,
+                    next,
+                } => {
+                    self.record(job, attempt, outcome, end, next);
+                }
+                Action::Release { job, attempt } => {
+                    self.claims.remove(&job);
+                    if let Err(e) = self.store.release(job, attempt, self.instance) {
+                        log::error!("cannot requeue job {job}: {e}");
+                    }
+                }
+                Action::ReleaseStrays { known } => {
+                    match self.store.release_strays(self.instance, &known) {
+                        Ok(ids) if !ids.is_empty() => log::warn!(
+                            "requeued jobs {ids:?} the grabber claimed but never reported"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::error!("cannot requeue the grabber's unreported claims: {e}")
+                        }
+                    }
+                }
+                Action::Emit(event) => {
+                    let (name, fields) = crate::wire::event_record(&event);
+                    self.emit(name, fields);
+                }
+                Action::Exit { code } => self.exit_code = Some(code),
+            }
+        }
+        back
+    }
+
+    fn record(
+        &mut self,
+        job: i64,
+        attempt: u32,
+        outcome: Outcome,
+        end: Option<supervisor_core::supervision::ProcessEnd>,
+        next: Next,
+    ) {
+        self.claims.remove(&job);
+        let o = supervisor_store::Outcome {
+            kind: match outcome {
+                Outcome::Succeeded => supervisor_store::OutcomeKind::Succeeded,
+                Outcome::Failed => supervisor_store::OutcomeKind::Failed,
+                Outcome::TimedOut => supervisor_store::OutcomeKind::TimedOut,
+                Outcome::Lost => supervisor_store::OutcomeKind::Lost,
+                Outcome::Canceled => supervisor_store::OutcomeKind::Canceled,
+            },
+            exit_code: end.and_then(|e| e.code()),
+            signal: end.and_then(|e| e.signal()),
+        };
+        let now = wall_now();
+        let next = match next {
+            Next::Done => supervisor_store::Next::Done,
+            Next::Dead => supervisor_store::Next::Dead,
+            Next::Retry { delay } => supervisor_store::Next::Retry {
+                at: now + delay.as_secs_f64(),
+            },
+        };
+        match self
+            .store
+            .record_outcome(job, attempt, self.instance, &o, next, now)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
+            }
+            Err(e) => log::error!("cannot store the outcome of job {job}: {e}"),
+        }
+    }
+
+    fn spawn(&mut self, child: ChildId, role: Role) -> Input {
+        let role_arg = match &role {
+            Role::Grabber => ChildRole::Grabber {
+                store: match &self.config.store {
+                    StoreConfig::Sqlite { path } => StoreArg::Sqlite(path.clone()),
+                    StoreConfig::Postgres { .. } => unreachable!("refused at start"),
+                },
+                instance: self.instance,
+                poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
+                error_backoff: self.config.grabber.error_backoff.into(),
+                routes: crate::routes(&self.config),
+            },
+            Role::Worker { group, slot } => ChildRole::Worker {
+                group: group.clone(),
+                slot: *slot,
+                logs: self.config.state_dir.join("logs"),
+                kill_grace_s: self.core.spec().kill_grace.as_secs_f64(),
+            },
+        };
+        let args = ChildArgs {
+            ipc: String::new(),
+            role: role_arg,
+            parent: std::process::id(),
+        };
+        match self.hub.spawn(child, args, self.queue_tx.clone()) {
+            Ok((pid, ipc_name)) => {
+                self.children.insert(
+                    child,
+                    ShellChild {
+                        pid: Some(pid),
+                        ipc_name,
+                        writer: None,
+                        closed: false,
+                        exit: None,
+                    },
+                );
+                self.by_pid.insert(pid, child);
+                Input::Spawned { child, pid }
+            }
+            Err(e) => Input::SpawnFailed {
+                child,
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Queue a message to a child; a child whose queue is full has stopped reading and
+    /// is killed (its exit is then handled as a crash).
+    fn send(&mut self, child: ChildId, msg: ToChild) -> bool {
+        let Some(c) = self.children.get(&child) else {
+            return false;
+        };
+        let Some(w) = &c.writer else { return false };
+        if w.send(msg) {
+            return true;
+        }
+        log::error!("child {child} stopped reading its messages; killing it");
+        if let Some(pid) = c.pid {
+            let _ = supervisor_os::signal_pid(pid, Sig::SIGKILL);
+        }
+        false
+    }
+
+    fn to_grabber(&mut self, msg: ToChild) {
+        if let Some(g) = self.core.grabber() {
+            self.send(g, msg);
+        }
+    }
+
+    fn emit(&mut self, name: &str, fields: Map<String, Value>) {
+        if let Err(e) = self.events.write(name, &fields) {
+            log::error!("cannot write to the events file: {e}");
+        }
+        if self.events.wants_rotation() {
+            match self.events.shift() {
+                Ok(()) => self.snapshot(),
+                Err(e) => log::error!("cannot rotate the events file: {e}"),
+            }
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let mut f = Map::new();
+        f.insert("supervisor_pid".into(), json!(std::process::id()));
+        f.insert(
+            "children".into(),
+            crate::wire::child_rows(&self.core.children()),
+        );
+        f.insert("generation".into(), json!(self.generation));
+        if let Err(e) = self.events.write("snapshot", &f) {
+            log::error!("cannot write to the events file: {e}");
+        }
+    }
+
+    fn config_event(&mut self, name: &str, error: Option<String>) {
+        let mut f = Map::new();
+        f.insert("path".into(), json!(self.config.path));
+        match error {
+            None => f.insert("generation".into(), json!(self.generation)),
+            Some(e) => f.insert("error".into(), json!(e)),
+        };
+        self.emit(name, f);
+    }
+
+    /// One reload pass: read the config again and apply it, or reject it whole.
+    fn reload(&mut self) -> supervisor_core::doorbell::Outcome {
+        if self.core.is_stopping() {
+            return Ok(None);
+        }
+        let path = self.config.path.clone();
+        let new = match supervisor_config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.config_event("config_rejected", Some(e.to_string()));
+                return Ok(None);
+            }
+        };
+        if let Some(why) = unchangeable(&self.config, &new) {
+            self.config_event("config_rejected", Some(why));
+            return Ok(None);
+        }
+        let until_empty = self.core.spec().until_empty;
+        self.config = new;
+        self.generation += 1;
+        self.config_event("config_loaded", None);
+        let routes = crate::routes(&self.config);
+        self.to_grabber(ToChild::Routes(routes));
+        let spec = self.config.spec(until_empty);
+        self.feed(Input::Reload(spec));
+        Ok(None)
+    }
+}
+
+/// What a reload cannot change while running, named for the operator.
+fn unchangeable(old: &Config, new: &Config) -> Option<String> {
+    let mut what = Vec::new();
+    if old.state_dir != new.state_dir {
+        what.push("state_dir");
+    }
+    if old.store != new.store {
+        what.push("store");
+    }
+    if old.events.path != new.events.path {
+        what.push("events.path");
+    }
+    if what.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "{}: {} cannot change while running; stop and start the supervisor",
+            new.path.display(),
+            what.join(", ")
+        ))
+    }
+}

@@ -1,0 +1,314 @@
+//! The boundaries: IPC messages between the supervisor and its children, and the
+//! records of the events file. Both have their own types, converted from the core's,
+//! so that refactoring the core cannot silently change a wire or file format.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use supervisor_core::backoff::Backoff;
+use supervisor_core::supervision::{ChildView, Event, ProcessEnd, Role, Signal};
+
+/// A job's id in the store.
+pub type JobId = i64;
+
+/// What a child sends to the supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromChild {
+    /// The first message: where to send to this child.
+    Hello {
+        to_child: IpcSender<ToChild>,
+        pid: u32,
+    },
+    /// Initialised and able to work.
+    Ready,
+    /// The answer to a [`ToChild::Ping`].
+    Pong,
+    /// The grabber claimed a job.
+    Claimed(Claim),
+    /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
+    SourceReport { epoch: u64, empty: bool },
+    /// The grabber could not reach the store.
+    SourceFailed { error: String },
+    /// `supervisor cancel` asked to stop this running job.
+    CancelRequested { job: JobId },
+    /// A worker started its job's process (also its process group).
+    JobStarted { job: JobId, pid: u32 },
+    /// A worker's job ended; `end` is `None` when its command could not start.
+    JobEnded { job: JobId, end: Option<WireEnd> },
+}
+
+/// What the supervisor sends to a child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToChild {
+    /// Are you alive?
+    Ping,
+    /// Exit by yourself.
+    Stop,
+    /// Grabber: the groups to route to, in config order.
+    Routes(Vec<supervisor_store::Route>),
+    /// Grabber: `n` more credits for `group` (a newer epoch replaces the count).
+    Grant { group: String, n: u32, epoch: u64 },
+    /// Grabber: drop every credit of `group`, counting from `epoch` on.
+    Revoke { group: String, epoch: u64 },
+    /// Grabber: poll now and report with this epoch.
+    Poll { epoch: u64 },
+    /// Grabber: the doorbell rang (a submit or cancel): poll now.
+    Wake,
+    /// Worker: run this job.
+    Run(JobPayload),
+    /// Worker: signal the job's process group.
+    SignalJob { job: JobId, kill: bool },
+}
+
+/// A claim, with what a worker needs to run it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claim {
+    pub id: JobId,
+    pub group: String,
+    pub attempt: u32,
+    pub timeout_s: Option<f64>,
+    pub max_attempts: Option<u32>,
+    pub epoch: u64,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// What a worker needs to run one attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobPayload {
+    pub id: JobId,
+    pub attempt: u32,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// How a process ended, on the wire.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub enum WireEnd {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<WireEnd> for ProcessEnd {
+    fn from(e: WireEnd) -> ProcessEnd {
+        match e {
+            WireEnd::Code(c) => ProcessEnd::Exited(c),
+            WireEnd::Signal(s) => ProcessEnd::Signaled(s),
+        }
+    }
+}
+
+impl From<supervisor_os::Ended> for WireEnd {
+    fn from(e: supervisor_os::Ended) -> WireEnd {
+        match e {
+            supervisor_os::Ended::Code(c) => WireEnd::Code(c),
+            supervisor_os::Ended::Signal(s) => WireEnd::Signal(s),
+        }
+    }
+}
+
+/// Whether a core signal is SIGKILL.
+pub fn is_kill(s: Signal) -> bool {
+    s == Signal::Kill
+}
+
+/// Everything a child needs at start, passed as one JSON argument.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChildArgs {
+    /// The one-shot IPC server to connect to.
+    pub ipc: String,
+    pub role: ChildRole,
+    /// The supervisor's pid: a child exits when its parent changes.
+    pub parent: u32,
+}
+
+/// The role a child is started in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ChildRole {
+    Grabber {
+        store: StoreArg,
+        instance: i64,
+        poll_interval_s: f64,
+        error_backoff: WireBackoff,
+        routes: Vec<supervisor_store::Route>,
+    },
+    Worker {
+        group: String,
+        slot: u32,
+        logs: PathBuf,
+        kill_grace_s: f64,
+    },
+}
+
+/// Where the store is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreArg {
+    Sqlite(PathBuf),
+}
+
+/// A backoff on the wire.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct WireBackoff {
+    pub initial_s: f64,
+    pub max_s: f64,
+    pub jitter: f64,
+}
+
+impl From<Backoff> for WireBackoff {
+    fn from(b: Backoff) -> WireBackoff {
+        WireBackoff {
+            initial_s: b.initial.as_secs_f64(),
+            max_s: b.max.as_secs_f64(),
+            jitter: b.jitter,
+        }
+    }
+}
+
+impl From<WireBackoff> for Backoff {
+    fn from(b: WireBackoff) -> Backoff {
+        Backoff::from_secs(b.initial_s, b.max_s, b.jitter)
+    }
+}
+
+// ----- events file -------------------------------------------------------------------
+
+fn role_fields(m: &mut Map<String, Value>, role: &Role) {
+    m.insert("role".into(), json!(role.kind()));
+    m.insert("group".into(), json!(role.group()));
+    m.insert("slot".into(), json!(role.slot()));
+}
+
+fn end_fields(m: &mut Map<String, Value>, end: Option<ProcessEnd>) {
+    m.insert("exit_code".into(), json!(end.and_then(ProcessEnd::code)));
+    m.insert("signal".into(), json!(end.and_then(ProcessEnd::signal)));
+}
+
+/// The `children` rows of a snapshot, as in the contract.
+pub fn child_rows(children: &[ChildView]) -> Value {
+    Value::Array(
+        children
+            .iter()
+            .map(|c| {
+                let mut m = Map::new();
+                role_fields(&mut m, &c.role);
+                m.insert("pid".into(), json!(c.pid));
+                m.insert("state".into(), json!(c.state.as_str()));
+                m.insert("restarts".into(), json!(c.restarts));
+                m.insert("job_id".into(), json!(c.job_id));
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+/// The event name and fields (besides seq and ts) of a core event.
+pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
+    let mut m = Map::new();
+    let name = match e {
+        Event::ChildStarted { role, pid } => {
+            role_fields(&mut m, role);
+            m.insert("pid".into(), json!(pid));
+            "child_started"
+        }
+        Event::ChildExited {
+            role,
+            pid,
+            end,
+            expected,
+            job_id,
+            reason,
+        } => {
+            role_fields(&mut m, role);
+            m.insert("pid".into(), json!(pid));
+            m.insert("code".into(), json!(end.and_then(|e| e.code())));
+            m.insert("signal".into(), json!(end.and_then(|e| e.signal())));
+            m.insert("expected".into(), json!(expected));
+            m.insert("job_id".into(), json!(job_id));
+            if let Some(r) = reason {
+                m.insert("reason".into(), json!(r));
+            }
+            "child_exited"
+        }
+        Event::ChildRestartScheduled {
+            role,
+            delay,
+            restarts_in_period,
+        } => {
+            role_fields(&mut m, role);
+            m.insert("delay_s".into(), json!(delay.as_secs_f64()));
+            m.insert("restarts_in_period".into(), json!(restarts_in_period));
+            "child_restart_scheduled"
+        }
+        Event::GroupGaveUp {
+            group,
+            restarts,
+            period,
+            action,
+        } => {
+            m.insert("group".into(), json!(group));
+            m.insert("restarts".into(), json!(restarts));
+            m.insert("period_s".into(), json!(period.as_secs_f64()));
+            m.insert("action".into(), json!(action.as_str()));
+            "group_gave_up"
+        }
+        Event::JobStarted {
+            job_id,
+            group,
+            slot,
+            worker_pid,
+            attempt,
+        } => {
+            m.insert("job_id".into(), json!(job_id));
+            m.insert("group".into(), json!(group));
+            m.insert("slot".into(), json!(slot));
+            m.insert("worker_pid".into(), json!(worker_pid));
+            m.insert("attempt".into(), json!(attempt));
+            "job_started"
+        }
+        Event::JobFinished {
+            job_id,
+            group,
+            attempt,
+            outcome,
+            end,
+            duration,
+        } => {
+            m.insert("job_id".into(), json!(job_id));
+            m.insert("group".into(), json!(group));
+            m.insert("attempt".into(), json!(attempt));
+            m.insert("outcome".into(), json!(outcome.as_str()));
+            end_fields(&mut m, *end);
+            m.insert("duration_s".into(), json!(duration.as_secs_f64()));
+            "job_finished"
+        }
+        Event::JobRetryScheduled {
+            job_id,
+            attempt,
+            delay,
+        } => {
+            m.insert("job_id".into(), json!(job_id));
+            m.insert("attempt".into(), json!(attempt));
+            m.insert("delay_s".into(), json!(delay.as_secs_f64()));
+            "job_retry_scheduled"
+        }
+        Event::JobDead { job_id, attempts } => {
+            m.insert("job_id".into(), json!(job_id));
+            m.insert("attempts".into(), json!(attempts));
+            "job_dead"
+        }
+        Event::SupervisorStopping { reason } => {
+            m.insert("reason".into(), json!(reason));
+            "supervisor_stopping"
+        }
+        Event::SupervisorStopped { code } => {
+            m.insert("code".into(), json!(code));
+            "supervisor_stopped"
+        }
+    };
+    (name, m)
+}

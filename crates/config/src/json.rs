@@ -1,0 +1,148 @@
+//! Reading the config text into a [`serde_json::Value`], stricter than serde_json's own
+//! reader: a key given twice in one object is an error at its line and column (serde_json
+//! would silently keep the last one, hiding the first from the operator).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// A JSON syntax problem: 1-based line and column, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// 1-based line.
+    pub line: usize,
+    /// Column within the line (1-based; 0 at the very start of a line).
+    pub column: usize,
+    /// serde_json's message without its ` at line L column C` suffix.
+    pub message: String,
+}
+
+/// Parses `text` as one JSON document, rejecting duplicate keys.
+pub fn parse(text: &str) -> Result<Value, SyntaxError> {
+    serde_json::from_str::<Strict>(text)
+        .map(|strict| strict.0)
+        .map_err(|e| {
+            let full = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+            SyntaxError {
+                line: e.line(),
+                column: e.column(),
+                message,
+            }
+        })
+}
+
+/// A [`Value`] read with duplicate keys refused.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "duplicate key {}",
+                    Value::String(key)
+                )));
+            }
+            let Strict(item) = map.next_value()?;
+            object.insert(key, item);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ordinary_json() {
+        let v = parse(r#"{"a": [1, -2, 2.5, "x", null, true], "b": {}}"#).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a": [1, -2, 2.5, "x", null, true], "b": {}})
+        );
+        assert!(v["a"][0].is_u64());
+        assert!(v["a"][1].is_i64());
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let e = parse("{\n  \"a\": 1,\n  \"b\": ]\n}").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 8));
+        assert_eq!(e.message, "expected value");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_where_they_stand() {
+        let e = parse("{\n  \"a\": 1,\n  \"a\": 2\n}").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert_eq!(e.message, "duplicate key \"a\"");
+    }
+
+    #[test]
+    fn trailing_text_is_an_error() {
+        let e = parse("{} x").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert_eq!(e.message, "trailing characters");
+    }
+}

@@ -1,0 +1,450 @@
+//! The `supervisor` config file: reading, validation with key paths, defaults, path
+//! resolution, the JSON Schema, and conversion to the core's [`Spec`].
+//!
+//! ```json
+//! { "groups": [ { "name": "x86_64", "max_workers": 4, "match": { "arch": ["x86_64", "i386"] } } ] }
+//! ```
+//!
+//! Only `groups` is required; [`file`] holds the file's typed form, which is the single
+//! source of truth for the defaults, the accepted ranges and the [`json_schema`].
+//!
+//! Validation reports every problem at once, one a line, each naming the file and the key
+//! path (`supervisor.json: groups[1].restart.backoff.max_s: must be >= 0 and <=
+//! 1000000000, found -1`), or for JSON syntax the line and column
+//! (`supervisor.json:3:14: expected value`).
+//!
+//! Paths in the file are relative to the folder holding it and are resolved to absolute
+//! paths. The job store and the events file default to `<state_dir>/jobs.db` and
+//! `<state_dir>/events.jsonl`, so moving `state_dir` moves them too.
+
+pub mod file;
+mod json;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use supervisor_core::backoff::Backoff;
+use supervisor_core::spec::{self, GroupSpec, Heartbeat, OnExhausted, RestartPolicy, Spec};
+
+/// The environment variable naming the config file when `-c` is not given.
+pub const CONFIG_ENV: &str = "SUPERVISOR_CONFIG";
+
+/// The config file used when neither `-c` nor [`CONFIG_ENV`] names one.
+pub const DEFAULT_CONFIG_FILE: &str = "./supervisor.json";
+
+/// A validated config with defaults applied and paths absolute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The config file itself, absolute.
+    pub path: PathBuf,
+    /// Folder of the supervisor's state (pidfile, job logs, default store and events).
+    pub state_dir: PathBuf,
+    /// The job store.
+    pub store: StoreConfig,
+    /// The grabber child.
+    pub grabber: GrabberConfig,
+    /// The groups, in config (routing) order; at least one, names unique.
+    pub groups: Vec<GroupConfig>,
+    /// The events file.
+    pub events: EventsConfig,
+    /// Liveness pings to every child.
+    pub heartbeat: Heartbeat,
+    /// How long a graceful stop lets running jobs finish.
+    pub shutdown_grace: Duration,
+}
+
+/// The job store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded SQLite store.
+    Sqlite {
+        /// The database file, absolute.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database shared by several supervisors.
+    Postgres {
+        /// The connection string.
+        url: String,
+    },
+}
+
+impl StoreConfig {
+    /// A short description for humans, like `sqlite /srv/state/jobs.db` or
+    /// `postgres postgres://app:***@db/jobs` (passwords hidden).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+            StoreConfig::Postgres { url } => format!("postgres {}", redact_password(url)),
+        }
+    }
+}
+
+/// The grabber child.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrabberConfig {
+    /// Between two looks at the store when it had nothing to claim.
+    pub poll_interval: Duration,
+    /// Between retries while the store fails.
+    pub error_backoff: Backoff,
+}
+
+/// One group of workers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupConfig {
+    /// The unique, non-empty name.
+    pub name: String,
+    /// The pool's size; 0 keeps the group with no workers.
+    pub max_workers: u32,
+    /// The config's `match`: every key must hold one of its values. `None`: the group
+    /// takes only jobs that name it.
+    pub matches: Option<BTreeMap<String, Vec<String>>>,
+    /// Default deadline of one attempt; `None` is no limit.
+    pub job_timeout: Option<Duration>,
+    /// Default attempts before a job is `dead` (at least 1).
+    pub max_attempts: u32,
+    /// Delay before a failed attempt is queued again.
+    pub retry_backoff: Backoff,
+    /// How crashed workers are restarted, and when to give up.
+    pub restart: RestartPolicy,
+}
+
+impl GroupConfig {
+    /// Whether this group's `match` selects a job with these tags: every key of `match`
+    /// is among the tags with one of its values. Always false without a `match`; always
+    /// true for an empty one.
+    pub fn matches_tags(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.matches.as_ref().is_some_and(|matches| {
+            matches
+                .iter()
+                .all(|(key, values)| tags.get(key).is_some_and(|tag| values.contains(tag)))
+        })
+    }
+
+    /// The core's view of this group.
+    pub fn spec(&self) -> GroupSpec {
+        GroupSpec {
+            name: self.name.clone(),
+            max_workers: self.max_workers,
+            job_timeout: self.job_timeout,
+            max_attempts: self.max_attempts,
+            retry_backoff: self.retry_backoff,
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+/// The events file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The file, absolute.
+    pub path: PathBuf,
+    /// Size in bytes past which it is rotated (at least 4096).
+    pub rotate_bytes: u64,
+    /// How many rotated files to keep.
+    pub keep: u32,
+}
+
+/// Why a config was refused: every problem found, each naming the file and the key path
+/// (or, for JSON syntax, the line and column). Displays one problem a line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .errors.join("\n"))]
+pub struct ConfigError {
+    /// One message per problem, like `supervisor.json: groups[0].name: required`.
+    pub errors: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(message: String) -> ConfigError {
+        ConfigError {
+            errors: vec![message],
+        }
+    }
+}
+
+/// The config file to use: the `-c` value, else `$SUPERVISOR_CONFIG` (when set and not
+/// empty), else `./supervisor.json`.
+pub fn default_config_path(cli: Option<&Path>) -> PathBuf {
+    config_path_from(cli, std::env::var_os(CONFIG_ENV))
+}
+
+/// [`default_config_path`] with the environment variable's value passed in.
+fn config_path_from(cli: Option<&Path>, env: Option<OsString>) -> PathBuf {
+    match (cli, env) {
+        (Some(cli), _) => cli.to_path_buf(),
+        (None, Some(env)) if !env.is_empty() => PathBuf::from(env),
+        _ => PathBuf::from(DEFAULT_CONFIG_FILE),
+    }
+}
+
+/// Reads and validates the config file at `path`.
+///
+/// An unreadable file is one error naming the file and the OS error.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) => Err(ConfigError::one(format!(
+            "{}: cannot read the config file: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Validates config `text` as if read from `path` (which names the file in errors, and
+/// whose folder relative paths are resolved against).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display();
+    let value = json::parse(text)
+        .map_err(|e| ConfigError::one(format!("{name}:{}:{}: {}", e.line, e.column, e.message)))?;
+    let problems = validate::check(&value, schema());
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            errors: problems
+                .into_iter()
+                .map(|p| match p.path.is_empty() {
+                    true => format!("{name}: {}", p.message),
+                    false => format!("{name}: {}: {}", p.path, p.message),
+                })
+                .collect(),
+        });
+    }
+    // The walk accepts exactly what these types accept; a refusal here is a bug in the
+    // schema, reported rather than hidden.
+    let typed: file::ConfigFile =
+        serde_json::from_value(value).map_err(|e| ConfigError::one(format!("{name}: {e}")))?;
+    let absolute = std::path::absolute(path).map_err(|e| {
+        ConfigError::one(format!(
+            "{name}: cannot resolve the config file's path: {e}"
+        ))
+    })?;
+    Ok(Config::from_file(typed, absolute))
+}
+
+/// The JSON Schema of the config file (draft 2020-12), generated from the typed structs
+/// of [`file`] with their doc comments as descriptions.
+pub fn json_schema() -> serde_json::Value {
+    file::json_schema()
+}
+
+/// The schema, generated once.
+fn schema() -> &'static serde_json::Value {
+    static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
+    SCHEMA.get_or_init(file::json_schema)
+}
+
+/// Seconds from a validated file (finite, 0 to [`file::MAX_SECONDS`]) as a duration.
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, file::MAX_SECONDS))
+}
+
+/// `base.join(path)`, without `.` components.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    base.join(path).components().collect()
+}
+
+impl Config {
+    /// Builds the resolved config from a validated file at the absolute `path`.
+    fn from_file(f: file::ConfigFile, path: PathBuf) -> Config {
+        let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let state_dir = resolve(&base, &f.state_dir);
+        let store = match f.store {
+            file::Store::Sqlite(sqlite) => StoreConfig::Sqlite {
+                path: match sqlite.path {
+                    Some(p) => resolve(&base, &p),
+                    None => state_dir.join("jobs.db"),
+                },
+            },
+            file::Store::Postgres(postgres) => StoreConfig::Postgres { url: postgres.url },
+        };
+        let groups = f
+            .groups
+            .into_iter()
+            .map(|g| GroupConfig {
+                name: g.name,
+                max_workers: g.max_workers,
+                matches: g.matches.map(|m| {
+                    m.into_iter()
+                        .map(|(key, values)| (key, values.to_vec()))
+                        .collect()
+                }),
+                job_timeout: g.job_timeout_s.map(seconds),
+                max_attempts: g.max_attempts,
+                retry_backoff: g.retry_backoff.to_backoff(),
+                restart: RestartPolicy {
+                    backoff: g.restart.backoff.to_backoff(),
+                    max_restarts: g.restart.max_restarts,
+                    period: seconds(g.restart.period_s),
+                    on_exhausted: match g.restart.on_exhausted {
+                        file::OnExhausted::Exit => OnExhausted::Exit,
+                        file::OnExhausted::Disable => OnExhausted::Disable,
+                    },
+                },
+            })
+            .collect();
+        let events = EventsConfig {
+            path: match f.events.path {
+                Some(p) => resolve(&base, &p),
+                None => state_dir.join("events.jsonl"),
+            },
+            rotate_bytes: f.events.rotate_bytes,
+            keep: f.events.keep,
+        };
+        Config {
+            path,
+            state_dir,
+            store,
+            grabber: GrabberConfig {
+                poll_interval: seconds(f.grabber.poll_interval_s),
+                error_backoff: f.grabber.error_backoff.to_backoff(),
+            },
+            groups,
+            events,
+            heartbeat: Heartbeat {
+                interval: seconds(f.heartbeat.interval_s),
+                timeout: seconds(f.heartbeat.timeout_s),
+            },
+            shutdown_grace: seconds(f.shutdown_grace_s),
+        }
+    }
+
+    /// What the core supervises for this config. The grabber restarts with the default
+    /// restart policy and gives up with `exit`; kill grace and start timeout are the
+    /// core's defaults (5 s and 10 s).
+    pub fn spec(&self, until_empty: bool) -> Spec {
+        let base = spec::defaults::spec(Vec::new());
+        Spec {
+            groups: self.groups.iter().map(GroupConfig::spec).collect(),
+            grabber_restart: RestartPolicy {
+                on_exhausted: OnExhausted::Exit,
+                ..spec::defaults::restart()
+            },
+            heartbeat: self.heartbeat,
+            shutdown_grace: self.shutdown_grace,
+            kill_grace: base.kill_grace,
+            start_timeout: base.start_timeout,
+            until_empty,
+        }
+    }
+
+    /// The group called `name`, if any.
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// The group a job goes to: the one it names (if that exists), else, for a job that
+    /// names none, the first group in config order whose `match` selects its tags.
+    pub fn route(
+        &self,
+        group: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Option<&GroupConfig> {
+        match group {
+            Some(name) => self.group(name),
+            None => self.groups.iter().find(|g| g.matches_tags(tags)),
+        }
+    }
+
+    /// Workers of all groups together.
+    pub fn total_workers(&self) -> u64 {
+        self.groups.iter().map(|g| u64::from(g.max_workers)).sum()
+    }
+
+    /// One line for `supervisor check`, like `ok: 2 groups (x86_64: 4 workers, arm: 2
+    /// workers), 6 workers, store sqlite /srv/state/jobs.db`.
+    pub fn summary(&self) -> String {
+        let plural =
+            |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}: {}",
+                    g.name,
+                    plural(g.max_workers.into(), "worker", "workers")
+                )
+            })
+            .collect();
+        format!(
+            "ok: {} ({}), {}, store {}",
+            plural(self.groups.len() as u64, "group", "groups"),
+            groups.join(", "),
+            plural(self.total_workers(), "worker", "workers"),
+            self.store.describe()
+        )
+    }
+}
+
+/// `url` with any password replaced by `***`: the one in `scheme://user:password@host`
+/// and any `password=...` parameter (URL query or key/value connection string).
+fn redact_password(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://").map(|i| i + 3) {
+        let rest = &out[scheme_end..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                out.replace_range(scheme_end + colon + 1..scheme_end + at, "***");
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_path_precedence_cli_then_env_then_default() {
+        let cli = Path::new("/etc/cli.json");
+        let env = || Some(OsString::from("/etc/env.json"));
+        assert_eq!(config_path_from(Some(cli), env()), cli);
+        assert_eq!(config_path_from(Some(cli), None), cli);
+        assert_eq!(
+            config_path_from(None, env()),
+            PathBuf::from("/etc/env.json")
+        );
+        assert_eq!(
+            config_path_from(None, None),
+            PathBuf::from("./supervisor.json")
+        );
+        assert_eq!(
+            config_path_from(None, Some(OsString::new())),
+            PathBuf::from("./supervisor.json"),
+            "an empty variable counts as unset"
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/jobs"),
+            "postgres://app@db/jobs"
+        );
+        assert_eq!(
+            redact_password("postgres://db/jobs?user=a&password=x&sslmode=require"),
+            "postgres://db/jobs?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_password("host=db user=app password=secret dbname=jobs"),
+            "host=db user=app password=*** dbname=jobs"
+        );
+    }
+}

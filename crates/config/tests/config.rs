@@ -1,0 +1,704 @@
+//! Reading configs: every kind of bad config is reported with its file and key path,
+//! defaults follow the contract, paths resolve against the config's folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use supervisor_config::{load, parse, Config, StoreConfig};
+use supervisor_core::backoff::Backoff;
+use supervisor_core::spec::{defaults, OnExhausted};
+
+const FILE: &str = "/etc/sup/supervisor.json";
+
+fn ok(text: &str) -> Config {
+    match parse(text, Path::new(FILE)) {
+        Ok(config) => config,
+        Err(e) => panic!("unexpected errors:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new(FILE)) {
+        Ok(config) => panic!("accepted: {config:?}"),
+        Err(e) => e.errors,
+    }
+}
+
+/// The single error of `text`, without the leading file name.
+fn error(text: &str) -> String {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors[0]
+        .strip_prefix(&format!("{FILE}: "))
+        .unwrap_or_else(|| panic!("does not name the file: {}", errors[0]))
+        .to_string()
+}
+
+/// A config of one group `a` with `group` merged into it and `top` merged at the top.
+fn with(top: &str, group: &str) -> String {
+    let sep = |s: &str| if s.is_empty() { "" } else { ", " };
+    format!(
+        r#"{{"groups": [{{"name": "a"{}{group}}}]{}{top}}}"#,
+        sep(group),
+        sep(top)
+    )
+}
+
+// ---- JSON syntax ----
+
+#[test]
+fn json_syntax_error_names_line_and_column() {
+    let text = "{\n  \"groups\": [\n    {\"name\": \"a\",}\n  ]\n}\n";
+    assert_eq!(errors(text), [format!("{FILE}:3:18: trailing comma")]);
+    assert_eq!(
+        errors(""),
+        [format!("{FILE}:1:0: EOF while parsing a value")]
+    );
+}
+
+#[test]
+fn duplicate_json_key_is_a_syntax_error() {
+    let text = "{\"groups\": [{\"name\": \"a\",\n \"max_workers\": 1,\n \"max_workers\": 2}]}";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with(&format!("{FILE}:3:")), "{errors:?}");
+    assert!(
+        errors[0].ends_with(": duplicate key \"max_workers\""),
+        "{errors:?}"
+    );
+}
+
+// ---- unknown keys ----
+
+#[test]
+fn unknown_top_level_key() {
+    assert_eq!(
+        error(&with(r#""colour": "red""#, "")),
+        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, \
+         shutdown_grace_s, state_dir, store)"
+    );
+}
+
+#[test]
+fn unknown_nested_keys() {
+    assert_eq!(
+        error(&with("", r#""colour": "red""#)),
+        "groups[0].colour: unknown key (expected one of: job_timeout_s, match, max_attempts, \
+         max_workers, name, restart, retry_backoff)"
+    );
+    assert_eq!(
+        error(&with(r#""grabber": {"error_backoff": {"jiter": 0.5}}"#, "")),
+        "grabber.error_backoff.jiter: unknown key (expected one of: initial_s, jitter, max_s)"
+    );
+    assert_eq!(
+        error(&with("", r#""restart": {"backoff": {"max": 3}}"#)),
+        "groups[0].restart.backoff.max: unknown key (expected one of: initial_s, jitter, max_s)"
+    );
+    assert_eq!(
+        error(&with(r#""store": {"sqlite": {"file": "x.db"}}"#, "")),
+        "store.sqlite.file: unknown key (expected one of: path)"
+    );
+}
+
+// ---- wrong types ----
+
+#[test]
+fn wrong_types() {
+    assert_eq!(
+        error(&with(r#""grabber": {"poll_interval_s": "1"}"#, "")),
+        "grabber.poll_interval_s: expected a number, found a string"
+    );
+    assert_eq!(
+        error(&with("", r#""max_workers": "4""#)),
+        "groups[0].max_workers: expected an integer, found a string"
+    );
+    assert_eq!(
+        error(&with("", r#""max_workers": 2.5"#)),
+        "groups[0].max_workers: expected an integer, found 2.5"
+    );
+    assert_eq!(
+        error(r#"{"groups": {"name": "a"}}"#),
+        "groups: expected an array, found an object"
+    );
+    assert_eq!(
+        error(&with(r#""heartbeat": [5, 20]"#, "")),
+        "heartbeat: expected an object, found an array"
+    );
+    assert_eq!(
+        error(&with("", r#""job_timeout_s": true"#)),
+        "groups[0].job_timeout_s: expected a number or null, found a boolean"
+    );
+    assert_eq!(
+        error(&with(r#""state_dir": null"#, "")),
+        "state_dir: expected a string, found null"
+    );
+    assert_eq!(
+        error(r#"[{"name": "a"}]"#),
+        "expected an object, found an array"
+    );
+}
+
+#[test]
+fn wrong_types_inside_match() {
+    assert_eq!(
+        error(&with("", r#""match": {"arch": ["x86_64", 3]}"#)),
+        "groups[0].match.arch[1]: expected a string, found 3"
+    );
+    assert_eq!(
+        error(&with("", r#""match": {"arch": 64}"#)),
+        "groups[0].match.arch: expected a string or an array, found 64"
+    );
+    assert_eq!(
+        error(&with("", r#""match": {"arch": []}"#)),
+        "groups[0].match.arch: must not be empty"
+    );
+    assert_eq!(
+        error(&with("", r#""match": ["arch"]"#)),
+        "groups[0].match: expected an object, found an array"
+    );
+    assert_eq!(
+        error(&with("", r#""match": {"cpu arch": [1]}"#)),
+        "groups[0].match[\"cpu arch\"][0]: expected a string, found 1"
+    );
+}
+
+// ---- ranges ----
+
+#[test]
+fn out_of_range_numbers_state_the_range() {
+    let cases = [
+        (
+            with(r#""grabber": {"error_backoff": {"jitter": 1.5}}"#, ""),
+            "grabber.error_backoff.jitter: must be >= 0 and <= 1, found 1.5",
+        ),
+        (
+            with(r#""grabber": {"poll_interval_s": 0}"#, ""),
+            "grabber.poll_interval_s: must be > 0 and <= 1000000000, found 0",
+        ),
+        (
+            with("", r#""max_workers": -1"#),
+            "groups[0].max_workers: must be >= 0, found -1",
+        ),
+        (
+            with("", r#""max_attempts": 0"#),
+            "groups[0].max_attempts: must be >= 1, found 0",
+        ),
+        (
+            with("", r#""job_timeout_s": 0"#),
+            "groups[0].job_timeout_s: must be > 0 and <= 1000000000, found 0",
+        ),
+        (
+            with("", r#""retry_backoff": {"initial_s": -0.5}"#),
+            "groups[0].retry_backoff.initial_s: must be >= 0 and <= 1000000000, found -0.5",
+        ),
+        (
+            with("", r#""restart": {"period_s": 0}"#),
+            "groups[0].restart.period_s: must be > 0 and <= 1000000000, found 0",
+        ),
+        (
+            with("", r#""restart": {"max_restarts": -1}"#),
+            "groups[0].restart.max_restarts: must be >= 0, found -1",
+        ),
+        (
+            with(r#""events": {"rotate_bytes": 100}"#, ""),
+            "events.rotate_bytes: must be >= 4096, found 100",
+        ),
+        (
+            with(r#""events": {"keep": -2}"#, ""),
+            "events.keep: must be >= 0, found -2",
+        ),
+        (
+            with(r#""heartbeat": {"interval_s": 0}"#, ""),
+            "heartbeat.interval_s: must be > 0 and <= 1000000000, found 0",
+        ),
+        (
+            with(r#""shutdown_grace_s": -1"#, ""),
+            "shutdown_grace_s: must be >= 0 and <= 1000000000, found -1",
+        ),
+        (
+            with(r#""shutdown_grace_s": 1e12"#, ""),
+            "shutdown_grace_s: must be >= 0 and <= 1000000000, found 1000000000000.0",
+        ),
+        (
+            with("", r#""max_workers": 4294967296"#),
+            "groups[0].max_workers: must be >= 0 and <= 4294967295, found 4294967296",
+        ),
+        (
+            with(r#""events": {"rotate_bytes": 18446744073709551616}"#, ""),
+            "events.rotate_bytes: expected an integer, found 1.8446744073709552e+19",
+        ),
+        (
+            with(r#""state_dir": """#, ""),
+            "state_dir: must not be empty",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(error(&text), want, "{text}");
+    }
+}
+
+#[test]
+fn max_s_must_not_be_below_initial_s() {
+    assert_eq!(
+        error(&with(
+            "",
+            r#""retry_backoff": {"initial_s": 10, "max_s": 5}"#
+        )),
+        "groups[0].retry_backoff.max_s: must be at least initial_s (10), found 5"
+    );
+    assert_eq!(
+        error(&with(r#""grabber": {"error_backoff": {"max_s": 0.1}}"#, "")),
+        "grabber.error_backoff.max_s: must be at least initial_s (0.5, its default), found 0.1"
+    );
+    assert_eq!(
+        error(&with("", r#""restart": {"backoff": {"initial_s": 60}}"#)),
+        "groups[0].restart.backoff.initial_s: must be at most max_s (30, its default), found 60"
+    );
+    // Equal is fine: a constant delay.
+    ok(&with(
+        "",
+        r#""retry_backoff": {"initial_s": 5, "max_s": 5}"#,
+    ));
+}
+
+#[test]
+fn heartbeat_timeout_must_exceed_interval() {
+    assert_eq!(
+        error(&with(
+            r#""heartbeat": {"interval_s": 5, "timeout_s": 5}"#,
+            ""
+        )),
+        "heartbeat.timeout_s: must be more than interval_s (5), found 5"
+    );
+    assert_eq!(
+        error(&with(r#""heartbeat": {"interval_s": 30}"#, "")),
+        "heartbeat.interval_s: must be less than timeout_s (20, its default), found 30"
+    );
+}
+
+// ---- groups ----
+
+#[test]
+fn duplicate_group_name() {
+    let text = r#"{"groups": [{"name": "x"}, {"name": "y"}, {"name": "x"}, {"name": "x"}]}"#;
+    assert_eq!(
+        errors(text),
+        [
+            format!("{FILE}: groups[2].name: duplicate group name \"x\" (also groups[0])"),
+            format!("{FILE}: groups[3].name: duplicate group name \"x\" (also groups[0])"),
+        ]
+    );
+}
+
+#[test]
+fn group_name_is_required_and_not_empty() {
+    assert_eq!(
+        error(r#"{"groups": [{"max_workers": 1}]}"#),
+        "groups[0].name: required"
+    );
+    assert_eq!(
+        error(r#"{"groups": [{"name": ""}]}"#),
+        "groups[0].name: must not be empty"
+    );
+}
+
+#[test]
+fn missing_groups() {
+    assert_eq!(error("{}"), "groups: required");
+    assert_eq!(error(r#"{"state_dir": "s"}"#), "groups: required");
+}
+
+#[test]
+fn empty_groups() {
+    assert_eq!(error(r#"{"groups": []}"#), "groups: must not be empty");
+}
+
+// ---- enums ----
+
+#[test]
+fn bad_on_exhausted_names_the_accepted_values() {
+    assert_eq!(
+        error(&with("", r#""restart": {"on_exhausted": "restart"}"#)),
+        "groups[0].restart.on_exhausted: expected one of \"exit\", \"disable\", found \"restart\""
+    );
+    assert_eq!(
+        error(&with("", r#""restart": {"on_exhausted": 3}"#)),
+        "groups[0].restart.on_exhausted: expected one of \"exit\", \"disable\", found 3"
+    );
+}
+
+// ---- store ----
+
+#[test]
+fn store_with_both_kinds() {
+    assert_eq!(
+        error(&with(
+            r#""store": {"sqlite": {}, "postgres": {"url": "postgres://db/jobs"}}"#,
+            ""
+        )),
+        "store: expected exactly one of: postgres, sqlite; found postgres and sqlite"
+    );
+}
+
+#[test]
+fn store_of_unknown_kind() {
+    assert_eq!(
+        error(&with(r#""store": {"mysql": {"url": "x"}}"#, "")),
+        "store.mysql: unknown key (expected one of: postgres, sqlite)"
+    );
+    assert_eq!(
+        error(&with(r#""store": {}"#, "")),
+        "store: expected exactly one of: postgres, sqlite; found none"
+    );
+    assert_eq!(
+        error(&with(r#""store": "sqlite""#, "")),
+        "store: expected an object, found a string"
+    );
+}
+
+#[test]
+fn postgres_store_needs_a_url() {
+    assert_eq!(
+        error(&with(r#""store": {"postgres": {}}"#, "")),
+        "store.postgres.url: required"
+    );
+    assert_eq!(
+        error(&with(r#""store": {"postgres": {"url": ""}}"#, "")),
+        "store.postgres.url: must not be empty"
+    );
+    assert_eq!(
+        error(&with(r#""store": {"postgres": {"url": 5432}}"#, "")),
+        "store.postgres.url: expected a string, found 5432"
+    );
+    assert_eq!(
+        error(&with(
+            r#""store": {"postgres": {"url": "postgres://db/j", "pool": 4}}"#,
+            ""
+        )),
+        "store.postgres.pool: unknown key (expected one of: url)"
+    );
+}
+
+#[test]
+fn postgres_store() {
+    let config = ok(&with(
+        r#""store": {"postgres": {"url": "postgres://app:pw@db/jobs"}}"#,
+        "",
+    ));
+    assert_eq!(
+        config.store,
+        StoreConfig::Postgres {
+            url: "postgres://app:pw@db/jobs".into()
+        }
+    );
+    assert_eq!(
+        config.store.describe(),
+        "postgres postgres://app:***@db/jobs"
+    );
+}
+
+// ---- all at once ----
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"{
+        "colour": 1,
+        "store": {"postgres": {}},
+        "grabber": {"poll_interval_s": -1, "error_backoff": {"jitter": "lots"}},
+        "groups": [
+            {"name": "a", "max_workers": "two", "restart": {"on_exhausted": "panic"}},
+            {"max_workers": 1, "oops": true},
+            {"name": "a", "retry_backoff": {"initial_s": 9, "max_s": 3}}
+        ],
+        "events": {"rotate_bytes": 1},
+        "heartbeat": {"interval_s": 10, "timeout_s": 1}
+    }"#;
+    let mut got = errors(text);
+    got.sort();
+    let mut want: Vec<String> = [
+        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, shutdown_grace_s, state_dir, store)",
+        "store.postgres.url: required",
+        "grabber.poll_interval_s: must be > 0 and <= 1000000000, found -1",
+        "grabber.error_backoff.jitter: expected a number, found a string",
+        "groups[0].max_workers: expected an integer, found a string",
+        "groups[0].restart.on_exhausted: expected one of \"exit\", \"disable\", found \"panic\"",
+        "groups[1].name: required",
+        "groups[1].oops: unknown key (expected one of: job_timeout_s, match, max_attempts, max_workers, name, restart, retry_backoff)",
+        "groups[2].name: duplicate group name \"a\" (also groups[0])",
+        "groups[2].retry_backoff.max_s: must be at least initial_s (9), found 3",
+        "events.rotate_bytes: must be >= 4096, found 1",
+        "heartbeat.timeout_s: must be more than interval_s (10), found 1",
+    ]
+    .iter()
+    .map(|e| format!("{FILE}: {e}"))
+    .collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    let display = parse(text, Path::new(FILE)).unwrap_err().to_string();
+    assert_eq!(display.lines().count(), want.len(), "one problem a line");
+}
+
+// ---- defaults ----
+
+#[test]
+fn defaults_are_the_contracts() {
+    let config = ok(r#"{"groups": [{"name": "a"}]}"#);
+    let dir = Path::new("/etc/sup");
+    assert_eq!(config.path, Path::new(FILE));
+    assert_eq!(config.state_dir, dir.join("state"));
+    assert_eq!(
+        config.store,
+        StoreConfig::Sqlite {
+            path: dir.join("state/jobs.db")
+        }
+    );
+    assert_eq!(config.grabber.poll_interval, Duration::from_secs(1));
+    assert_eq!(
+        config.grabber.error_backoff,
+        Backoff::from_secs(0.5, 30.0, 0.75)
+    );
+    let group = &config.groups[0];
+    assert_eq!(group.name, "a");
+    assert_eq!(group.max_workers, 4);
+    assert_eq!(group.matches, None);
+    assert_eq!(group.job_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(group.max_attempts, 3);
+    assert_eq!(group.retry_backoff, Backoff::from_secs(1.0, 300.0, 0.75));
+    assert_eq!(group.restart.backoff, Backoff::from_secs(0.1, 30.0, 0.75));
+    assert_eq!(group.restart.max_restarts, 5);
+    assert_eq!(group.restart.period, Duration::from_secs(60));
+    assert_eq!(group.restart.on_exhausted, OnExhausted::Exit);
+    assert_eq!(config.events.path, dir.join("state/events.jsonl"));
+    assert_eq!(config.events.rotate_bytes, 104_857_600);
+    assert_eq!(config.events.keep, 5);
+    assert_eq!(config.heartbeat.interval, Duration::from_secs(5));
+    assert_eq!(config.heartbeat.timeout, Duration::from_secs(20));
+    assert_eq!(config.shutdown_grace, Duration::from_secs(30));
+
+    // ... and the core's idea of the defaults agrees.
+    assert_eq!(
+        config.spec(false),
+        defaults::spec(vec![defaults::group("a", 4)])
+    );
+}
+
+#[test]
+fn partial_objects_keep_the_other_defaults() {
+    let config = ok(&with(
+        r#""heartbeat": {"timeout_s": 60}"#,
+        r#""restart": {"max_restarts": 1, "backoff": {"jitter": 0}}"#,
+    ));
+    assert_eq!(config.heartbeat.interval, Duration::from_secs(5));
+    assert_eq!(config.heartbeat.timeout, Duration::from_secs(60));
+    let restart = &config.groups[0].restart;
+    assert_eq!(restart.max_restarts, 1);
+    assert_eq!(restart.backoff, Backoff::from_secs(0.1, 30.0, 0.0));
+    assert_eq!(restart.period, Duration::from_secs(60));
+}
+
+#[test]
+fn contract_example_reads_as_written() {
+    let config = load(&repo_root().join("examples/full.json")).unwrap();
+    let group = config.group("x86_64").unwrap();
+    assert_eq!(group.max_workers, 4);
+    assert_eq!(
+        group.matches,
+        Some(BTreeMap::from([(
+            "arch".to_string(),
+            vec!["x86_64".to_string(), "i386".to_string()]
+        )]))
+    );
+    let arm = config.group("arm").unwrap();
+    assert_eq!(arm.job_timeout, None, "null is no timeout");
+    assert_eq!(arm.restart.on_exhausted, OnExhausted::Disable);
+    assert_eq!(
+        arm.matches.as_ref().unwrap()["arch"],
+        ["aarch64"],
+        "a single string is a one-element list"
+    );
+}
+
+// ---- paths ----
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let config = ok(&with(
+        r#""state_dir": "./var", "store": {"sqlite": {"path": "db/jobs.db"}},
+           "events": {"path": "../log/events.jsonl"}"#,
+        "",
+    ));
+    assert_eq!(config.state_dir, Path::new("/etc/sup/var"));
+    assert_eq!(
+        config.store,
+        StoreConfig::Sqlite {
+            path: "/etc/sup/db/jobs.db".into()
+        }
+    );
+    assert_eq!(
+        config.events.path,
+        Path::new("/etc/sup/../log/events.jsonl")
+    );
+
+    let config = ok(&with(
+        r#""state_dir": "/var/lib/sup", "events": {"path": "/var/log/sup.jsonl"}"#,
+        "",
+    ));
+    assert_eq!(config.state_dir, Path::new("/var/lib/sup"));
+    assert_eq!(config.events.path, Path::new("/var/log/sup.jsonl"));
+}
+
+#[test]
+fn a_relative_config_path_is_made_absolute() {
+    let config = parse(r#"{"groups": [{"name": "a"}]}"#, Path::new("conf/sup.json")).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(config.path, cwd.join("conf/sup.json"));
+    assert_eq!(config.state_dir, cwd.join("conf/state"));
+}
+
+#[test]
+fn default_paths_follow_state_dir() {
+    let config = ok(&with(r#""state_dir": "/var/lib/sup""#, ""));
+    assert_eq!(
+        config.store,
+        StoreConfig::Sqlite {
+            path: "/var/lib/sup/jobs.db".into()
+        }
+    );
+    assert_eq!(config.events.path, Path::new("/var/lib/sup/events.jsonl"));
+
+    let config = ok(&with(r#""state_dir": "run", "store": {"sqlite": {}}"#, ""));
+    assert_eq!(config.store.describe(), "sqlite /etc/sup/run/jobs.db");
+    assert_eq!(config.events.path, Path::new("/etc/sup/run/events.jsonl"));
+}
+
+// ---- files ----
+
+#[test]
+fn unreadable_file_names_the_file_and_the_os_error() {
+    let path = repo_root().join("examples/no-such-config.json");
+    let errors = load(&path).unwrap_err().errors;
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].starts_with(&format!("{}: ", path.display())),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].contains("No such file or directory"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn load_names_the_file_as_given() {
+    let dir = std::env::temp_dir().join(format!("supervisor-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.json");
+    std::fs::write(&path, "{\"groups\": [{\"name\": 1}]}").unwrap();
+    let result = load(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        result.unwrap_err().errors,
+        [format!(
+            "{}: groups[0].name: expected a string, found 1",
+            path.display()
+        )]
+    );
+}
+
+// ---- conversions ----
+
+#[test]
+fn spec_conversion() {
+    let config = ok(r#"{
+        "groups": [
+            {"name": "x86_64", "max_workers": 2, "job_timeout_s": 1.5, "max_attempts": 7,
+             "retry_backoff": {"initial_s": 2, "max_s": 20, "jitter": 0},
+             "restart": {"backoff": {"initial_s": 0.25, "max_s": 4, "jitter": 0.5},
+                         "max_restarts": 9, "period_s": 30, "on_exhausted": "disable"}},
+            {"name": "arm", "max_workers": 0, "job_timeout_s": null}
+        ],
+        "heartbeat": {"interval_s": 0.5, "timeout_s": 2},
+        "shutdown_grace_s": 0
+    }"#);
+    let spec = config.spec(true);
+    assert!(spec.until_empty);
+    assert!(!config.spec(false).until_empty);
+    assert_eq!(spec.groups.len(), 2);
+    let x = spec.group("x86_64").unwrap();
+    assert_eq!(x.max_workers, 2);
+    assert_eq!(x.job_timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(x.max_attempts, 7);
+    assert_eq!(x.retry_backoff, Backoff::from_secs(2.0, 20.0, 0.0));
+    assert_eq!(x.restart.backoff, Backoff::from_secs(0.25, 4.0, 0.5));
+    assert_eq!(x.restart.max_restarts, 9);
+    assert_eq!(x.restart.period, Duration::from_secs(30));
+    assert_eq!(x.restart.on_exhausted, OnExhausted::Disable);
+    let arm = spec.group("arm").unwrap();
+    assert_eq!(arm.max_workers, 0);
+    assert_eq!(arm.job_timeout, None);
+    assert_eq!(spec.groups[0].name, "x86_64", "config order is kept");
+
+    assert_eq!(spec.grabber_restart, defaults::restart());
+    assert_eq!(spec.grabber_restart.on_exhausted, OnExhausted::Exit);
+    assert_eq!(spec.heartbeat.interval, Duration::from_millis(500));
+    assert_eq!(spec.heartbeat.timeout, Duration::from_secs(2));
+    assert_eq!(spec.shutdown_grace, Duration::ZERO);
+    assert_eq!(spec.kill_grace, Duration::from_secs(5));
+    assert_eq!(spec.start_timeout, Duration::from_secs(10));
+}
+
+#[test]
+fn summary_line() {
+    let config = load(&repo_root().join("examples/supervisor.json")).unwrap();
+    let db = config.path.parent().unwrap().join("state/jobs.db");
+    assert_eq!(
+        config.summary(),
+        format!(
+            "ok: 2 groups (x86_64: 2 workers, arm: 2 workers), 4 workers, store sqlite {}",
+            db.display()
+        )
+    );
+    assert_eq!(config.grabber.poll_interval, Duration::from_millis(200));
+    let one = ok(r#"{"groups": [{"name": "solo", "max_workers": 1}]}"#);
+    assert_eq!(
+        one.summary(),
+        "ok: 1 group (solo: 1 worker), 1 worker, store sqlite /etc/sup/state/jobs.db"
+    );
+}
+
+#[test]
+fn routing_by_name_then_first_matching_group() {
+    let config = ok(r#"{"groups": [
+        {"name": "named-only"},
+        {"name": "x86", "match": {"arch": ["x86_64", "i386"], "os": "linux"}},
+        {"name": "any-x86", "match": {"arch": "x86_64"}},
+        {"name": "catch-all", "match": {}}
+    ]}"#);
+    let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let route = |group: Option<&str>, t: &[(&str, &str)]| {
+        config.route(group, &tags(t)).map(|g| g.name.as_str())
+    };
+    assert_eq!(
+        route(Some("named-only"), &[("arch", "i386")]),
+        Some("named-only")
+    );
+    assert_eq!(route(Some("nope"), &[]), None);
+    assert_eq!(
+        route(None, &[("arch", "i386"), ("os", "linux")]),
+        Some("x86")
+    );
+    assert_eq!(route(None, &[("arch", "x86_64")]), Some("any-x86"));
+    assert_eq!(route(None, &[("arch", "riscv")]), Some("catch-all"));
+    assert!(!config.groups[0].matches_tags(&tags(&[])));
+}

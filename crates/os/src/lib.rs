@@ -1,0 +1,278 @@
+//! The small OS layer of `supervisor`: spawning with a clean slate, reaping, signalling
+//! process groups, and the pidfile lock.
+//!
+//! This is the only crate of the workspace that may use `unsafe`, and it does so in one
+//! place: the hook that runs between `fork` and `exec` ([`spawn_clean`]). Everything
+//! else goes through nix's safe wrappers.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a process ended: an exit code or a signal, never squashed into one number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It called `exit(code)`.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+/// Spawn `cmd` in a fresh process group, with every inherited descriptor above 2 marked
+/// close-on-exec, and (with `die_with_parent`) SIGKILL delivered to it when the
+/// spawning thread exits.
+///
+/// Call it from the long-lived main thread only: Linux ties `PR_SET_PDEATHSIG` to the
+/// thread that forked, not to the process.
+pub fn spawn_clean(cmd: &mut Command, die_with_parent: bool) -> io::Result<Child> {
+    cmd.process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the hook runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed. It makes three raw syscalls (prctl,
+    // getppid, close_range), allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            if die_with_parent {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+                // The parent may have died between fork and prctl: then no signal comes.
+                if nix::unistd::getppid() != parent {
+                    return Err(io::Error::other("parent exited during spawn"));
+                }
+            }
+            // ipc-channel's accepted sockets lack O_CLOEXEC: without this, every child
+            // would inherit every earlier child's channel and keep it from closing.
+            let rc = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Become the reaper of orphaned descendants (a job's background children).
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Reap every child that has ended, without blocking. SIGCHLD coalesces, so one
+/// signal may stand for several exits: call this until it returns nothing new.
+pub fn reap_all() -> Vec<(u32, Ended)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw() as u32, Ended::Code(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                out.push((pid.as_raw() as u32, Ended::Signal(sig as i32)))
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return out,
+            Ok(_) => continue, // stopped/continued: not an end
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("waitpid: {e}");
+                return out;
+            }
+        }
+    }
+}
+
+/// Turn a std exit status into an [`Ended`].
+pub fn ended(status: std::process::ExitStatus) -> Ended {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Ended::Code(c),
+        (None, Some(s)) => Ended::Signal(s),
+        (None, None) => Ended::Code(-1),
+    }
+}
+
+/// Send `sig` to process `pid`; a process that is already gone is not an error.
+pub fn signal_pid(pid: u32, sig: Signal) -> io::Result<()> {
+    match signal::kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Send `sig` to process group `pgid`; a group that is already gone is not an error.
+pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::other(format!(
+            "refusing to signal process group {pgid}"
+        )));
+    }
+    match signal::killpg(Pid::from_raw(pgid as i32), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a process with this pid exists (signal 0).
+pub fn pid_alive(pid: u32) -> bool {
+    pid > 0
+        && !matches!(
+            signal::kill(Pid::from_raw(pid as i32), None),
+            Err(Errno::ESRCH)
+        )
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`): with the pid, it names one process even after pid reuse.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A held pidfile: an exclusive `flock` on `<state_dir>/supervisor.pid`, released by
+/// the kernel when the process dies, so a stale file can never be mistaken for a
+/// running supervisor.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+/// What a pidfile says about the supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PidFileState {
+    /// No pidfile.
+    Missing,
+    /// Locked by a live supervisor with this pid.
+    Running(u32),
+    /// The file is there but nobody holds its lock: the supervisor died. The pid it
+    /// names (if readable) may since belong to an unrelated process.
+    Stale(Option<u32>),
+}
+
+impl PidFile {
+    /// Take the lock and write our pid, or say who holds it.
+    pub fn acquire(path: &Path) -> Result<PidFile, PidFileState> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|_| PidFileState::Missing)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let pid = std::process::id();
+                let write = (|| -> io::Result<()> {
+                    lock.set_len(0)?;
+                    lock.rewind()?;
+                    writeln!(lock, "{pid}")?;
+                    lock.flush()
+                })();
+                if write.is_err() {
+                    return Err(PidFileState::Missing);
+                }
+                Ok(PidFile {
+                    path: path.to_path_buf(),
+                    _lock: lock,
+                })
+            }
+            Err((_, _)) => Err(Self::inspect(path)),
+        }
+    }
+
+    /// Whether a supervisor holds the pidfile at `path`, without taking it.
+    pub fn inspect(path: &Path) -> PidFileState {
+        let Ok(mut file) = File::open(path) else {
+            return PidFileState::Missing;
+        };
+        let mut text = String::new();
+        let pid = file
+            .read_to_string(&mut text)
+            .ok()
+            .and_then(|_| text.trim().parse::<u32>().ok());
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_unlocked_on_drop) => PidFileState::Stale(pid),
+            Err(_) => match pid {
+                Some(pid) => PidFileState::Running(pid),
+                // Locked but not yet written: the supervisor is starting up.
+                None => PidFileState::Running(0),
+            },
+        }
+    }
+
+    /// Where the pidfile is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub use nix::sys::signal::Signal as Sig;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfile_is_exclusive_and_inspectable() {
+        let dir = std::env::temp_dir().join(format!("sv-os-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("supervisor.pid");
+        assert_eq!(PidFile::inspect(&path), PidFileState::Missing);
+        let held = PidFile::acquire(&path).unwrap();
+        assert_eq!(
+            PidFile::inspect(&path),
+            PidFileState::Running(std::process::id())
+        );
+        // flock locks belong to the open file description: a second open conflicts.
+        assert_eq!(
+            PidFile::acquire(&path).unwrap_err(),
+            PidFileState::Running(std::process::id())
+        );
+        drop(held);
+        assert_eq!(PidFile::inspect(&path), PidFileState::Missing);
+        std::fs::write(&path, "4242\n").unwrap();
+        assert_eq!(PidFile::inspect(&path), PidFileState::Stale(Some(4242)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spawn_clean_gives_a_new_process_group_and_no_extra_fds() {
+        let leak = File::open("/dev/null").unwrap(); // an fd without O_CLOEXEC? std sets it; still must not leak
+        let _ = &leak;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ls /proc/self/fd | wc -l; ps -o pgid= -p $$"]);
+        cmd.stdout(std::process::Stdio::piped());
+        let child = spawn_clean(&mut cmd, true).unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        // 0, 1, 2 and the fd `ls` opens for /proc/self/fd.
+        assert_eq!(lines.next().unwrap().trim(), "4", "{text}");
+        assert_eq!(lines.next().unwrap().trim(), pid.to_string(), "{text}");
+    }
+
+    #[test]
+    fn start_ticks_name_a_live_process() {
+        assert!(process_start_ticks(std::process::id()).is_some());
+        assert!(pid_alive(std::process::id()));
+    }
+}

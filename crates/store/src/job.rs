@@ -1,0 +1,171 @@
+//! A job as submitted ([`NewJob`]) and its validation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A job to queue: the fields of the contract's job object.
+///
+/// Deserialises from one line of `submit --file` (unknown fields are errors; everything
+/// but `command` is optional).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// Program and arguments; the program must not be empty.
+    pub command: Vec<String>,
+    /// The group it names (it then goes to that group only).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Tags that a group's `match` selects (for jobs that name no group).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Timeout in seconds (overrides the group's `job_timeout_s`).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Attempt limit (overrides the group's `max_attempts`).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Idempotency key: submitting again while a job with this key is not finished returns
+    /// that job's id.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl NewJob {
+    /// A job running `command` with every other field unset.
+    pub fn new<S: Into<String>>(command: impl IntoIterator<Item = S>) -> Self {
+        NewJob {
+            command: command.into_iter().map(Into::into).collect(),
+            ..NewJob::default()
+        }
+    }
+
+    /// Checks the job, naming the first bad field: `command` not empty and its program not
+    /// empty, `timeout_s` finite and > 0, `max_attempts` >= 1, `env` keys not empty and
+    /// without `=`, `group` and `key` not empty, no NUL byte in any string.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.command.first() {
+            None => return Err("command: must not be empty".into()),
+            Some(program) if program.is_empty() => {
+                return Err("command[0]: the program must not be empty".into())
+            }
+            Some(_) => {}
+        }
+        for (i, arg) in self.command.iter().enumerate() {
+            no_nul(arg, || format!("command[{i}]"))?;
+        }
+        if let Some(group) = &self.group {
+            if group.is_empty() {
+                return Err("group: must not be empty".into());
+            }
+            no_nul(group, || "group".into())?;
+        }
+        for (k, v) in &self.tags {
+            no_nul(k, || format!("tags key {k:?}"))?;
+            no_nul(v, || format!("tags.{k}"))?;
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() {
+                return Err("env: a variable name must not be empty".into());
+            }
+            if k.contains('=') {
+                return Err(format!("env key {k:?}: must not contain '='"));
+            }
+            no_nul(k, || format!("env key {k:?}"))?;
+            no_nul(v, || format!("env.{k}"))?;
+        }
+        if let Some(cwd) = &self.cwd {
+            if cwd.is_empty() {
+                return Err("cwd: must not be empty".into());
+            }
+            no_nul(cwd, || "cwd".into())?;
+        }
+        if let Some(t) = self.timeout_s {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(format!("timeout_s: must be a finite number > 0, not {t}"));
+            }
+        }
+        if self.max_attempts == Some(0) {
+            return Err("max_attempts: must be at least 1".into());
+        }
+        if let Some(key) = &self.key {
+            if key.is_empty() {
+                return Err("key: must not be empty".into());
+            }
+            no_nul(key, || "key".into())?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails with "`field`: must not contain a NUL byte" if `s` holds one.
+fn no_nul(s: &str, field: impl FnOnce() -> String) -> Result<(), String> {
+    if s.contains('\0') {
+        Err(format!("{}: must not contain a NUL byte", field()))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(job: &NewJob) -> String {
+        job.validate().unwrap_err()
+    }
+
+    #[test]
+    fn valid_jobs_pass() {
+        let mut job = NewJob::new(["echo", "hi"]);
+        job.validate().unwrap();
+        job.env.insert("A".into(), "".into());
+        job.tags.insert("arch".into(), "x86_64".into());
+        job.timeout_s = Some(0.5);
+        job.max_attempts = Some(1);
+        job.key = Some("k".into());
+        job.group = Some("g".into());
+        job.cwd = Some("/tmp".into());
+        job.validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert!(err(&NewJob::default()).starts_with("command:"));
+        assert!(err(&NewJob::new([""])).starts_with("command[0]:"));
+        assert!(err(&NewJob::new(["a", "b\0"])).starts_with("command[1]:"));
+
+        let base = NewJob::new(["true"]);
+        let bad = |f: &dyn Fn(&mut NewJob)| {
+            let mut j = base.clone();
+            f(&mut j);
+            err(&j)
+        };
+        assert!(bad(&|j| j.timeout_s = Some(0.0)).starts_with("timeout_s:"));
+        assert!(bad(&|j| j.timeout_s = Some(-1.0)).starts_with("timeout_s:"));
+        assert!(bad(&|j| j.timeout_s = Some(f64::NAN)).starts_with("timeout_s:"));
+        assert!(bad(&|j| j.timeout_s = Some(f64::INFINITY)).starts_with("timeout_s:"));
+        assert!(bad(&|j| j.max_attempts = Some(0)).starts_with("max_attempts:"));
+        assert!(bad(&|j| {
+            j.env.insert("".into(), "x".into());
+        })
+        .starts_with("env:"));
+        assert!(bad(&|j| {
+            j.env.insert("A=B".into(), "x".into());
+        })
+        .contains("'='"));
+        assert!(bad(&|j| {
+            j.env.insert("A".into(), "x\0".into());
+        })
+        .starts_with("env.A:"));
+        assert!(bad(&|j| j.cwd = Some("/a\0".into())).starts_with("cwd:"));
+        assert!(bad(&|j| j.key = Some(String::new())).starts_with("key:"));
+        assert!(bad(&|j| j.group = Some(String::new())).starts_with("group:"));
+    }
+}

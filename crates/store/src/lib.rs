@@ -1,0 +1,559 @@
+//! The durable job store of `supervisor`: the [`JobStore`] interface, its types and the routing rule.
+//!
+//! One interface, [`JobStore`], hides where jobs live. [`SqliteStore`] is the embedded
+//! default; a PostgreSQL store (several supervisors on several hosts sharing one queue)
+//! implements the same trait, so nothing here is specific to SQLite.
+//!
+//! Times are wall-clock unix seconds (`f64`) passed in by the caller: a store never reads
+//! the clock, which keeps it deterministic under test.
+//!
+//! Job states follow the contract: `queued` → `running` → `succeeded` | `failed` |
+//! `timed_out`. A failed or timed-out attempt that will be retried keeps its state with a
+//! retry time ([`Job::not_before`]) and becomes `queued` again once that time has come
+//! (every [`JobStore::claim`], [`JobStore::get`], [`JobStore::list`] and
+//! [`JobStore::counts`] applies this first). A `lost` attempt that will be retried goes
+//! straight back to `queued` with a `not_before` time. `dead` and `canceled` are terminal.
+
+mod error;
+mod job;
+mod jsonl;
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{StoreError, UnknownState};
+pub use job::NewJob;
+pub use jsonl::parse_jobs_jsonl;
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+
+/// The id of a job: a plain positive number, printed as such.
+pub type JobId = i64;
+
+/// The id of a registered supervisor instance (the owner of claims).
+pub type InstanceId = i64;
+
+/// The result type of every store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The state of a job.
+///
+/// Serialised (and printed) as lowercase snake case: `queued`, `running`, `succeeded`,
+/// `failed`, `timed_out`, `dead`, `canceled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to be claimed (possibly not before [`Job::not_before`]).
+    Queued,
+    /// Claimed by a supervisor instance; an attempt is under way.
+    Running,
+    /// The last attempt succeeded.
+    Succeeded,
+    /// The last attempt failed; retried at [`Job::not_before`] if that is set.
+    Failed,
+    /// The last attempt ran out of time; retried at [`Job::not_before`] if that is set.
+    TimedOut,
+    /// Failed with no attempts left.
+    Dead,
+    /// Canceled by an operator.
+    Canceled,
+}
+
+impl JobState {
+    /// Every state, in the order `status` prints them.
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::TimedOut,
+        JobState::Dead,
+        JobState::Canceled,
+    ];
+
+    /// The state's name: `queued`, `running`, `succeeded`, `failed`, `timed_out`, `dead`
+    /// or `canceled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::TimedOut => "timed_out",
+            JobState::Dead => "dead",
+            JobState::Canceled => "canceled",
+        }
+    }
+
+    /// True for the states a job never leaves: `succeeded`, `dead` and `canceled`.
+    ///
+    /// `failed` and `timed_out` are final only when no retry is scheduled, which the state
+    /// alone does not tell: see [`Job::is_finished`].
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Canceled
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// One job as stored: the submitted fields plus its progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// Its state.
+    pub state: JobState,
+    /// The group that ran it last (once claimed), else the group it names, if any.
+    pub group: Option<String>,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Tags that routes match against.
+    pub tags: BTreeMap<String, String>,
+    /// Extra environment variables for the job's process.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the job's process.
+    pub cwd: Option<String>,
+    /// The job's own timeout (overrides its group's), in seconds.
+    pub timeout_s: Option<f64>,
+    /// The job's own attempt limit (overrides its group's).
+    pub max_attempts: Option<u32>,
+    /// Idempotency key.
+    pub key: Option<String>,
+    /// Attempts started so far (an attempt given back by a graceful stop or a dead
+    /// supervisor does not count).
+    pub attempts: u32,
+    /// Exit code of the last finished attempt, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last finished attempt, if one did.
+    pub signal: Option<i32>,
+    /// Outcome of the last finished attempt: `succeeded`, `failed`, `timed_out`, `lost` or
+    /// `canceled`.
+    pub last_outcome: Option<String>,
+    /// When it was submitted.
+    pub created_at: f64,
+    /// When its current or last attempt started.
+    pub started_at: Option<f64>,
+    /// When its last attempt ended (or when it was canceled).
+    pub finished_at: Option<f64>,
+    /// For `failed`/`timed_out`: when it will be retried (`None`: never, the job is
+    /// finished). For `queued`: the earliest time it may be claimed.
+    pub not_before: Option<f64>,
+    /// The supervisor instance running it (only while `running`).
+    pub owner: Option<InstanceId>,
+    /// A cancel was requested while it was running; its supervisor will stop it.
+    pub cancel_requested: bool,
+}
+
+impl Job {
+    /// True when the job will never run again: `succeeded`, `dead`, `canceled`, or
+    /// `failed`/`timed_out` with no retry scheduled.
+    pub fn is_finished(&self) -> bool {
+        self.state.is_terminal()
+            || (matches!(self.state, JobState::Failed | JobState::TimedOut)
+                && self.not_before.is_none())
+    }
+}
+
+/// A registered supervisor instance, the owner of the jobs it claims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its id.
+    pub id: InstanceId,
+    /// Host name it runs on.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// A token telling it apart from a later process with the same pid (e.g. its boot id
+    /// and start time).
+    pub token: String,
+    /// When it registered.
+    pub started_at: f64,
+}
+
+/// A group that jobs are routed to, as far as routing is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The group's name.
+    pub group: String,
+    /// Tag selector: `Some(m)` takes an untargeted job whose tags hold, for every key of
+    /// `m`, one of its values (an empty map takes every untargeted job); `None` takes only
+    /// jobs that name the group.
+    pub matches: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// The group a job goes to, if any.
+///
+/// A job naming a `group` goes to that group if a route of that name exists, and nowhere
+/// otherwise. An untargeted job goes to the first route (in order) whose `matches` selects
+/// its tags. `None` means the job stays queued (that is not an error: a reload may add a
+/// group for it).
+pub fn route<'a>(
+    routes: &'a [Route],
+    group: Option<&str>,
+    tags: &BTreeMap<String, String>,
+) -> Option<&'a str> {
+    match group {
+        Some(name) => routes
+            .iter()
+            .find(|r| r.group == name)
+            .map(|r| r.group.as_str()),
+        None => routes
+            .iter()
+            .find(|r| r.matches.as_ref().is_some_and(|m| selects(m, tags)))
+            .map(|r| r.group.as_str()),
+    }
+}
+
+/// Whether a `matches` map selects these tags.
+fn selects(matches: &BTreeMap<String, Vec<String>>, tags: &BTreeMap<String, String>) -> bool {
+    matches
+        .iter()
+        .all(|(key, values)| tags.get(key).is_some_and(|v| values.contains(v)))
+}
+
+/// A job just claimed: what a worker needs to run one attempt of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claimed {
+    /// The job's id.
+    pub id: JobId,
+    /// The group it was routed to.
+    pub group: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// The job's own timeout, if it has one (else the group's applies).
+    pub timeout_s: Option<f64>,
+    /// The job's own attempt limit, if it has one (else the group's applies).
+    pub max_attempts: Option<u32>,
+    /// The 1-based number of this attempt.
+    pub attempt: u32,
+}
+
+/// What is left after a [`JobStore::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Backlog {
+    /// A job that some route takes is runnable now but its group had no credit left.
+    pub runnable: bool,
+    /// The earliest time a job that some route takes becomes runnable (a retry or a
+    /// `not_before`), if any is waiting.
+    pub waiting_until: Option<f64>,
+}
+
+impl Backlog {
+    /// True when no job that a route takes is runnable or waiting.
+    pub fn is_empty(&self) -> bool {
+        !self.runnable && self.waiting_until.is_none()
+    }
+}
+
+/// The answer of [`JobStore::claim`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClaimResult {
+    /// The jobs claimed, in id order.
+    pub jobs: Vec<Claimed>,
+    /// What is left.
+    pub more: Backlog,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Exited with code 0.
+    Succeeded,
+    /// Exited non-zero or was killed by a signal.
+    Failed,
+    /// Killed for running past its timeout.
+    TimedOut,
+    /// Its worker died under it.
+    Lost,
+    /// Stopped because a cancel was requested.
+    Canceled,
+}
+
+impl OutcomeKind {
+    /// The outcome's name: `succeeded`, `failed`, `timed_out`, `lost` or `canceled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Succeeded => "succeeded",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::TimedOut => "timed_out",
+            OutcomeKind::Lost => "lost",
+            OutcomeKind::Canceled => "canceled",
+        }
+    }
+}
+
+impl std::fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// How it ended.
+    pub kind: OutcomeKind,
+    /// Exit code, if the process exited.
+    pub exit_code: Option<i32>,
+    /// Signal number, if a signal ended the process.
+    pub signal: Option<i32>,
+}
+
+/// What becomes of a job after an attempt: decided by the caller, applied by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Next {
+    /// No further attempt: the job ends in the outcome's state (`succeeded`, `failed`,
+    /// `timed_out`, `canceled`; a `lost` attempt with no further attempt is `dead`).
+    Done,
+    /// Try again at `at` (unix seconds).
+    Retry {
+        /// When the next attempt may start.
+        at: f64,
+    },
+    /// No attempts left: the job is `dead`.
+    Dead,
+}
+
+/// The answer of [`JobStore::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResult {
+    /// It was queued or awaiting a retry: it is now `canceled`.
+    Canceled,
+    /// It is running: the cancel is recorded, and its supervisor stops it (see
+    /// [`JobStore::cancel_requests`]).
+    Requested,
+    /// It had already finished, in this state.
+    AlreadyFinished(JobState),
+    /// No job has that id.
+    Unknown,
+}
+
+/// The durable job store: every operation `supervisor` needs on the queue.
+///
+/// Implementations must keep claims safe against concurrent claimers, in other processes
+/// or on other hosts: a job is claimed by at most one instance at a time, and reports about
+/// an attempt that is no longer current (wrong attempt or owner) are refused.
+pub trait JobStore {
+    /// Queues `jobs`, all or none (every job is validated first), returning one id per job
+    /// in order. A job whose `key` matches a job that is not finished (queued, running, or
+    /// awaiting a retry) — also an earlier job of the same batch — gets that job's id
+    /// instead of a new job.
+    fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>>;
+
+    /// Registers a supervisor instance that will own claims.
+    fn register_instance(
+        &mut self,
+        host: &str,
+        pid: u32,
+        token: &str,
+        now: f64,
+    ) -> Result<InstanceId>;
+
+    /// Forgets an instance that is stopping: its running jobs go back to `queued` without
+    /// using up an attempt (or become `canceled` if a cancel was requested).
+    fn unregister_instance(&mut self, id: InstanceId) -> Result<Vec<JobId>>;
+
+    /// Every registered instance, in id order.
+    fn instances(&mut self) -> Result<Vec<Instance>>;
+
+    /// Takes back the jobs of dead instances: every job `running` under an instance other
+    /// than `me` for which `is_dead` says true goes back to `queued` without using up an
+    /// attempt (or becomes `canceled` if a cancel was requested), and those instances are
+    /// forgotten. Returns the ids of the jobs taken back.
+    fn requeue_orphans(
+        &mut self,
+        me: InstanceId,
+        is_dead: &dyn Fn(&Instance) -> bool,
+    ) -> Result<Vec<JobId>>;
+
+    /// Claims runnable jobs (queued, `not_before` passed) for instance `me`, in id order:
+    /// each job is routed with [`route`] and claimed only if its group has a credit left in
+    /// `credits` (which is decremented; a group missing from `credits` has none). A claimed
+    /// job is `running`, owned by `me`, with one more attempt.
+    fn claim(
+        &mut self,
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<ClaimResult>;
+
+    /// Stores the outcome of attempt `attempt` of job `id` run by `owner`, and applies
+    /// `next`. Returns false (and changes nothing) unless the job is running that attempt
+    /// under that owner: a stale report.
+    ///
+    /// `Done` ends the job in the outcome's state; `Retry` keeps a failed or timed-out job
+    /// in its state until `at` (a lost one is queued with `not_before = at`); `Dead` makes
+    /// it `dead`. A `succeeded` or `canceled` outcome ends the job whatever `next` says,
+    /// and a job whose cancel was requested is `canceled` rather than retried.
+    fn record_outcome(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        owner: InstanceId,
+        outcome: &Outcome,
+        next: Next,
+        now: f64,
+    ) -> Result<bool>;
+
+    /// Gives back a running job (graceful stop): it goes back to `queued` without using up
+    /// an attempt (or becomes `canceled` if a cancel was requested). Returns false if the
+    /// job is not running that attempt under that owner.
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId) -> Result<bool>;
+
+    /// Gives back every job running under `owner` that is not in `known`: claims whose
+    /// report never reached the supervisor (its grabber died between the claim and the
+    /// message). They go back to `queued` without using up an attempt (or become
+    /// `canceled` if a cancel was requested). Returns their ids.
+    fn release_strays(&mut self, owner: InstanceId, known: &[JobId]) -> Result<Vec<JobId>>;
+
+    /// Cancels a job: at once if it is queued or awaiting a retry, else by recording a
+    /// request that its supervisor acts on.
+    fn cancel(&mut self, id: JobId, now: f64) -> Result<CancelResult>;
+
+    /// The running jobs of `owner` whose cancel was requested, as (id, attempt).
+    fn cancel_requests(&mut self, owner: InstanceId) -> Result<Vec<(JobId, u32)>>;
+
+    /// One job, if it exists.
+    fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>>;
+
+    /// Every job, or every job in `state`, in id order.
+    fn list(&mut self, state: Option<JobState>, now: f64) -> Result<Vec<Job>>;
+
+    /// The number of jobs in each state; every state is present, zeros included.
+    fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn rt(group: &str, matches: Option<&[(&str, &[&str])]>) -> Route {
+        Route {
+            group: group.into(),
+            matches: matches.map(|m| {
+                m.iter()
+                    .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+                    .collect()
+            }),
+        }
+    }
+
+    #[test]
+    fn named_group_goes_to_that_group_only_if_it_exists() {
+        let routes = [rt("a", Some(&[])), rt("b", None)];
+        assert_eq!(route(&routes, Some("b"), &tags(&[])), Some("b"));
+        assert_eq!(route(&routes, Some("a"), &tags(&[])), Some("a"));
+        assert_eq!(route(&routes, Some("zz"), &tags(&[])), None);
+        // Naming a group bypasses tag matching.
+        assert_eq!(route(&routes, Some("zz"), &tags(&[("x", "y")])), None);
+    }
+
+    #[test]
+    fn tags_first_match_wins_in_order() {
+        let routes = [
+            rt("x86", Some(&[("arch", &["x86_64", "i386"])])),
+            rt(
+                "fast-x86",
+                Some(&[("arch", &["x86_64"]), ("speed", &["fast"])]),
+            ),
+            rt("any", Some(&[])),
+        ];
+        assert_eq!(
+            route(&routes, None, &tags(&[("arch", "i386")])),
+            Some("x86")
+        );
+        // Multi-value match: either value works.
+        assert_eq!(
+            route(
+                &routes,
+                None,
+                &tags(&[("arch", "x86_64"), ("speed", "fast")])
+            ),
+            Some("x86")
+        );
+        // No value match, falls through to the catch-all.
+        assert_eq!(route(&routes, None, &tags(&[("arch", "arm")])), Some("any"));
+        // Missing key: falls through too.
+        assert_eq!(route(&routes, None, &tags(&[])), Some("any"));
+    }
+
+    #[test]
+    fn every_key_must_match() {
+        let routes = [rt("g", Some(&[("arch", &["x86_64"]), ("os", &["linux"])]))];
+        assert_eq!(
+            route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "linux")])),
+            Some("g")
+        );
+        assert_eq!(route(&routes, None, &tags(&[("arch", "x86_64")])), None);
+        assert_eq!(
+            route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "bsd")])),
+            None
+        );
+        // An empty value list matches nothing.
+        let routes = [rt("g", Some(&[("arch", &[])]))];
+        assert_eq!(route(&routes, None, &tags(&[("arch", "x")])), None);
+    }
+
+    #[test]
+    fn none_route_takes_only_named_jobs() {
+        let routes = [rt("named-only", None)];
+        assert_eq!(route(&routes, None, &tags(&[])), None);
+        assert_eq!(route(&routes, None, &tags(&[("a", "b")])), None);
+        assert_eq!(
+            route(&routes, Some("named-only"), &tags(&[])),
+            Some("named-only")
+        );
+        assert_eq!(route(&[], None, &tags(&[])), None);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
+        }
+        let err = "done".parse::<JobState>().unwrap_err().to_string();
+        assert!(err.contains("`done`"), "{err}");
+        assert!(err.contains("timed_out"), "{err}");
+        assert!(JobState::Dead.is_terminal());
+        assert!(!JobState::Failed.is_terminal());
+        assert!(!JobState::Queued.is_terminal());
+    }
+}

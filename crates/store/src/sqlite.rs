@@ -1,0 +1,999 @@
+//! [`SqliteStore`]: the embedded [`JobStore`], one SQLite file shared by several processes.
+//!
+//! Several processes open the same file (the supervisor, its grabber child, CLI commands),
+//! so the database runs in WAL mode with a busy timeout, and every read-then-write
+//! operation runs in a `BEGIN IMMEDIATE` transaction, which takes the write lock up front:
+//! two claimers never see the same queued job. Claims are conditional updates (`... WHERE
+//! state = 'queued'`) with checked row counts all the same, as a PostgreSQL store needs.
+//!
+//! Routing is evaluated in SQL (tags are JSON, matched with `json_each`) so that a claim
+//! never has to read jobs that no group with credit takes; [`route`] remains the
+//! definition, and every job is checked against it again before it is claimed. A claim
+//! still costs SQLite a pass over the runnable queued jobs that come before the first one
+//! it can take (for example many jobs no route takes), which is cheap per row but not free.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, Value};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::error::Context;
+use crate::{
+    route, Backlog, CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState,
+    JobStore, NewJob, Next, Outcome, OutcomeKind, Result, Route, StoreError,
+};
+
+/// How long an operation waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order: migration `i` takes the schema from version `i`
+/// to version `i + 1` (`PRAGMA user_version`). Never edit one that has shipped: append.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    r#"
+    CREATE TABLE instances (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        host        TEXT    NOT NULL,
+        pid         INTEGER NOT NULL,
+        token       TEXT    NOT NULL,
+        started_at  REAL    NOT NULL
+    );
+
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        state            TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'succeeded',
+                                 'failed', 'timed_out', 'dead', 'canceled')),
+        -- The group the job names (routing input), and the group it was last routed to.
+        named_group      TEXT,
+        run_group        TEXT,
+        command          TEXT    NOT NULL,  -- JSON array of strings
+        tags             TEXT    NOT NULL,  -- JSON object of strings
+        env              TEXT    NOT NULL,  -- JSON object of strings
+        cwd              TEXT,
+        timeout_s        REAL,
+        max_attempts     INTEGER,
+        idem_key         TEXT,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        exit_code        INTEGER,
+        signal           INTEGER,
+        last_outcome     TEXT,
+        created_at       REAL    NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        -- queued: not claimable before; failed/timed_out: retry time (NULL: finished).
+        not_before       REAL,
+        owner            INTEGER REFERENCES instances (id),
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        CHECK ((state = 'running') = (owner IS NOT NULL))
+    );
+
+    -- Claims: queued jobs in id order (an index on state is ordered by (state, id)).
+    CREATE INDEX jobs_by_state ON jobs (state);
+    -- Retries falling due, and the earliest waiting job.
+    CREATE INDEX jobs_by_state_time ON jobs (state, not_before, id);
+    CREATE INDEX jobs_by_owner ON jobs (owner);
+    -- At most one unfinished job per idempotency key.
+    CREATE UNIQUE INDEX jobs_live_key ON jobs (idem_key)
+        WHERE idem_key IS NOT NULL
+          AND (state IN ('queued', 'running')
+               OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL));
+    "#,
+];
+
+/// The newest schema version this code knows (`PRAGMA user_version` of a current file).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The columns [`read_job`] expects, in order.
+const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, tags, env, \
+     cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, last_outcome, \
+     created_at, started_at, finished_at, not_before, owner, cancel_requested";
+
+/// Jobs whose retry time has come are queued again.
+const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' \
+     WHERE state IN ('failed', 'timed_out') AND not_before <= ?1";
+
+/// The job store in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store at `path` and brings its schema up to date.
+    ///
+    /// Sets WAL mode, `synchronous=NORMAL`, a 5 s busy timeout and foreign keys. Fails with
+    /// [`StoreError::SchemaTooNew`] if the file was written by a newer version.
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        })
+        .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the file.
+    pub fn schema_version(&self) -> Result<u32> {
+        user_version(&self.conn).ctx("read the schema version")
+    }
+
+    /// Applies the migrations the file lacks, all in one transaction.
+    fn migrate(&mut self) -> Result<()> {
+        let too_new = |found| StoreError::SchemaTooNew {
+            path: self.path.clone(),
+            found,
+            supported: SCHEMA_VERSION,
+        };
+        let open_err = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let found = user_version(&self.conn).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(found));
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        // Another process may have migrated while we waited for the lock.
+        let found = user_version(&tx).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(found));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = index as u32 + 1;
+            let migration_err = |source| StoreError::Migration {
+                path: self.path.clone(),
+                version,
+                source,
+            };
+            tx.execute_batch(sql).map_err(migration_err)?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(migration_err)?;
+            log::info!(
+                "job store {}: migrated to schema version {version}",
+                self.path.display()
+            );
+        }
+        tx.commit().map_err(open_err)
+    }
+}
+
+/// `PRAGMA user_version`.
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+/// Queues the jobs whose retry time has come (inside a transaction).
+fn materialise(conn: &Connection, now: f64) -> Result<usize> {
+    conn.prepare_cached(MATERIALISE_RETRIES)
+        .and_then(|mut stmt| stmt.execute([now]))
+        .ctx("queue due retries")
+}
+
+/// Like [`materialise`], but outside a transaction: takes the write lock only if some
+/// retry is due, so that read-only commands do not queue behind writers for nothing.
+fn materialise_if_due(conn: &Connection, now: f64) -> Result<()> {
+    let due = conn
+        .prepare_cached(
+            "SELECT 1 FROM jobs WHERE state IN ('failed', 'timed_out') AND not_before <= ?1 \
+             LIMIT 1",
+        )
+        .and_then(|mut stmt| stmt.exists([now]))
+        .ctx("look for due retries")?;
+    if due {
+        materialise(conn, now)?;
+    }
+    Ok(())
+}
+
+/// Serialises a value stored as JSON text.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("strings, vectors and string maps always serialise")
+}
+
+/// Parses a JSON column of job `id`.
+fn from_json<T: serde::de::DeserializeOwned>(id: JobId, column: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "job {id}: column {column} is not the expected JSON ({e}): {text}"
+        ))
+    })
+}
+
+/// Parses the state column of job `id`.
+fn parse_state(id: JobId, text: &str) -> Result<JobState> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
+}
+
+/// Column `index` of a row of job `id`; a value of the wrong type is reported as damage.
+fn column<T: FromSql>(row: &Row<'_>, id: JobId, index: usize) -> Result<T> {
+    row.get(index).map_err(|source| match source {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::Corrupt(format!("job {id}: column {index}: {source}"))
+        }
+        source => StoreError::Sqlite {
+            op: "read a job",
+            source,
+        },
+    })
+}
+
+/// Reads a row selected with [`JOB_COLUMNS`].
+fn read_job(row: &Row<'_>) -> Result<Job> {
+    let id: JobId = row.get(0).ctx("read a job")?;
+    let text = |index| column::<String>(row, id, index);
+    Ok(Job {
+        id,
+        state: parse_state(id, &text(1)?)?,
+        group: column(row, id, 2)?,
+        command: from_json(id, "command", &text(3)?)?,
+        tags: from_json(id, "tags", &text(4)?)?,
+        env: from_json(id, "env", &text(5)?)?,
+        cwd: column(row, id, 6)?,
+        timeout_s: column(row, id, 7)?,
+        max_attempts: column(row, id, 8)?,
+        key: column(row, id, 9)?,
+        attempts: column(row, id, 10)?,
+        exit_code: column(row, id, 11)?,
+        signal: column(row, id, 12)?,
+        last_outcome: column(row, id, 13)?,
+        created_at: column(row, id, 14)?,
+        started_at: column(row, id, 15)?,
+        finished_at: column(row, id, 16)?,
+        not_before: column(row, id, 17)?,
+        owner: column(row, id, 18)?,
+        cancel_requested: column(row, id, 19)?,
+    })
+}
+
+/// Which groups a [`Filter`] selects jobs for (`None`: every group).
+type GroupPredicate<'a> = Option<&'a dyn Fn(&str) -> bool>;
+
+/// A WHERE fragment selecting jobs by route, with its parameters in textual order.
+#[derive(Debug, Default)]
+struct Filter {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Filter {
+    /// Jobs that [`route`] sends to a group for which `take` is true (`None`: any group).
+    fn routed(routes: &[Route], take: GroupPredicate<'_>) -> Filter {
+        let taken = |group: &str| match take {
+            Some(take) => take(group),
+            None => true,
+        };
+        let mut f = Filter::default();
+
+        // Jobs naming a group: that group, if some route has its name.
+        let mut names: Vec<&str> = routes
+            .iter()
+            .map(|r| r.group.as_str())
+            .filter(|g| taken(g))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        f.sql.push_str("((named_group IN (");
+        for (i, name) in names.iter().enumerate() {
+            f.sql.push_str(if i == 0 { "?" } else { ", ?" });
+            f.params.push(Value::Text((*name).to_owned()));
+        }
+        f.sql.push_str(")) OR (named_group IS NULL AND (0");
+
+        // Untargeted jobs: the first route whose `matches` selects their tags.
+        for (i, r) in routes.iter().enumerate() {
+            let Some(matches) = &r.matches else { continue };
+            if !taken(&r.group) {
+                continue;
+            }
+            f.sql.push_str(" OR (");
+            f.selects(matches);
+            if take.is_some() {
+                // Exactly this route: no earlier one selects the job.
+                for earlier in routes[..i].iter().filter_map(|r| r.matches.as_ref()) {
+                    f.sql.push_str(" AND NOT ");
+                    f.selects(earlier);
+                }
+            }
+            f.sql.push(')');
+        }
+        f.sql.push_str(")))");
+        f
+    }
+
+    /// Appends a condition true when `matches` selects the job's tags.
+    fn selects(&mut self, matches: &BTreeMap<String, Vec<String>>) {
+        self.sql.push_str("(1");
+        for (key, values) in matches {
+            if values.is_empty() {
+                self.sql.push_str(" AND 0");
+                continue;
+            }
+            self.sql.push_str(
+                " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE key = ? AND value IN (",
+            );
+            self.params.push(Value::Text(key.clone()));
+            for (i, value) in values.iter().enumerate() {
+                self.sql.push_str(if i == 0 { "?" } else { ", ?" });
+                self.params.push(Value::Text(value.clone()));
+            }
+            self.sql.push_str("))");
+        }
+        self.sql.push(')');
+    }
+}
+
+/// Runnable queued jobs after id `?2` selected by `filter`, in id order, at most `?3`
+/// (parameters: now, after id, the filter's, limit).
+fn candidates_sql(filter: &Filter) -> String {
+    format!(
+        "SELECT id, named_group, tags, command, env, cwd, timeout_s, max_attempts, attempts \
+         FROM jobs WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?) \
+         AND id > ? AND {} ORDER BY id LIMIT ?",
+        filter.sql
+    )
+}
+
+/// Whether a runnable queued job is selected by `filter` (parameters: now, the filter's).
+fn runnable_sql(filter: &Filter) -> String {
+    format!(
+        "SELECT 1 FROM jobs WHERE state = 'queued' \
+         AND (not_before IS NULL OR not_before <= ?) AND {} LIMIT 1",
+        filter.sql
+    )
+}
+
+/// The earliest time a job selected by `filter` becomes runnable (parameters: now, the
+/// filter's).
+fn waiting_sql(filter: &Filter) -> String {
+    format!(
+        "SELECT MIN(not_before) FROM jobs \
+         WHERE ((state = 'queued' AND not_before > ?) \
+                OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL)) \
+         AND {}",
+        filter.sql
+    )
+}
+
+/// A queued job that a claim may take.
+#[derive(Debug)]
+struct Candidate {
+    id: JobId,
+    named_group: Option<String>,
+    tags: String,
+    command: String,
+    env: String,
+    cwd: Option<String>,
+    timeout_s: Option<f64>,
+    max_attempts: Option<u32>,
+    attempts: u32,
+}
+
+/// Takes back the running jobs of `instance`: queued again without using up an attempt,
+/// or canceled if a cancel was requested. Returns their ids.
+fn take_back(conn: &Connection, instance: InstanceId) -> Result<Vec<JobId>> {
+    let mut ids = conn
+        .prepare_cached(
+            "UPDATE jobs SET \
+                 state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+                 attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+                 last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
+                 owner = NULL \
+             WHERE owner = ?1 AND state = 'running' RETURNING id",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([instance], |row| row.get::<_, JobId>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("take back an instance's jobs")?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+impl JobStore for SqliteStore {
+    fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>> {
+        for (index, job) in jobs.iter().enumerate() {
+            job.validate()
+                .map_err(|message| StoreError::InvalidJob { index, message })?;
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("submit")?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut find_key = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE idem_key = ?1 AND idem_key IS NOT NULL \
+                     AND (state IN ('queued', 'running') \
+                          OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL)) \
+                     LIMIT 1",
+                )
+                .ctx("submit")?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
+                     max_attempts, idem_key, created_at) \
+                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .ctx("submit")?;
+            for job in jobs {
+                if let Some(key) = &job.key {
+                    let existing: Option<JobId> = find_key
+                        .query_row([key], |row| row.get(0))
+                        .optional()
+                        .ctx("submit: look up a key")?;
+                    if let Some(id) = existing {
+                        ids.push(id);
+                        continue;
+                    }
+                }
+                let id = insert
+                    .insert(params![
+                        job.group,
+                        to_json(&job.command),
+                        to_json(&job.tags),
+                        to_json(&job.env),
+                        job.cwd,
+                        job.timeout_s,
+                        job.max_attempts,
+                        job.key,
+                        now,
+                    ])
+                    .ctx("submit")?;
+                ids.push(id);
+            }
+        }
+        tx.commit().ctx("submit")?;
+        Ok(ids)
+    }
+
+    fn register_instance(
+        &mut self,
+        host: &str,
+        pid: u32,
+        token: &str,
+        now: f64,
+    ) -> Result<InstanceId> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO instances (host, pid, token, started_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut stmt| stmt.insert(params![host, pid, token, now]))
+            .ctx("register an instance")
+    }
+
+    fn unregister_instance(&mut self, id: InstanceId) -> Result<Vec<JobId>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("unregister an instance")?;
+        let ids = take_back(&tx, id)?;
+        tx.execute("DELETE FROM instances WHERE id = ?1", [id])
+            .ctx("unregister an instance")?;
+        tx.commit().ctx("unregister an instance")?;
+        Ok(ids)
+    }
+
+    fn instances(&mut self) -> Result<Vec<Instance>> {
+        self.conn
+            .prepare_cached("SELECT id, host, pid, token, started_at FROM instances ORDER BY id")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok(Instance {
+                        id: row.get(0)?,
+                        host: row.get(1)?,
+                        pid: row.get(2)?,
+                        token: row.get(3)?,
+                        started_at: row.get(4)?,
+                    })
+                })?
+                .collect()
+            })
+            .ctx("list instances")
+    }
+
+    fn requeue_orphans(
+        &mut self,
+        me: InstanceId,
+        is_dead: &dyn Fn(&Instance) -> bool,
+    ) -> Result<Vec<JobId>> {
+        let dead: Vec<InstanceId> = self
+            .instances()?
+            .into_iter()
+            .filter(|instance| instance.id != me && is_dead(instance))
+            .map(|instance| instance.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("requeue orphans")?;
+        let mut ids = Vec::new();
+        for instance in dead {
+            ids.extend(take_back(&tx, instance)?);
+            tx.execute("DELETE FROM instances WHERE id = ?1", [instance])
+                .ctx("requeue orphans")?;
+        }
+        tx.commit().ctx("requeue orphans")?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn claim(
+        &mut self,
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<ClaimResult> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("claim")?;
+        materialise(&tx, now)?;
+        let mut claimed = Vec::new();
+        let mut after: JobId = 0;
+        loop {
+            let credit_of = |group: &str| credits.get(group).copied().unwrap_or(0);
+            // Credits of the groups some route names, each counted once.
+            let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            let limit: u64 = groups.iter().map(|g| u64::from(credit_of(g))).sum();
+            if limit == 0 {
+                break;
+            }
+            let filter = Filter::routed(routes, Some(&|g: &str| credit_of(g) > 0));
+            let sql = candidates_sql(&filter);
+            let mut values = vec![Value::Real(now), Value::Integer(after)];
+            values.extend(filter.params);
+            values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+            let candidates: Vec<Candidate> = tx
+                .prepare_cached(&sql)
+                .and_then(|mut stmt| {
+                    stmt.query_map(params_from_iter(values), |row| {
+                        Ok(Candidate {
+                            id: row.get(0)?,
+                            named_group: row.get(1)?,
+                            tags: row.get(2)?,
+                            command: row.get(3)?,
+                            env: row.get(4)?,
+                            cwd: row.get(5)?,
+                            timeout_s: row.get(6)?,
+                            max_attempts: row.get(7)?,
+                            attempts: row.get(8)?,
+                        })
+                    })?
+                    .collect()
+                })
+                .ctx("claim: find runnable jobs")?;
+            let fetched = candidates.len() as u64;
+            for c in candidates {
+                after = c.id;
+                let tags: BTreeMap<String, String> = from_json(c.id, "tags", &c.tags)?;
+                let Some(group) = route(routes, c.named_group.as_deref(), &tags) else {
+                    log::warn!("job {}: selected for a claim but no route takes it", c.id);
+                    continue;
+                };
+                let Some(credit) = credits.get_mut(group).filter(|credit| **credit > 0) else {
+                    continue; // its group ran out of credit in this batch
+                };
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET state = 'running', owner = ?1, attempts = attempts + 1, \
+                         started_at = ?2, finished_at = NULL, exit_code = NULL, signal = NULL, \
+                         not_before = NULL, run_group = ?3 \
+                         WHERE id = ?4 AND state = 'queued'",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![me, now, group, c.id]))
+                    .ctx("claim a job")?;
+                if changed != 1 {
+                    log::warn!("job {}: taken by another claimer", c.id);
+                    continue;
+                }
+                *credit -= 1;
+                claimed.push(Claimed {
+                    id: c.id,
+                    group: group.to_owned(),
+                    command: from_json(c.id, "command", &c.command)?,
+                    env: from_json(c.id, "env", &c.env)?,
+                    cwd: c.cwd,
+                    timeout_s: c.timeout_s,
+                    max_attempts: c.max_attempts,
+                    attempt: c.attempts + 1,
+                });
+            }
+            if fetched < limit {
+                break; // every matching job was seen
+            }
+        }
+
+        // What is left, among jobs some route takes.
+        let any = Filter::routed(routes, None);
+        let mut values = vec![Value::Real(now)];
+        values.extend(any.params.iter().cloned());
+        let runnable = tx
+            .prepare_cached(&runnable_sql(&any))
+            .and_then(|mut stmt| stmt.exists(params_from_iter(values)))
+            .ctx("claim: look for runnable jobs")?;
+        let mut values = vec![Value::Real(now)];
+        values.extend(any.params.iter().cloned());
+        let waiting_until: Option<f64> = tx
+            .prepare_cached(&waiting_sql(&any))
+            .and_then(|mut stmt| stmt.query_row(params_from_iter(values), |row| row.get(0)))
+            .ctx("claim: look for waiting jobs")?;
+        tx.commit().ctx("claim")?;
+        Ok(ClaimResult {
+            jobs: claimed,
+            more: Backlog {
+                runnable,
+                waiting_until,
+            },
+        })
+    }
+
+    fn record_outcome(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        owner: InstanceId,
+        outcome: &Outcome,
+        next: Next,
+        now: f64,
+    ) -> Result<bool> {
+        if let Next::Retry { at } = next {
+            if !at.is_finite() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "job {id}: the retry time must be a finite number, not {at}"
+                )));
+            }
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("record an outcome")?;
+        let cancel_requested: Option<bool> = tx
+            .prepare_cached(
+                "SELECT cancel_requested FROM jobs \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, attempt, owner], |row| row.get(0))
+                    .optional()
+            })
+            .ctx("record an outcome")?;
+        let Some(cancel_requested) = cancel_requested else {
+            return Ok(false); // stale: rolled back on drop, nothing changed
+        };
+        let retry_or_cancel = |state: JobState, at: f64| {
+            if cancel_requested {
+                (JobState::Canceled, None)
+            } else {
+                (state, Some(at))
+            }
+        };
+        let (state, not_before) = match (outcome.kind, next) {
+            (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
+            (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
+            (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
+            (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
+            (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
+            (OutcomeKind::Failed, Next::Retry { at }) => retry_or_cancel(JobState::Failed, at),
+            (OutcomeKind::TimedOut, Next::Retry { at }) => retry_or_cancel(JobState::TimedOut, at),
+            (OutcomeKind::Lost, Next::Retry { at }) => retry_or_cancel(JobState::Queued, at),
+        };
+        let changed = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = ?1, not_before = ?2, owner = NULL, exit_code = ?3, \
+                 signal = ?4, last_outcome = ?5, finished_at = ?6 \
+                 WHERE id = ?7 AND state = 'running' AND attempts = ?8 AND owner = ?9",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    state.as_str(),
+                    not_before,
+                    outcome.exit_code,
+                    outcome.signal,
+                    outcome.kind.as_str(),
+                    now,
+                    id,
+                    attempt,
+                    owner
+                ])
+            })
+            .ctx("record an outcome")?;
+        tx.commit().ctx("record an outcome")?;
+        Ok(changed == 1)
+    }
+
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET \
+                     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+                     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+                     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                                    ELSE last_outcome END, \
+                     owner = NULL \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
+            )
+            .and_then(|mut stmt| stmt.execute(params![id, attempt, owner]))
+            .map(|changed| changed == 1)
+            .ctx("release a job")
+    }
+
+    fn release_strays(&mut self, owner: InstanceId, known: &[JobId]) -> Result<Vec<JobId>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("release strays")?;
+        let running: Vec<(JobId, u32)> = tx
+            .prepare_cached("SELECT id, attempts FROM jobs WHERE state = 'running' AND owner = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .ctx("release strays")?;
+        let known: std::collections::BTreeSet<JobId> = known.iter().copied().collect();
+        let mut released = Vec::new();
+        for (id, attempt) in running.into_iter().filter(|(id, _)| !known.contains(id)) {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE jobs SET \
+                         state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+                         attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+                         owner = NULL \
+                     WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
+                )
+                .and_then(|mut stmt| stmt.execute(params![id, attempt, owner]))
+                .ctx("release strays")?;
+            if changed == 1 {
+                released.push(id);
+            }
+        }
+        tx.commit().ctx("release strays")?;
+        Ok(released)
+    }
+
+    fn cancel(&mut self, id: JobId, now: f64) -> Result<CancelResult> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("cancel")?;
+        let row: Option<(String, Option<f64>)> = tx
+            .prepare_cached("SELECT state, not_before FROM jobs WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .ctx("cancel")?;
+        let Some((state, not_before)) = row else {
+            return Ok(CancelResult::Unknown);
+        };
+        let state = parse_state(id, &state)?;
+        let result = match state {
+            JobState::Running => {
+                tx.prepare_cached(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
+                )
+                .and_then(|mut stmt| stmt.execute([id]))
+                .ctx("cancel")?;
+                CancelResult::Requested
+            }
+            JobState::Queued | JobState::Failed | JobState::TimedOut
+                if state == JobState::Queued || not_before.is_some() =>
+            {
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'canceled', finished_at = ?2, not_before = NULL \
+                     WHERE id = ?1 AND (state = 'queued' OR (state IN ('failed', 'timed_out') \
+                     AND not_before IS NOT NULL))",
+                )
+                .and_then(|mut stmt| stmt.execute(params![id, now]))
+                .ctx("cancel")?;
+                CancelResult::Canceled
+            }
+            finished => CancelResult::AlreadyFinished(finished),
+        };
+        tx.commit().ctx("cancel")?;
+        Ok(result)
+    }
+
+    fn cancel_requests(&mut self, owner: InstanceId) -> Result<Vec<(JobId, u32)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, attempts FROM jobs \
+                 WHERE owner = ?1 AND state = 'running' AND cancel_requested ORDER BY id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .ctx("list cancel requests")
+    }
+
+    fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>> {
+        materialise_if_due(&self.conn, now)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+            .ctx("get a job")?;
+        let mut rows = stmt.query([id]).ctx("get a job")?;
+        match rows.next().ctx("get a job")? {
+            Some(row) => read_job(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&mut self, state: Option<JobState>, now: f64) -> Result<Vec<Job>> {
+        materialise_if_due(&self.conn, now)?;
+        let (sql, params): (String, Vec<Value>) = match state {
+            Some(state) => (
+                format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY id"),
+                vec![Value::Text(state.as_str().to_owned())],
+            ),
+            None => (
+                format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"),
+                vec![],
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(&sql).ctx("list jobs")?;
+        let mut rows = stmt.query(params_from_iter(params)).ctx("list jobs")?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().ctx("list jobs")? {
+            jobs.push(read_job(row)?);
+        }
+        Ok(jobs)
+    }
+
+    fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>> {
+        materialise_if_due(&self.conn, now)?;
+        let mut counts: BTreeMap<JobState, u64> =
+            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
+        let rows: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .ctx("count jobs")?;
+        for (state, n) in rows {
+            let state = state
+                .parse::<JobState>()
+                .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?;
+            counts.insert(state, n.try_into().unwrap_or(0));
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of `sql`, one step a line.
+    fn plan(store: &SqliteStore, sql: &str, params: &[Value]) -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(params_from_iter(params), |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    #[test]
+    fn hot_queries_use_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+        let routes = [
+            Route {
+                group: "g".into(),
+                matches: None,
+            },
+            Route {
+                group: "t".into(),
+                matches: Some([("k".to_string(), vec!["v".to_string()])].into()),
+            },
+        ];
+        let filter = Filter::routed(&routes, Some(&|_: &str| true));
+        let with = |head: &[Value], tail: &[Value]| -> Vec<Value> {
+            head.iter()
+                .chain(&filter.params)
+                .chain(tail)
+                .cloned()
+                .collect()
+        };
+        let now = Value::Real(1.0);
+
+        let p = plan(
+            &store,
+            &candidates_sql(&filter),
+            &with(&[now.clone(), Value::Integer(0)], &[Value::Integer(5)]),
+        );
+        assert!(
+            p.contains("USING INDEX jobs_by_state (state=? AND rowid>?)"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+
+        let p = plan(
+            &store,
+            &runnable_sql(&filter),
+            &with(std::slice::from_ref(&now), &[]),
+        );
+        assert!(p.contains("USING INDEX jobs_by_state"), "{p}");
+
+        let p = plan(
+            &store,
+            &waiting_sql(&filter),
+            &with(std::slice::from_ref(&now), &[]),
+        );
+        assert!(p.contains("USING INDEX jobs_by_state_time"), "{p}");
+        assert!(!p.contains("SCAN jobs"), "{p}");
+
+        let p = plan(&store, MATERIALISE_RETRIES, &[now]);
+        assert!(p.contains("USING INDEX jobs_by_state_time"), "{p}");
+    }
+
+    #[test]
+    fn filter_binds_one_parameter_per_placeholder() {
+        let routes = [
+            Route {
+                group: "a".into(),
+                matches: Some([("x".to_string(), vec!["1".into(), "2".into()])].into()),
+            },
+            Route {
+                group: "b".into(),
+                matches: Some([("y".to_string(), vec![])].into()),
+            },
+            Route {
+                group: "c".into(),
+                matches: Some(BTreeMap::new()),
+            },
+        ];
+        let not_a = |g: &str| g != "a";
+        let takes: [GroupPredicate<'_>; 2] = [None, Some(&not_a)];
+        for take in takes {
+            let f = Filter::routed(&routes, take);
+            assert_eq!(f.sql.matches('?').count(), f.params.len(), "{}", f.sql);
+        }
+    }
+}
