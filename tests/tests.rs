@@ -1,1 +1,5 @@
+//! The integration tests: one binary (built once), one module per area. Every test
+//! runs the real `supervisor` binary in its own temp dir.
 
+mod common;
+mod smoke;

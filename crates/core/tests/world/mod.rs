@@ -8,7 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use supervisor_core::backoff::Backoff;
@@ -80,6 +80,8 @@ pub struct Story {
     pub latest: BTreeMap<Role, ChildId>,
     /// The credit epoch the grabber knows per group, from Grant and Revoke.
     pub epochs: BTreeMap<String, u64>,
+    /// Children that do not answer pings; every other child answers each at once.
+    pub silent: BTreeSet<ChildId>,
 }
 
 impl Story {
@@ -93,6 +95,7 @@ impl Story {
             pids: BTreeMap::new(),
             latest: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            silent: BTreeSet::new(),
         }
     }
 
@@ -130,7 +133,8 @@ impl Story {
     }
 
     /// Move the clock to `secs`, firing every timer that falls due on the way at its
-    /// own moment. Returns what the timers did.
+    /// own moment; every child not in `silent` answers each ping at once. Returns what
+    /// the timers did (the answers to pings included).
     pub fn at(&mut self, secs: f64) -> Vec<Action> {
         let target = Time::from_secs_f64(secs);
         assert!(target >= self.now, "time runs forward only");
@@ -142,7 +146,15 @@ impl Story {
             self.now = due.max(self.now);
             let acts = self.core.on_timeout(self.now);
             self.observe(&acts);
-            out.extend(acts);
+            out.extend(acts.iter().cloned());
+            for a in &acts {
+                if let Action::Ping { child } = a {
+                    if !self.silent.contains(child) {
+                        let more = self.feed(Input::Alive { child: *child });
+                        out.extend(more);
+                    }
+                }
+            }
             assert!(
                 self.core.next_deadline().is_none_or(|t| t > self.now),
                 "the core would make the shell spin at {:?}",
@@ -237,17 +249,6 @@ impl Story {
         self.feed(Input::Exited { pid, end })
     }
 
-    /// Every live child answers the ping.
-    pub fn all_alive(&mut self, except: &[ChildId]) -> Vec<Action> {
-        let live: Vec<ChildId> = self.latest.values().copied().collect();
-        let mut out = Vec::new();
-        for child in live {
-            if !except.contains(&child) && self.core.role(child).is_some() {
-                out.extend(self.feed(Input::Alive { child }));
-            }
-        }
-        out
-    }
 }
 
 /// The pid a story gives job `id`'s process.
