@@ -3,3 +3,5 @@
 
 mod common;
 mod smoke;
+mod process;
+mod jobs;

@@ -94,6 +94,23 @@ const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command,
 const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' \
      WHERE state IN ('failed', 'timed_out') AND not_before <= ?1";
 
+/// Busy handler: retry after 20 µs at first, then 200 µs, and give up after about
+/// [`BUSY_TIMEOUT`] in all.
+fn short_waits(tries: i32) -> bool {
+    let (fast, fast_step, slow_step) = (100, 20u64, 200u64);
+    let waited_us = if tries < fast {
+        tries as u64 * fast_step
+    } else {
+        fast as u64 * fast_step + (tries - fast) as u64 * slow_step
+    };
+    if waited_us >= BUSY_TIMEOUT.as_micros() as u64 {
+        return false;
+    }
+    let step = if tries < fast { fast_step } else { slow_step };
+    std::thread::sleep(std::time::Duration::from_micros(step));
+    true
+}
+
 /// The job store in one SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -111,8 +128,12 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // SQLite's own busy handler sleeps in steps of whole milliseconds; the grabber
+        // and the supervisor take the write lock for tens of microseconds each, so
+        // waiting in short steps keeps them from idling a worker for a millisecond.
+        conn.busy_handler(Some(short_waits)).map_err(open_err)?;
         conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
             row.get::<_, String>(0)
         })

@@ -15,8 +15,7 @@ use supervisor_core::backoff::Backoff;
 use supervisor_core::random::Fixed;
 use supervisor_core::spec::{defaults, GroupSpec, OnExhausted, Spec};
 use supervisor_core::supervision::{
-    Action, ChildId, ClaimedJob, Core, Event, Input, JobId, Next, Outcome, ProcessEnd, Role,
-    Signal,
+    Action, ChildId, ClaimedJob, Core, Event, Input, JobId, Next, Outcome, ProcessEnd, Role, Signal,
 };
 use supervisor_core::Time;
 
@@ -248,7 +247,6 @@ impl Story {
         let pid = self.pid(child);
         self.feed(Input::Exited { pid, end })
     }
-
 }
 
 /// The pid a story gives job `id`'s process.
