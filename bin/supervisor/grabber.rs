@@ -33,6 +33,9 @@ struct Grabber {
     epoch: u64,
     last_report: Option<(u64, bool)>,
     cancels_sent: BTreeSet<i64>,
+    /// Look for cancel requests in the next pass: set by the doorbell (`cancel` rings
+    /// it) and by the poll timer, not by every returned credit.
+    check_cancels: bool,
     started: Instant,
 }
 
@@ -67,6 +70,7 @@ pub fn main(
         epoch: 0,
         last_report: None,
         cancels_sent: BTreeSet::new(),
+        check_cancels: true,
         started: Instant::now(),
     };
     if g.tx.send(FromChild::Ready).is_err() {
@@ -78,6 +82,9 @@ pub fn main(
     loop {
         let now = g.now();
         if let Some(pass) = bell.poll(now) {
+            if !pass.rung {
+                g.check_cancels = true; // the poll timer
+            }
             let results: Vec<(&str, Outcome)> =
                 pass.ids.into_iter().map(|k| (k, g.pass())).collect();
             bell.finish(g.now(), results);
@@ -127,7 +134,10 @@ pub fn main(
                     g.epoch = g.epoch.max(epoch);
                     bell.ring();
                 }
-                ToChild::Wake => bell.ring(),
+                ToChild::Wake => {
+                    g.check_cancels = true;
+                    bell.ring();
+                }
                 ToChild::Run(_) | ToChild::SignalJob { .. } => {
                     log::error!("grabber: got a worker's message; ignoring it")
                 }
@@ -198,12 +208,14 @@ impl Grabber {
                 std::process::exit(0);
             }
         }
-        let requests = store.cancel_requests(self.instance)?;
-        let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
-        for id in requested.difference(&self.cancels_sent.clone()) {
-            let _ = self.tx.send(FromChild::CancelRequested { job: *id });
+        if std::mem::take(&mut self.check_cancels) {
+            let requests = store.cancel_requests(self.instance)?;
+            let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
+            for id in requested.difference(&self.cancels_sent) {
+                let _ = self.tx.send(FromChild::CancelRequested { job: *id });
+            }
+            self.cancels_sent = requested;
         }
-        self.cancels_sent = requested;
         let empty = result.jobs.is_empty() && result.more.is_empty();
         // Report only what is news, so an idle supervisor is not woken every poll.
         if self.last_report != Some((self.epoch, empty)) {

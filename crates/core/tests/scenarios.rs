@@ -837,6 +837,7 @@ fn a_shrinking_pool_retires_idle_workers_first_and_busy_ones_after_their_job() {
     let (w1, _) = s.run_job(claim(1, "a", 0));
     assert_eq!(w1, s.w("a", 0));
     let (w2, _) = s.run_job(claim(2, "a", 0));
+    assert_eq!(w2, s.w("a", 1));
     s.end(w1, 1, OK);
     let acts = s.feed(Input::Reload(spec(vec![group("a", 1)])));
     let mut st = stopped(&acts);
@@ -844,7 +845,6 @@ fn a_shrinking_pool_retires_idle_workers_first_and_busy_ones_after_their_job() {
     assert_eq!(st, [s.w("a", 0), s.w("a", 2)]);
     assert!(job_signals(&acts).is_empty());
     assert_eq!(s.core.busy_workers("a"), 1);
-    let _ = w2;
 
     // Both busy: shrinking stops nobody now, and the highest slot after its job.
     let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
@@ -1166,6 +1166,23 @@ fn until_empty_does_not_stop_when_a_lost_job_goes_back_to_the_queue() {
     // Its worker dies: job 1 is lost and queued for a retry, so the source is not empty.
     let acts = s.reap(w, SIGKILL);
     assert_eq!(outcomes(&acts)[0].2, Outcome::Lost);
+    assert!(!s.core.is_stopping());
+}
+
+#[test]
+fn until_empty_does_not_stop_when_a_late_claim_goes_back_to_the_queue() {
+    let mut sp = spec(vec![group("a", 1), group("b", 1)]);
+    sp.until_empty = true;
+    let (mut s, _) = Story::boot(sp);
+    // Group b is removed while the grabber's claim of job 1 for it is on the way.
+    let mut sp = spec(vec![group("a", 1)]);
+    sp.until_empty = true;
+    let acts = s.feed(Input::Reload(sp));
+    let epoch = poll(&acts).unwrap();
+    let acts = s.feed(Input::JobClaimed(claim(1, "b", 0)));
+    assert_eq!(releases(&acts), [(1, 1)]);
+    // The grabber's report was made before job 1 was back in the queue.
+    s.feed(Input::SourceReport { epoch, empty: true });
     assert!(!s.core.is_stopping());
 }
 

@@ -229,7 +229,7 @@ struct Group {
     pending: VecDeque<ClaimedJob>,
     /// Credits the grabber holds for this group.
     granted: u32,
-    /// Bumped by every revoke; drawn from [`Core::epochs`], so it only ever rises for a
+    /// Bumped by every revoke; drawn from `Core::epochs`, so it only ever rises for a
     /// group's name, even across a remove and re-add.
     epoch: u64,
 }
@@ -1461,9 +1461,9 @@ impl Core {
             .values()
             .filter(|s| !s.retiring)
             .filter(|s| {
-                !s.child
+                s.child
                     .and_then(|c| self.children.get(&c))
-                    .is_some_and(|c| c.job.is_some())
+                    .is_none_or(|c| c.job.is_none())
             })
             .count();
         let excess: Vec<ClaimedJob> = if g.pending.len() > room {
