@@ -199,9 +199,11 @@ fn fd_and_stdin_hygiene() {
         "--",
         "sh",
         "-c",
-        "echo fds=$(ls /proc/$$/fd | sort -n | tr '\\n' ' '); \
+        // `ls` of the shell's own fds, straight to the log: a `$(...)` or a pipe would
+        // show the shell's end of it.
+        "echo fds:; ls /proc/$$/fd; echo end; \
          echo stdin=$(readlink /proc/$$/fd/0); \
-         echo pid=$$ pgid=$(cut -d' ' -f5 /proc/$$/stat) sid=$(cut -d' ' -f6 /proc/$$/stat)",
+         echo pid=$$ pgid=$(cut -d' ' -f5 /proc/$$/stat)",
     ]);
     let job = sb.wait_job(id, &["succeeded"], T);
     let text = fs::read_to_string(job["log"].as_str().unwrap()).unwrap();
@@ -212,8 +214,13 @@ fn fd_and_stdin_hygiene() {
             .unwrap_or_else(|| panic!("no {name} in the log: {text}"))
             .to_string()
     };
-    let fds_line = text.lines().find(|l| l.starts_with("fds=")).unwrap();
-    assert_eq!(fds_line.trim_end(), "fds=0 1 2", "log: {text}");
+    let fds: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "fds:")
+        .skip(1)
+        .take_while(|l| *l != "end")
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "log: {text}");
     assert_eq!(field("stdin"), "/dev/null", "log: {text}");
     assert_eq!(
         field("pgid"),
@@ -569,14 +576,24 @@ fn sigkill_random_workers_during_hundreds_of_jobs_loses_none() {
         kills += 1;
         let done_before = succeeded(&events);
         // Its replacement comes up in the same slot ...
-        sv.wait_event(T, |e| {
-            e["event"] == "child_ready"
-                && e["role"] == "worker"
-                && e["group"] == slot.0.as_str()
-                && e["slot"] == slot.1
-                && e["pid"] != victim
-                && e["seq"].as_u64() > events.last().unwrap()["seq"].as_u64()
+        let last_seq = events.last().unwrap()["seq"].as_u64();
+        let replaced = wait_until(T, || {
+            sv.events().iter().any(|e| {
+                e["event"] == "child_ready"
+                    && e["role"] == "worker"
+                    && e["group"] == slot.0.as_str()
+                    && e["slot"] == slot.1
+                    && e["pid"] != victim
+                    && e["seq"].as_u64() > last_seq
+            })
         });
+        assert!(
+            replaced.is_ok(),
+            "kill {kills}: worker {victim} (slot {}) was SIGKILLed and no replacement became \
+             ready within {T:?}:\n{}",
+            slot.1,
+            sv.dump()
+        );
         // ... and work goes on before the next kill.
         let ok = wait_until(Duration::from_secs(30), || {
             let n = succeeded(&sv.events());
@@ -584,9 +601,17 @@ fn sigkill_random_workers_during_hundreds_of_jobs_loses_none() {
         });
         assert!(ok.is_ok(), "no progress after kill {kills}:\n{}", sv.dump());
     }
-    sv.wait_events(Duration::from_secs(60), N, |e| {
-        e["event"] == "job_finished" && e["outcome"] == "succeeded"
-    });
+    if wait_until(Duration::from_secs(30), || succeeded(&sv.events()) >= N).is_err() {
+        let others: Vec<Value> = jobs(&sb, None)
+            .into_iter()
+            .filter(|j| j["state"] != "succeeded")
+            .collect();
+        panic!(
+            "{} of {N} jobs succeeded after {kills} kills; the others: {others:#?}\n{}",
+            succeeded(&sv.events()),
+            sv.dump()
+        );
+    }
     eprintln!(
         "{N} jobs on 4 workers with {kills} worker kills: {:.2}s",
         started.elapsed().as_secs_f64()

@@ -2,6 +2,6 @@
 //! runs the real `supervisor` binary in its own temp dir.
 
 mod common;
-mod smoke;
-mod process;
 mod jobs;
+mod process;
+mod smoke;

@@ -30,7 +30,7 @@ pub struct SubmitArgs {
     #[arg(long = "tag", value_name = "K=V")]
     tags: Vec<String>,
     /// Seconds before the attempt is stopped (overrides the group's job_timeout_s).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     timeout: Option<f64>,
     /// Attempts before the job is dead (overrides the group's max_attempts).
     #[arg(long, value_name = "N")]

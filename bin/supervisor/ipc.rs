@@ -126,16 +126,21 @@ impl Hub {
             .name(format!("accept-{child}"))
             .spawn(move || {
                 let ev = match server.accept() {
-                    Ok((rx, FromChild::Hello { to_child, .. })) => match add.send((child, rx)) {
-                        Ok(()) => Ev::Connected {
+                    Ok((rx, FromChild::Hello { to_child, .. })) => {
+                        // Connected first: the hub passes on the child's messages (its
+                        // Ready) only once it has `rx`, so they queue after this.
+                        let _ = events.send(Ev::Connected {
                             child,
                             sender: to_child,
-                        },
-                        Err(e) => Ev::HandshakeFailed {
-                            child,
-                            error: e.to_string(),
-                        },
-                    },
+                        });
+                        match add.send((child, rx)) {
+                            Ok(()) => return,
+                            Err(e) => Ev::HandshakeFailed {
+                                child,
+                                error: e.to_string(),
+                            },
+                        }
+                    }
                     Ok((_, other)) => Ev::HandshakeFailed {
                         child,
                         error: format!("expected Hello first, got {other:?}"),

@@ -231,7 +231,9 @@ impl Supervisor {
             }
             if self.core.next_deadline().is_some_and(|t| t <= now) {
                 let actions = self.core.on_timeout(now);
-                self.execute(actions);
+                for input in self.execute(actions) {
+                    self.feed(input);
+                }
             }
         }
     }
