@@ -1020,6 +1020,30 @@ fn a_second_interrupt_kills_every_child_and_job_at_once() {
 }
 
 #[test]
+fn a_job_reported_dead_after_a_second_interrupt_is_requeued_not_failed() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::Shutdown {
+        reason: "SIGINT".into(),
+        immediate: false,
+    });
+    s.feed(Input::Shutdown {
+        reason: "SIGINT".into(),
+        immediate: true,
+    });
+    // The worker outlives its job by a moment and reports the SIGKILL it saw.
+    let acts = s.feed(Input::JobEnded {
+        child: w,
+        job: 1,
+        end: Some(SIGKILL),
+    });
+    assert_eq!(releases(&acts), [(1, 1)]);
+    assert!(!acts
+        .iter()
+        .any(|a| matches!(a, Action::RecordOutcome { .. })));
+}
+
+#[test]
 fn a_child_spawned_after_an_immediate_stop_is_killed_as_soon_as_its_pid_is_known() {
     let mut s = Story::new(spec(vec![group("a", 1)]));
     let start = s.feed(Input::Start);

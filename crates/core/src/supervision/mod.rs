@@ -1532,6 +1532,18 @@ impl Core {
                 if let Some(pgid) = c.job.as_ref().and_then(|r| r.job_pid) {
                     self.out.push(Action::KillJobGroup { pgid });
                 }
+                // The worker may still report its job's death before it dies itself: the
+                // job was stopped by the shutdown, so it goes back to the queue (a cancel
+                // or timeout already under way keeps its own reason).
+                if let Some(run) = self.children.get_mut(&id).and_then(|c| c.job.as_mut()) {
+                    if run.stop.is_none() {
+                        run.stop = Some(JobStop {
+                            reason: StopReason::Shutdown,
+                            kill_at: None,
+                        });
+                    }
+                }
+                let c = &self.children[&id];
                 if let (Some(pid), false) = (c.pid, c.killed) {
                     self.children.get_mut(&id).expect("listed").killed = true;
                     self.out.push(Action::KillChild {
