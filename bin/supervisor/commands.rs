@@ -628,7 +628,7 @@ pub fn events(path: &Path, follow: bool, as_json: bool) -> Result<i32> {
         }
     };
     let mut pending = String::new();
-    let mut ino = file.as_ref().and_then(|f| inode(f));
+    let mut ino = file.as_ref().and_then(inode);
     loop {
         if let Some(f) = file.as_mut() {
             let mut buf = String::new();
@@ -660,7 +660,7 @@ pub fn events(path: &Path, follow: bool, as_json: bool) -> Result<i32> {
                     pending.push_str(&rest);
                 }
                 file = std::fs::File::open(&file_path).ok();
-                ino = file.as_ref().and_then(|f| inode(f));
+                ino = file.as_ref().and_then(inode);
             } else if let Some(f) = file.as_mut() {
                 // Truncated in place (copytruncate): start over.
                 if meta.len() < f.stream_position()? {

@@ -468,12 +468,12 @@ impl Supervisor {
                     let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
                 }
                 Action::Grant { group, n, epoch } => {
-                    self.to_grabber(ToChild::Grant { group, n, epoch })
+                    self.send_to_grabber(ToChild::Grant { group, n, epoch })
                 }
                 Action::Revoke { group, epoch } => {
-                    self.to_grabber(ToChild::Revoke { group, epoch })
+                    self.send_to_grabber(ToChild::Revoke { group, epoch })
                 }
-                Action::Poll { epoch } => self.to_grabber(ToChild::Poll { epoch }),
+                Action::Poll { epoch } => self.send_to_grabber(ToChild::Poll { epoch }),
                 Action::RecordOutcome {
                     job,
                     attempt,
@@ -613,7 +613,7 @@ impl Supervisor {
         false
     }
 
-    fn to_grabber(&mut self, msg: ToChild) {
+    fn send_to_grabber(&mut self, msg: ToChild) {
         if let Some(g) = self.core.grabber() {
             self.send(g, msg);
         }
@@ -676,7 +676,7 @@ impl Supervisor {
         self.generation += 1;
         self.config_event("config_loaded", None);
         let routes = crate::routes(&self.config);
-        self.to_grabber(ToChild::Routes(routes));
+        self.send_to_grabber(ToChild::Routes(routes));
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));
         Ok(None)

@@ -882,7 +882,7 @@ fn release_strays_gives_back_only_unknown_claims_of_that_owner() {
         })
         .collect();
     let ids = store.submit(&jobs, 0.0).unwrap();
-    let routes = vec![Route {
+    let routes = vec![supervisor_store::Route {
         group: "g".into(),
         matches: None,
     }];
