@@ -211,13 +211,8 @@ fn child(args: &str) -> i32 {
             error_backoff.into(),
             routes,
         ),
-        wire::ChildRole::Worker {
-            logs, kill_grace_s, ..
-        } => worker::main(
-            &args.ipc,
-            logs,
-            std::time::Duration::from_secs_f64(kill_grace_s),
-        ),
+        // The core times a job's TERM-to-KILL grace; the worker only sends the signals.
+        wire::ChildRole::Worker { logs, .. } => worker::main(&args.ipc, logs),
     }
 }
 

@@ -566,7 +566,6 @@ impl Supervisor {
                 group: group.clone(),
                 slot: *slot,
                 logs: self.config.state_dir.join("logs"),
-                kill_grace_s: self.core.spec().kill_grace.as_secs_f64(),
             },
         };
         let args = ChildArgs {

@@ -141,7 +141,6 @@ pub enum ChildRole {
         group: String,
         slot: u32,
         logs: PathBuf,
-        kill_grace_s: f64,
     },
 }
 

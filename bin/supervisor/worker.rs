@@ -5,7 +5,6 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
@@ -26,7 +25,7 @@ struct Running {
 }
 
 /// Run the worker until told to stop or the supervisor goes away.
-pub fn main(ipc_name: &str, logs: PathBuf, _kill_grace: Duration) -> i32 {
+pub fn main(ipc_name: &str, logs: PathBuf) -> i32 {
     let (tx, rx) = match ipc::connect(ipc_name) {
         Ok(x) => x,
         Err(e) => {
