@@ -212,7 +212,9 @@ fn child(args: &str) -> i32 {
             routes,
         ),
         // The core times a job's TERM-to-KILL grace; the worker only sends the signals.
-        wire::ChildRole::Worker { logs, .. } => worker::main(&args.ipc, logs),
+        wire::ChildRole::Worker { logs, group, slot } => {
+            worker::main(&args.ipc, logs, &group, slot)
+        }
     }
 }
 

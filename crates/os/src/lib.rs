@@ -1,9 +1,10 @@
 //! The small OS layer of `supervisor`: spawning with a clean slate, reaping, signalling
 //! process groups, and the pidfile lock.
 //!
-//! This is the only crate of the workspace that may use `unsafe`, and it does so in one
-//! place: the hook that runs between `fork` and `exec` ([`spawn_clean`]). Everything
-//! else goes through nix's safe wrappers.
+//! This is the only crate of the workspace that may use `unsafe`, and it does so in two
+//! places: the hook that runs between `fork` and `exec` of the supervisor's own children
+//! ([`spawn_clean`]), and the vfork-style start of a job's process ([`Spawner`], in
+//! `spawn.rs`). Everything else goes through nix's safe wrappers.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -16,6 +17,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+
+mod spawn;
+pub use spawn::{wait_pid, JobCommand, SpawnError, Spawner};
 
 /// How a process ended: an exit code or a signal, never squashed into one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +122,25 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
     }
     match signal::killpg(Pid::from_raw(pgid as i32), sig) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rename `from` to `to` unless `to` exists (`RENAME_NOREPLACE`, atomically). Returns
+/// `Ok(false)` when `to` exists and nothing was renamed.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        // A filesystem without RENAME_NOREPLACE: check, then rename (racy only
+        // against another writer of `to`, and there is none: each log has one worker).
+        Err(Errno::EINVAL) => {
+            if to.exists() {
+                return Ok(false);
+            }
+            std::fs::rename(from, to).map(|()| true)
+        }
         Err(e) => Err(e.into()),
     }
 }
