@@ -3,5 +3,7 @@
 
 mod common;
 mod jobs;
+mod operate;
 mod process;
+mod reload;
 mod smoke;

@@ -351,3 +351,120 @@ impl Drop for Supervisor {
         }
     }
 }
+
+/// A job that writes its shell's pid to a file, then waits until the test releases it
+/// (a file appears) and exits with the code the test gave.
+pub struct Held {
+    pub id: i64,
+    pid_file: PathBuf,
+    go: PathBuf,
+}
+
+impl Held {
+    /// The job's pid, once it has written it and is alive.
+    pub fn pid(&self) -> u32 {
+        let mut pid = None;
+        wait_until(Duration::from_secs(10), || {
+            pid = fs::read_to_string(&self.pid_file)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            pid.is_some_and(alive)
+        })
+        .unwrap_or_else(|_| panic!("held job {} never wrote a live pid", self.id));
+        pid.unwrap()
+    }
+
+    /// Let the job exit with `code`.
+    pub fn release_with(&self, code: i32) {
+        let tmp = self.go.with_extension("tmp");
+        fs::write(&tmp, format!("{code}\n")).unwrap();
+        fs::rename(tmp, &self.go).unwrap();
+    }
+
+    /// Let the job exit 0.
+    pub fn release(&self) {
+        self.release_with(0);
+    }
+}
+
+impl Sandbox {
+    /// Submit a held job (see [`Held`]) with the extra submit flags `args`; `name` must
+    /// be unique in the sandbox.
+    pub fn submit_held(&self, name: &str, args: &[&str]) -> Held {
+        let pid_file = self.path().join(format!("{name}.pid"));
+        let go = self.path().join(format!("{name}.go"));
+        let script = format!(
+            "echo $$ > {pid}; while [ ! -s {go} ]; do sleep 0.05; done; exit $(cat {go})",
+            pid = pid_file.display(),
+            go = go.display()
+        );
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--", "sh", "-c", &script]);
+        let id = self.submit(&full);
+        Held { id, pid_file, go }
+    }
+
+    /// `status --json`, which must exit 0.
+    pub fn status_json(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status --json exited {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
+impl Supervisor {
+    /// The highest `seq` in the current events file (0 if it is empty).
+    pub fn last_seq(&self) -> u64 {
+        self.events()
+            .iter()
+            .filter_map(|e| e["seq"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Wait for the first event after `seq` that satisfies `pred`.
+    pub fn wait_event_after(
+        &self,
+        seq: u64,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_event(within, |e| {
+            e["seq"].as_u64().is_some_and(|s| s > seq) && pred(e)
+        })
+    }
+
+    /// Stop with SIGTERM; expect exit 0 and nothing left behind.
+    pub fn stop_cleanly(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            self.dump()
+        );
+        self.assert_nothing_left(Duration::from_secs(2));
+    }
+}
+
+impl Supervisor {
+    /// Wait for this process's own `supervisor_started` (a second run on the same state
+    /// dir finds the first run's events until it rotates them).
+    pub fn wait_started(&self) {
+        let pid = self.pid();
+        self.wait_event(Duration::from_secs(10), |e| {
+            e["event"] == "supervisor_started" && e["pid"] == pid
+        });
+    }
+}
