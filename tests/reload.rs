@@ -709,22 +709,6 @@ fn a_bad_config_is_rejected_and_nothing_changes() {
     let error = reload_rejected(&sb, &sv, Via::Sighup);
     assert!(error.contains("supervisor.json"), "{error}");
 
-    // `supervisor reload` with a bad file: either it signals and the supervisor rejects
-    // it, or it refuses itself and names the problem.
-    let mut bad = group("a", 2);
-    bad["max_workers"] = json!(-1);
-    sb.write_config(&config(vec![bad]));
-    let seen = sv.last_seq();
-    let out = sb.run(&["reload"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        let e = sv.wait_event_after(seen, T, is_config_event);
-        assert_eq!(e["event"], "config_rejected", "{e}");
-    } else {
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("groups[0].max_workers"), "{stderr}");
-    }
-
     // Nothing changed: same children, the job runs on, no generation was used.
     sb.write_config(&good);
     let events = sv.events();
@@ -747,6 +731,32 @@ fn a_bad_config_is_rejected_and_nothing_changes() {
     release_and_expect_success(&sb, &sv, &held);
     assert_uninterrupted(&sv);
     sv.stop_cleanly();
+}
+
+#[test]
+#[ignore = "deviation: with an invalid config file on disk, `reload` and `stop` exit 2 \
+            without signalling (contract: they signal the pidfile's supervisor, exit 0 or 1)"]
+fn reload_and_stop_still_reach_the_supervisor_when_the_file_is_invalid() {
+    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let mut sv = sb.start(&[]);
+    wait_pools(&sv, &[("a", 1)]);
+    // Valid JSON naming the same state dir, with a value out of range.
+    let mut bad = group("a", 1);
+    bad["max_workers"] = json!(-1);
+    sb.write_config(&config(vec![bad]));
+    // `reload` is a SIGHUP; the supervisor rejects the file.
+    let error = reload_rejected(&sb, &sv, Via::Cli);
+    assert!(error.contains("groups[0].max_workers"), "{error}");
+    // `stop --wait` still stops it.
+    let out = sb.run(&["stop", "--wait"]);
+    assert!(
+        out.status.success(),
+        "`stop --wait` exited {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sv.wait_exit(T), Some(0));
+    sv.assert_nothing_left(Duration::from_secs(2));
 }
 
 #[test]
