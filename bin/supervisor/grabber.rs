@@ -178,7 +178,10 @@ impl Grabber {
     fn try_pass(&mut self) -> Result<Time, supervisor_store::StoreError> {
         if self.store.is_none() {
             let StoreArg::Sqlite(path) = &self.store_arg;
-            self.store = Some(SqliteStore::open(path)?);
+            let store = SqliteStore::open(path)?;
+            // The supervisor's checkpointer thread does it, off our hot path.
+            store.disable_autocheckpoint()?;
+            self.store = Some(store);
         }
         let store = self.store.as_mut().expect("opened above");
         let wall = wall_now();

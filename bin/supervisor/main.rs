@@ -2,6 +2,7 @@
 //! verb lives in its own module (`run`, `commands`), each child role in its own
 //! (`grabber`, `worker`).
 
+mod checkpointer;
 mod commands;
 mod events_file;
 mod grabber;

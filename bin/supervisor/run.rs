@@ -17,6 +17,8 @@ use supervisor_core::{SplitMix64, Time};
 use supervisor_os::{PidFile, PidFileState, Sig};
 use supervisor_store::{JobStore, SqliteStore};
 
+use crate::checkpointer::Checkpointer;
+
 use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{self, Ev, Hub, Writer};
 use crate::wire::{ChildArgs, ChildRole, Claim, FromChild, JobPayload, StoreArg, ToChild};
@@ -44,6 +46,7 @@ struct Supervisor {
     started: Instant,
     events: EventsFile,
     store: SqliteStore,
+    checkpointer: Checkpointer,
     instance: i64,
     hub: Hub,
     queue_tx: Sender<Ev>,
@@ -83,6 +86,8 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     supervisor_os::become_subreaper().context("cannot become child subreaper")?;
 
     let mut store = open_store(&config.store)?;
+    let checkpointer = Checkpointer::start(store.path())?;
+    store.disable_autocheckpoint()?;
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -131,6 +136,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         started: Instant::now(),
         events,
         store,
+        checkpointer,
         instance,
         hub,
         queue_tx,
@@ -542,7 +548,7 @@ impl Supervisor {
             .store
             .record_outcome(job, attempt, self.instance, &o, next, now)
         {
-            Ok(true) => {}
+            Ok(true) => self.checkpointer.wrote(),
             Ok(false) => {
                 log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
             }
