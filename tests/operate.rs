@@ -796,6 +796,19 @@ fn version_is_printed() {
             "{args:?}"
         );
     }
+    // Subcommands have no version of their own: `supervisor run --version` is not
+    // `supervisor-run 0.1.0`.
+    for verb in ["run", "status", "check"] {
+        for flag in ["--version", "-V"] {
+            let out = Command::new(bin()).args([verb, flag]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(2), "{verb} {flag}: {out:?}");
+            assert!(
+                !stdout.contains(&format!("supervisor-{verb}")),
+                "{verb} {flag} printed a version of its own: {stdout}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -19,7 +19,9 @@ use clap::{Args, Parser, Subcommand};
 /// A multi-process job supervisor: a grabber claims jobs from a durable store, worker
 /// pools run them, and everything that happens goes to an events file.
 #[derive(Debug, Parser)]
-#[command(name = "supervisor", version, about, propagate_version = true)]
+// `version` on the top level only: subcommands have no `--version` of their own (with
+// `propagate_version`, `supervisor run --version` printed `supervisor-run 0.1.0`).
+#[command(name = "supervisor", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Verb,
