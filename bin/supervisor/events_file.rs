@@ -104,6 +104,18 @@ impl EventsFile {
     }
 
     /// Whether the file has grown past its rotation size.
+    /// New rotation limits (a reload): they apply from the next event on; rotated
+    /// files beyond a smaller `keep` go at once.
+    pub fn set_limits(&mut self, rotate_bytes: u64, keep: u32) {
+        for n in keep + 1..=self.keep {
+            if let Err(e) = fs::remove_file(rotated(&self.path, n)).or_else(ignore_missing) {
+                log::warn!("cannot remove an old events file: {e}");
+            }
+        }
+        self.rotate_bytes = rotate_bytes;
+        self.keep = keep;
+    }
+
     pub fn wants_rotation(&self) -> bool {
         self.size >= self.rotate_bytes
     }

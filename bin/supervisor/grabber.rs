@@ -111,8 +111,10 @@ pub fn main(
                     }
                 }
                 ToChild::Stop => return 0,
-                ToChild::Routes(r) => {
-                    g.routes = r;
+                ToChild::Settings(s) => {
+                    g.routes = s.routes;
+                    g.poll_interval = Duration::from_secs_f64(s.poll_interval_s);
+                    g.error_backoff = s.error_backoff.into();
                     bell.ring();
                 }
                 ToChild::Grant { group, n, epoch } => {

@@ -21,7 +21,9 @@ use crate::checkpointer::Checkpointer;
 
 use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{self, Ev, Hub, Writer};
-use crate::wire::{ChildArgs, ChildRole, Claim, FromChild, JobPayload, StoreArg, ToChild};
+use crate::wire::{
+    ChildArgs, ChildRole, Claim, FromChild, GrabberSettings, JobPayload, StoreArg, ToChild,
+};
 
 /// Exit codes of the contract.
 pub const EXIT_FAILURE: i32 = 1;
@@ -32,6 +34,8 @@ pub const EXIT_USAGE: i32 = 2;
 struct ShellChild {
     pid: Option<u32>,
     ipc_name: String,
+    /// When it was spawned (wall clock), for the snapshot's uptimes.
+    started_at: f64,
     writer: Option<Writer>,
     closed: bool,
     /// Reaped, waiting for the channel to close before the core hears of it.
@@ -314,8 +318,8 @@ impl Supervisor {
                     return;
                 };
                 if role == Role::Grabber {
-                    let routes = crate::routes(&self.config);
-                    self.send(child, ToChild::Routes(routes));
+                    let settings = self.grabber_settings();
+                    self.send(child, ToChild::Settings(settings));
                 }
                 // Not a core decision, but `status` needs it to tell starting from up.
                 let mut f = Map::new();
@@ -586,6 +590,7 @@ impl Supervisor {
                     ShellChild {
                         pid: Some(pid),
                         ipc_name,
+                        started_at: wall_now(),
                         writer: None,
                         closed: false,
                         exit: None,
@@ -641,7 +646,10 @@ impl Supervisor {
         f.insert("supervisor_pid".into(), json!(std::process::id()));
         f.insert(
             "children".into(),
-            crate::wire::child_rows(&self.core.children()),
+            crate::wire::child_rows(&self.core.children(), &|pid| {
+                let child = self.by_pid.get(&pid)?;
+                self.children.get(child).map(|c| c.started_at)
+            }),
         );
         f.insert("generation".into(), json!(self.generation));
         if let Err(e) = self.events.write("snapshot", &f) {
@@ -657,6 +665,14 @@ impl Supervisor {
             Some(e) => f.insert("error".into(), json!(e)),
         };
         self.emit(name, f);
+    }
+
+    fn grabber_settings(&self) -> GrabberSettings {
+        GrabberSettings {
+            routes: crate::routes(&self.config),
+            poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
+            error_backoff: self.config.grabber.error_backoff.into(),
+        }
     }
 
     /// One reload pass: read the config again and apply it, or reject it whole.
@@ -679,9 +695,11 @@ impl Supervisor {
         let until_empty = self.core.spec().until_empty;
         self.config = new;
         self.generation += 1;
+        self.events
+            .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.config_event("config_loaded", None);
-        let routes = crate::routes(&self.config);
-        self.send_to_grabber(ToChild::Routes(routes));
+        let settings = self.grabber_settings();
+        self.send_to_grabber(ToChild::Settings(settings));
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));
         Ok(None)

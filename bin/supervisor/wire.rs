@@ -47,8 +47,8 @@ pub enum ToChild {
     Ping,
     /// Exit by yourself.
     Stop,
-    /// Grabber: the groups to route to, in config order.
-    Routes(Vec<supervisor_store::Route>),
+    /// Grabber: its settings from the config, when it is ready and after each reload.
+    Settings(GrabberSettings),
     /// Grabber: `n` more credits for `group` (a newer epoch replaces the count).
     Grant { group: String, n: u32, epoch: u64 },
     /// Grabber: drop every credit of `group`, counting from `epoch` on.
@@ -61,6 +61,15 @@ pub enum ToChild {
     Run(JobPayload),
     /// Worker: signal the job's process group.
     SignalJob { job: JobId, kill: bool },
+}
+
+/// What the grabber takes from the config: it follows reloads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GrabberSettings {
+    /// The groups to route to, in config order.
+    pub routes: Vec<supervisor_store::Route>,
+    pub poll_interval_s: f64,
+    pub error_backoff: WireBackoff,
 }
 
 /// A claim, with what a worker needs to run it.
@@ -188,7 +197,7 @@ fn end_fields(m: &mut Map<String, Value>, end: Option<ProcessEnd>) {
 }
 
 /// The `children` rows of a snapshot, as in the contract.
-pub fn child_rows(children: &[ChildView]) -> Value {
+pub fn child_rows(children: &[ChildView], started_at: &dyn Fn(u32) -> Option<f64>) -> Value {
     Value::Array(
         children
             .iter()
@@ -196,6 +205,9 @@ pub fn child_rows(children: &[ChildView]) -> Value {
                 let mut m = Map::new();
                 role_fields(&mut m, &c.role);
                 m.insert("pid".into(), json!(c.pid));
+                // When its process started (wall clock): `status` shows uptimes from
+                // the snapshot alone.
+                m.insert("started_at".into(), json!(c.pid.and_then(started_at)));
                 m.insert("state".into(), json!(c.state.as_str()));
                 m.insert("restarts".into(), json!(c.restarts));
                 m.insert("job_id".into(), json!(c.job_id));
