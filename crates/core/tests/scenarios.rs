@@ -673,6 +673,49 @@ fn a_job_past_its_deadline_gets_term_then_kill_and_is_timed_out() {
 }
 
 #[test]
+fn a_worker_that_never_reports_its_killed_job_is_killed_itself() {
+    let mut a = group("a", 1);
+    a.job_timeout = Some(secs(10.0));
+    let (mut s, _) = Story::boot(spec(vec![a]));
+    let (w, _) = s.start(1, "a");
+    assert_eq!(job_signals(&s.at(10.0)), [(1, Signal::Term)]);
+    assert_eq!(job_signals(&s.at(15.0)), [(1, Signal::Kill)]);
+    // The job does not end (a process stuck in the kernel, a wedged worker thread)...
+    assert!(killed(&s.at(19.9)).is_empty());
+    // ...so after one more grace the worker goes, and the job with it: timed out, as
+    // the reason it was being stopped says, and the slot restarts.
+    assert_eq!(killed(&s.at(20.0)), [(w, Signal::Kill)]);
+    assert!(killed(&s.at(60.0)).is_empty(), "killed once");
+    assert_eq!(s.core.next_deadline().map(|t| t > s.now), Some(true));
+    let acts = s.reap(w, SIGKILL);
+    assert_eq!(
+        outcomes(&acts),
+        [(1, 1, Outcome::TimedOut, Next::Retry { delay: secs(1.0) })]
+    );
+    assert_eq!(restart_scheduled(&acts).len(), 1);
+}
+
+#[test]
+fn a_graceful_stop_ends_even_when_a_worker_never_reports_its_job() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    });
+    // Grace (10 s), then TERM, KILL after the kill grace, then the worker itself.
+    let mut acts = Vec::new();
+    for t in 1..=40 {
+        acts.extend(s.at(f64::from(t)));
+    }
+    assert!(killed(&acts).contains(&(w, Signal::Kill)), "{acts:?}");
+    s.reap(s.grabber(), SIGKILL);
+    let acts = s.reap(w, SIGKILL);
+    assert_eq!(releases(&acts), [(1, 1)], "requeued, not failed: {acts:?}");
+    assert_eq!(exit_code(&acts), Some(0));
+}
+
+#[test]
 fn a_command_that_cannot_start_fails() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
     let acts = s.claim(1, "a");

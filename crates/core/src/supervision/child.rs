@@ -168,6 +168,9 @@ pub(crate) struct JobStop {
     pub(crate) reason: StopReason,
     /// When SIGKILL follows the SIGTERM already sent.
     pub(crate) kill_at: Option<Time>,
+    /// After SIGKILL: when a worker that still has not reported its job's end is
+    /// killed itself (its job is then settled as its exit is).
+    pub(crate) abandon_at: Option<Time>,
 }
 
 /// Why the core stops a running job.

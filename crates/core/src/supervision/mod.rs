@@ -438,7 +438,7 @@ impl Core {
             }
             if let Some(run) = &c.job {
                 match run.stop {
-                    Some(stop) => at(stop.kill_at),
+                    Some(stop) => at(stop.kill_at.or(stop.abandon_at)),
                     None => at(run.deadline),
                 }
             }
@@ -1263,6 +1263,7 @@ impl Core {
                     run.stop = Some(JobStop {
                         reason: StopReason::Cancel,
                         kill_at: Some(now + kill_grace),
+                        abandon_at: None,
                     });
                     self.out.push(Action::SignalJob {
                         child: id,
@@ -1295,6 +1296,7 @@ impl Core {
                         run.stop = Some(JobStop {
                             reason: StopReason::Timeout,
                             kill_at: Some(now + kill_grace),
+                            abandon_at: None,
                         });
                         self.out.push(Action::SignalJob {
                             child: id,
@@ -1306,11 +1308,30 @@ impl Core {
                 Some(stop) => {
                     if stop.kill_at.is_some_and(|k| k <= now) {
                         stop.kill_at = None;
+                        stop.abandon_at = Some(now + kill_grace);
                         self.out.push(Action::SignalJob {
                             child: id,
                             job: run.job.id,
                             signal: Signal::Kill,
                         });
+                    } else if stop.abandon_at.is_some_and(|k| k <= now) {
+                        // SIGKILL went out a grace ago and the worker still says
+                        // nothing of its job: the worker is broken; kill it.
+                        stop.abandon_at = None;
+                        if let Some(pid) = c.pid {
+                            log::warn!(
+                                "{} (pid {pid}) did not report the end of job {} after \
+                                 SIGKILL; killing it",
+                                c.role,
+                                run.job.id
+                            );
+                            c.killed = true;
+                            self.out.push(Action::KillChild {
+                                child: id,
+                                pid,
+                                signal: Signal::Kill,
+                            });
+                        }
                     }
                 }
             }
@@ -1540,6 +1561,7 @@ impl Core {
                         run.stop = Some(JobStop {
                             reason: StopReason::Shutdown,
                             kill_at: None,
+                            abandon_at: None,
                         });
                     }
                 }
@@ -1582,6 +1604,7 @@ impl Core {
             run.stop = Some(JobStop {
                 reason: StopReason::Shutdown,
                 kill_at: Some(now + kill_grace),
+                abandon_at: None,
             });
             self.out.push(Action::SignalJob {
                 child: id,
