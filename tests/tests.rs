@@ -3,6 +3,7 @@
 
 mod common;
 mod jobs;
+mod notify;
 mod operate;
 mod process;
 mod reload;

@@ -117,6 +117,7 @@ impl Hub {
         cmd.arg0("supervisor")
             .arg("__child")
             .arg(json)
+            .env_remove("NOTIFY_SOCKET") // systemd hears from the supervisor alone
             .stdin(Stdio::null());
         let proc = supervisor_os::spawn_clean(&mut cmd, true)?;
         let pid = proc.id();

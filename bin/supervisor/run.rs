@@ -18,6 +18,7 @@ use supervisor_os::{PidFile, PidFileState, Sig};
 use supervisor_store::{JobStore, SqliteStore};
 
 use crate::checkpointer::Checkpointer;
+use crate::notify::Notifier;
 
 use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{self, Ev, Hub, Writer};
@@ -62,6 +63,8 @@ struct Supervisor {
     reloads: Doorbell<&'static str>,
     sigints: u32,
     exit_code: Option<i32>,
+    notifier: Notifier,
+    told_stopping: bool,
 }
 
 /// Run the supervisor in the foreground until it stops; returns the exit code.
@@ -150,6 +153,8 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         reloads,
         sigints: 0,
         exit_code: None,
+        notifier: Notifier::from_env(),
+        told_stopping: false,
     };
     sv.snapshot();
     let mut f = Map::new();
@@ -159,6 +164,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     sv.emit("supervisor_started", f);
     sv.config_event("config_loaded", None);
     sv.feed(Input::Start);
+    sv.notifier.ready();
     let code = sv.event_loop(&queue_rx);
     let _ = sv.store.unregister_instance(sv.instance);
     Ok(code)
@@ -234,6 +240,10 @@ impl Supervisor {
                 }
             }
             self.deliver_overdue_exits();
+            if self.core.is_stopping() && !self.told_stopping {
+                self.told_stopping = true;
+                self.notifier.stopping();
+            }
             let now = self.now();
             if let Some(pass) = self.reloads.poll(now) {
                 let results: Vec<_> = pass.ids.into_iter().map(|k| (k, self.reload())).collect();
@@ -680,17 +690,24 @@ impl Supervisor {
         if self.core.is_stopping() {
             return Ok(None);
         }
+        self.notifier.reloading();
+        self.load_and_apply();
+        self.notifier.ready();
+        Ok(None)
+    }
+
+    fn load_and_apply(&mut self) {
         let path = self.config.path.clone();
         let new = match supervisor_config::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 self.config_event("config_rejected", Some(e.to_string()));
-                return Ok(None);
+                return;
             }
         };
         if let Some(why) = unchangeable(&self.config, &new) {
             self.config_event("config_rejected", Some(why));
-            return Ok(None);
+            return;
         }
         let until_empty = self.core.spec().until_empty;
         self.config = new;
@@ -702,7 +719,6 @@ impl Supervisor {
         self.send_to_grabber(ToChild::Settings(settings));
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));
-        Ok(None)
     }
 }
 

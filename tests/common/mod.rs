@@ -109,11 +109,17 @@ impl Sandbox {
 
     /// Start `supervisor run` (with extra args) in the background.
     pub fn start(&self, extra: &[&str]) -> Supervisor {
+        self.start_with_env(extra, &[])
+    }
+
+    /// [`Sandbox::start`] with extra environment variables for the supervisor.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &Path)]) -> Supervisor {
         let stderr = fs::File::create(self.path().join("supervisor.stderr")).unwrap();
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
         let child = self
             .command(&args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
