@@ -61,7 +61,7 @@ pub struct ConfigFile {
     pub shutdown_grace_s: f64,
 }
 
-fn default_state_dir() -> String {
+pub(crate) fn default_state_dir() -> String {
     "state".to_string()
 }
 

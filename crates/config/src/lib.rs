@@ -148,6 +148,25 @@ pub struct EventsConfig {
     pub keep: u32,
 }
 
+/// Where a supervisor keeps what the operator's verbs look at, as a config file names
+/// them: see [`locate`] and [`Config::locations`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locations {
+    /// The config file itself, absolute.
+    pub path: PathBuf,
+    /// The state folder (pidfile, job logs), absolute.
+    pub state_dir: PathBuf,
+    /// The job store.
+    pub store: StoreConfig,
+    /// The events file, absolute.
+    pub events: PathBuf,
+    /// The key paths [`locate`] could not read (like `state_dir` or
+    /// `store.sqlite.path`), whose defaults stand in; `state_dir`, `store` and `events`
+    /// when the file could not be read as a JSON object. Always empty from
+    /// [`Config::locations`].
+    pub guessed: Vec<String>,
+}
+
 /// Why a config was refused: every problem found, each naming the file and the key path
 /// (or, for JSON syntax, the line and column). Displays one problem a line.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +209,129 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             "{}: cannot read the config file: {e}",
             path.display()
         ))),
+    }
+}
+
+/// Where the supervisor of the config file at `path` keeps its state, read leniently:
+/// only `state_dir`, `store` and `events.path` are looked at, resolved exactly as
+/// [`load`] resolves them, and every other problem of the file is ignored. This is
+/// for the verbs that must reach a running supervisor even when the file on disk has
+/// errors (`reload`, `stop`, `status`, `events`).
+///
+/// A key that is given but cannot be read (a number for `state_dir`, two kinds of
+/// store) takes its default and is listed in [`Locations::guessed`]; a file that cannot
+/// be read or is not a JSON object (a syntax error) gives the defaults relative to its
+/// folder, with all three keys listed. Fails only when `path` cannot be made absolute.
+pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
+    let absolute = std::path::absolute(path).map_err(|e| {
+        ConfigError::one(format!(
+            "{}: cannot resolve the config file's path: {e}",
+            path.display()
+        ))
+    })?;
+    let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let value = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| json::parse(&text).ok());
+    let mut guessed = Vec::new();
+    let Some(root) = value.as_ref().and_then(serde_json::Value::as_object) else {
+        let state_dir = resolve(&base, &file::default_state_dir());
+        return Ok(Locations {
+            path: absolute,
+            store: StoreConfig::Sqlite {
+                path: state_dir.join("jobs.db"),
+            },
+            events: state_dir.join("events.jsonl"),
+            state_dir,
+            guessed: ["state_dir", "store", "events"].map(String::from).to_vec(),
+        });
+    };
+    let state_dir = resolve(
+        &base,
+        &text_key(root, "state_dir", "state_dir", &mut guessed)
+            .unwrap_or_else(file::default_state_dir),
+    );
+    let store = locate_store(root.get("store"), &base, &state_dir, &mut guessed);
+    let events = match root.get("events").map(serde_json::Value::as_object) {
+        None => None,
+        Some(Some(events)) => text_key(events, "path", "events.path", &mut guessed),
+        Some(None) => {
+            guessed.push("events".to_string());
+            None
+        }
+    };
+    let events = match events {
+        Some(p) => resolve(&base, &p),
+        None => state_dir.join("events.jsonl"),
+    };
+    Ok(Locations {
+        path: absolute,
+        state_dir,
+        store,
+        events,
+        guessed,
+    })
+}
+
+/// [`locate`]'s reading of the `store` key.
+fn locate_store(
+    store: Option<&serde_json::Value>,
+    base: &Path,
+    state_dir: &Path,
+    guessed: &mut Vec<String>,
+) -> StoreConfig {
+    let default = StoreConfig::Sqlite {
+        path: state_dir.join("jobs.db"),
+    };
+    let Some(store) = store else {
+        return default;
+    };
+    let kind = store
+        .as_object()
+        .filter(|kinds| kinds.len() == 1)
+        .and_then(|kinds| kinds.iter().next());
+    let settings = kind.and_then(|(_, settings)| settings.as_object());
+    match (kind.map(|(name, _)| name.as_str()), settings) {
+        (Some("sqlite"), Some(sqlite)) => {
+            match text_key(sqlite, "path", "store.sqlite.path", guessed) {
+                Some(p) => StoreConfig::Sqlite {
+                    path: resolve(base, &p),
+                },
+                None => default,
+            }
+        }
+        (Some("postgres"), Some(postgres)) => {
+            match text_key(postgres, "url", "store.postgres.url", guessed) {
+                Some(url) => StoreConfig::Postgres { url },
+                None => {
+                    if !postgres.contains_key("url") {
+                        guessed.push("store.postgres.url".to_string());
+                    }
+                    default
+                }
+            }
+        }
+        _ => {
+            guessed.push("store".to_string());
+            default
+        }
+    }
+}
+
+/// The non-empty string under `key` of `object` (what every path key must be); `None`
+/// when absent, or, with `path` added to `guessed`, when it is something else.
+fn text_key(
+    object: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    path: &str,
+    guessed: &mut Vec<String>,
+) -> Option<String> {
+    match object.get(key)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => {
+            guessed.push(path.to_string());
+            None
+        }
     }
 }
 
@@ -307,6 +449,17 @@ impl Config {
                 timeout: seconds(f.heartbeat.timeout_s),
             },
             shutdown_grace: seconds(f.shutdown_grace_s),
+        }
+    }
+
+    /// Where this config keeps the supervisor's state, as [`locate`] would find it.
+    pub fn locations(&self) -> Locations {
+        Locations {
+            path: self.path.clone(),
+            state_dir: self.state_dir.clone(),
+            store: self.store.clone(),
+            events: self.events.path.clone(),
+            guessed: Vec::new(),
         }
     }
 
