@@ -733,28 +733,122 @@ fn a_bad_config_is_rejected_and_nothing_changes() {
     sv.stop_cleanly();
 }
 
+/// `args` run to completion: exit code, stdout, stderr.
+fn run_verb(sb: &Sandbox, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = sb.run(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-#[ignore = "deviation: with an invalid config file on disk, `reload` and `stop` exit 2 \
-            without signalling (contract: they signal the pidfile's supervisor, exit 0 or 1)"]
 fn reload_and_stop_still_reach_the_supervisor_when_the_file_is_invalid() {
+    // A state dir of its own (the pidfile is there); the events file where the harness
+    // looks for it.
+    let mut good = config(vec![group("a", 1)]);
+    good["state_dir"] = json!("var");
+    good["events"] = json!({"path": "state/events.jsonl"});
+    let sb = Sandbox::new(&good);
+    let mut sv = sb.start(&[]);
+    wait_pools(&sv, &[("a", 1)]);
+    assert!(sb.path().join("var/supervisor.pid").exists());
+    // Valid JSON naming the same state dir, with a value out of range.
+    let mut bad = good.clone();
+    bad["groups"][0]["max_workers"] = json!(-1);
+    sb.write_config(&bad);
+
+    // `reload` is a SIGHUP, with a warning that the supervisor will reject the file.
+    let mark = sv.last_seq();
+    let (code, stdout, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(0), "`reload` with an invalid file: {stderr}");
+    assert!(stdout.contains(&sv.pid().to_string()), "{stdout}");
+    assert!(
+        stderr.contains("groups[0].max_workers") && stderr.contains("reject"),
+        "`reload` does not warn that the file has errors and will be rejected: {stderr}"
+    );
+    let answer = sv.wait_event_after(mark, T, is_config_event);
+    assert_eq!(answer["event"], "config_rejected", "{answer}");
+    let error = answer["error"].as_str().unwrap_or("");
+    assert!(error.contains("groups[0].max_workers"), "{error}");
+
+    // `status` and `events` work, and warn.
+    let (code, stdout, stderr) = run_verb(&sb, &["status", "--json"]);
+    assert_eq!(code, Some(0), "`status` with an invalid file: {stderr}");
+    let st: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(st["supervisor"]["running"], true, "{st}");
+    assert_eq!(st["supervisor"]["pid"], sv.pid(), "{st}");
+    assert_eq!(st["children"].as_array().map(Vec::len), Some(2), "{st}");
+    assert!(stderr.contains("groups[0].max_workers"), "{stderr}");
+    let (code, stdout, stderr) = run_verb(&sb, &["events", "--json"]);
+    assert_eq!(code, Some(0), "`events` with an invalid file: {stderr}");
+    assert!(stdout.contains("config_rejected"), "{stdout}");
+
+    // `check`, `submit` and `run` still refuse it.
+    for args in [&["check"][..], &["submit", "--", "true"], &["run"]] {
+        let (code, _, stderr) = run_verb(&sb, args);
+        assert_eq!(code, Some(2), "{args:?} accepted an invalid file: {stderr}");
+        assert!(
+            stderr.contains("groups[0].max_workers"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A file that is not even JSON: the defaults stand in for the state dir, and no
+    // supervisor runs there; `reload` says so (exit 1) and signals nothing.
+    fs::write(sb.config_path(), "{\"state_dir\": \"var\",,}").unwrap();
+    let mark = sv.last_seq();
+    let (code, _, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("supervisor.json:1:") && stderr.contains("not running"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&sb.path().join("state").display().to_string()),
+        "`reload` does not say which state dir it looked in: {stderr}"
+    );
+
+    // `stop --wait` still stops it, from the file with a value out of range.
+    sb.write_config(&bad);
+    let (code, _, stderr) = run_verb(&sb, &["stop", "--wait"]);
+    assert_eq!(
+        code,
+        Some(0),
+        "`stop --wait` with an invalid file: {stderr}"
+    );
+    assert_eq!(sv.wait_exit(T), Some(0));
+    assert!(
+        !sv.events()
+            .iter()
+            .any(|e| seq(e) > mark && is_config_event(e)),
+        "a reload that found no supervisor signalled one:\n{}",
+        sv.dump()
+    );
+    sv.assert_nothing_left(Duration::from_secs(2));
+}
+
+#[test]
+fn reload_and_stop_of_a_file_that_is_not_json_use_the_default_state_dir() {
     let sb = Sandbox::new(&config(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     wait_pools(&sv, &[("a", 1)]);
-    // Valid JSON naming the same state dir, with a value out of range.
-    let mut bad = group("a", 1);
-    bad["max_workers"] = json!(-1);
-    sb.write_config(&config(vec![bad]));
-    // `reload` is a SIGHUP; the supervisor rejects the file.
-    let error = reload_rejected(&sb, &sv, Via::Cli);
-    assert!(error.contains("groups[0].max_workers"), "{error}");
-    // `stop --wait` still stops it.
-    let out = sb.run(&["stop", "--wait"]);
-    assert!(
-        out.status.success(),
-        "`stop --wait` exited {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fs::write(
+        sb.config_path(),
+        "{\n  \"groups\": [\n    {\"name\": \"a\",}\n  ]\n}\n",
+    )
+    .unwrap();
+    let mark = sv.last_seq();
+    let (code, _, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("supervisor.json:3:"), "{stderr}");
+    let answer = sv.wait_event_after(mark, T, is_config_event);
+    assert_eq!(answer["event"], "config_rejected", "{answer}");
+    let st = sb.status_json();
+    assert_eq!(st["supervisor"]["running"], true, "{st}");
+    let (code, _, stderr) = run_verb(&sb, &["stop", "--wait"]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(sv.wait_exit(T), Some(0));
     sv.assert_nothing_left(Duration::from_secs(2));
 }

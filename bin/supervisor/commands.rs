@@ -1,20 +1,25 @@
 //! The operator's verbs other than `run`: submit, status, jobs, job, cancel, events,
 //! reload, stop and check. Each reads the config, the store, the events file or the
 //! pidfile; none of them talks to the supervisor except by a signal.
+//!
+//! `status`, `events`, `reload` and `stop` reach a running supervisor even when its
+//! config file has errors on disk (they need only to find its state, see
+//! [`supervisor_config::locate`]), with a warning; the others refuse such a file.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use supervisor_config::{Config, StoreConfig};
+use supervisor_config::{Config, Locations, StoreConfig};
 use supervisor_os::{PidFile, PidFileState, Sig};
 use supervisor_store::{CancelResult, Job, JobState, JobStore, NewJob, SqliteStore};
 
-use crate::events_file::{read_events, wall_now};
+use crate::events_file::{read_events, rotated, wall_now};
 use crate::run::{EXIT_FAILURE, EXIT_USAGE};
 use crate::ConfigArg;
 
@@ -59,8 +64,56 @@ fn load_config(path: &Path) -> Result<Config, i32> {
     })
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore> {
-    match &config.store {
+/// The verbs that reach a supervisor whatever the state of its config file.
+#[derive(Debug, Clone, Copy)]
+enum Lenient {
+    Status,
+    Events,
+    Reload,
+    Stop,
+}
+
+/// Where the supervisor of the config file at `path` keeps its state. A file with errors
+/// is located leniently, its errors printed as a warning with what they mean for `verb`;
+/// `Err` (an exit code) only when even that is impossible.
+fn locate(path: &Path, verb: Lenient) -> Result<Locations, i32> {
+    let errors = match supervisor_config::load(path) {
+        Ok(config) => return Ok(config.locations()),
+        Err(e) => e,
+    };
+    let found = supervisor_config::locate(path).map_err(|e| {
+        eprintln!("{errors}\n{e}");
+        EXIT_USAGE
+    })?;
+    let name = path.display();
+    eprintln!("supervisor: warning: the config file {name} has errors:");
+    for line in &errors.errors {
+        eprintln!("  {line}");
+    }
+    let meaning = match verb {
+        Lenient::Reload => {
+            "the supervisor will reject it (config_rejected) and keep the config it runs with"
+        }
+        Lenient::Stop => "a new `supervisor run` would refuse it",
+        Lenient::Status | Lenient::Events => {
+            "a reload would be rejected and a new `supervisor run` would refuse it"
+        }
+    };
+    eprintln!("supervisor: warning: {meaning}");
+    if !found.guessed.is_empty() {
+        eprintln!(
+            "supervisor: warning: cannot read {} from {name}; looking where the defaults are: state dir {}, events file {}, store {}",
+            found.guessed.join(", "),
+            found.state_dir.display(),
+            found.events.display(),
+            found.store.describe()
+        );
+    }
+    Ok(found)
+}
+
+fn open_store(store: &StoreConfig) -> Result<SqliteStore> {
+    match store {
         StoreConfig::Sqlite { path } => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
@@ -75,13 +128,13 @@ fn open_store(config: &Config) -> Result<SqliteStore> {
     }
 }
 
-fn pidfile(config: &Config) -> PathBuf {
-    config.state_dir.join("supervisor.pid")
+fn pidfile(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.pid")
 }
 
 /// Ring the running supervisor's doorbell, if one runs: its grabber looks at the store now.
 fn ring(config: &Config) {
-    if let PidFileState::Running(pid) = PidFile::inspect(&pidfile(config)) {
+    if let PidFileState::Running(pid) = PidFile::inspect(&pidfile(&config.state_dir)) {
         if pid > 0 {
             let _ = supervisor_os::signal_pid(pid, Sig::SIGUSR1);
         }
@@ -181,7 +234,7 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
             config.path.display()
         );
     }
-    let mut store = open_store(&config)?;
+    let mut store = open_store(&config.store)?;
     let ids = match store.submit(&jobs, wall_now()) {
         Ok(ids) => ids,
         Err(e @ supervisor_store::StoreError::InvalidJob { .. }) => {
@@ -246,7 +299,7 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
             return Ok(EXIT_USAGE);
         }
     };
-    let mut store = open_store(&config)?;
+    let mut store = open_store(&config.store)?;
     let jobs = store.list(state, wall_now())?;
     if as_json {
         let list: Vec<Value> = jobs.iter().map(|j| job_json(&config, j)).collect();
@@ -286,7 +339,7 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<i32> {
         Ok(id) => id,
         Err(code) => return Ok(code),
     };
-    let mut store = open_store(&config)?;
+    let mut store = open_store(&config.store)?;
     let Some(j) = store.get(id, wall_now())? else {
         eprintln!("supervisor: unknown job id {id}");
         return Ok(EXIT_USAGE);
@@ -320,7 +373,7 @@ pub fn cancel(path: &Path, id: &str) -> Result<i32> {
         Ok(id) => id,
         Err(code) => return Ok(code),
     };
-    let mut store = open_store(&config)?;
+    let mut store = open_store(&config.store)?;
     match store.cancel(id, wall_now())? {
         CancelResult::Canceled => println!("job {id} canceled"),
         CancelResult::Requested => {
@@ -361,12 +414,19 @@ pub enum Control {
 
 /// `supervisor reload` / `supervisor stop`: a signal to the pid in the pidfile, only
 /// if that pid really is a live supervisor (it holds the pidfile's lock).
+///
+/// A config file with errors does not stop them: they need only the state dir, found
+/// leniently, and warn (a reload of such a file is rejected by the supervisor).
 pub fn signal(path: &Path, what: Control) -> Result<i32> {
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let verb = match what {
+        Control::Reload => Lenient::Reload,
+        Control::Stop { .. } => Lenient::Stop,
+    };
+    let found = match locate(path, verb) {
+        Ok(found) => found,
         Err(code) => return Ok(code),
     };
-    let pidfile = pidfile(&config);
+    let pidfile = pidfile(&found.state_dir);
     let pid = match PidFile::inspect(&pidfile) {
         PidFileState::Running(pid) if pid > 0 => pid,
         PidFileState::Running(_) => {
@@ -414,9 +474,8 @@ pub fn signal(path: &Path, what: Control) -> Result<i32> {
 struct Replay {
     supervisor_pid: Option<u64>,
     stopped: bool,
-    /// (role, group, slot) → row.
+    /// (role, group, slot) → row, with `started_at` (wall clock) when known.
     children: BTreeMap<(String, Option<String>, Option<u64>), Value>,
-    started_ts: BTreeMap<(String, Option<String>, Option<u64>), f64>,
 }
 
 fn key_of(e: &Value) -> (String, Option<String>, Option<u64>) {
@@ -440,7 +499,12 @@ fn replay(events: &[Value]) -> Replay {
                 r.stopped = false;
                 r.children.clear();
                 for c in e["children"].as_array().into_iter().flatten() {
-                    r.children.insert(key_of(c), c.clone());
+                    let mut row = c.clone();
+                    // Rows carry their child's start; older supervisors wrote none.
+                    if row.get("started_at").is_none() {
+                        row["started_at"] = Value::Null;
+                    }
+                    r.children.insert(key_of(c), row);
                 }
             }
             "supervisor_started" => {
@@ -450,7 +514,7 @@ fn replay(events: &[Value]) -> Replay {
             "child_started" | "child_ready" => {
                 let k = key_of(e);
                 let row = r.children.entry(k.clone()).or_insert_with(|| {
-                    json!({"role": k.0, "group": k.1, "slot": k.2, "restarts": 0, "job_id": null})
+                    json!({"role": k.0, "group": k.1, "slot": k.2, "restarts": 0, "job_id": null, "started_at": null})
                 });
                 row["pid"] = e["pid"].clone();
                 row["state"] = json!(if e["event"] == "child_ready" {
@@ -464,13 +528,14 @@ fn replay(events: &[Value]) -> Replay {
                 });
                 row["job_id"] = Value::Null;
                 if e["event"] == "child_started" {
-                    r.started_ts.insert(k, e["ts"].as_f64().unwrap_or(0.0));
+                    row["started_at"] = e["ts"].clone();
                 }
             }
             "child_exited" => {
                 if let Some(row) = r.children.get_mut(&key_of(e)) {
                     row["state"] = json!("exited");
                     row["job_id"] = Value::Null;
+                    row["started_at"] = Value::Null;
                 }
             }
             "child_restart_scheduled" => {
@@ -505,32 +570,34 @@ fn replay(events: &[Value]) -> Replay {
 }
 
 /// `supervisor status`.
+///
+/// A config file with errors does not stop it: it warns and shows what the state dir,
+/// the events file and the store (found leniently) say.
 pub fn status(path: &Path, as_json: bool) -> Result<i32> {
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let found = match locate(path, Lenient::Status) {
+        Ok(found) => found,
         Err(code) => return Ok(code),
     };
-    let state = PidFile::inspect(&pidfile(&config));
+    let state = PidFile::inspect(&pidfile(&found.state_dir));
     let running_pid = match state {
         PidFileState::Running(pid) => Some(pid),
         _ => None,
     };
-    let events = read_events(&config.events.path).unwrap_or_default();
+    let events = read_events(&found.events).unwrap_or_default();
     let r = replay(&events);
-    let counts: BTreeMap<String, u64> =
-        match open_store(&config).and_then(|mut s| Ok(s.counts(wall_now())?)) {
-            Ok(c) => c
-                .into_iter()
-                .map(|(k, v)| (k.as_str().to_string(), v))
-                .collect(),
-            Err(e) => {
-                log::warn!("job counts unavailable: {e:#}");
-                JobState::ALL
-                    .iter()
-                    .map(|s| (s.as_str().to_string(), 0))
-                    .collect()
-            }
-        };
+    let counts: BTreeMap<String, u64> = match store_counts(&found.store) {
+        Ok(c) => c
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_string(), v))
+            .collect(),
+        Err(e) => {
+            log::warn!("job counts unavailable: {e:#}");
+            JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), 0))
+                .collect()
+        }
+    };
     let pid = running_pid.map(u64::from).or(r.supervisor_pid);
     let children: Vec<Value> = r.children.values().cloned().collect();
     if as_json {
@@ -568,7 +635,7 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
             _ => k.0.clone(),
         };
         let state = c["state"].as_str().unwrap_or("?");
-        let uptime = match (state, r.started_ts.get(k)) {
+        let uptime = match (state, c["started_at"].as_f64()) {
             ("exited", _) | (_, None) => "-".to_string(),
             (_, Some(t)) => format_duration(now - t),
         };
@@ -587,6 +654,16 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// Jobs by state; all 0 when the store does not exist yet (`status` creates nothing).
+fn store_counts(store: &StoreConfig) -> Result<BTreeMap<JobState, u64>> {
+    if let StoreConfig::Sqlite { path } = store {
+        if !path.exists() {
+            return Ok(JobState::ALL.iter().map(|s| (*s, 0)).collect());
+        }
+    }
+    Ok(open_store(store)?.counts(wall_now())?)
+}
+
 fn format_duration(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     match s {
@@ -596,82 +673,310 @@ fn format_duration(secs: f64) -> String {
     }
 }
 
-/// `supervisor events [--follow]`.
+/// `supervisor events [--follow]`: the current events file as it is; with `--follow`,
+/// every event from then on, across rotations, exactly once and in `seq` order.
+///
+/// The file is polled. When its path names another file (a rotation, or logrotate and a
+/// reload), the old one is read to its end and the new one from its top. An event whose
+/// `seq` is past the next one expected means whole files went by between two polls:
+/// the events in between are read from the rotated files (`<path>.1`, `.2`, ...) first;
+/// those already deleted (`events.keep`) are reported on stderr as missing.
 pub fn events(path: &Path, follow: bool, as_json: bool) -> Result<i32> {
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let found = match locate(path, Lenient::Events) {
+        Ok(found) => found,
         Err(code) => return Ok(code),
     };
-    let human_form = !as_json && std::io::stdout().is_terminal();
-    let file_path = config.events.path.clone();
-    let mut out = std::io::stdout().lock();
-    let print = |line: &str, out: &mut std::io::StdoutLock| -> std::io::Result<()> {
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        human: !as_json && std::io::stdout().is_terminal(),
+        last: None,
+    };
+    let result = if follow {
+        follow_events(&found.events, &mut printer).map(|()| 0)
+    } else {
+        print_events(&found.events, &mut printer)
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How often `events --follow` looks at the file.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Prints events lines, and when following, keeps `seq` continuous.
+struct Printer<'a> {
+    out: std::io::StdoutLock<'a>,
+    /// The human form (on a terminal), else the lines as they are.
+    human: bool,
+    /// The `seq` of the last event printed while following.
+    last: Option<u64>,
+}
+
+impl Printer<'_> {
+    /// One line as it is (or in human form), skipping blank ones.
+    fn print(&mut self, line: &str) -> io::Result<()> {
         if line.trim().is_empty() {
             return Ok(());
         }
-        if human_form {
+        if self.human {
             if let Ok(v) = serde_json::from_str::<Value>(line) {
-                return writeln!(out, "{}", human_event(&v));
+                return writeln!(self.out, "{}", human_event(&v));
             }
         }
-        writeln!(out, "{line}")
-    };
-    let mut file = match std::fs::File::open(&file_path) {
-        Ok(f) => Some(f),
-        Err(e) if follow => {
-            log::info!("{}: {e}; waiting for it", file_path.display());
-            None
+        writeln!(self.out, "{line}")
+    }
+
+    /// One line of the followed file at `path`: if its `seq` skips some, those come
+    /// first, from the rotated files.
+    fn follow(&mut self, line: &str, path: &Path) -> io::Result<()> {
+        if let Some(seq) = seq_of(line) {
+            match self.last {
+                Some(last) if seq > last + 1 => self.fill_gap(path, last, seq)?,
+                Some(last) if seq <= last => eprintln!(
+                    "supervisor: warning: {}: seq went back from {last} to {seq} (the file was \
+                     replaced, not rotated); going on from {seq}",
+                    path.display()
+                ),
+                _ => {}
+            }
+            self.last = Some(seq);
         }
+        self.print(line)
+    }
+
+    /// Print the events after `last` and before `next` from the files rotated from
+    /// `path`, in `seq` order; warn about those no file has any more.
+    fn fill_gap(&mut self, path: &Path, last: u64, next: u64) -> io::Result<()> {
+        let wanted = next - last - 1;
+        let mut found = BTreeMap::new();
+        // A rotation under way moves the files while they are looked for; one that
+        // gives an incomplete answer is tried again.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            rotated_events(path, last, next, &mut found);
+            if found.len() as u64 == wanted {
+                break;
+            }
+        }
+        log::debug!(
+            "seq {last} then {next}: {} of the {wanted} events between from rotated files",
+            found.len()
+        );
+        let mut expected = last + 1;
+        for (seq, line) in found {
+            if seq > expected {
+                warn_missing(path, expected, seq - 1);
+            }
+            self.print(&line)?;
+            expected = seq + 1;
+        }
+        if expected < next {
+            warn_missing(path, expected, next - 1);
+        }
+        Ok(())
+    }
+}
+
+fn warn_missing(path: &Path, from: u64, to: u64) {
+    let what = if from == to {
+        format!("event seq {from} is")
+    } else {
+        format!("events seq {from} to {to} are")
+    };
+    eprintln!(
+        "supervisor: warning: {what} missing: rotated out of {} before they could be read \
+         (events.keep)",
+        path.display()
+    );
+}
+
+/// `events` without `--follow`: every complete line of the file.
+fn print_events(path: &Path, printer: &mut Printer) -> io::Result<i32> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
         Err(e) => {
-            eprintln!("supervisor: {}: {e}", file_path.display());
+            eprintln!("supervisor: {}: {e}", path.display());
             return Ok(EXIT_FAILURE);
         }
     };
-    let mut pending = String::new();
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    // A torn last line (being written) is left out.
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    for line in complete.lines() {
+        printer.print(line)?;
+    }
+    printer.out.flush()?;
+    Ok(0)
+}
+
+/// `events --follow`: never returns but on an output error.
+fn follow_events(path: &Path, printer: &mut Printer) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut file = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::info!("{}: {e}; waiting for it", path.display());
+            None
+        }
+    };
     let mut ino = file.as_ref().and_then(inode);
+    let mut pending = String::new();
     loop {
         if let Some(f) = file.as_mut() {
-            let mut buf = String::new();
-            f.read_to_string(&mut buf)?;
-            pending.push_str(&buf);
-            while let Some(i) = pending.find('\n') {
-                let line: String = pending.drain(..=i).collect();
-                if let Err(e) = print(line.trim_end(), &mut out) {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Ok(0);
-                    }
-                    return Err(e.into());
+            follow_lines(f, &mut pending, path, printer)?;
+        }
+        std::thread::sleep(FOLLOW_POLL);
+        // Between a rotation's rename and the new file, the path names nothing.
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        if Some(meta.ino()) != ino {
+            // Another file: the old one is complete; read its end (a torn last line
+            // too: nothing will complete it), then the new one from its top.
+            if let Some(f) = file.as_mut() {
+                follow_lines(f, &mut pending, path, printer)?;
+                if !pending.is_empty() {
+                    let line = std::mem::take(&mut pending);
+                    printer.follow(&line, path)?;
+                    printer.out.flush()?;
                 }
             }
-            out.flush()?;
-        }
-        if !follow {
-            return Ok(0);
-        }
-        // Follow across rotations: when the path names a new file, finish the old one
-        // (done above) and start at the top of the new one.
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(meta) = std::fs::metadata(&file_path) {
-            use std::os::unix::fs::MetadataExt;
-            if Some(meta.ino()) != ino {
-                if let Some(f) = file.as_mut() {
-                    let mut rest = String::new();
-                    f.read_to_string(&mut rest)?;
-                    pending.push_str(&rest);
-                }
-                file = std::fs::File::open(&file_path).ok();
-                ino = file.as_ref().and_then(inode);
-            } else if let Some(f) = file.as_mut() {
-                // Truncated in place (copytruncate): start over.
-                if meta.len() < f.stream_position()? {
-                    f.seek(SeekFrom::Start(0))?;
-                }
+            file = File::open(path).ok();
+            ino = file.as_ref().and_then(inode);
+        } else if let Some(f) = file.as_mut() {
+            // Truncated in place (copytruncate): start over.
+            if meta.len() < f.stream_position()? {
+                f.seek(SeekFrom::Start(0))?;
+                pending.clear();
             }
         }
     }
 }
 
-fn inode(f: &std::fs::File) -> Option<u64> {
+/// Print the complete lines that `file` has now, keeping a torn last line in `pending`.
+fn follow_lines(
+    file: &mut File,
+    pending: &mut String,
+    path: &Path,
+    printer: &mut Printer,
+) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    pending.push_str(&String::from_utf8_lossy(&bytes));
+    while let Some(i) = pending.find('\n') {
+        let line: String = pending.drain(..=i).collect();
+        printer.follow(line.trim_end(), path)?;
+    }
+    printer.out.flush()
+}
+
+/// The `seq` of an events line.
+fn seq_of(line: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(line)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}
+
+/// Add to `found` the lines of events after `last` and before `next` from the files
+/// rotated from `path`, newest first (`.1`, `.2`, ...), down to one that ends at or
+/// before `last`.
+///
+/// Files only ever move up (`.1` → `.2`) and are opened in that direction, so each file
+/// there was at the start is met at least once, even while rotations go on; a number
+/// may be missing for a moment (mid-rotation), so the walk goes on past missing ones up
+/// to the highest number listed in the folder.
+fn rotated_events(path: &Path, last: u64, next: u64, found: &mut BTreeMap<u64, String>) {
+    let top = rotated_numbers(path).into_iter().max().unwrap_or(0);
+    for n in 1.. {
+        let mut file = match File::open(rotated(path, n)) {
+            Ok(f) => f,
+            Err(_) if n <= top => continue,
+            Err(_) => break,
+        };
+        let Ok(Some((first, end))) = seq_range(&mut file) else {
+            continue;
+        };
+        if end <= last {
+            break;
+        }
+        if first >= next {
+            continue;
+        }
+        if file.seek(SeekFrom::Start(0)).is_err() {
+            continue;
+        }
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            if let Some(seq) = seq_of(&line).filter(|s| (last + 1..next).contains(s)) {
+                found.entry(seq).or_insert(line);
+            }
+        }
+    }
+}
+
+/// The `N`s of the `<path>.N` files in `path`'s folder.
+fn rotated_numbers(path: &Path) -> Vec<u32> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix(&prefix)?.parse().ok()
+        })
+        .collect()
+}
+
+/// The `seq` of the first and of the last event of a file (its tail only is read for
+/// the last); `None` for a file without events.
+fn seq_range(file: &mut File) -> io::Result<Option<(u64, u64)>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(&mut *file);
+    let mut line = String::new();
+    let first = loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if let Some(seq) = seq_of(line.trim_end()) {
+            break seq;
+        }
+    };
+    drop(reader);
+    let len = file.metadata()?.len();
+    let mut from = len.saturating_sub(64 * 1024);
+    loop {
+        file.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let tail = String::from_utf8_lossy(&tail);
+        // Past the first line of a tail that starts mid-line.
+        let lines = tail.lines().skip(usize::from(from > 0));
+        if let Some(end) = lines.filter_map(seq_of).last() {
+            return Ok(Some((first, end)));
+        }
+        if from == 0 {
+            return Ok(Some((first, first)));
+        }
+        from = 0;
+    }
+}
+
+fn inode(f: &File) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     f.metadata().ok().map(|m| m.ino())
 }
@@ -695,4 +1000,58 @@ fn human_event(v: &Value) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines of events `seqs`, each padded to about `pad` bytes.
+    fn lines(seqs: impl IntoIterator<Item = u64>, pad: usize) -> String {
+        seqs.into_iter()
+            .map(|s| {
+                format!(
+                    "{}\n",
+                    json!({"seq": s, "event": "x", "pad": "p".repeat(pad)})
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seq_range_reads_the_first_and_the_last_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e");
+        let range = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            seq_range(&mut File::open(&path).unwrap()).unwrap()
+        };
+        assert_eq!(range(""), None);
+        assert_eq!(range("torn"), None);
+        assert_eq!(range(&lines([7], 0)), Some((7, 7)));
+        assert_eq!(
+            range(&(lines(3..=9, 10) + "{\"seq\": 10, tor")),
+            Some((3, 9))
+        );
+        // Longer than the tail that is read, and a last line longer than that tail.
+        assert_eq!(range(&lines(1..=2000, 100)), Some((1, 2000)));
+        assert_eq!(range(&lines(1..=3, 100_000)), Some((1, 3)));
+    }
+
+    #[test]
+    fn rotated_events_fill_a_gap_from_the_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // .4 is older than what was read (up to 10), .2 is gone.
+        for (n, seqs) in [(4, 1..=5), (3, 6..=12), (1, 21..=25)] {
+            std::fs::write(rotated(&path, n), lines(seqs, 0)).unwrap();
+        }
+        let mut found = BTreeMap::new();
+        rotated_events(&path, 10, 24, &mut found);
+        assert_eq!(
+            found.keys().copied().collect::<Vec<_>>(),
+            [11, 12, 21, 22, 23]
+        );
+        assert_eq!(seq_of(&found[&21]), Some(21));
+    }
 }
