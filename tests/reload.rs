@@ -1147,8 +1147,6 @@ fn a_reloaded_shutdown_grace_applies_to_the_next_stop() {
 }
 
 #[test]
-#[ignore = "bug: a reload accepts a new events.rotate_bytes (config_loaded) but the events \
-            file keeps rotating at the old size"]
 fn a_reloaded_events_rotate_bytes_applies() {
     let mut cfg = config(vec![group("a", 1)]);
     cfg["events"] = json!({"rotate_bytes": 104857600, "keep": 3});
@@ -1180,8 +1178,6 @@ fn a_reloaded_events_rotate_bytes_applies() {
 }
 
 #[test]
-#[ignore = "bug: a reload accepts a new grabber.poll_interval_s (config_loaded) but the \
-            running grabber keeps polling at the old interval"]
 fn a_reloaded_grabber_poll_interval_applies() {
     let mut cfg = config(vec![group("a", 1)]);
     cfg["grabber"] = json!({"poll_interval_s": 60});
