@@ -17,7 +17,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use supervisor_config::{Config, Locations, StoreConfig};
 use supervisor_os::{PidFile, PidFileState, Sig};
-use supervisor_store::{CancelResult, Job, JobState, JobStore, NewJob, SqliteStore};
+use supervisor_store::{CancelResult, Job, JobState, NewJob};
 
 use crate::events_file::{read_events, rotated, wall_now};
 use crate::run::{EXIT_FAILURE, EXIT_USAGE};
@@ -112,20 +112,8 @@ fn locate(path: &Path, verb: Lenient) -> Result<Locations, i32> {
     Ok(found)
 }
 
-fn open_store(store: &StoreConfig) -> Result<SqliteStore> {
-    match store {
-        StoreConfig::Sqlite { path } => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            SqliteStore::open(path)
-                .with_context(|| format!("cannot open the job store {}", path.display()))
-        }
-        StoreConfig::Postgres { .. } => {
-            anyhow::bail!("the postgres store is not available in this build")
-        }
-    }
+fn open_store(store: &StoreConfig) -> Result<crate::store::Store> {
+    crate::store::open(store)
 }
 
 fn pidfile(state_dir: &Path) -> PathBuf {

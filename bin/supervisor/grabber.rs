@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use supervisor_core::backoff::{Backoff, BackoffState};
 use supervisor_core::doorbell::{Doorbell, Outcome};
 use supervisor_core::{SplitMix64, Time};
-use supervisor_store::{JobStore, Route, SqliteStore};
+use supervisor_store::Route;
 
 use crate::events_file::wall_now;
 use crate::ipc;
@@ -20,7 +20,7 @@ use crate::wire::{Claim, FromChild, StoreArg, ToChild};
 struct Grabber {
     tx: ipc_channel::ipc::IpcSender<FromChild>,
     store_arg: StoreArg,
-    store: Option<SqliteStore>,
+    store: Option<crate::store::Store>,
     instance: i64,
     poll_interval: Duration,
     error_backoff: Backoff,
@@ -165,25 +165,23 @@ impl Grabber {
             Err(e) => {
                 let delay = self.errors.next(&self.error_backoff, &mut self.rng);
                 log::warn!(
-                    "grabber: store error: {e}; next try in {:.2}s",
+                    "grabber: store error: {e:#}; next try in {:.2}s",
                     delay.as_secs_f64()
                 );
                 let _ = self.tx.send(FromChild::SourceFailed {
-                    error: e.to_string(),
+                    error: format!("{e:#}"),
                 });
+                // Reconnect on the next try: the connection itself may be what broke.
+                self.store = None;
                 self.last_report = None;
                 Ok(Some(self.now() + delay))
             }
         }
     }
 
-    fn try_pass(&mut self) -> Result<Time, supervisor_store::StoreError> {
+    fn try_pass(&mut self) -> anyhow::Result<Time> {
         if self.store.is_none() {
-            let StoreArg::Sqlite(path) = &self.store_arg;
-            let store = SqliteStore::open(path)?;
-            // The supervisor's checkpointer thread does it, off our hot path.
-            store.disable_autocheckpoint()?;
-            self.store = Some(store);
+            self.store = Some(crate::store::open_hot(&self.store_arg)?);
         }
         let store = self.store.as_mut().expect("opened above");
         let wall = wall_now();

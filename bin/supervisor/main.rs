@@ -9,6 +9,7 @@ mod grabber;
 mod ipc;
 mod notify;
 mod run;
+mod store;
 mod wire;
 mod worker;
 

@@ -15,16 +15,13 @@ use supervisor_core::doorbell::Doorbell;
 use supervisor_core::supervision::{Action, ChildId, ClaimedJob, Core, Input, Next, Outcome, Role};
 use supervisor_core::{SplitMix64, Time};
 use supervisor_os::{PidFile, PidFileState, Sig};
-use supervisor_store::{JobStore, SqliteStore};
 
 use crate::checkpointer::Checkpointer;
 use crate::notify::Notifier;
 
 use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{self, Ev, Hub, Writer};
-use crate::wire::{
-    ChildArgs, ChildRole, Claim, FromChild, GrabberSettings, JobPayload, StoreArg, ToChild,
-};
+use crate::wire::{ChildArgs, ChildRole, Claim, FromChild, GrabberSettings, JobPayload, ToChild};
 
 /// Exit codes of the contract.
 pub const EXIT_FAILURE: i32 = 1;
@@ -50,8 +47,9 @@ struct Supervisor {
     core: Core,
     started: Instant,
     events: EventsFile,
-    store: SqliteStore,
-    checkpointer: Checkpointer,
+    store: crate::store::Store,
+    /// SQLite only: checkpoints off the hot path.
+    checkpointer: Option<Checkpointer>,
     instance: i64,
     hub: Hub,
     queue_tx: Sender<Ev>,
@@ -92,9 +90,13 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     };
     supervisor_os::become_subreaper().context("cannot become child subreaper")?;
 
-    let mut store = open_store(&config.store)?;
-    let checkpointer = Checkpointer::start(store.path())?;
-    store.disable_autocheckpoint()?;
+    let store_arg = crate::store::arg(&config.store);
+    let mut store = crate::store::open_hot(&store_arg)
+        .with_context(|| format!("cannot open the job store {}", config.store.describe()))?;
+    let checkpointer = match &config.store {
+        StoreConfig::Sqlite { path } => Some(Checkpointer::start(path)?),
+        StoreConfig::Postgres { .. } => None,
+    };
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -168,16 +170,6 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let code = sv.event_loop(&queue_rx);
     let _ = sv.store.unregister_instance(sv.instance);
     Ok(code)
-}
-
-fn open_store(cfg: &StoreConfig) -> Result<SqliteStore> {
-    match cfg {
-        StoreConfig::Sqlite { path } => SqliteStore::open(path)
-            .with_context(|| format!("cannot open the job store {}", path.display())),
-        StoreConfig::Postgres { .. } => Err(anyhow!(
-            "the postgres store is not available in this build; use {{\"sqlite\": {{}}}}"
-        )),
-    }
 }
 
 fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
@@ -562,7 +554,11 @@ impl Supervisor {
             .store
             .record_outcome(job, attempt, self.instance, &o, next, now)
         {
-            Ok(true) => self.checkpointer.wrote(),
+            Ok(true) => {
+                if let Some(c) = &mut self.checkpointer {
+                    c.wrote();
+                }
+            }
             Ok(false) => {
                 log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
             }
@@ -573,10 +569,7 @@ impl Supervisor {
     fn spawn(&mut self, child: ChildId, role: Role) -> Input {
         let role_arg = match &role {
             Role::Grabber => ChildRole::Grabber {
-                store: match &self.config.store {
-                    StoreConfig::Sqlite { path } => StoreArg::Sqlite(path.clone()),
-                    StoreConfig::Postgres { .. } => unreachable!("refused at start"),
-                },
+                store: crate::store::arg(&self.config.store),
                 instance: self.instance,
                 poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
                 error_backoff: self.config.grabber.error_backoff.into(),

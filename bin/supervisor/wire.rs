@@ -157,6 +157,7 @@ pub enum ChildRole {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreArg {
     Sqlite(PathBuf),
+    Postgres(String),
 }
 
 /// A backoff on the wire.
