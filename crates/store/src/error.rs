@@ -53,6 +53,55 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The PostgreSQL server could not be reached, or the connection set up.
+    #[error("cannot connect to job store {url}: {}", chain(source))]
+    Connect {
+        /// The connection string, its password hidden.
+        url: String,
+        /// What the client library said.
+        #[source]
+        source: postgres::Error,
+    },
+
+    /// The PostgreSQL database was set up by a newer version of `supervisor`.
+    #[error(
+        "job store {url} has schema version {found}, but this supervisor knows versions up to \
+         {supported}: upgrade supervisor (or use another database)"
+    )]
+    PgSchemaTooNew {
+        /// The connection string, its password hidden.
+        url: String,
+        /// The schema version found in the database.
+        found: u32,
+        /// The newest schema version this code knows.
+        supported: u32,
+    },
+
+    /// Applying a schema migration to a PostgreSQL database failed.
+    #[error(
+        "job store {url}: migration to schema version {version} failed: {}",
+        chain(source)
+    )]
+    PgMigration {
+        /// The connection string, its password hidden.
+        url: String,
+        /// The version being migrated to.
+        version: u32,
+        /// What the server said.
+        #[source]
+        source: postgres::Error,
+    },
+
+    /// A PostgreSQL operation failed.
+    #[error("job store: {op} failed: {}", chain(source))]
+    Postgres {
+        /// The operation, e.g. `claim`.
+        op: &'static str,
+        /// What the server or the client library said.
+        #[source]
+        source: postgres::Error,
+    },
+
     /// A submitted job is invalid; nothing was queued.
     #[error("job {index} of the batch is invalid: {message}")]
     InvalidJob {
@@ -79,10 +128,29 @@ pub enum StoreError {
 )]
 pub struct UnknownState(pub String);
 
-/// Adds the name of the operation to a SQLite error.
+/// Adds the name of the operation to a SQLite or PostgreSQL error.
 pub(crate) trait Context<T> {
-    /// Wraps the error as [`StoreError::Sqlite`] with `op`.
+    /// Wraps the error as [`StoreError::Sqlite`] or [`StoreError::Postgres`] with `op`.
     fn ctx(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, postgres::Error> {
+    fn ctx(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Postgres { op, source })
+    }
+}
+
+/// A PostgreSQL error with its causes: the client library's own message is only its
+/// kind (`db error`), the server's words are in the chain.
+fn chain(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 impl<T> Context<T> for Result<T, rusqlite::Error> {

@@ -1,8 +1,9 @@
 //! The durable job store of `supervisor`: the [`JobStore`] interface, its types and the routing rule.
 //!
 //! One interface, [`JobStore`], hides where jobs live. [`SqliteStore`] is the embedded
-//! default; a PostgreSQL store (several supervisors on several hosts sharing one queue)
-//! implements the same trait, so nothing here is specific to SQLite.
+//! default; [`PostgresStore`] lets several supervisors on several hosts share one queue,
+//! and wakes them through a [`Listener`] when jobs are submitted or canceled. Both
+//! implement the same trait with the same observable behaviour.
 //!
 //! Times are wall-clock unix seconds (`f64`) passed in by the caller: a store never reads
 //! the clock, which keeps it deterministic under test.
@@ -17,6 +18,7 @@
 mod error;
 mod job;
 mod jsonl;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
 pub use jsonl::parse_jobs_jsonl;
+pub use postgres::{redact_url, Listener, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The id of a job: a plain positive number, printed as such.
@@ -187,6 +190,10 @@ pub struct Instance {
     pub token: String,
     /// When it registered.
     pub started_at: f64,
+    /// When it last said it was alive ([`JobStore::register_instance`], then
+    /// [`JobStore::touch_instance`]): how a supervisor on another host tells a dead
+    /// instance, whose pid it cannot check.
+    pub last_seen: f64,
 }
 
 /// A group that jobs are routed to, as far as routing is concerned.
@@ -366,7 +373,8 @@ pub trait JobStore {
     /// instead of a new job.
     fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>>;
 
-    /// Registers a supervisor instance that will own claims.
+    /// Registers a supervisor instance that will own claims; its
+    /// [`last_seen`](Instance::last_seen) is `now`.
     fn register_instance(
         &mut self,
         host: &str,
@@ -382,10 +390,29 @@ pub trait JobStore {
     /// Every registered instance, in id order.
     fn instances(&mut self) -> Result<Vec<Instance>>;
 
+    /// Records that instance `id` is alive at `now` (its [`Instance::last_seen`]): a
+    /// running supervisor calls this regularly, well within the timeout after which other
+    /// hosts take it for dead (see [`requeue_orphans`](JobStore::requeue_orphans)).
+    ///
+    /// Returns false if no such instance is registered: another supervisor took it for
+    /// dead, forgot it and took its jobs back, so its reports about them will be refused.
+    /// It should stop claiming under that id and register again.
+    fn touch_instance(&mut self, id: InstanceId, now: f64) -> Result<bool>;
+
     /// Takes back the jobs of dead instances: every job `running` under an instance other
     /// than `me` for which `is_dead` says true goes back to `queued` without using up an
     /// attempt (or becomes `canceled` if a cancel was requested), and those instances are
     /// forgotten. Returns the ids of the jobs taken back.
+    ///
+    /// `is_dead` is the caller's policy. The intended one: an instance on the caller's own
+    /// host is dead when its pid is gone or names another process (its
+    /// [`token`](Instance::token), e.g. the process's start time, differs), which is known
+    /// at once; an instance on another host, whose processes the caller cannot see, is
+    /// dead when its [`last_seen`](Instance::last_seen) is older than a timeout (several
+    /// times the interval at which live instances call
+    /// [`touch_instance`](JobStore::touch_instance), with room for clock skew between
+    /// hosts). `is_dead` is asked once about each other instance; one that was touched
+    /// between that question and the taking back is left alone.
     fn requeue_orphans(
         &mut self,
         me: InstanceId,

@@ -95,6 +95,12 @@ const MIGRATIONS: &[&str] = &[
     -- Jobs waiting for a retry time: due retries, and the earliest one.
     CREATE INDEX jobs_waiting ON jobs (not_before) WHERE not_before IS NOT NULL;
     "#,
+    // Version 3: when each instance last said it was alive, so that a supervisor can
+    // tell a dead instance on a host whose processes it cannot see.
+    r#"
+    ALTER TABLE instances ADD COLUMN last_seen REAL NOT NULL DEFAULT 0;
+    UPDATE instances SET last_seen = started_at;
+    "#,
 ];
 
 /// The newest schema version this code knows (`PRAGMA user_version` of a current file).
@@ -547,7 +553,8 @@ impl JobStore for SqliteStore {
     ) -> Result<InstanceId> {
         self.conn
             .prepare_cached(
-                "INSERT INTO instances (host, pid, token, started_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO instances (host, pid, token, started_at, last_seen) \
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
             )
             .and_then(|mut stmt| stmt.insert(params![host, pid, token, now]))
             .ctx("register an instance")
@@ -567,7 +574,9 @@ impl JobStore for SqliteStore {
 
     fn instances(&mut self) -> Result<Vec<Instance>> {
         self.conn
-            .prepare_cached("SELECT id, host, pid, token, started_at FROM instances ORDER BY id")
+            .prepare_cached(
+                "SELECT id, host, pid, token, started_at, last_seen FROM instances ORDER BY id",
+            )
             .and_then(|mut stmt| {
                 stmt.query_map([], |row| {
                     Ok(Instance {
@@ -576,6 +585,7 @@ impl JobStore for SqliteStore {
                         pid: row.get(2)?,
                         token: row.get(3)?,
                         started_at: row.get(4)?,
+                        last_seen: row.get(5)?,
                     })
                 })?
                 .collect()
@@ -583,16 +593,23 @@ impl JobStore for SqliteStore {
             .ctx("list instances")
     }
 
+    fn touch_instance(&mut self, id: InstanceId, now: f64) -> Result<bool> {
+        self.conn
+            .prepare_cached("UPDATE instances SET last_seen = ?2 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id, now]))
+            .map(|changed| changed == 1)
+            .ctx("touch an instance")
+    }
+
     fn requeue_orphans(
         &mut self,
         me: InstanceId,
         is_dead: &dyn Fn(&Instance) -> bool,
     ) -> Result<Vec<JobId>> {
-        let dead: Vec<InstanceId> = self
+        let dead: Vec<Instance> = self
             .instances()?
             .into_iter()
             .filter(|instance| instance.id != me && is_dead(instance))
-            .map(|instance| instance.id)
             .collect();
         if dead.is_empty() {
             return Ok(Vec::new());
@@ -603,8 +620,16 @@ impl JobStore for SqliteStore {
             .ctx("requeue orphans")?;
         let mut ids = Vec::new();
         for instance in dead {
-            ids.extend(take_back(&tx, instance)?);
-            tx.execute("DELETE FROM instances WHERE id = ?1", [instance])
+            // Only as it was judged: one that was touched since is alive.
+            let unchanged = tx
+                .prepare_cached("SELECT 1 FROM instances WHERE id = ?1 AND last_seen = ?2")
+                .and_then(|mut stmt| stmt.exists(params![instance.id, instance.last_seen]))
+                .ctx("requeue orphans")?;
+            if !unchanged {
+                continue;
+            }
+            ids.extend(take_back(&tx, instance.id)?);
+            tx.execute("DELETE FROM instances WHERE id = ?1", [instance.id])
                 .ctx("requeue orphans")?;
         }
         tx.commit().ctx("requeue orphans")?;
@@ -835,6 +860,8 @@ impl JobStore for SqliteStore {
                     "UPDATE jobs SET \
                          state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
                          attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+                         last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                                        ELSE last_outcome END, \
                          owner = NULL \
                      WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
                 )

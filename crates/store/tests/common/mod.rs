@@ -1,16 +1,169 @@
-//! Helpers shared by the store's integration tests.
+//! Helpers shared by the store's integration tests: stores of either kind behind one
+//! type, and small builders of jobs, routes and credits.
 #![allow(dead_code)]
 
+pub mod conformance;
+pub mod model;
+
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-use supervisor_store::{JobStore, NewJob, Route, SqliteStore};
-use tempfile::TempDir;
+use supervisor_store::{JobStore, NewJob, PostgresStore, Route, SqliteStore};
 
-/// A fresh store in a temporary directory (kept alive by the returned guard).
-pub fn store() -> (TempDir, SqliteStore) {
+/// A job store of any kind, owning whatever keeps it alive (a temporary directory, a
+/// database dropped at the end), usable as a `dyn JobStore`.
+pub struct TestStore {
+    // Declared first: dropped (closing its connection) before the guard.
+    store: Box<dyn JobStore + Send>,
+    reopen: Opener,
+    _guard: Box<dyn Send>,
+}
+
+impl TestStore {
+    /// Another handle on the same store, as another process would have.
+    pub fn reopen(&self) -> Box<dyn JobStore + Send> {
+        (self.reopen)()
+    }
+
+    /// A function that opens more handles on the same store, for other threads.
+    pub fn opener(&self) -> Opener {
+        Arc::clone(&self.reopen)
+    }
+}
+
+impl Deref for TestStore {
+    type Target = dyn JobStore + Send;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+impl DerefMut for TestStore {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut *self.store
+    }
+}
+
+/// Opens another handle on a store.
+pub type Opener = Arc<dyn Fn() -> Box<dyn JobStore + Send> + Send + Sync>;
+
+/// Makes a fresh, empty store.
+pub type Factory = fn() -> TestStore;
+
+/// A fresh SQLite store in a temporary directory.
+pub fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
-    (dir, store)
+    let path = dir.path().join("jobs.db");
+    let store = SqliteStore::open(&path).unwrap();
+    TestStore {
+        store: Box::new(store),
+        reopen: Arc::new(move || Box::new(SqliteStore::open(&path).unwrap())),
+        _guard: Box::new(dir),
+    }
+}
+
+/// A fresh PostgreSQL store in a database of its own, dropped at the end.
+pub fn postgres() -> TestStore {
+    let db = PgDatabase::new();
+    let url = db.url.clone();
+    let store = PostgresStore::connect(&url).unwrap();
+    TestStore {
+        store: Box::new(store),
+        reopen: Arc::new(move || Box::new(PostgresStore::connect(&url).unwrap())),
+        _guard: Box::new(db),
+    }
+}
+
+/// The variable that names the test server (set by `scripts/with-postgres`).
+pub const PG_URL_VAR: &str = "SUPERVISOR_TEST_POSTGRES_URL";
+
+/// The test server's URL, from [`PG_URL_VAR`].
+pub fn pg_server_url() -> String {
+    std::env::var(PG_URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{PG_URL_VAR} is not set: run PostgreSQL tests through scripts/with-postgres, \
+             e.g. scripts/with-postgres cargo nextest run -p supervisor-store --run-ignored only"
+        )
+    })
+}
+
+/// `url` (URL or key=value form) with its database replaced by `db`.
+pub fn pg_url_with_db(url: &str, db: &str) -> String {
+    match url.find("://") {
+        Some(scheme_end) => {
+            let rest = &url[scheme_end + 3..];
+            let path_start = rest.find('/').map(|i| scheme_end + 3 + i);
+            let query_start = url.find('?');
+            match (path_start, query_start) {
+                (Some(p), Some(q)) if p < q => format!("{}/{db}{}", &url[..p], &url[q..]),
+                (Some(p), None) => format!("{}/{db}", &url[..p]),
+                (_, Some(q)) => format!("{}/{db}{}", &url[..q], &url[q..]),
+                (None, None) => format!("{url}/{db}"),
+            }
+        }
+        // Of repeated keys, the last one counts.
+        None => format!("{url} dbname={db}"),
+    }
+}
+
+/// A database of its own on the test server, dropped when this is.
+pub struct PgDatabase {
+    /// Its name.
+    pub name: String,
+    /// A URL that connects to it.
+    pub url: String,
+    server: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh, empty database.
+    pub fn new() -> PgDatabase {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let server = pg_server_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "supervisor_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = pg_url_with_db(&server, &name);
+        PgDatabase { name, url, server }
+    }
+
+    /// A plain client connection to the database, for looking behind the store's back.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+}
+
+impl Default for PgDatabase {
+    fn default() -> Self {
+        PgDatabase::new()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let dropped = postgres::Client::connect(&self.server, postgres::NoTls).and_then(|mut c| {
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+        });
+        if let Err(e) = dropped {
+            eprintln!("cannot drop test database {}: {e:?}", self.name);
+        }
+    }
 }
 
 /// A job running `cmd` with nothing else set.
@@ -63,7 +216,7 @@ pub fn credits(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
 }
 
 /// Registers an instance with a made-up pid.
-pub fn instance(store: &mut SqliteStore, pid: u32) -> i64 {
+pub fn instance(store: &mut (dyn JobStore + Send), pid: u32) -> i64 {
     store
         .register_instance("host", pid, &format!("token-{pid}"), 1.0)
         .unwrap()

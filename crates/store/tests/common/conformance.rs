@@ -1,0 +1,1169 @@
+//! The behaviour every `JobStore` must have, as functions over a store [`Factory`]; the
+//! [`conformance_tests!`] macro makes one `#[test]` of each for a given kind of store.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use supervisor_store::{CancelResult, JobState, NewJob, Next, Outcome, OutcomeKind, StoreError};
+
+pub fn outcome(kind: OutcomeKind) -> Outcome {
+    Outcome {
+        kind,
+        exit_code: match kind {
+            OutcomeKind::Succeeded => Some(0),
+            OutcomeKind::Failed => Some(1),
+            _ => None,
+        },
+        signal: match kind {
+            OutcomeKind::TimedOut | OutcomeKind::Canceled => Some(9),
+            _ => None,
+        },
+    }
+}
+
+pub fn submit_and_get_round_trip(new: Factory) {
+    let mut s = new();
+    let new = NewJob {
+        command: vec!["sh".into(), "-c".into(), "echo $X".into()],
+        group: Some("g".into()),
+        tags: [("arch".to_string(), "x86_64".to_string())].into(),
+        env: [("X".to_string(), "1".to_string())].into(),
+        cwd: Some("/tmp".into()),
+        timeout_s: Some(2.5),
+        max_attempts: Some(4),
+        key: Some("k1".into()),
+    };
+    let ids = s.submit(&[new.clone(), job("true")], 100.0).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] > 0 && ids[1] > ids[0]);
+    let got = s.get(ids[0], 100.0).unwrap().unwrap();
+    assert_eq!(got.id, ids[0]);
+    assert_eq!(got.state, JobState::Queued);
+    assert_eq!(got.group.as_deref(), Some("g"));
+    assert_eq!(got.command, new.command);
+    assert_eq!(got.tags, new.tags);
+    assert_eq!(got.env, new.env);
+    assert_eq!(got.cwd.as_deref(), Some("/tmp"));
+    assert_eq!(got.timeout_s, Some(2.5));
+    assert_eq!(got.max_attempts, Some(4));
+    assert_eq!(got.key.as_deref(), Some("k1"));
+    assert_eq!(got.attempts, 0);
+    assert_eq!(got.created_at, 100.0);
+    assert_eq!(
+        (got.started_at, got.finished_at, got.not_before, got.owner),
+        (None, None, None, None)
+    );
+    assert_eq!(
+        (got.exit_code, got.signal, got.last_outcome.as_deref()),
+        (None, None, None)
+    );
+    assert!(!got.cancel_requested);
+    assert!(!got.is_finished());
+
+    let plain = s.get(ids[1], 100.0).unwrap().unwrap();
+    assert_eq!(plain.group, None);
+    assert!(plain.tags.is_empty() && plain.env.is_empty());
+    assert_eq!(s.get(9999, 100.0).unwrap(), None);
+
+    let json = serde_json::to_value(&got).unwrap();
+    assert_eq!(json["state"], "queued");
+    assert_eq!(json["id"], ids[0]);
+}
+
+pub fn a_bad_job_queues_nothing(new: Factory) {
+    let mut s = new();
+    let bad = NewJob {
+        timeout_s: Some(-1.0),
+        ..job("x")
+    };
+    let err = s.submit(&[job("a"), bad, job("b")], 1.0).unwrap_err();
+    match &err {
+        StoreError::InvalidJob { index, message } => {
+            assert_eq!(*index, 1);
+            assert!(message.starts_with("timeout_s"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("job 1"), "{err}");
+    assert!(s.list(None, 1.0).unwrap().is_empty());
+    assert_eq!(s.submit(&[], 1.0).unwrap(), Vec::<i64>::new());
+}
+
+pub fn idempotent_keys(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let keyed = |k: &str| NewJob {
+        key: Some(k.into()),
+        ..job_in("g")
+    };
+
+    // Queued, and within one batch.
+    let ids = s
+        .submit(&[keyed("a"), keyed("a"), keyed("b")], 1.0)
+        .unwrap();
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], ids[2]);
+    assert_eq!(s.submit(&[keyed("a")], 2.0).unwrap(), vec![ids[0]]);
+
+    // Running.
+    let claimed = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 3.0)
+        .unwrap();
+    assert_eq!(claimed.jobs[0].id, ids[0]);
+    assert_eq!(s.submit(&[keyed("a")], 4.0).unwrap(), vec![ids[0]]);
+
+    // Awaiting a retry.
+    let failed = outcome(OutcomeKind::Failed);
+    assert!(s
+        .record_outcome(ids[0], 1, me, &failed, Next::Retry { at: 50.0 }, 5.0)
+        .unwrap());
+    assert_eq!(s.submit(&[keyed("a")], 6.0).unwrap(), vec![ids[0]]);
+
+    // Finished: a new job.
+    let c = s
+        .claim(me, &routes, &mut credits(&[("g", 5)]), 60.0)
+        .unwrap();
+    let attempt = c.jobs.iter().find(|j| j.id == ids[0]).unwrap().attempt;
+    assert_eq!(attempt, 2);
+    let ok = outcome(OutcomeKind::Succeeded);
+    assert!(s
+        .record_outcome(ids[0], 2, me, &ok, Next::Done, 61.0)
+        .unwrap());
+    let again = s.submit(&[keyed("a")], 62.0).unwrap();
+    assert_ne!(again[0], ids[0]);
+    assert_eq!(s.submit(&[keyed("a")], 63.0).unwrap(), again);
+
+    // A failed job with no retry is finished too.
+    let id_b = ids[2];
+    assert!(s
+        .record_outcome(id_b, 1, me, &failed, Next::Done, 64.0)
+        .unwrap());
+    assert_ne!(s.submit(&[keyed("b")], 65.0).unwrap(), vec![id_b]);
+}
+
+pub fn routing_by_group_and_tags(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [
+        named("only-named"),
+        matching("x86", &[("arch", &["x86_64", "i386"])]),
+        matching("fast", &[("arch", &["x86_64"]), ("speed", &["fast"])]),
+        matching("linux", &[("os", &["linux"])]),
+    ];
+    let ids = s
+        .submit(
+            &[
+                job_in("only-named"),                             // 0 -> only-named
+                job_in("nowhere"),                                // 1 -> stays queued
+                tagged(&[("arch", "i386")]),                      // 2 -> x86
+                tagged(&[("arch", "x86_64"), ("speed", "fast")]), // 3 -> x86 (first match)
+                tagged(&[("os", "linux"), ("arch", "arm")]),      // 4 -> linux
+                tagged(&[("speed", "fast")]),                     // 5 -> nowhere (missing key)
+                job("untargeted"),                                // 6 -> nowhere
+                job_in("x86"),                                    // 7 -> x86 (named)
+            ],
+            1.0,
+        )
+        .unwrap();
+    let mut cr = credits(&[("only-named", 9), ("x86", 9), ("fast", 9), ("linux", 9)]);
+    let res = s.claim(me, &routes, &mut cr, 2.0).unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0], "only-named"),
+            (ids[2], "x86"),
+            (ids[3], "x86"),
+            (ids[4], "linux"),
+            (ids[7], "x86"),
+        ]
+    );
+    assert_eq!(cr["x86"], 6);
+    assert_eq!(cr["fast"], 9);
+    // What is left is taken by no route: nothing to wait for.
+    assert!(res.more.is_empty(), "{:?}", res.more);
+    for i in [1, 5, 6] {
+        assert_eq!(s.get(ids[i], 3.0).unwrap().unwrap().state, JobState::Queued);
+    }
+    // Claimed jobs show their routed group.
+    assert_eq!(
+        s.get(ids[3], 3.0).unwrap().unwrap().group.as_deref(),
+        Some("x86")
+    );
+
+    // A route added later (a reload) takes them.
+    let routes = [matching("catch-all", &[]), named("nowhere")];
+    let res = s
+        .claim(
+            me,
+            &routes,
+            &mut credits(&[("catch-all", 9), ("nowhere", 9)]),
+            4.0,
+        )
+        .unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[1], "nowhere"),
+            (ids[5], "catch-all"),
+            (ids[6], "catch-all")
+        ]
+    );
+}
+
+pub fn claim_respects_credits_and_id_order(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [matching("a", &[("k", &["a"])]), matching("b", &[])];
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.push(if i % 2 == 0 {
+            tagged(&[("k", "a")])
+        } else {
+            job("b")
+        });
+    }
+    let ids = s.submit(&jobs, 1.0).unwrap();
+
+    // No credit: nothing claimed, but work is runnable.
+    let mut cr = credits(&[]);
+    let res = s.claim(me, &routes, &mut cr, 2.0).unwrap();
+    assert!(res.jobs.is_empty());
+    assert!(res.more.runnable);
+
+    let mut cr = credits(&[("a", 3), ("b", 1)]);
+    let res = s.claim(me, &routes, &mut cr, 2.0).unwrap();
+    let got: Vec<i64> = res.jobs.iter().map(|c| c.id).collect();
+    assert_eq!(got, vec![ids[0], ids[1], ids[2], ids[4]]);
+    assert_eq!(cr, credits(&[("a", 0), ("b", 0)]));
+    assert!(res.more.runnable);
+    assert_eq!(res.more.waiting_until, None);
+    assert!(res.jobs.iter().all(|c| c.attempt == 1));
+
+    // Credits for one group only take that group's jobs.
+    let mut cr = credits(&[("b", 100)]);
+    let res = s.claim(me, &routes, &mut cr, 3.0).unwrap();
+    let got: Vec<i64> = res.jobs.iter().map(|c| c.id).collect();
+    assert_eq!(got, vec![ids[3], ids[5], ids[7], ids[9]]);
+    assert_eq!(cr["b"], 96);
+    assert!(res.more.runnable, "group a still has queued jobs");
+
+    let mut cr = credits(&[("a", 100), ("b", 100)]);
+    let res = s.claim(me, &routes, &mut cr, 4.0).unwrap();
+    assert_eq!(res.jobs.len(), 2);
+    assert!(res.more.is_empty());
+    let counts = s.counts(4.0).unwrap();
+    assert_eq!(counts[&JobState::Running], 10);
+    assert_eq!(counts[&JobState::Queued], 0);
+}
+
+pub fn claimed_job_carries_what_the_worker_needs(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let new = NewJob {
+        env: [("A".to_string(), "b".to_string())].into(),
+        cwd: Some("/".into()),
+        timeout_s: Some(3.0),
+        max_attempts: Some(2),
+        ..NewJob::new(["echo", "x"])
+    };
+    let id = s.submit(&[new], 1.0).unwrap()[0];
+    let res = s
+        .claim(me, &[matching("g", &[])], &mut credits(&[("g", 1)]), 5.0)
+        .unwrap();
+    let c = &res.jobs[0];
+    assert_eq!(c.id, id);
+    assert_eq!(c.group, "g");
+    assert_eq!(c.command, vec!["echo", "x"]);
+    assert_eq!(c.env["A"], "b");
+    assert_eq!(c.cwd.as_deref(), Some("/"));
+    assert_eq!(c.timeout_s, Some(3.0));
+    assert_eq!(c.max_attempts, Some(2));
+    assert_eq!(c.attempt, 1);
+    let j = s.get(id, 5.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!(j.owner, Some(me));
+    assert_eq!(j.started_at, Some(5.0));
+    assert_eq!(j.attempts, 1);
+}
+
+pub fn retry_waits_in_failed_then_queues(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 100.0)
+        .unwrap();
+    assert!(s
+        .record_outcome(
+            id,
+            1,
+            me,
+            &outcome(OutcomeKind::Failed),
+            Next::Retry { at: 110.0 },
+            101.0
+        )
+        .unwrap());
+
+    let j = s.get(id, 105.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.not_before, Some(110.0));
+    assert_eq!(j.exit_code, Some(1));
+    assert_eq!(j.last_outcome.as_deref(), Some("failed"));
+    assert_eq!(j.finished_at, Some(101.0));
+    assert_eq!(j.owner, None);
+    assert!(!j.is_finished());
+
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 105.0)
+        .unwrap();
+    assert!(res.jobs.is_empty());
+    assert!(!res.more.runnable);
+    assert_eq!(res.more.waiting_until, Some(110.0));
+    assert_eq!(s.list(Some(JobState::Failed), 105.0).unwrap().len(), 1);
+
+    // Once due, it is queued (get, list and counts see it so).
+    assert_eq!(s.get(id, 110.0).unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(s.counts(110.0).unwrap()[&JobState::Queued], 1);
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 110.0)
+        .unwrap();
+    assert_eq!(res.jobs.len(), 1);
+    assert_eq!(res.jobs[0].attempt, 2);
+    let j = s.get(id, 110.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!(
+        (j.exit_code, j.finished_at, j.not_before),
+        (None, None, None)
+    );
+    assert_eq!(j.last_outcome.as_deref(), Some("failed"));
+
+    // A timed-out attempt retried the same way, read directly by claim.
+    assert!(s
+        .record_outcome(
+            id,
+            2,
+            me,
+            &outcome(OutcomeKind::TimedOut),
+            Next::Retry { at: 120.0 },
+            111.0
+        )
+        .unwrap());
+    assert_eq!(s.get(id, 115.0).unwrap().unwrap().state, JobState::TimedOut);
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 120.5)
+        .unwrap();
+    assert_eq!(res.jobs[0].attempt, 3);
+}
+
+pub fn dead_and_done_outcomes(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [matching("g", &[])];
+    let ids = s
+        .submit(&[job("a"), job("b"), job("c"), job("d")], 1.0)
+        .unwrap();
+    s.claim(me, &routes, &mut credits(&[("g", 4)]), 2.0)
+        .unwrap();
+    let rec = |s: &mut TestStore, id, kind, next| {
+        assert!(s
+            .record_outcome(id, 1, me, &outcome(kind), next, 3.0)
+            .unwrap())
+    };
+    rec(&mut s, ids[0], OutcomeKind::Failed, Next::Dead);
+    rec(&mut s, ids[1], OutcomeKind::Lost, Next::Done);
+    // Success and cancellation end the job whatever `next` says.
+    rec(
+        &mut s,
+        ids[2],
+        OutcomeKind::Succeeded,
+        Next::Retry { at: 9.0 },
+    );
+    rec(
+        &mut s,
+        ids[3],
+        OutcomeKind::Canceled,
+        Next::Retry { at: 9.0 },
+    );
+    let states: Vec<JobState> = s.list(None, 4.0).unwrap().iter().map(|j| j.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Dead,
+            JobState::Dead,
+            JobState::Succeeded,
+            JobState::Canceled
+        ]
+    );
+    assert!(s.list(None, 4.0).unwrap().iter().all(|j| j.is_finished()));
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 4)]), 10.0)
+        .unwrap();
+    assert!(res.jobs.is_empty() && res.more.is_empty());
+
+    let err = s
+        .record_outcome(
+            ids[0],
+            1,
+            me,
+            &outcome(OutcomeKind::Failed),
+            Next::Retry { at: f64::NAN },
+            5.0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("retry time"), "{err}");
+}
+
+pub fn lost_attempt_is_queued_with_not_before(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    assert!(s
+        .record_outcome(
+            id,
+            1,
+            me,
+            &outcome(OutcomeKind::Lost),
+            Next::Retry { at: 20.0 },
+            3.0
+        )
+        .unwrap());
+    let j = s.get(id, 3.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(j.not_before, Some(20.0));
+    assert_eq!(j.last_outcome.as_deref(), Some("lost"));
+    assert_eq!(j.attempts, 1);
+
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 19.9)
+        .unwrap();
+    assert!(res.jobs.is_empty());
+    assert_eq!(res.more.waiting_until, Some(20.0));
+    assert!(!res.more.runnable);
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 20.0)
+        .unwrap();
+    assert_eq!(res.jobs[0].attempt, 2);
+}
+
+pub fn release_gives_the_attempt_back(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    assert!(!s.release(id, 2, me).unwrap(), "wrong attempt");
+    assert!(!s.release(id, 1, me + 1).unwrap(), "wrong owner");
+    assert!(s.release(id, 1, me).unwrap());
+    assert!(!s.release(id, 1, me).unwrap(), "not running any more");
+    let j = s.get(id, 3.0).unwrap().unwrap();
+    assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), 4.0)
+        .unwrap();
+    assert_eq!(res.jobs[0].attempt, 1);
+}
+
+pub fn stale_outcomes_are_refused(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let other = instance(&mut *s, 2);
+    let routes = [named("g")];
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    let ok = outcome(OutcomeKind::Succeeded);
+    assert!(!s.record_outcome(id, 2, me, &ok, Next::Done, 3.0).unwrap());
+    assert!(!s.record_outcome(id, 0, me, &ok, Next::Done, 3.0).unwrap());
+    assert!(!s
+        .record_outcome(id, 1, other, &ok, Next::Done, 3.0)
+        .unwrap());
+    assert!(!s
+        .record_outcome(id + 1, 1, me, &ok, Next::Done, 3.0)
+        .unwrap());
+    assert_eq!(s.get(id, 3.0).unwrap().unwrap().state, JobState::Running);
+    assert!(s.record_outcome(id, 1, me, &ok, Next::Done, 3.0).unwrap());
+    // Reported twice: the second is stale.
+    assert!(!s.record_outcome(id, 1, me, &ok, Next::Done, 3.0).unwrap());
+    let j = s.get(id, 4.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Succeeded);
+    assert_eq!(j.exit_code, Some(0));
+    assert!(j.is_finished());
+}
+
+pub fn cancel_in_every_state(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let ids = s
+        .submit(
+            &[
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+            ],
+            1.0,
+        )
+        .unwrap();
+    // Queued.
+    assert_eq!(s.cancel(ids[0], 2.0).unwrap(), CancelResult::Canceled);
+    let j = s.get(ids[0], 2.0).unwrap().unwrap();
+    assert_eq!((j.state, j.finished_at), (JobState::Canceled, Some(2.0)));
+    assert_eq!(
+        s.cancel(ids[0], 2.0).unwrap(),
+        CancelResult::AlreadyFinished(JobState::Canceled)
+    );
+    assert_eq!(s.cancel(9999, 2.0).unwrap(), CancelResult::Unknown);
+
+    let res = s
+        .claim(me, &routes, &mut credits(&[("g", 4)]), 3.0)
+        .unwrap();
+    assert_eq!(res.jobs.len(), 4);
+    assert!(s.cancel_requests(me).unwrap().is_empty());
+
+    // Running: requested; the owner stops it and reports `canceled`.
+    assert_eq!(s.cancel(ids[1], 4.0).unwrap(), CancelResult::Requested);
+    assert_eq!(s.cancel(ids[1], 4.0).unwrap(), CancelResult::Requested);
+    assert_eq!(s.cancel(ids[2], 4.0).unwrap(), CancelResult::Requested);
+    assert_eq!(
+        s.cancel_requests(me).unwrap(),
+        vec![(ids[1], 1), (ids[2], 1)]
+    );
+    assert!(s.get(ids[1], 4.0).unwrap().unwrap().cancel_requested);
+    assert!(s
+        .record_outcome(
+            ids[1],
+            1,
+            me,
+            &outcome(OutcomeKind::Canceled),
+            Next::Done,
+            5.0
+        )
+        .unwrap());
+    assert_eq!(
+        s.get(ids[1], 5.0).unwrap().unwrap().state,
+        JobState::Canceled
+    );
+    // A failure racing the cancel is not retried.
+    assert!(s
+        .record_outcome(
+            ids[2],
+            1,
+            me,
+            &outcome(OutcomeKind::Failed),
+            Next::Retry { at: 6.0 },
+            5.0
+        )
+        .unwrap());
+    assert_eq!(
+        s.get(ids[2], 7.0).unwrap().unwrap().state,
+        JobState::Canceled
+    );
+    assert!(s.cancel_requests(me).unwrap().is_empty());
+
+    // Finished.
+    assert!(s
+        .record_outcome(
+            ids[3],
+            1,
+            me,
+            &outcome(OutcomeKind::Succeeded),
+            Next::Done,
+            5.0
+        )
+        .unwrap());
+    assert_eq!(
+        s.cancel(ids[3], 6.0).unwrap(),
+        CancelResult::AlreadyFinished(JobState::Succeeded)
+    );
+
+    // Awaiting a retry: canceled at once.
+    assert!(s
+        .record_outcome(
+            ids[4],
+            1,
+            me,
+            &outcome(OutcomeKind::Failed),
+            Next::Retry { at: 50.0 },
+            5.0
+        )
+        .unwrap());
+    assert_eq!(s.cancel(ids[4], 6.0).unwrap(), CancelResult::Canceled);
+    let j = s.get(ids[4], 60.0).unwrap().unwrap();
+    assert_eq!((j.state, j.not_before), (JobState::Canceled, None));
+}
+
+pub fn release_of_a_cancel_requested_job_cancels_it(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(me, &[named("g")], &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    assert_eq!(s.cancel(id, 3.0).unwrap(), CancelResult::Requested);
+    assert!(s.release(id, 1, me).unwrap());
+    assert_eq!(s.get(id, 4.0).unwrap().unwrap().state, JobState::Canceled);
+}
+
+pub fn requeue_orphans_touches_only_dead_instances(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let dead = instance(&mut *s, 2);
+    let alive = instance(&mut *s, 3);
+    let routes = [named("g")];
+    let ids = s
+        .submit(
+            &[
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+                job_in("g"),
+            ],
+            1.0,
+        )
+        .unwrap();
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    s.claim(dead, &routes, &mut credits(&[("g", 2)]), 2.0)
+        .unwrap();
+    s.claim(alive, &routes, &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    assert_eq!(s.cancel(ids[2], 3.0).unwrap(), CancelResult::Requested);
+
+    // `me` is never asked about, even if the predicate would say dead.
+    let asked = std::cell::RefCell::new(Vec::new());
+    let back = s
+        .requeue_orphans(me, &|i| {
+            asked.borrow_mut().push(i.id);
+            i.id != alive
+        })
+        .unwrap();
+    assert_eq!(asked.into_inner(), vec![dead, alive]);
+    assert_eq!(back, vec![ids[1], ids[2]]);
+
+    let j = s.get(ids[1], 4.0).unwrap().unwrap();
+    assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
+    assert_eq!(
+        s.get(ids[2], 4.0).unwrap().unwrap().state,
+        JobState::Canceled
+    );
+    let j = s.get(ids[0], 4.0).unwrap().unwrap();
+    assert_eq!((j.state, j.owner), (JobState::Running, Some(me)));
+    let j = s.get(ids[3], 4.0).unwrap().unwrap();
+    assert_eq!((j.state, j.owner), (JobState::Running, Some(alive)));
+    assert_eq!(s.get(ids[4], 4.0).unwrap().unwrap().state, JobState::Queued);
+
+    let left: Vec<i64> = s.instances().unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(left, vec![me, alive]);
+    let inst = &s.instances().unwrap()[1];
+    assert_eq!(
+        (inst.host.as_str(), inst.pid, inst.token.as_str()),
+        ("host", 3, "token-3")
+    );
+
+    // Nothing dead: nothing happens.
+    assert!(s.requeue_orphans(me, &|_| false).unwrap().is_empty());
+
+    // A stopping instance gives its jobs back.
+    assert_eq!(s.unregister_instance(alive).unwrap(), vec![ids[3]]);
+    assert_eq!(s.get(ids[3], 5.0).unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(s.instances().unwrap().len(), 1);
+}
+
+pub fn counts_include_every_state(new: Factory) {
+    let mut s = new();
+    let counts = s.counts(1.0).unwrap();
+    assert_eq!(counts.len(), JobState::ALL.len());
+    assert!(counts.values().all(|n| *n == 0));
+    s.submit(&[job("a"), job("b")], 1.0).unwrap();
+    let counts = s.counts(1.0).unwrap();
+    assert_eq!(counts[&JobState::Queued], 2);
+    assert_eq!(counts[&JobState::TimedOut], 0);
+    let json = serde_json::to_value(&counts).unwrap();
+    assert_eq!(json["queued"], 2);
+    assert_eq!(json["timed_out"], 0);
+}
+
+pub fn list_filters_by_state_in_id_order(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let ids = s
+        .submit(&[job_in("g"), job("x"), job_in("g")], 1.0)
+        .unwrap();
+    s.claim(me, &[named("g")], &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    let all: Vec<i64> = s.list(None, 3.0).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(all, ids);
+    let queued: Vec<i64> = s
+        .list(Some(JobState::Queued), 3.0)
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(queued, vec![ids[1], ids[2]]);
+    assert_eq!(s.list(Some(JobState::Running), 3.0).unwrap()[0].id, ids[0]);
+    assert!(s.list(Some(JobState::Dead), 3.0).unwrap().is_empty());
+}
+
+pub fn many_unroutable_jobs_do_not_hide_routable_ones(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g"), matching("t", &[("k", &["v"])])];
+    let unroutable: Vec<NewJob> = (0..2_000).map(|_| job("x")).collect();
+    s.submit(&unroutable, 1.0).unwrap();
+    let routable: Vec<NewJob> = (0..1_000)
+        .flat_map(|_| [job_in("g"), tagged(&[("k", "v")])])
+        .collect();
+    let ids = s.submit(&routable, 1.0).unwrap();
+    let started = std::time::Instant::now();
+    let mut claimed = Vec::new();
+    loop {
+        let mut cr = credits(&[("g", 3), ("t", 2)]);
+        let res = s.claim(me, &routes, &mut cr, 2.0).unwrap();
+        claimed.extend(res.jobs.iter().map(|c| c.id));
+        if res.jobs.is_empty() {
+            assert!(res.more.is_empty());
+            break;
+        }
+    }
+    eprintln!(
+        "claimed {} jobs behind 2,000 unroutable ones in {:?}",
+        claimed.len(),
+        started.elapsed()
+    );
+    claimed.sort_unstable();
+    assert_eq!(claimed, ids);
+}
+
+pub fn two_thousand_cycles(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [matching("g", &[])];
+    let started = std::time::Instant::now();
+    for i in 0..2_000 {
+        let now = f64::from(i);
+        let id = s.submit(&[job("true")], now).unwrap()[0];
+        let res = s
+            .claim(me, &routes, &mut credits(&[("g", 1)]), now)
+            .unwrap();
+        assert_eq!(res.jobs.len(), 1);
+        assert_eq!(res.jobs[0].id, id);
+        assert!(s
+            .record_outcome(id, 1, me, &outcome(OutcomeKind::Succeeded), Next::Done, now)
+            .unwrap());
+    }
+    eprintln!(
+        "2,000 submit+claim+record cycles in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.counts(3000.0).unwrap()[&JobState::Succeeded], 2_000);
+}
+
+pub fn ten_thousand_queued_claimed_a_few_at_a_time(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [matching("g", &[])];
+    let jobs: Vec<NewJob> = (0..10_000).map(|_| job("true")).collect();
+    s.submit(&jobs, 1.0).unwrap();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    let mut last = 0;
+    loop {
+        let res = s
+            .claim(me, &routes, &mut credits(&[("g", 4)]), 2.0)
+            .unwrap();
+        if res.jobs.is_empty() {
+            break;
+        }
+        for c in &res.jobs {
+            assert!(c.id > last);
+            last = c.id;
+            assert!(s
+                .record_outcome(
+                    c.id,
+                    1,
+                    me,
+                    &outcome(OutcomeKind::Succeeded),
+                    Next::Done,
+                    3.0
+                )
+                .unwrap());
+        }
+        n += res.jobs.len();
+    }
+    eprintln!("10,000 jobs claimed 4 at a time in {:?}", started.elapsed());
+    assert_eq!(n, 10_000);
+    let _: BTreeMap<JobState, u64> = s.counts(4.0).unwrap();
+}
+
+pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory) {
+    let mut store = new();
+    let me = store.register_instance("h", 1, "t", 0.0).unwrap();
+    let other = store.register_instance("h", 2, "u", 0.0).unwrap();
+    let jobs: Vec<NewJob> = (0..4).map(|_| job_in("g")).collect();
+    let ids = store.submit(&jobs, 0.0).unwrap();
+    let routes = [named("g")];
+    store
+        .claim(me, &routes, &mut credits(&[("g", 3)]), 1.0)
+        .unwrap();
+    store
+        .claim(other, &routes, &mut credits(&[("g", 1)]), 1.0)
+        .unwrap();
+    assert_eq!(store.cancel(ids[2], 1.5).unwrap(), CancelResult::Requested);
+    let released = store.release_strays(me, &[ids[0]]).unwrap();
+    assert_eq!(released, vec![ids[1], ids[2]]);
+    let j = store.get(ids[1], 2.0).unwrap().unwrap();
+    assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
+    // A stray whose cancel was requested is canceled rather than queued.
+    let j = store.get(ids[2], 2.0).unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempts, j.owner),
+        (JobState::Canceled, 1, None)
+    );
+    assert_eq!(j.last_outcome.as_deref(), Some("canceled"));
+    assert_eq!(
+        store.get(ids[0], 2.0).unwrap().unwrap().state,
+        JobState::Running
+    );
+    assert_eq!(
+        store.get(ids[3], 2.0).unwrap().unwrap().state,
+        JobState::Running
+    );
+    assert!(store.release_strays(me, &[ids[0]]).unwrap().is_empty());
+    assert_eq!(store.release_strays(other, &[]).unwrap(), vec![ids[3]]);
+}
+
+pub fn instances_are_touched(new: Factory) {
+    let mut s = new();
+    let a = s.register_instance("h1", 10, "t10", 5.0).unwrap();
+    let b = s.register_instance("h2", 20, "t20", 6.0).unwrap();
+    assert!(b > a);
+    let all = s.instances().unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (
+            all[0].id,
+            all[0].host.as_str(),
+            all[0].pid,
+            all[0].token.as_str()
+        ),
+        (a, "h1", 10, "t10")
+    );
+    assert_eq!((all[0].started_at, all[0].last_seen), (5.0, 5.0));
+    assert!(s.touch_instance(a, 42.5).unwrap());
+    let all = s.instances().unwrap();
+    assert_eq!((all[0].started_at, all[0].last_seen), (5.0, 42.5));
+    assert_eq!((all[1].started_at, all[1].last_seen), (6.0, 6.0));
+
+    // Another host's instance not seen for long is taken for dead.
+    let timeout = 30.0;
+    let now = 50.0;
+    let back = s
+        .requeue_orphans(a, &|i| now - i.last_seen > timeout)
+        .unwrap();
+    assert!(back.is_empty());
+    assert_eq!(s.instances().unwrap().len(), 1);
+    // A forgotten instance learns it when it touches.
+    assert!(!s.touch_instance(b, 51.0).unwrap());
+    assert!(s.touch_instance(a, 51.0).unwrap());
+}
+
+pub fn requeue_orphans_spares_an_instance_touched_meanwhile(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let slow = instance(&mut *s, 2);
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    s.claim(slow, &[named("g")], &mut credits(&[("g", 1)]), 2.0)
+        .unwrap();
+    // It says it is alive (on another handle) after it was judged dead.
+    let other = std::cell::RefCell::new(s.reopen());
+    let back = s
+        .requeue_orphans(me, &|i| {
+            assert!(other.borrow_mut().touch_instance(i.id, 100.0).unwrap());
+            true
+        })
+        .unwrap();
+    assert!(back.is_empty());
+    let j = s.get(id, 3.0).unwrap().unwrap();
+    assert_eq!((j.state, j.owner), (JobState::Running, Some(slow)));
+    assert_eq!(s.instances().unwrap().len(), 2);
+    // Judged on its latest state, it is dead.
+    assert_eq!(s.requeue_orphans(me, &|_| true).unwrap(), vec![id]);
+}
+
+pub fn a_group_without_credit_keeps_the_jobs_it_matches_first(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [matching("arm", &[("arch", &["arm"])]), matching("any", &[])];
+    let ids = s
+        .submit(
+            &[
+                tagged(&[("arch", "arm")]),
+                tagged(&[("arch", "x86")]),
+                tagged(&[("arch", "arm")]),
+                job("plain"),
+            ],
+            1.0,
+        )
+        .unwrap();
+    let res = s
+        .claim(me, &routes, &mut credits(&[("any", 10)]), 2.0)
+        .unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(got, vec![(ids[1], "any"), (ids[3], "any")]);
+    assert!(res.more.runnable, "the arm jobs wait for credit");
+    let res = s
+        .claim(me, &routes, &mut credits(&[("arm", 1), ("any", 10)]), 2.0)
+        .unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(got, vec![(ids[0], "arm")]);
+    assert!(res.more.runnable);
+}
+
+pub fn batch_ids_follow_the_batch_order(new: Factory) {
+    let mut s = new();
+    let keyed = |k: &str| NewJob {
+        key: Some(k.into()),
+        ..job(k)
+    };
+    let batch = [
+        job("1"),
+        keyed("a"),
+        job("2"),
+        job("3"),
+        keyed("a"),
+        keyed("b"),
+        job("4"),
+    ];
+    let ids = s.submit(&batch, 1.0).unwrap();
+    assert_eq!(ids[1], ids[4]);
+    let distinct: Vec<i64> = [0, 1, 2, 3, 5, 6].iter().map(|i| ids[*i]).collect();
+    assert!(distinct.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let jobs = s.list(None, 1.0).unwrap();
+    let commands: Vec<&str> = jobs.iter().map(|j| j.command[0].as_str()).collect();
+    assert_eq!(commands, vec!["1", "a", "2", "3", "b", "4"]);
+    // A batch of keys already queued queues nothing new.
+    assert_eq!(
+        s.submit(&[keyed("b"), keyed("a")], 2.0).unwrap(),
+        vec![ids[5], ids[1]]
+    );
+    assert_eq!(s.list(None, 2.0).unwrap().len(), 6);
+}
+
+pub fn odd_strings_round_trip(new: Factory) {
+    let mut s = new();
+    let odd = [
+        "",
+        "with space",
+        "quote ' and \" and \\",
+        "ünïcødé ✓ 🚀",
+        "$1 ? %s {}",
+        "line\nbreak\ttab",
+    ];
+    let new_job = NewJob {
+        command: std::iter::once("prog".to_string())
+            .chain(odd.iter().map(|s| s.to_string()))
+            .collect(),
+        group: Some("grüppe 'x'".into()),
+        tags: odd
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("k{i} ✓"), v.to_string()))
+            .collect(),
+        env: odd
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("V{i}"), v.to_string()))
+            .collect(),
+        cwd: Some("/tmp/dir with 'quotes'".into()),
+        key: Some("ключ".into()),
+        ..NewJob::default()
+    };
+    let id = s.submit(std::slice::from_ref(&new_job), 1.0).unwrap()[0];
+    let j = s.get(id, 1.0).unwrap().unwrap();
+    assert_eq!(j.command, new_job.command);
+    assert_eq!(j.tags, new_job.tags);
+    assert_eq!(j.env, new_job.env);
+    assert_eq!(j.cwd, new_job.cwd);
+    assert_eq!(j.key, new_job.key);
+    assert_eq!(j.group, new_job.group);
+    // Routing matches odd tag values exactly.
+    let me = instance(&mut *s, 1);
+    let routes = [matching("t", &[("k3 ✓", &["ünïcødé ✓ 🚀"])])];
+    let tagged_id = s
+        .submit(
+            &[
+                tagged(&[("k3 ✓", "ünïcødé ✓ 🚀")]),
+                tagged(&[("k3 ✓", "ünïcødé")]),
+            ],
+            2.0,
+        )
+        .unwrap()[0];
+    let res = s
+        .claim(me, &routes, &mut credits(&[("t", 5)]), 3.0)
+        .unwrap();
+    let got: Vec<i64> = res.jobs.iter().map(|c| c.id).collect();
+    assert_eq!(got, vec![tagged_id]);
+    let c = &res.jobs[0];
+    assert_eq!(c.group, "t");
+}
+
+pub fn extreme_numbers_round_trip(new: Factory) {
+    let mut s = new();
+    let me = s.register_instance("h", u32::MAX, "t", 1.0).unwrap();
+    assert_eq!(s.instances().unwrap()[0].pid, u32::MAX);
+    let id = s
+        .submit(
+            &[NewJob {
+                max_attempts: Some(u32::MAX),
+                timeout_s: Some(1e-9),
+                ..job_in("g")
+            }],
+            1.25,
+        )
+        .unwrap()[0];
+    let res = s
+        .claim(me, &[named("g")], &mut credits(&[("g", 1)]), 1e12)
+        .unwrap();
+    assert_eq!(res.jobs[0].max_attempts, Some(u32::MAX));
+    assert_eq!(res.jobs[0].timeout_s, Some(1e-9));
+    let outcome = Outcome {
+        kind: OutcomeKind::Failed,
+        exit_code: Some(i32::MIN),
+        signal: Some(i32::MAX),
+    };
+    assert!(s
+        .record_outcome(id, 1, me, &outcome, Next::Done, 1e12 + 0.5)
+        .unwrap());
+    let j = s.get(id, 1e13).unwrap().unwrap();
+    assert_eq!((j.exit_code, j.signal), (Some(i32::MIN), Some(i32::MAX)));
+    assert_eq!((j.created_at, j.finished_at), (1.25, Some(1e12 + 0.5)));
+}
+
+/// `threads` handles claim `total` jobs at once, each with its own connection; no job
+/// is claimed twice and every job is claimed.
+pub fn handles_claiming_at_once_never_double_claim(new: Factory, threads: u32, total: usize) {
+    let mut s = new();
+    let jobs: Vec<NewJob> = (0..total)
+        .map(|i| if i % 3 == 0 { job_in("n") } else { job("true") })
+        .collect();
+    let ids: BTreeSet<i64> = s.submit(&jobs, 1.0).unwrap().into_iter().collect();
+    let open = s.opener();
+    let started = std::time::Instant::now();
+    let results: Vec<Vec<i64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let open = open.clone();
+                scope.spawn(move || {
+                    let mut s = open();
+                    let me = instance(&mut *s, 100 + t);
+                    let routes = [named("n"), matching("g", &[])];
+                    let mut mine = Vec::new();
+                    loop {
+                        let n = 1 + (mine.len() as u32 % 3);
+                        let res = s
+                            .claim(me, &routes, &mut credits(&[("g", n), ("n", 1)]), 2.0)
+                            .unwrap();
+                        if res.jobs.is_empty() {
+                            if res.more.is_empty() {
+                                break;
+                            }
+                            // Jobs another handle holds locked mid-claim: look again.
+                            continue;
+                        }
+                        for c in res.jobs {
+                            let ok = Outcome {
+                                kind: OutcomeKind::Succeeded,
+                                exit_code: Some(0),
+                                signal: None,
+                            };
+                            assert!(s
+                                .record_outcome(c.id, c.attempt, me, &ok, Next::Done, 3.0)
+                                .unwrap());
+                            mine.push(c.id);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut seen = BTreeSet::new();
+    for id in results.iter().flatten() {
+        assert!(seen.insert(*id), "job {id} claimed twice");
+    }
+    assert_eq!(seen, ids);
+    eprintln!(
+        "{total} jobs claimed by {threads} handles in {:?}: {:?} each",
+        started.elapsed(),
+        results.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let counts = s.counts(4.0).unwrap();
+    assert_eq!(counts[&JobState::Succeeded], total as u64);
+}
+
+pub fn two_handles_claiming_at_once_never_double_claim(new: Factory) {
+    handles_claiming_at_once_never_double_claim(new, 2, 2_000);
+}
+
+/// One `#[test]` per conformance test, for the store that `$factory` makes, each with the
+/// given attributes (e.g. `#[ignore = "..."]`).
+#[allow(unused_macros)]
+macro_rules! conformance_tests {
+    ($factory:expr $(, #[$attr:meta])*) => {
+        $crate::common::conformance::conformance_tests!(
+            @each $factory, [$(#[$attr])*],
+            submit_and_get_round_trip,
+            a_bad_job_queues_nothing,
+            idempotent_keys,
+            routing_by_group_and_tags,
+            claim_respects_credits_and_id_order,
+            claimed_job_carries_what_the_worker_needs,
+            retry_waits_in_failed_then_queues,
+            dead_and_done_outcomes,
+            lost_attempt_is_queued_with_not_before,
+            release_gives_the_attempt_back,
+            stale_outcomes_are_refused,
+            cancel_in_every_state,
+            release_of_a_cancel_requested_job_cancels_it,
+            requeue_orphans_touches_only_dead_instances,
+            counts_include_every_state,
+            list_filters_by_state_in_id_order,
+            many_unroutable_jobs_do_not_hide_routable_ones,
+            two_thousand_cycles,
+            ten_thousand_queued_claimed_a_few_at_a_time,
+            release_strays_gives_back_only_unknown_claims_of_that_owner,
+            instances_are_touched,
+            requeue_orphans_spares_an_instance_touched_meanwhile,
+            a_group_without_credit_keeps_the_jobs_it_matches_first,
+            batch_ids_follow_the_batch_order,
+            odd_strings_round_trip,
+            extreme_numbers_round_trip,
+            two_handles_claiming_at_once_never_double_claim
+        );
+    };
+    (@each $factory:expr, $attrs:tt, $($name:ident),*) => {
+        $(
+            $crate::common::conformance::conformance_tests!(@one $factory, $attrs, $name);
+        )*
+    };
+    (@one $factory:expr, [$(#[$attr:meta])*], $name:ident) => {
+        #[test]
+        $(#[$attr])*
+        fn $name() {
+            $crate::common::conformance::$name($factory)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use conformance_tests;
