@@ -149,6 +149,13 @@ const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' WHERE id IN 
 const RETRY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs \
      WHERE state IN ('failed', 'timed_out') AND not_before <= $1)";
 
+/// Planner methods a claim turns off (`SET LOCAL`, for its transaction only), leaving it
+/// the partial indexes: statistics that are missing (a new table) or stale (gathered
+/// when few jobs were queued) would otherwise make it sort every queued job, or scan the
+/// whole history, at each claim.
+const CLAIM_PLANNER: &str = "SET LOCAL enable_seqscan = off; \
+     SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
+
 /// Gives back the running jobs of owner `$1`: queued without using up an attempt, or
 /// canceled if a cancel was requested.
 const TAKE_BACK: &str = "UPDATE jobs SET \
@@ -318,6 +325,12 @@ impl PostgresStore {
         &self.url
     }
 
+    /// True once the connection is known to be lost (every operation then fails): the
+    /// caller should connect again.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// The schema version of the database (0 if it has none yet).
     pub fn schema_version(&mut self) -> Result<u32> {
         read_schema_version(&mut self.client)
@@ -408,7 +421,13 @@ fn read_schema_version(client: &mut Client) -> Result<Option<u32>, postgres::Err
 }
 
 /// A connection that waits for `submit` and `cancel` on a [`PostgresStore`]'s database
-/// (`LISTEN supervisor_jobs`): the doorbell of a grabber whose jobs may come from any host.
+/// (`LISTEN supervisor_jobs`): the doorbell of a grabber whose jobs may come from any host,
+/// and of a supervisor whose running job may be canceled from any host (it then looks at
+/// [`JobStore::cancel_requests`]).
+///
+/// Only what may give a claimer work or a supervisor a cancel rings: a submit that queued
+/// a new job (not one whose keys all named live jobs), a cancel of a queued, waiting or
+/// running job. Anyone may also ring with `NOTIFY supervisor_jobs`.
 ///
 /// Notifications that arrive while nobody waits are kept until the next
 /// [`wait`](Listener::wait). A listener whose connection broke fails every `wait`: make a
@@ -1043,6 +1062,7 @@ impl JobStore for PostgresStore {
     ) -> Result<ClaimResult> {
         let stmts = &mut self.stmts;
         let mut tx = self.client.transaction().ctx("claim")?;
+        tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
         materialise(stmts, &mut tx, now)?;
         let mut claimed = Vec::new();
         let mut after: JobId = 0;
@@ -1542,50 +1562,67 @@ mod tests {
             store.submit(&jobs, 3.0).unwrap();
             let mut credits = BTreeMap::from([("g".to_string(), 1), ("t".to_string(), 1)]);
             store.claim(me, &routes, &mut credits, 4.0).unwrap();
-            store.client.batch_execute("ANALYZE jobs").unwrap();
-
             let filter = Filter::routed(&routes, Some(&|_: &str| true), 4);
             let any = Filter::routed(&routes, None, 2);
-            for mode in ["force_custom_plan", "force_generic_plan"] {
-                store
-                    .client
-                    .batch_execute(&format!("SET plan_cache_mode = {mode}"))
-                    .unwrap();
-                let client = &mut store.client;
-                let p = plan(
-                    client,
-                    &candidates_sql(&filter),
-                    &literals(&["5.0", "0", "5"], &filter),
-                );
-                assert!(p.contains("jobs_queued"), "{mode}: {p}");
-                assert!(!p.contains("Seq Scan"), "{mode}: {p}");
-                let p = plan(client, &backlog_sql(&any), &literals(&["5.0"], &any));
-                assert!(
-                    p.contains("jobs_queued") && p.contains("jobs_waiting"),
-                    "{mode}: {p}"
-                );
-                assert!(!p.contains("Seq Scan"), "{mode}: {p}");
-                let p = plan(client, MATERIALISE_RETRIES, &["5.0".into()]);
-                assert!(p.contains("jobs_waiting"), "{mode}: {p}");
-                assert!(!p.contains("Seq Scan"), "{mode}: {p}");
-                let p = plan(client, RETRY_DUE, &["5.0".into()]);
-                assert!(!p.contains("Seq Scan"), "{mode}: {p}");
-                for sql in [
-                    format!("{TAKE_BACK} RETURNING id"),
-                    "SELECT id, attempts FROM jobs WHERE owner = $1 AND state = 'running' \
-                     AND cancel_requested ORDER BY id"
-                        .to_string(),
-                ] {
-                    let p = plan(client, &sql, &[me.to_string()]);
-                    assert!(p.contains("jobs_running"), "{mode}: {sql}: {p}");
+            let claim_planner = CLAIM_PLANNER.replace("SET LOCAL", "SET");
+            let default_planner = "RESET enable_seqscan; RESET enable_bitmapscan; \
+                                   RESET enable_sort";
+            // Without statistics (a new table), then with them.
+            for stats in ["none", "analyzed"] {
+                if stats == "analyzed" {
+                    store.client.batch_execute("ANALYZE jobs").unwrap();
                 }
-                // The foreign key's check when an instance goes.
-                let p = plan(
-                    client,
-                    "SELECT 1 FROM ONLY jobs x WHERE owner = $1 FOR KEY SHARE OF x",
-                    &[me.to_string()],
-                );
-                assert!(p.contains("jobs_running"), "{mode}: {p}");
+                for mode in ["force_custom_plan", "force_generic_plan"] {
+                    let mode = format!("{stats}, {mode}");
+                    let client = &mut store.client;
+                    client
+                        .batch_execute(&format!(
+                            "SET plan_cache_mode = {}",
+                            mode.rsplit(' ').next().unwrap()
+                        ))
+                        .unwrap();
+
+                    // A claim's queries, planned as a claim's transaction sets the planner.
+                    client.batch_execute(&claim_planner).unwrap();
+                    let p = plan(
+                        client,
+                        &candidates_sql(&filter),
+                        &literals(&["5.0", "0", "5"], &filter),
+                    );
+                    assert!(p.contains("Index Scan using jobs_queued"), "{mode}: {p}");
+                    assert!(
+                        !p.contains("Seq Scan") && !p.contains("Sort"),
+                        "{mode}: {p}"
+                    );
+                    let p = plan(client, &backlog_sql(&any), &literals(&["5.0"], &any));
+                    assert!(
+                        p.contains("Index Scan using jobs_queued")
+                            && p.contains("Index Scan using jobs_waiting"),
+                        "{mode}: {p}"
+                    );
+                    assert!(!p.contains("Seq Scan"), "{mode}: {p}");
+                    let p = plan(client, MATERIALISE_RETRIES, &["5.0".into()]);
+                    assert!(p.contains("jobs_waiting"), "{mode}: {p}");
+                    assert!(!p.contains("Seq Scan"), "{mode}: {p}");
+
+                    // The others', as they are planned.
+                    client.batch_execute(default_planner).unwrap();
+                    if stats == "analyzed" {
+                        let p = plan(client, RETRY_DUE, &["5.0".into()]);
+                        assert!(!p.contains("Seq Scan"), "{mode}: {p}");
+                    }
+                    for sql in [
+                        format!("{TAKE_BACK} RETURNING id"),
+                        "SELECT id, attempts FROM jobs WHERE owner = $1 AND state = 'running' \
+                         AND cancel_requested ORDER BY id"
+                            .to_string(),
+                        // The foreign key's check when an instance goes.
+                        "SELECT 1 FROM ONLY jobs x WHERE owner = $1 FOR KEY SHARE OF x".to_string(),
+                    ] {
+                        let p = plan(client, &sql, &[me.to_string()]);
+                        assert!(p.contains("jobs_running"), "{mode}: {sql}: {p}");
+                    }
+                }
             }
         });
         drop(admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
