@@ -16,8 +16,10 @@
 //!   re-evaluates against the row's latest version, or locks the row first.
 //! - Due retries are queued again (`failed` → `queued`) with `FOR UPDATE SKIP LOCKED` too,
 //!   so that two sessions doing it at once neither wait for nor deadlock each other.
-//! - Idempotency keys are backed by a unique partial index; two submits of one key at once
-//!   meet there (`ON CONFLICT DO NOTHING`), and the second returns the first's job.
+//! - Idempotency keys are backed by a unique partial index. A submit first takes an
+//!   advisory lock per key (in one global order, so that batches never deadlock), so two
+//!   submits of one key queue behind each other and the second returns the first's job;
+//!   `ON CONFLICT DO NOTHING` at the index covers anything else.
 //! - `submit` and `cancel` send `NOTIFY supervisor_jobs` inside their transaction, so a
 //!   [`Listener`] on any host wakes once they commit.
 //!
@@ -56,8 +58,9 @@ const KEY_LOCK_CLASS: i32 = 0x7376;
 /// How long connecting waits when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many times `submit` is tried when PostgreSQL aborts it to break a deadlock (two
-/// batches taking the same idempotency keys in different orders).
+/// How many times `submit` is tried when PostgreSQL aborts it to break a deadlock (which
+/// the key locks should rule out), and how many times a key is looked up and inserted
+/// when another submit of it wins the race.
 const SUBMIT_TRIES: u32 = 5;
 
 /// Prepared statements kept per connection (beyond it, the cache starts afresh).

@@ -248,7 +248,7 @@ fn the_listener_wakes_on_submit_and_cancel() {
         other_host.submit(&[job("x")], 2.0).unwrap();
     }
     // (Let them all reach the listener's socket first.)
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     assert!(listener.wait(long).unwrap());
     assert!(!listener.wait(quiet).unwrap(), "a burst, one wake");
 
