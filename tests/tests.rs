@@ -2,6 +2,7 @@
 //! runs the real `supervisor` binary in its own temp dir.
 
 mod common;
+mod contract;
 mod jobs;
 mod notify;
 mod operate;
