@@ -228,6 +228,9 @@ fn every_verb_exits_as_documented() {
     expect(&["check"], 0, "a valid config");
     expect(&["status"], 0, "never run");
     expect(&["status", "--json"], 0, "never run");
+    let printed = expect(&["events"], 0, "never run: no events yet");
+    assert_eq!(printed, "");
+    expect(&["events", "--json"], 0, "never run: no events yet");
     let listed = expect(&["jobs", "--json"], 0, "an empty store");
     assert_eq!(listed.trim().parse::<Value>().ok(), Some(json!([])));
     expect(&["jobs"], 0, "an empty store, as a table");
@@ -1730,12 +1733,11 @@ fn until_empty_waits_for_retries_and_exits_0_at_once_when_nothing_is_left() {
 /// `store: {"postgres": {"url": ...}}` is part of the contract. Needs a server: run under
 /// `scripts/with-postgres` (which sets `SUPERVISOR_TEST_POSTGRES_URL`).
 #[test]
-#[ignore = "deviation: `submit` (exit 1) and `run` (exit 1) refuse a postgres store: \"the postgres store is not available in this build\""]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_postgres_store_runs_jobs() {
-    let url = std::env::var("SUPERVISOR_TEST_POSTGRES_URL")
-        .expect("run under scripts/with-postgres (SUPERVISOR_TEST_POSTGRES_URL)");
+    let db = supervisor_store::testing::PgDatabase::new();
     let mut cfg = config(vec![group("a", 1)]);
-    cfg["store"] = json!({"postgres": {"url": url}});
+    cfg["store"] = json!({"postgres": {"url": db.url}});
     let sb = Sandbox::new(&cfg);
     let id = sb.submit(&["--group", "a", "--", "true"]);
     let mut sv = sb.start(&["--until-empty"]);

@@ -6,6 +6,7 @@ mod contract;
 mod jobs;
 mod notify;
 mod operate;
+mod postgres;
 mod process;
 mod reload;
 mod smoke;

@@ -787,6 +787,14 @@ fn warn_missing(path: &Path, from: u64, to: u64) {
 fn print_events(path: &Path, printer: &mut Printer) -> io::Result<i32> {
     let mut file = match File::open(path) {
         Ok(f) => f,
+        // No supervisor has run here yet: there are no events, which is not an error.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            eprintln!(
+                "supervisor: no events yet ({} does not exist)",
+                path.display()
+            );
+            return Ok(0);
+        }
         Err(e) => {
             eprintln!("supervisor: {}: {e}", path.display());
             return Ok(EXIT_FAILURE);

@@ -37,6 +37,8 @@ pub enum Ev {
     Closed { child: ChildId },
     /// A child sent something that does not decode.
     BadMessage { child: ChildId, error: String },
+    /// The store's doorbell rang on some host (PostgreSQL's NOTIFY): wake the grabber.
+    Doorbell,
 }
 
 /// The hub: a thread that selects over every child's receiver.

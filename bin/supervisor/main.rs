@@ -9,6 +9,7 @@ mod grabber;
 mod ipc;
 mod notify;
 mod run;
+mod shared;
 mod store;
 mod wire;
 mod worker;

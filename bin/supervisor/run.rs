@@ -18,6 +18,7 @@ use supervisor_os::{PidFile, PidFileState, Sig};
 
 use crate::checkpointer::Checkpointer;
 use crate::notify::Notifier;
+use crate::shared::Me;
 
 use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{self, Ev, Hub, Writer};
@@ -61,6 +62,11 @@ struct Supervisor {
     reloads: Doorbell<&'static str>,
     sigints: u32,
     exit_code: Option<i32>,
+    /// Set when this supervisor must exit with failure whatever the core says.
+    failed: bool,
+    me: Me,
+    /// Shared (PostgreSQL) store: when to touch our instance and look for dead ones.
+    touch_at: Option<Instant>,
     notifier: Notifier,
     told_stopping: bool,
 }
@@ -97,22 +103,11 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         StoreConfig::Sqlite { path } => Some(Checkpointer::start(path)?),
         StoreConfig::Postgres { .. } => None,
     };
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let me = Me::new();
     let pid = std::process::id();
-    let token = supervisor_os::process_start_ticks(pid)
-        .unwrap_or(0)
-        .to_string();
-    let instance = store.register_instance(&host, pid, &token, wall_now())?;
-    let orphans = store.requeue_orphans(instance, &|i| {
-        // A supervisor on this host is dead when its pid is gone or now names another
-        // process (a different start time).
-        i.host == host
-            && (!supervisor_os::pid_alive(i.pid)
-                || supervisor_os::process_start_ticks(i.pid).map(|t| t.to_string())
-                    != Some(i.token.clone()))
-    })?;
+    let instance = store.register_instance(&me.host, pid, &crate::shared::token(), wall_now())?;
+    let now = wall_now();
+    let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now))?;
     if !orphans.is_empty() {
         log::info!(
             "requeued {} job(s) held by a dead supervisor",
@@ -122,6 +117,16 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
 
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
     start_signal_thread(queue_tx.clone())?;
+    // A store shared across hosts: keep our instance alive there, find dead ones, and
+    // hear the doorbell of `submit` on any host.
+    let touch_at = match &config.store {
+        StoreConfig::Postgres { url } => {
+            crate::shared::start_listener(url.clone(), queue_tx.clone())
+                .context("cannot start the store doorbell thread")?;
+            Some(Instant::now() + crate::shared::TOUCH_EVERY)
+        }
+        StoreConfig::Sqlite { .. } => None,
+    };
     let hub = Hub::start(queue_tx.clone()).context("cannot start the IPC hub")?;
     let events = EventsFile::open(
         &config.events.path,
@@ -155,6 +160,9 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         reloads,
         sigints: 0,
         exit_code: None,
+        failed: false,
+        me,
+        touch_at,
         notifier: Notifier::from_env(),
         told_stopping: false,
     };
@@ -195,12 +203,14 @@ impl Supervisor {
     fn event_loop(&mut self, rx: &Receiver<Ev>) -> i32 {
         loop {
             if let Some(code) = self.exit_code {
-                return code;
+                return if self.failed { EXIT_FAILURE } else { code };
             }
             let deadline = [
                 self.core.next_deadline(),
                 self.reloads.next_deadline(),
                 self.close_wait_deadline(),
+                self.touch_at
+                    .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
             ]
             .into_iter()
             .flatten()
@@ -237,6 +247,9 @@ impl Supervisor {
                 self.notifier.stopping();
             }
             let now = self.now();
+            if self.touch_at.is_some_and(|t| t <= Instant::now()) {
+                self.touch();
+            }
             if let Some(pass) = self.reloads.poll(now) {
                 let results: Vec<_> = pass.ids.into_iter().map(|k| (k, self.reload())).collect();
                 self.reloads.finish(self.now(), results);
@@ -278,8 +291,9 @@ impl Supervisor {
                 }
                 self.reloads.ring();
             }
-            Ev::Signal(SIGUSR1) => {
-                // The doorbell of `submit` and `cancel`: the grabber looks at the store now.
+            Ev::Signal(SIGUSR1) | Ev::Doorbell => {
+                // The doorbell of `submit` and `cancel` (SIGUSR1 on this host, NOTIFY
+                // from any host): the grabber looks at the store now.
                 if let Some(g) = self.core.grabber() {
                     self.send(g, ToChild::Wake);
                 }
@@ -668,6 +682,48 @@ impl Supervisor {
             Some(e) => f.insert("error".into(), json!(e)),
         };
         self.emit(name, f);
+    }
+
+    /// Shared store: say we are alive, and take back the jobs of dead supervisors.
+    fn touch(&mut self) {
+        self.touch_at = Some(Instant::now() + crate::shared::TOUCH_EVERY);
+        let now = wall_now();
+        match self.store.touch_instance(self.instance, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another supervisor took us for dead (a stall longer than the stale
+                // timeout, or a clock far off) and requeued our jobs, which may be
+                // running elsewhere already: stop at once rather than run them twice.
+                log::error!(
+                    "this supervisor was taken for dead by another and its jobs were \
+                     requeued; stopping at once"
+                );
+                self.failed = true;
+                self.feed(Input::Shutdown {
+                    reason: "taken for dead by another supervisor".into(),
+                    immediate: true,
+                });
+                return;
+            }
+            Err(e) => {
+                log::warn!("cannot touch our instance in the store: {e}");
+                return;
+            }
+        }
+        let me = self.me.clone();
+        match self
+            .store
+            .requeue_orphans(self.instance, &|i| me.is_dead(i, now))
+        {
+            Ok(ids) if !ids.is_empty() => {
+                log::warn!("requeued jobs {ids:?} held by a dead supervisor");
+                if let Some(g) = self.core.grabber() {
+                    self.send(g, ToChild::Wake);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot look for dead supervisors: {e}"),
+        }
     }
 
     fn grabber_settings(&self) -> GrabberSettings {

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use supervisor_config::StoreConfig;
-use supervisor_store::{JobStore, SqliteStore};
+use supervisor_store::{JobStore, PostgresStore, SqliteStore};
 
 use crate::wire::StoreArg;
 
@@ -47,8 +47,6 @@ fn open_kind(arg: &StoreArg, autocheckpoint: bool) -> Result<Store> {
             }
             Ok(Box::new(store))
         }
-        StoreArg::Postgres(_) => {
-            anyhow::bail!("the postgres store is not available in this build")
-        }
+        StoreArg::Postgres(url) => Ok(Box::new(PostgresStore::connect(url)?)),
     }
 }

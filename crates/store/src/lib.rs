@@ -20,6 +20,7 @@ mod job;
 mod jsonl;
 mod postgres;
 mod sqlite;
+pub mod testing;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,168 @@
+//! The PostgreSQL store through the real binary: several supervisors share one queue.
+//! They need a server: run them with
+//! `scripts/with-postgres cargo nextest run --test tests --run-ignored only`
+//! (`scripts/test` does). Each test has a database of its own, dropped at the end.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use supervisor_store::testing::PgDatabase;
+
+use crate::common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(db: &PgDatabase, workers: u32, poll_s: f64) -> Value {
+    json!({
+        "store": {"postgres": {"url": db.url}},
+        "groups": [{"name": "a", "max_workers": workers}],
+        "grabber": {"poll_interval_s": poll_s},
+        "heartbeat": {"interval_s": 0.5, "timeout_s": 5},
+        "shutdown_grace_s": 1
+    })
+}
+
+/// Every job of the store, by id.
+fn jobs(sb: &Sandbox) -> BTreeMap<i64, Value> {
+    let out = sb.run(&["jobs", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    list.into_iter()
+        .map(|j| (j["id"].as_i64().unwrap(), j))
+        .collect()
+}
+
+/// The ids of the jobs this supervisor started.
+fn started_here(sv: &Supervisor) -> Vec<i64> {
+    sv.events()
+        .iter()
+        .filter(|e| e["event"] == "job_started")
+        .map(|e| e["job_id"].as_i64().unwrap())
+        .collect()
+}
+
+fn stop(mut sv: Supervisor) {
+    sv.signal(Signal::SIGTERM);
+    assert_eq!(sv.wait_exit(T), Some(0), "{}", sv.dump());
+    sv.assert_nothing_left(Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn two_supervisors_share_one_queue_and_run_each_job_once() {
+    let db = PgDatabase::new();
+    let a = Sandbox::new(&config(&db, 2, 1.0));
+    let b = Sandbox::new(&config(&db, 2, 1.0));
+    let sv_a = a.start(&[]);
+    let sv_b = b.start(&[]);
+    // Each job appends its id to one file: a job run twice would show twice.
+    let ran = a.path().join("ran.txt");
+    let lines: Vec<String> = (0..60)
+        .map(|_| {
+            json!({"group": "a", "command": ["sh", "-c",
+                format!("echo $SUPERVISOR_JOB_ID >> {}; sleep 0.05", ran.display())]})
+            .to_string()
+        })
+        .collect();
+    let file = a.path().join("jobs.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = a.run(&["submit", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut last = BTreeMap::new();
+    wait_until(T, || {
+        last = jobs(&b);
+        last.len() == 60 && last.values().all(|j| j["state"] == "succeeded")
+    })
+    .unwrap_or_else(|_| panic!("not all succeeded: {last:?}"));
+    let mut ids: Vec<i64> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let want: Vec<i64> = last.keys().copied().collect();
+    assert_eq!(ids, want, "every job ran exactly once");
+    assert!(last.values().all(|j| j["attempts"] == 1), "{last:?}");
+    let (on_a, on_b) = (started_here(&sv_a), started_here(&sv_b));
+    assert_eq!(on_a.len() + on_b.len(), 60);
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "both supervisors took jobs: {} on a, {} on b",
+        on_a.len(),
+        on_b.len()
+    );
+    stop(sv_a);
+    stop(sv_b);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_submit_from_another_host_wakes_an_idle_supervisor_at_once() {
+    let db = PgDatabase::new();
+    // The poll interval is a minute: only the store's doorbell can start a job sooner.
+    let runner = Sandbox::new(&config(&db, 1, 60.0));
+    // Another state dir, as on another host: its `submit` cannot signal the runner.
+    let elsewhere = Sandbox::new(&config(&db, 1, 60.0));
+    let sv = runner.start(&[]);
+    let first = elsewhere.submit(&["--group", "a", "--", "true"]);
+    runner.wait_job(first, &["succeeded"], T);
+    // The grabber is past its first pass now, idle until the next poll.
+    let t0 = Instant::now();
+    let second = elsewhere.submit(&["--group", "a", "--", "true"]);
+    runner.wait_job(second, &["succeeded"], Duration::from_secs(10));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(started_here(&sv), [first, second]);
+    stop(sv);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_killed_supervisor_s_jobs_are_taken_back_by_another() {
+    let db = PgDatabase::new();
+    let a = Sandbox::new(&config(&db, 1, 1.0));
+    let b = Sandbox::new(&config(&db, 1, 1.0));
+    let mut sv_a = a.start(&[]);
+    let id = a.submit(&["--group", "a", "--", "sleep", "60"]);
+    let started = sv_a.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == id);
+    // The job's own process: the worker's child.
+    let worker = started["worker_pid"].as_u64().unwrap() as u32;
+    let job_pid: u32 = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the worker has its job as a child")
+        .parse()
+        .unwrap();
+    let sv_b = b.start(&[]);
+
+    sv_a.signal(Signal::SIGKILL);
+    assert_eq!(sv_a.wait_exit(T), None, "killed by a signal");
+    // Its job died with it (PDEATHSIG down the chain)...
+    wait_until(Duration::from_secs(5), || !alive(job_pid))
+        .unwrap_or_else(|_| panic!("job process {job_pid} outlived its supervisor"));
+    // ...and the other supervisor, on its next look at the store, runs it again.
+    let again = sv_b.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == id);
+    assert_ne!(again["worker_pid"], started["worker_pid"]);
+    let job = b.job(id);
+    assert_eq!(job["state"], "running", "{job}");
+    let out = b.run(&["cancel", &id.to_string()]);
+    assert!(out.status.success());
+    b.wait_job(id, &["canceled"], T);
+    stop(sv_b);
+    sv_a.assert_nothing_left(Duration::from_secs(2));
+}
