@@ -740,6 +740,22 @@ fn until_empty_exits_when_nothing_is_left() {
     assert_eq!(sb.job(good)["state"], "succeeded");
     assert_eq!(sb.job(nowhere)["state"], "queued");
     sv.assert_nothing_left(Duration::from_secs(2));
+
+    // A job for a group without workers cannot run either: it does not keep the run
+    // going, whether the group matches it by name or first by tags.
+    let sb = Sandbox::new(&config(vec![
+        arch_group("parked", 0, &["x86_64"]),
+        group("a", 1),
+    ]));
+    let named = sb.submit(&["--group", "parked", "--", "true"]);
+    let tagged = sb.submit(&["--tag", "arch=x86_64", "--", "true"]);
+    let good = sb.submit(&["--group", "a", "--", "true"]);
+    let mut sv = sb.start(&["--until-empty"]);
+    assert_eq!(sv.wait_exit(T), Some(0), "{}", sv.dump());
+    assert_eq!(sb.job(good)["state"], "succeeded");
+    assert_eq!(sb.job(named)["state"], "queued");
+    assert_eq!(sb.job(tagged)["state"], "queued");
+    sv.assert_nothing_left(Duration::from_secs(2));
 }
 
 #[test]

@@ -27,6 +27,8 @@ struct Grabber {
     errors: BackoffState,
     rng: SplitMix64,
     routes: Vec<Route>,
+    /// The groups that can run jobs (`None`: every routed group, until told).
+    runnable: Option<BTreeSet<String>>,
     credits: BTreeMap<String, u32>,
     epochs: BTreeMap<String, u64>,
     /// The latest epoch the supervisor asked us to poll at.
@@ -65,6 +67,7 @@ pub fn main(
         errors: BackoffState::default(),
         rng: SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64),
         routes,
+        runnable: None,
         credits: BTreeMap::new(),
         epochs: BTreeMap::new(),
         epoch: 0,
@@ -113,6 +116,7 @@ pub fn main(
                 ToChild::Stop => return 0,
                 ToChild::Settings(s) => {
                     g.routes = s.routes;
+                    g.runnable = Some(s.runnable.into_iter().collect());
                     g.poll_interval = Duration::from_secs_f64(s.poll_interval_s);
                     g.error_backoff = s.error_backoff.into();
                     bell.ring();
@@ -185,11 +189,22 @@ impl Grabber {
         }
         let store = self.store.as_mut().expect("opened above");
         let wall = wall_now();
+        // Every group that can run jobs, with its credit (maybe none left): the store
+        // counts the backlog of these groups only.
         let mut credits: BTreeMap<String, u32> = self
-            .credits
+            .routes
             .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(g, &n)| (g.clone(), n))
+            .filter(|r| {
+                self.runnable
+                    .as_ref()
+                    .is_none_or(|set| set.contains(&r.group))
+            })
+            .map(|r| {
+                (
+                    r.group.clone(),
+                    self.credits.get(&r.group).copied().unwrap_or(0),
+                )
+            })
             .collect();
         let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
         for (group, left) in &credits {

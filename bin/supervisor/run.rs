@@ -529,6 +529,15 @@ impl Supervisor {
                 Action::Emit(event) => {
                     let (name, fields) = crate::wire::event_record(&event);
                     self.emit(name, fields);
+                    if matches!(
+                        event,
+                        supervisor_core::supervision::Event::GroupGaveUp { .. }
+                    ) {
+                        // Its jobs can no longer run here: the grabber's reports of what
+                        // is runnable must leave them out.
+                        let settings = self.grabber_settings();
+                        self.send_to_grabber(ToChild::Settings(settings));
+                    }
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
             }
@@ -731,6 +740,7 @@ impl Supervisor {
             routes: crate::routes(&self.config),
             poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
             error_backoff: self.config.grabber.error_backoff.into(),
+            runnable: self.core.runnable_groups(),
         }
     }
 
@@ -764,7 +774,14 @@ impl Supervisor {
         self.events
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.config_event("config_loaded", None);
-        let settings = self.grabber_settings();
+        // Sent before the core applies the reload, so that the polls it asks for use
+        // the new routes. A reload gives a disabled group a fresh start: every group of
+        // the new config with workers can run jobs.
+        let mut settings = self.grabber_settings();
+        settings.runnable = (self.config.groups.iter())
+            .filter(|g| g.max_workers > 0)
+            .map(|g| g.name.clone())
+            .collect();
         self.send_to_grabber(ToChild::Settings(settings));
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));

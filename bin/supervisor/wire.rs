@@ -70,6 +70,9 @@ pub struct GrabberSettings {
     pub routes: Vec<supervisor_store::Route>,
     pub poll_interval_s: f64,
     pub error_backoff: WireBackoff,
+    /// The groups that can run jobs now (with workers, not disabled or draining): jobs
+    /// waiting for another group do not count as runnable in the grabber's reports.
+    pub runnable: Vec<String>,
 }
 
 /// A claim, with what a worker needs to run it.

@@ -403,7 +403,16 @@ fn restarts_older_than_the_period_no_longer_count() {
 
 #[test]
 fn a_disabled_group_stops_while_the_others_keep_running() {
-    let (mut s, _) = Story::boot(spec(vec![disabling("a", 2, 1), group("b", 1)]));
+    let (mut s, _) = Story::boot(spec(vec![
+        disabling("a", 2, 1),
+        group("b", 1),
+        group("none", 0),
+    ]));
+    assert_eq!(
+        s.core.runnable_groups(),
+        ["a", "b"],
+        "a group without workers runs nothing"
+    );
     s.at(1.0);
     s.reap(s.w("a", 0), SIGKILL);
     let acts = s.at(1.1);
@@ -437,6 +446,8 @@ fn a_disabled_group_stops_while_the_others_keep_running() {
         .iter()
         .all(|r| r.role.group() != Some("a")));
 
+    assert_eq!(s.core.runnable_groups(), ["b"]);
+
     // Group b goes on: it runs jobs and gets its credit back; a gets none.
     let (w, acts) = s.start(1, "b");
     assert_eq!(w, s.w("b", 0));
@@ -451,6 +462,7 @@ fn a_disabled_group_stops_while_the_others_keep_running() {
         group("b", 1),
     ])));
     assert_eq!(spawned_roles(&acts), [worker("a", 0), worker("a", 1)]);
+    assert_eq!(s.core.runnable_groups(), ["a", "b"]);
     let acts = s.spawn_all_ready(&acts);
     assert_eq!(grants(&acts).iter().map(|g| g.1).sum::<u32>(), 2);
 }

@@ -424,6 +424,11 @@ pub trait JobStore {
     /// each job is routed with [`route`] and claimed only if its group has a credit left in
     /// `credits` (which is decremented; a group missing from `credits` has none). A claimed
     /// job is `running`, owned by `me`, with one more attempt.
+    ///
+    /// The backlog it returns ([`ClaimResult::more`]) counts the jobs routed to groups
+    /// present in `credits`, with or without a credit left: a group absent from it runs
+    /// nothing (it has no workers, or gave up), so the jobs that wait for it do not keep
+    /// the source from being empty.
     fn claim(
         &mut self,
         me: InstanceId,

@@ -1153,8 +1153,8 @@ impl JobStore for PostgresStore {
             }
         }
 
-        // What is left, among jobs some route takes.
-        let any = Filter::routed(routes, None, 2);
+        // What is left, among jobs routed to a group that can run them.
+        let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)), 2);
         let rows = query(
             stmts,
             &mut tx,

@@ -726,8 +726,8 @@ impl JobStore for SqliteStore {
             }
         }
 
-        // What is left, among jobs some route takes.
-        let any = Filter::routed(routes, None);
+        // What is left, among jobs routed to a group that can run them.
+        let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)));
         let mut values = vec![Value::Real(now)];
         values.extend(any.params.iter().cloned());
         let runnable = tx

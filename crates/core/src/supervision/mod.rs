@@ -397,6 +397,21 @@ impl Core {
             .count()
     }
 
+    /// The groups that can run jobs, in config order: active (not draining after a
+    /// reload removed them, not disabled by their restart limit) and with workers. Jobs
+    /// waiting for any other group do not keep `--until-empty` from ending.
+    pub fn runnable_groups(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|name| {
+                self.groups
+                    .get(*name)
+                    .is_some_and(|g| g.status == GroupStatus::Active && g.spec.max_workers > 0)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Credits the grabber holds for `group`, as far as the core knows.
     pub fn credits(&self, group: &str) -> u32 {
         self.groups.get(group).map_or(0, |g| g.granted)

@@ -229,7 +229,7 @@ pub fn claim_respects_credits_and_id_order(new: Factory) {
     let ids = s.submit(&jobs, 1.0).unwrap();
 
     // No credit: nothing claimed, but work is runnable.
-    let mut cr = credits(&[]);
+    let mut cr = credits(&[("a", 0), ("b", 0)]);
     let res = s.claim(me, &routes, &mut cr, 2.0).unwrap();
     assert!(res.jobs.is_empty());
     assert!(res.more.runnable);
@@ -244,7 +244,7 @@ pub fn claim_respects_credits_and_id_order(new: Factory) {
     assert!(res.jobs.iter().all(|c| c.attempt == 1));
 
     // Credits for one group only take that group's jobs.
-    let mut cr = credits(&[("b", 100)]);
+    let mut cr = credits(&[("a", 0), ("b", 100)]);
     let res = s.claim(me, &routes, &mut cr, 3.0).unwrap();
     let got: Vec<i64> = res.jobs.iter().map(|c| c.id).collect();
     assert_eq!(got, vec![ids[3], ids[5], ids[7], ids[9]]);
@@ -916,11 +916,19 @@ pub fn a_group_without_credit_keeps_the_jobs_it_matches_first(new: Factory) {
         )
         .unwrap();
     let res = s
-        .claim(me, &routes, &mut credits(&[("any", 10)]), 2.0)
+        .claim(me, &routes, &mut credits(&[("arm", 0), ("any", 10)]), 2.0)
         .unwrap();
     let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
     assert_eq!(got, vec![(ids[1], "any"), (ids[3], "any")]);
     assert!(res.more.runnable, "the arm jobs wait for credit");
+    // A group absent from the credits runs nothing (no workers, or it gave up): the
+    // jobs it matches first stay queued, and do not count as runnable.
+    let res = s
+        .claim(me, &routes, &mut credits(&[("any", 10)]), 2.0)
+        .unwrap();
+    assert!(res.jobs.is_empty());
+    assert!(!res.more.runnable, "nothing can run the arm jobs");
+    assert!(res.more.is_empty());
     let res = s
         .claim(me, &routes, &mut credits(&[("arm", 1), ("any", 10)]), 2.0)
         .unwrap();
