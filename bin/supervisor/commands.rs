@@ -295,9 +295,10 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:>6}  {:<10} {:<12} {:>8}  {:>5}  COMMAND",
-        "ID", "STATE", "GROUP", "ATTEMPTS", "EXIT"
+        "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {:<19}  {:>8}  COMMAND",
+        "ID", "STATE", "GROUP", "ATTEMPTS", "EXIT", "STARTED", "RAN"
     );
+    let now = wall_now();
     for j in &jobs {
         let exit = match (j.exit_code, j.signal) {
             (Some(c), _) => c.to_string(),
@@ -305,16 +306,58 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
             _ => "-".into(),
         };
         println!(
-            "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {}",
+            "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {:<19}  {:>8}  {}",
             j.id,
             j.state.as_str(),
             j.group.as_deref().unwrap_or("-"),
             j.attempts,
             exit,
-            j.command.join(" ")
+            j.started_at.map_or("-".into(), |t| local_time(t, false)),
+            ran_for(j, now).map_or("-".into(), format_duration),
+            shell_words(&j.command)
         );
     }
     Ok(0)
+}
+
+/// How long the job's last attempt ran (or has run so far), if it started.
+fn ran_for(j: &Job, now: f64) -> Option<f64> {
+    let started = j.started_at?;
+    match (j.state, j.finished_at) {
+        (JobState::Running, _) => Some(now - started),
+        (_, Some(finished)) if finished >= started => Some(finished - started),
+        _ => None,
+    }
+}
+
+/// A wall-clock time in the local time zone, like `2026-11-23 16:20:04`, with
+/// milliseconds and the zone when `precise`.
+fn local_time(ts: f64, precise: bool) -> String {
+    let Ok(t) = jiff::Timestamp::from_nanosecond((ts * 1e9) as i128) else {
+        return format!("{ts}");
+    };
+    let zoned = t.to_zoned(jiff::tz::TimeZone::system());
+    let format = if precise {
+        "%Y-%m-%d %H:%M:%S%.3f %Z"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    zoned.strftime(format).to_string()
+}
+
+/// A command as a shell would need it typed: words with spaces or specials quoted.
+fn shell_words(words: &[String]) -> String {
+    let quote = |w: &String| {
+        let plain = !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        if plain {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    };
+    words.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// `supervisor job ID`.
@@ -332,22 +375,90 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<i32> {
         eprintln!("supervisor: unknown job id {id}");
         return Ok(EXIT_USAGE);
     };
-    let v = job_json(&config, &j);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&job_json(&config, &j))?);
     } else {
-        for (k, val) in v.as_object().expect("an object") {
-            println!("{k:>12}: {}", human(val));
-        }
+        print_job(&config, &j);
     }
     Ok(0)
 }
 
+/// `job ID` for humans: what happened, in the order one asks.
+fn print_job(config: &Config, j: &Job) {
+    let group = j.group.as_deref().unwrap_or("-");
+    println!("job {}: {} (group {group})", j.id, j.state.as_str());
+    let row = |k: &str, v: String| println!("  {k:<12}{v}");
+    row("command", shell_words(&j.command));
+    let limit = j.max_attempts.or_else(|| {
+        config
+            .groups
+            .iter()
+            .find(|g| Some(g.name.as_str()) == j.group.as_deref())
+            .map(|g| g.max_attempts)
+    });
+    row(
+        "attempts",
+        match limit {
+            Some(n) => format!("{} of {n}", j.attempts),
+            None => j.attempts.to_string(),
+        },
+    );
+    match (j.exit_code, j.signal) {
+        (Some(c), _) => row("exit", c.to_string()),
+        (None, Some(s)) => row("signal", signal_name(s)),
+        _ => row("exit", "-".into()),
+    }
+    if let Some(o) = &j.last_outcome {
+        row("outcome", format!("{o} (last attempt)"));
+    }
+    let when = |t: Option<f64>| t.map_or("-".into(), |t| local_time(t, true));
+    row("created", when(Some(j.created_at)));
+    row("started", when(j.started_at));
+    let mut finished = when(j.finished_at);
+    if let Some(d) = ran_for(j, wall_now()) {
+        finished = if j.state == JobState::Running {
+            format!("- (running for {})", format_duration(d))
+        } else {
+            format!("{finished} (ran {d:.3} s)")
+        };
+    }
+    row("finished", finished);
+    let log = config.state_dir.join("logs").join(format!("{}.log", j.id));
+    let note = if log.exists() || j.started_at.is_none() {
+        ""
+    } else {
+        " (none: the job wrote nothing)"
+    };
+    row("log", format!("{}{note}", log.display()));
+    if let Some(k) = &j.key {
+        row("key", k.clone());
+    }
+    if !j.tags.is_empty() {
+        let tags: Vec<String> = j.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        row("tags", tags.join(" "));
+    }
+    if let Some(cwd) = &j.cwd {
+        row("cwd", cwd.clone());
+    }
+    if let Some(t) = j.timeout_s {
+        row("timeout", format!("{t} s"));
+    }
+}
+
+/// A JSON value for a table cell: null as `-`, strings bare.
 fn human(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// `9 (SIGKILL)`.
+fn signal_name(s: i32) -> String {
+    match nix::sys::signal::Signal::try_from(s) {
+        Ok(sig) => format!("{s} ({})", sig.as_str()),
+        Err(_) => s.to_string(),
     }
 }
 
