@@ -1,6 +1,7 @@
 //! The integration tests: one binary (built once), one module per area. Every test
 //! runs the real `supervisor` binary in its own temp dir.
 
+mod chaos;
 mod common;
 mod contract;
 mod jobs;
