@@ -1806,8 +1806,6 @@ impl Drop for KillOnDrop {
 /// PDEATHSIG), but nothing kills the rest of the group: it is reparented to init and
 /// runs on, alongside the next attempt of its job under the next supervisor.
 #[test]
-#[ignore = "bug: a job's background child (same process group) outlives a SIGKILL of \
-            the supervisor and runs on beside the job's next attempt"]
 fn sigkill_of_the_supervisor_leaves_no_job_process_behind() {
     let sb = Sandbox::new(&config([1, 1, 1], false));
     let mut sv = sb.start(&[]);

@@ -14,7 +14,7 @@ use ipc_channel::ipc::{
 };
 use supervisor_core::supervision::ChildId;
 
-use crate::wire::{ChildArgs, FromChild, ToChild};
+use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
 
 /// Messages a child may have waiting before it counts as wedged.
 const WRITE_QUEUE: usize = 1024;
@@ -121,7 +121,14 @@ impl Hub {
             .arg(json)
             .env_remove("NOTIFY_SOCKET") // systemd hears from the supervisor alone
             .stdin(Stdio::null());
-        let proc = supervisor_os::spawn_clean(&mut cmd, true)?;
+        // A worker gets SIGTERM when the supervisor dies, and kills its job's whole
+        // process group before it goes (its job's own death signal reaches the job's
+        // process only, not what that started); the grabber has nothing to clean up.
+        let death = match &args.role {
+            ChildRole::Worker { .. } => supervisor_os::Sig::SIGTERM,
+            ChildRole::Grabber { .. } => supervisor_os::Sig::SIGKILL,
+        };
+        let proc = supervisor_os::spawn_clean(&mut cmd, Some(death))?;
         let pid = proc.id();
         drop(proc); // reaped by waitpid(-1) in the event loop
         let add = self.add.clone();

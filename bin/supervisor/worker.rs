@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
@@ -93,8 +94,35 @@ fn base_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+/// The process group of the job running now (0: none), for the SIGTERM thread.
+static JOB_PGID: AtomicU32 = AtomicU32::new(0);
+
+/// SIGTERM (the death signal the supervisor gives its workers, or an operator's kill):
+/// take the job's whole process group down, then go. A thread of its own does it, so
+/// that it happens whatever the main loop is doing. The job's own death signal only
+/// reaches the job's process, not what that process started.
+fn start_sigterm_thread() -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let pgid = JOB_PGID.load(Ordering::SeqCst);
+                if pgid != 0 {
+                    let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
+                }
+                std::process::exit(1);
+            }
+        })?;
+    Ok(())
+}
+
 /// Run the worker until told to stop or the supervisor goes away.
 pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
+    if let Err(e) = start_sigterm_thread() {
+        log::error!("worker: cannot handle SIGTERM: {e}");
+        return 1;
+    }
     let (tx, rx) = match ipc::connect(ipc_name) {
         Ok(x) => x,
         Err(e) => {
@@ -187,6 +215,7 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                 if let Some(r) = running.take() {
                     // Whatever the job left behind in its process group goes with it.
                     let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
+                    JOB_PGID.store(0, Ordering::SeqCst);
                     w.logs.done(r.log, &r.log_path);
                 }
                 if w.tx
@@ -263,6 +292,7 @@ impl Worker {
         };
         match self.spawner.spawn(&cmd) {
             Ok(pid) => {
+                JOB_PGID.store(pid, Ordering::SeqCst);
                 let _ = self.tx.send(FromChild::JobStarted { job: job.id, pid });
                 if self.wait_tx.send((job.id, pid)).is_err() {
                     let _ = supervisor_os::signal_group(pid, Sig::SIGKILL);

@@ -31,12 +31,12 @@ pub enum Ended {
 }
 
 /// Spawn `cmd` in a fresh process group, with every inherited descriptor above 2 marked
-/// close-on-exec, and (with `die_with_parent`) SIGKILL delivered to it when the
-/// spawning thread exits.
+/// close-on-exec, and (with `death_signal`) that signal delivered to it when the
+/// spawning thread exits: SIGKILL, or a signal the child catches to clean up first.
 ///
 /// Call it from the long-lived main thread only: Linux ties `PR_SET_PDEATHSIG` to the
 /// thread that forked, not to the process.
-pub fn spawn_clean(cmd: &mut Command, die_with_parent: bool) -> io::Result<Child> {
+pub fn spawn_clean(cmd: &mut Command, death_signal: Option<Signal>) -> io::Result<Child> {
     cmd.process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: the hook runs in the forked child before exec, where only
@@ -45,8 +45,8 @@ pub fn spawn_clean(cmd: &mut Command, die_with_parent: bool) -> io::Result<Child
     #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
-            if die_with_parent {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            if let Some(sig) = death_signal {
+                nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)?;
                 // The parent may have died between fork and prctl: then no signal comes.
                 if nix::unistd::getppid() != parent {
                     return Err(io::Error::other("parent exited during spawn"));
@@ -283,7 +283,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "ls /proc/self/fd | wc -l; ps -o pgid= -p $$"]);
         cmd.stdout(std::process::Stdio::piped());
-        let child = spawn_clean(&mut cmd, true).unwrap();
+        let child = spawn_clean(&mut cmd, Some(Signal::SIGKILL)).unwrap();
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
