@@ -107,7 +107,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let pid = std::process::id();
     let instance = store.register_instance(&me.host, pid, &crate::shared::token(), wall_now())?;
     let now = wall_now();
-    let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now))?;
+    let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
     if !orphans.is_empty() {
         log::info!(
             "requeued {} job(s) held by a dead supervisor",
@@ -176,7 +176,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     sv.feed(Input::Start);
     sv.notifier.ready();
     let code = sv.event_loop(&queue_rx);
-    let _ = sv.store.unregister_instance(sv.instance);
+    let _ = sv.store.unregister_instance(sv.instance, wall_now());
     Ok(code)
 }
 
@@ -511,12 +511,12 @@ impl Supervisor {
                 }
                 Action::Release { job, attempt } => {
                     self.claims.remove(&job);
-                    if let Err(e) = self.store.release(job, attempt, self.instance) {
+                    if let Err(e) = self.store.release(job, attempt, self.instance, wall_now()) {
                         log::error!("cannot requeue job {job}: {e}");
                     }
                 }
                 Action::ReleaseStrays { known } => {
-                    match self.store.release_strays(self.instance, &known) {
+                    match self.store.release_strays(self.instance, &known, wall_now()) {
                         Ok(ids) if !ids.is_empty() => log::warn!(
                             "requeued jobs {ids:?} the grabber claimed but never reported"
                         ),
@@ -722,7 +722,7 @@ impl Supervisor {
         let me = self.me.clone();
         match self
             .store
-            .requeue_orphans(self.instance, &|i| me.is_dead(i, now))
+            .requeue_orphans(self.instance, &|i| me.is_dead(i, now), now)
         {
             Ok(ids) if !ids.is_empty() => {
                 log::warn!("requeued jobs {ids:?} held by a dead supervisor");

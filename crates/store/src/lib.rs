@@ -14,6 +14,13 @@
 //! (every [`JobStore::claim`], [`JobStore::get`], [`JobStore::list`] and
 //! [`JobStore::counts`] applies this first). A `lost` attempt that will be retried goes
 //! straight back to `queued` with a `not_before` time. `dead` and `canceled` are terminal.
+//!
+//! A running job can also be *taken back* without an outcome: given back by a graceful
+//! stop ([`JobStore::release`], [`JobStore::release_strays`],
+//! [`JobStore::unregister_instance`]) or taken from a dead supervisor
+//! ([`JobStore::requeue_orphans`]). It goes back to `queued` without using up an attempt,
+//! its [`Job::finished_at`] left unset as the claim left it (the attempt never ended); or,
+//! if a cancel was requested, it becomes `canceled` with `finished_at` the `now` given.
 
 mod error;
 mod job;
@@ -156,7 +163,9 @@ pub struct Job {
     pub created_at: f64,
     /// When its current or last attempt started.
     pub started_at: Option<f64>,
-    /// When its last attempt ended (or when it was canceled).
+    /// When its last attempt ended, or when it was canceled. Unset while an attempt is
+    /// under way, and once a running job goes back to `queued` without an outcome (a
+    /// graceful stop or a dead supervisor: that attempt does not count).
     pub finished_at: Option<f64>,
     /// For `failed`/`timed_out`: when it will be retried (`None`: never, the job is
     /// finished). For `queued`: the earliest time it may be claimed.
@@ -385,8 +394,9 @@ pub trait JobStore {
     ) -> Result<InstanceId>;
 
     /// Forgets an instance that is stopping: its running jobs go back to `queued` without
-    /// using up an attempt (or become `canceled` if a cancel was requested).
-    fn unregister_instance(&mut self, id: InstanceId) -> Result<Vec<JobId>>;
+    /// using up an attempt (or become `canceled`, finished at `now`, if a cancel was
+    /// requested). Returns their ids.
+    fn unregister_instance(&mut self, id: InstanceId, now: f64) -> Result<Vec<JobId>>;
 
     /// Every registered instance, in id order.
     fn instances(&mut self) -> Result<Vec<Instance>>;
@@ -402,8 +412,8 @@ pub trait JobStore {
 
     /// Takes back the jobs of dead instances: every job `running` under an instance other
     /// than `me` for which `is_dead` says true goes back to `queued` without using up an
-    /// attempt (or becomes `canceled` if a cancel was requested), and those instances are
-    /// forgotten. Returns the ids of the jobs taken back.
+    /// attempt (or becomes `canceled`, finished at `now`, if a cancel was requested), and
+    /// those instances are forgotten. Returns the ids of the jobs taken back.
     ///
     /// `is_dead` is the caller's policy. The intended one: an instance on the caller's own
     /// host is dead when its pid is gone or names another process (its
@@ -418,6 +428,7 @@ pub trait JobStore {
         &mut self,
         me: InstanceId,
         is_dead: &dyn Fn(&Instance) -> bool,
+        now: f64,
     ) -> Result<Vec<JobId>>;
 
     /// Claims runnable jobs (queued, `not_before` passed) for instance `me`, in id order:
@@ -456,15 +467,21 @@ pub trait JobStore {
     ) -> Result<bool>;
 
     /// Gives back a running job (graceful stop): it goes back to `queued` without using up
-    /// an attempt (or becomes `canceled` if a cancel was requested). Returns false if the
-    /// job is not running that attempt under that owner.
-    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId) -> Result<bool>;
+    /// an attempt (or becomes `canceled`, finished at `now`, if a cancel was requested).
+    /// Returns false (and changes nothing) if the job is not running that attempt under
+    /// that owner.
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool>;
 
     /// Gives back every job running under `owner` that is not in `known`: claims whose
     /// report never reached the supervisor (its grabber died between the claim and the
     /// message). They go back to `queued` without using up an attempt (or become
-    /// `canceled` if a cancel was requested). Returns their ids.
-    fn release_strays(&mut self, owner: InstanceId, known: &[JobId]) -> Result<Vec<JobId>>;
+    /// `canceled`, finished at `now`, if a cancel was requested). Returns their ids.
+    fn release_strays(
+        &mut self,
+        owner: InstanceId,
+        known: &[JobId],
+        now: f64,
+    ) -> Result<Vec<JobId>>;
 
     /// Cancels a job: at once if it is queued or awaiting a retry, else by recording a
     /// request that its supervisor acts on.

@@ -159,12 +159,14 @@ const RETRY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs \
 const CLAIM_PLANNER: &str = "SET LOCAL enable_seqscan = off; \
      SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off";
 
-/// Gives back the running jobs of owner `$1`: queued without using up an attempt, or
-/// canceled if a cancel was requested.
+/// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
+/// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a
+/// cancel was requested. Every way of taking a job back narrows this down.
 const TAKE_BACK: &str = "UPDATE jobs SET \
      state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
      attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
      last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested THEN $2::float8 ELSE finished_at END, \
      owner = NULL \
      WHERE owner = $1 AND state = 'running'";
 
@@ -716,18 +718,19 @@ fn backlog_sql(filter: &Filter) -> String {
     )
 }
 
-/// Takes back the running jobs of `instance`. Returns their ids, in order.
+/// Takes back the running jobs of `instance` at `now`. Returns their ids, in order.
 fn take_back(
     stmts: &mut Statements,
     client: &mut impl GenericClient,
     instance: InstanceId,
+    now: f64,
 ) -> Result<Vec<JobId>> {
     let op = "take back an instance's jobs";
     let rows = query(
         stmts,
         client,
         &format!("{TAKE_BACK} RETURNING id"),
-        &[&instance],
+        &[&instance, &now],
         op,
     )?;
     ids(rows, op)
@@ -974,10 +977,10 @@ impl JobStore for PostgresStore {
         rows[0].try_get(0).ctx(op)
     }
 
-    fn unregister_instance(&mut self, id: InstanceId) -> Result<Vec<JobId>> {
+    fn unregister_instance(&mut self, id: InstanceId, now: f64) -> Result<Vec<JobId>> {
         let op = "unregister an instance";
         let mut tx = self.client.transaction().ctx(op)?;
-        let ids = take_back(&mut self.stmts, &mut tx, id)?;
+        let ids = take_back(&mut self.stmts, &mut tx, id, now)?;
         execute(
             &mut self.stmts,
             &mut tx,
@@ -1017,6 +1020,7 @@ impl JobStore for PostgresStore {
         &mut self,
         me: InstanceId,
         is_dead: &dyn Fn(&Instance) -> bool,
+        now: f64,
     ) -> Result<Vec<JobId>> {
         let op = "requeue orphans";
         let dead: Vec<Instance> = self
@@ -1042,7 +1046,7 @@ impl JobStore for PostgresStore {
             if unchanged.is_empty() {
                 continue;
             }
-            ids.extend(take_back(&mut self.stmts, &mut tx, instance.id)?);
+            ids.extend(take_back(&mut self.stmts, &mut tx, instance.id, now)?);
             execute(
                 &mut self.stmts,
                 &mut tx,
@@ -1229,30 +1233,29 @@ impl JobStore for PostgresStore {
         .map(|changed| changed == 1)
     }
 
-    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId) -> Result<bool> {
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {
         execute(
             &mut self.stmts,
             &mut self.client,
-            "UPDATE jobs SET \
-                 state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-                 attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-                 last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
-                                ELSE last_outcome END, \
-                 owner = NULL \
-             WHERE id = $1 AND state = 'running' AND attempts = $2 AND owner = $3",
-            &[&id, &i64::from(attempt), &owner],
+            &format!("{TAKE_BACK} AND id = $3 AND attempts = $4"),
+            &[&owner, &now, &id, &i64::from(attempt)],
             "release a job",
         )
         .map(|changed| changed == 1)
     }
 
-    fn release_strays(&mut self, owner: InstanceId, known: &[JobId]) -> Result<Vec<JobId>> {
+    fn release_strays(
+        &mut self,
+        owner: InstanceId,
+        known: &[JobId],
+        now: f64,
+    ) -> Result<Vec<JobId>> {
         let op = "release strays";
         let rows = query(
             &mut self.stmts,
             &mut self.client,
-            &format!("{TAKE_BACK} AND NOT (id = ANY($2::bigint[])) RETURNING id"),
-            &[&owner, &known],
+            &format!("{TAKE_BACK} AND NOT (id = ANY($3::bigint[])) RETURNING id"),
+            &[&owner, &now, &known],
             op,
         )?;
         ids(rows, op)
@@ -1614,15 +1617,26 @@ mod tests {
                         let p = plan(client, RETRY_DUE, &["5.0".into()]);
                         assert!(!p.contains("Seq Scan"), "{mode}: {p}");
                     }
-                    for sql in [
-                        format!("{TAKE_BACK} RETURNING id"),
-                        "SELECT id, attempts FROM jobs WHERE owner = $1 AND state = 'running' \
-                         AND cancel_requested ORDER BY id"
-                            .to_string(),
+                    let owner = me.to_string();
+                    for (sql, args) in [
+                        (
+                            format!("{TAKE_BACK} RETURNING id"),
+                            vec![owner.clone(), "5.0".into()],
+                        ),
+                        (
+                            "SELECT id, attempts FROM jobs WHERE owner = $1 \
+                             AND state = 'running' AND cancel_requested ORDER BY id"
+                                .to_string(),
+                            vec![owner.clone()],
+                        ),
                         // The foreign key's check when an instance goes.
-                        "SELECT 1 FROM ONLY jobs x WHERE owner = $1 FOR KEY SHARE OF x".to_string(),
+                        (
+                            "SELECT 1 FROM ONLY jobs x WHERE owner = $1 FOR KEY SHARE OF x"
+                                .to_string(),
+                            vec![owner.clone()],
+                        ),
                     ] {
-                        let p = plan(client, &sql, &[me.to_string()]);
+                        let p = plan(client, &sql, &args);
                         assert!(p.contains("jobs_running"), "{mode}: {sql}: {p}");
                     }
                 }

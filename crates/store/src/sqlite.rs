@@ -465,20 +465,29 @@ struct Candidate {
     attempts: u32,
 }
 
+/// Gives back the running jobs of owner `?1` at time `?2`: queued without using up an
+/// attempt (`finished_at` left unset, as the claim left it), or canceled at `?2` if a
+/// cancel was requested. Every way of taking a job back narrows this down.
+const TAKE_BACK: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested THEN ?2 ELSE finished_at END, \
+     owner = NULL \
+     WHERE owner = ?1 AND state = 'running'";
+
+/// [`TAKE_BACK`] for one attempt (`?3`: the job, `?4`: the attempt).
+fn release_sql() -> String {
+    format!("{TAKE_BACK} AND id = ?3 AND attempts = ?4")
+}
+
 /// Takes back the running jobs of `instance`: queued again without using up an attempt,
-/// or canceled if a cancel was requested. Returns their ids.
-fn take_back(conn: &Connection, instance: InstanceId) -> Result<Vec<JobId>> {
+/// or canceled at `now` if a cancel was requested. Returns their ids.
+fn take_back(conn: &Connection, instance: InstanceId, now: f64) -> Result<Vec<JobId>> {
     let mut ids = conn
-        .prepare_cached(
-            "UPDATE jobs SET \
-                 state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-                 attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-                 last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
-                 owner = NULL \
-             WHERE owner = ?1 AND state = 'running' RETURNING id",
-        )
+        .prepare_cached(&format!("{TAKE_BACK} RETURNING id"))
         .and_then(|mut stmt| {
-            stmt.query_map([instance], |row| row.get::<_, JobId>(0))?
+            stmt.query_map(params![instance, now], |row| row.get::<_, JobId>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("take back an instance's jobs")?;
@@ -560,12 +569,12 @@ impl JobStore for SqliteStore {
             .ctx("register an instance")
     }
 
-    fn unregister_instance(&mut self, id: InstanceId) -> Result<Vec<JobId>> {
+    fn unregister_instance(&mut self, id: InstanceId, now: f64) -> Result<Vec<JobId>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("unregister an instance")?;
-        let ids = take_back(&tx, id)?;
+        let ids = take_back(&tx, id, now)?;
         tx.execute("DELETE FROM instances WHERE id = ?1", [id])
             .ctx("unregister an instance")?;
         tx.commit().ctx("unregister an instance")?;
@@ -605,6 +614,7 @@ impl JobStore for SqliteStore {
         &mut self,
         me: InstanceId,
         is_dead: &dyn Fn(&Instance) -> bool,
+        now: f64,
     ) -> Result<Vec<JobId>> {
         let dead: Vec<Instance> = self
             .instances()?
@@ -628,7 +638,7 @@ impl JobStore for SqliteStore {
             if !unchanged {
                 continue;
             }
-            ids.extend(take_back(&tx, instance.id)?);
+            ids.extend(take_back(&tx, instance.id, now)?);
             tx.execute("DELETE FROM instances WHERE id = ?1", [instance.id])
                 .ctx("requeue orphans")?;
         }
@@ -824,23 +834,20 @@ impl JobStore for SqliteStore {
         Ok(changed == 1)
     }
 
-    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId) -> Result<bool> {
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {
         self.conn
-            .prepare_cached(
-                "UPDATE jobs SET \
-                     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-                     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-                     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
-                                    ELSE last_outcome END, \
-                     owner = NULL \
-                 WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
-            )
-            .and_then(|mut stmt| stmt.execute(params![id, attempt, owner]))
+            .prepare_cached(&release_sql())
+            .and_then(|mut stmt| stmt.execute(params![owner, now, id, attempt]))
             .map(|changed| changed == 1)
             .ctx("release a job")
     }
 
-    fn release_strays(&mut self, owner: InstanceId, known: &[JobId]) -> Result<Vec<JobId>> {
+    fn release_strays(
+        &mut self,
+        owner: InstanceId,
+        known: &[JobId],
+        now: f64,
+    ) -> Result<Vec<JobId>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -856,16 +863,8 @@ impl JobStore for SqliteStore {
         let mut released = Vec::new();
         for (id, attempt) in running.into_iter().filter(|(id, _)| !known.contains(id)) {
             let changed = tx
-                .prepare_cached(
-                    "UPDATE jobs SET \
-                         state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-                         attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-                         last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
-                                        ELSE last_outcome END, \
-                         owner = NULL \
-                     WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
-                )
-                .and_then(|mut stmt| stmt.execute(params![id, attempt, owner]))
+                .prepare_cached(&release_sql())
+                .and_then(|mut stmt| stmt.execute(params![owner, now, id, attempt]))
                 .ctx("release strays")?;
             if changed == 1 {
                 released.push(id);
@@ -1057,6 +1056,20 @@ mod tests {
 
         let p = plan(&store, MATERIALISE_RETRIES, std::slice::from_ref(&now));
         assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
+
+        let owner_now = [Value::Integer(1), now.clone()];
+        let p = plan(&store, &format!("{TAKE_BACK} RETURNING id"), &owner_now);
+        assert!(p.contains("INDEX jobs_running (owner=?)"), "{p}");
+        let p = plan(
+            &store,
+            &release_sql(),
+            &[
+                owner_now.as_slice(),
+                &[Value::Integer(7), Value::Integer(1)],
+            ]
+            .concat(),
+        );
+        assert!(p.contains("USING INTEGER PRIMARY KEY (rowid=?)"), "{p}");
 
         for sql in [
             "SELECT id, attempts FROM jobs WHERE state = 'running' AND owner = ?1",

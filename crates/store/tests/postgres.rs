@@ -341,9 +341,12 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
         }
     };
     assert!(b.touch_instance(ib, 110.0).unwrap());
-    assert!(a.requeue_orphans(ia, &policy(125.0)).unwrap().is_empty());
+    assert!(a
+        .requeue_orphans(ia, &policy(125.0), 125.0)
+        .unwrap()
+        .is_empty());
     // host-b falls silent.
-    assert_eq!(a.requeue_orphans(ia, &policy(131.0)).unwrap(), ids);
+    assert_eq!(a.requeue_orphans(ia, &policy(131.0), 131.0).unwrap(), ids);
     assert!(
         !b.touch_instance(ib, 132.0).unwrap(),
         "b learns it was forgotten"

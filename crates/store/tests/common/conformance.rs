@@ -459,12 +459,13 @@ pub fn release_gives_the_attempt_back(new: Factory) {
     let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
     s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
         .unwrap();
-    assert!(!s.release(id, 2, me).unwrap(), "wrong attempt");
-    assert!(!s.release(id, 1, me + 1).unwrap(), "wrong owner");
-    assert!(s.release(id, 1, me).unwrap());
-    assert!(!s.release(id, 1, me).unwrap(), "not running any more");
+    assert!(!s.release(id, 2, me, 3.0).unwrap(), "wrong attempt");
+    assert!(!s.release(id, 1, me + 1, 3.0).unwrap(), "wrong owner");
+    assert!(s.release(id, 1, me, 3.0).unwrap());
+    assert!(!s.release(id, 1, me, 3.0).unwrap(), "not running any more");
     let j = s.get(id, 3.0).unwrap().unwrap();
     assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
+    assert_eq!(j.finished_at, None);
     let res = s
         .claim(me, &routes, &mut credits(&[("g", 1)]), 4.0)
         .unwrap();
@@ -609,8 +610,119 @@ pub fn release_of_a_cancel_requested_job_cancels_it(new: Factory) {
     s.claim(me, &[named("g")], &mut credits(&[("g", 1)]), 2.0)
         .unwrap();
     assert_eq!(s.cancel(id, 3.0).unwrap(), CancelResult::Requested);
-    assert!(s.release(id, 1, me).unwrap());
-    assert_eq!(s.get(id, 4.0).unwrap().unwrap().state, JobState::Canceled);
+    assert!(s.release(id, 1, me, 3.5).unwrap());
+    let j = s.get(id, 4.0).unwrap().unwrap();
+    assert_eq!((j.state, j.finished_at), (JobState::Canceled, Some(3.5)));
+}
+
+/// Every way of taking a running job back: a cancel-requested job ends `canceled`,
+/// finished at the `now` given (not left unset, nor at its earlier attempt's end); a plain
+/// job is `queued` with its attempt given back and no end time.
+pub fn taking_back_a_cancel_requested_job_cancels_it_at_now(new: Factory) {
+    #[derive(Debug, Clone, Copy)]
+    enum Path {
+        Release,
+        ReleaseStrays,
+        UnregisterInstance,
+        RequeueOrphans,
+    }
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let paths = [
+        Path::Release,
+        Path::ReleaseStrays,
+        Path::UnregisterInstance,
+        Path::RequeueOrphans,
+    ];
+    for (n, path) in paths.into_iter().enumerate() {
+        let base = 100.0 * (n + 1) as f64;
+        let group = format!("g{n}");
+        let routes = [named(&group)];
+        let owner = instance(&mut *s, 10 + n as u32);
+        let ids = s.submit(&[job_in(&group), job_in(&group)], base).unwrap();
+        let (plain, doomed) = (ids[0], ids[1]);
+
+        // A first attempt that ended (so `finished_at` was set once), then a second one
+        // under way.
+        let res = s
+            .claim(
+                owner,
+                &routes,
+                &mut credits(&[(group.as_str(), 2)]),
+                base + 1.0,
+            )
+            .unwrap();
+        assert_eq!(res.jobs.len(), 2, "{path:?}");
+        for id in ids.iter().copied() {
+            let lost = outcome(OutcomeKind::Lost);
+            let retry = Next::Retry { at: base + 3.0 };
+            assert!(s
+                .record_outcome(id, 1, owner, &lost, retry, base + 2.0)
+                .unwrap());
+            assert_eq!(
+                s.get(id, base + 2.0).unwrap().unwrap().finished_at,
+                Some(base + 2.0)
+            );
+        }
+        let res = s
+            .claim(
+                owner,
+                &routes,
+                &mut credits(&[(group.as_str(), 2)]),
+                base + 3.0,
+            )
+            .unwrap();
+        let attempts: Vec<(i64, u32)> = res.jobs.iter().map(|c| (c.id, c.attempt)).collect();
+        assert_eq!(attempts, vec![(plain, 2), (doomed, 2)], "{path:?}");
+        assert_eq!(
+            s.cancel(doomed, base + 4.0).unwrap(),
+            CancelResult::Requested
+        );
+
+        let now = base + 5.5;
+        let back = match path {
+            Path::Release => {
+                assert!(s.release(plain, 2, owner, now).unwrap());
+                assert!(s.release(doomed, 2, owner, now).unwrap());
+                ids.clone()
+            }
+            Path::ReleaseStrays => s.release_strays(owner, &[], now).unwrap(),
+            Path::UnregisterInstance => s.unregister_instance(owner, now).unwrap(),
+            Path::RequeueOrphans => s.requeue_orphans(me, &|i| i.id == owner, now).unwrap(),
+        };
+        assert_eq!(back, ids, "{path:?}");
+
+        let j = s.get(doomed, now + 10.0).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.finished_at, j.attempts, j.owner),
+            (JobState::Canceled, Some(now), 2, None),
+            "{path:?}"
+        );
+        assert_eq!(j.last_outcome.as_deref(), Some("canceled"), "{path:?}");
+        assert_eq!(j.not_before, None, "{path:?}");
+        assert!(j.is_finished(), "{path:?}");
+
+        let j = s.get(plain, now + 10.0).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.attempts, j.owner, j.finished_at, j.not_before),
+            (JobState::Queued, 1, None, None, None),
+            "{path:?}"
+        );
+        assert!(!j.is_finished(), "{path:?}");
+
+        // The plain job runs again as attempt 2; the canceled one never does.
+        let res = s
+            .claim(
+                me,
+                &routes,
+                &mut credits(&[(group.as_str(), 2)]),
+                now + 10.0,
+            )
+            .unwrap();
+        let attempts: Vec<(i64, u32)> = res.jobs.iter().map(|c| (c.id, c.attempt)).collect();
+        assert_eq!(attempts, vec![(plain, 2)], "{path:?}");
+        assert!(s.release(plain, 2, me, now + 11.0).unwrap());
+    }
 }
 
 pub fn requeue_orphans_touches_only_dead_instances(new: Factory) {
@@ -642,20 +754,22 @@ pub fn requeue_orphans_touches_only_dead_instances(new: Factory) {
     // `me` is never asked about, even if the predicate would say dead.
     let asked = std::cell::RefCell::new(Vec::new());
     let back = s
-        .requeue_orphans(me, &|i| {
-            asked.borrow_mut().push(i.id);
-            i.id != alive
-        })
+        .requeue_orphans(
+            me,
+            &|i| {
+                asked.borrow_mut().push(i.id);
+                i.id != alive
+            },
+            3.5,
+        )
         .unwrap();
     assert_eq!(asked.into_inner(), vec![dead, alive]);
     assert_eq!(back, vec![ids[1], ids[2]]);
 
     let j = s.get(ids[1], 4.0).unwrap().unwrap();
     assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
-    assert_eq!(
-        s.get(ids[2], 4.0).unwrap().unwrap().state,
-        JobState::Canceled
-    );
+    let j = s.get(ids[2], 4.0).unwrap().unwrap();
+    assert_eq!((j.state, j.finished_at), (JobState::Canceled, Some(3.5)));
     let j = s.get(ids[0], 4.0).unwrap().unwrap();
     assert_eq!((j.state, j.owner), (JobState::Running, Some(me)));
     let j = s.get(ids[3], 4.0).unwrap().unwrap();
@@ -671,10 +785,10 @@ pub fn requeue_orphans_touches_only_dead_instances(new: Factory) {
     );
 
     // Nothing dead: nothing happens.
-    assert!(s.requeue_orphans(me, &|_| false).unwrap().is_empty());
+    assert!(s.requeue_orphans(me, &|_| false, 4.0).unwrap().is_empty());
 
     // A stopping instance gives its jobs back.
-    assert_eq!(s.unregister_instance(alive).unwrap(), vec![ids[3]]);
+    assert_eq!(s.unregister_instance(alive, 4.5).unwrap(), vec![ids[3]]);
     assert_eq!(s.get(ids[3], 5.0).unwrap().unwrap().state, JobState::Queued);
     assert_eq!(s.instances().unwrap().len(), 1);
 }
@@ -819,7 +933,7 @@ pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory)
         .claim(other, &routes, &mut credits(&[("g", 1)]), 1.0)
         .unwrap();
     assert_eq!(store.cancel(ids[2], 1.5).unwrap(), CancelResult::Requested);
-    let released = store.release_strays(me, &[ids[0]]).unwrap();
+    let released = store.release_strays(me, &[ids[0]], 1.75).unwrap();
     assert_eq!(released, vec![ids[1], ids[2]]);
     let j = store.get(ids[1], 2.0).unwrap().unwrap();
     assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
@@ -830,6 +944,7 @@ pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory)
         (JobState::Canceled, 1, None)
     );
     assert_eq!(j.last_outcome.as_deref(), Some("canceled"));
+    assert_eq!(j.finished_at, Some(1.75));
     assert_eq!(
         store.get(ids[0], 2.0).unwrap().unwrap().state,
         JobState::Running
@@ -838,8 +953,8 @@ pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory)
         store.get(ids[3], 2.0).unwrap().unwrap().state,
         JobState::Running
     );
-    assert!(store.release_strays(me, &[ids[0]]).unwrap().is_empty());
-    assert_eq!(store.release_strays(other, &[]).unwrap(), vec![ids[3]]);
+    assert!(store.release_strays(me, &[ids[0]], 2.0).unwrap().is_empty());
+    assert_eq!(store.release_strays(other, &[], 2.0).unwrap(), vec![ids[3]]);
 }
 
 pub fn instances_are_touched(new: Factory) {
@@ -868,7 +983,7 @@ pub fn instances_are_touched(new: Factory) {
     let timeout = 30.0;
     let now = 50.0;
     let back = s
-        .requeue_orphans(a, &|i| now - i.last_seen > timeout)
+        .requeue_orphans(a, &|i| now - i.last_seen > timeout, now)
         .unwrap();
     assert!(back.is_empty());
     assert_eq!(s.instances().unwrap().len(), 1);
@@ -887,17 +1002,21 @@ pub fn requeue_orphans_spares_an_instance_touched_meanwhile(new: Factory) {
     // It says it is alive (on another handle) after it was judged dead.
     let other = std::cell::RefCell::new(s.reopen());
     let back = s
-        .requeue_orphans(me, &|i| {
-            assert!(other.borrow_mut().touch_instance(i.id, 100.0).unwrap());
-            true
-        })
+        .requeue_orphans(
+            me,
+            &|i| {
+                assert!(other.borrow_mut().touch_instance(i.id, 100.0).unwrap());
+                true
+            },
+            3.0,
+        )
         .unwrap();
     assert!(back.is_empty());
     let j = s.get(id, 3.0).unwrap().unwrap();
     assert_eq!((j.state, j.owner), (JobState::Running, Some(slow)));
     assert_eq!(s.instances().unwrap().len(), 2);
     // Judged on its latest state, it is dead.
-    assert_eq!(s.requeue_orphans(me, &|_| true).unwrap(), vec![id]);
+    assert_eq!(s.requeue_orphans(me, &|_| true, 3.0).unwrap(), vec![id]);
 }
 
 pub fn a_group_without_credit_keeps_the_jobs_it_matches_first(new: Factory) {
@@ -1144,6 +1263,7 @@ macro_rules! conformance_tests {
             stale_outcomes_are_refused,
             cancel_in_every_state,
             release_of_a_cancel_requested_job_cancels_it,
+            taking_back_a_cancel_requested_job_cancels_it_at_now,
             requeue_orphans_touches_only_dead_instances,
             counts_include_every_state,
             list_filters_by_state_in_id_order,

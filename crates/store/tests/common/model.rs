@@ -72,6 +72,8 @@ struct M {
     not_before: Option<f64>,
     owner: Option<i64>,
     cancel_requested: bool,
+    /// When the last attempt ended or the job was canceled (unset while one is under way).
+    finished_at: Option<f64>,
     /// Attempts ever claimed (never decremented).
     claims: u32,
 }
@@ -148,6 +150,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 not_before: None,
                                 owner: None,
                                 cancel_requested: false,
+                                finished_at: None,
                                 claims: 0,
                             });
                         }
@@ -178,6 +181,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.claims += 1;
                     m.owner = Some(me);
                     m.not_before = None;
+                    m.finished_at = None;
                     expected.push((m.id, g.to_owned(), m.attempts));
                 }
                 let got: Vec<(i64, String, u32)> = res
@@ -266,6 +270,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.state = state;
                 m.not_before = nb;
                 m.owner = None;
+                m.finished_at = Some(now);
             }
             Op::Release { pick, stale } => {
                 let running: Vec<usize> = (0..model.len())
@@ -276,10 +281,10 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let m = &mut model[running[pick % running.len()]];
                 let attempt = if stale { m.attempts + 7 } else { m.attempts };
-                let ok = s.release(m.id, attempt, m.owner.unwrap()).unwrap();
+                let ok = s.release(m.id, attempt, m.owner.unwrap(), now).unwrap();
                 prop_assert_eq!(ok, !stale);
                 if ok {
-                    give_back(m);
+                    give_back(m, now);
                 }
             }
             Op::Cancel { pick } => {
@@ -298,6 +303,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Some(m) if m.live() => {
                         m.state = JobState::Canceled;
                         m.not_before = None;
+                        m.finished_at = Some(now);
                         CancelResult::Canceled
                     }
                     Some(m) => CancelResult::AlreadyFinished(m.state),
@@ -308,11 +314,11 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Orphans { dead } => {
                 let me = insts[1 - dead];
                 let victim = insts[dead];
-                let back = s.requeue_orphans(me, &|i| i.id == victim).unwrap();
+                let back = s.requeue_orphans(me, &|i| i.id == victim, now).unwrap();
                 let mut expected = Vec::new();
                 for m in model.iter_mut().filter(|m| m.owner == Some(victim)) {
                     expected.push(m.id);
-                    give_back(m);
+                    give_back(m, now);
                 }
                 prop_assert_eq!(back, expected);
                 insts[dead] = instance(&mut *s, 50 + dead as u32);
@@ -336,6 +342,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 j.id
             );
             prop_assert_eq!(j.owner.is_some(), j.state == JobState::Running);
+            prop_assert_eq!(j.finished_at, m.finished_at, "job {}", j.id);
         }
         let counts = s.counts(now).unwrap();
         prop_assert_eq!(counts.values().sum::<u64>(), model.len() as u64);
@@ -347,11 +354,13 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// A running job given back: queued without using an attempt, or canceled if requested.
-fn give_back(m: &mut M) {
+/// A running job given back at `now`: queued without using an attempt (and no end time,
+/// as its claim left it), or canceled at `now` if a cancel was requested.
+fn give_back(m: &mut M, now: f64) {
     m.owner = None;
     if m.cancel_requested {
         m.state = JobState::Canceled;
+        m.finished_at = Some(now);
     } else {
         m.state = JobState::Queued;
         m.attempts -= 1;
