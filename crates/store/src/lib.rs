@@ -269,11 +269,6 @@ pub struct Claimed {
 }
 
 /// What is left after a [`JobStore::claim`].
-///
-/// A claim that took jobs does not look further (a query saved on every busy claim):
-/// its backlog is [`Backlog::NOT_LOOKED`], which says "runnable" and nothing about
-/// waiting jobs. The source is not empty anyway, and the claimer claims again when
-/// those jobs end; a claim that takes nothing always reports the whole backlog.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Backlog {
     /// A job that some route takes is runnable now but its group had no credit left.
@@ -284,12 +279,6 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// The backlog of a claim that took jobs: not looked at.
-    pub const NOT_LOOKED: Backlog = Backlog {
-        runnable: true,
-        waiting_until: None,
-    };
-
     /// True when no job that a route takes is runnable or waiting.
     pub fn is_empty(&self) -> bool {
         !self.runnable && self.waiting_until.is_none()

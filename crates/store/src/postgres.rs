@@ -1157,14 +1157,6 @@ impl JobStore for PostgresStore {
             }
         }
 
-        if !claimed.is_empty() {
-            tx.commit().ctx("claim")?;
-            claimed.sort_by_key(|c| c.id);
-            return Ok(ClaimResult {
-                jobs: claimed,
-                more: Backlog::NOT_LOOKED,
-            });
-        }
         // What is left, among jobs routed to a group that can run them.
         let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)), 2);
         let rows = query(

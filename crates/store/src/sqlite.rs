@@ -736,13 +736,6 @@ impl JobStore for SqliteStore {
             }
         }
 
-        if !claimed.is_empty() {
-            tx.commit().ctx("claim")?;
-            return Ok(ClaimResult {
-                jobs: claimed,
-                more: Backlog::NOT_LOOKED,
-            });
-        }
         // What is left, among jobs routed to a group that can run them.
         let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)));
         let mut values = vec![Value::Real(now)];
