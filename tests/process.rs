@@ -556,6 +556,38 @@ fn sigkill_of_the_supervisor_takes_every_child_within_a_second() {
     );
 }
 
+#[test]
+fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() {
+    let sb = Sandbox::new(&default_config());
+    let mut sv = sb.start(&[]);
+    ready_workers(&sv, "a", 2);
+    let bg = sb.path().join("bg.pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", bg.display());
+    let id = sb.submit(&["--group", "a", "--", "sh", "-c", &script]);
+    let started = sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_started" && e["job_id"] == id
+    });
+    let worker = started["worker_pid"].as_u64().unwrap() as u32;
+    let left = wait_pid_file(&bg);
+
+    // The supervisor frozen (it cannot kill the job's group), its worker killed (it
+    // cannot either), then the supervisor killed: the job's background child lives on.
+    sv.signal(Signal::SIGSTOP);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker as i32), Signal::SIGKILL).unwrap();
+    wait_until(5 * SEC, || !alive(worker)).expect("the worker dies");
+    sv.signal(Signal::SIGKILL);
+    assert_eq!(sv.wait_exit(5 * SEC), None);
+    assert!(alive(left), "the double fault left {left} running");
+
+    // The next run on the same store finds it by its environment and kills it.
+    let mut next = sb.start(&[]);
+    wait_until(5 * SEC, || !alive(left))
+        .unwrap_or_else(|_| panic!("{left} still runs after the next start\n{}", next.dump()));
+    next.signal(Signal::SIGTERM);
+    assert_eq!(next.wait_exit(10 * SEC), Some(0));
+    next.assert_nothing_left(2 * SEC);
+}
+
 // ----- the events file ---------------------------------------------------------------
 
 #[test]

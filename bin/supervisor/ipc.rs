@@ -44,11 +44,13 @@ pub enum Ev {
 /// The hub: a thread that selects over every child's receiver.
 pub struct Hub {
     add: IpcSender<(ChildId, IpcReceiver<FromChild>)>,
+    /// `SUPERVISOR_INSTANCE` for every child, and so for every job (see `shared.rs`).
+    instance_marker: String,
 }
 
 impl Hub {
     /// Start the hub thread, reporting into `events`.
-    pub fn start(events: Sender<Ev>) -> std::io::Result<Hub> {
+    pub fn start(events: Sender<Ev>, instance_marker: String) -> std::io::Result<Hub> {
         let (add, add_rx) =
             ipc::channel::<(ChildId, IpcReceiver<FromChild>)>().map_err(std::io::Error::other)?;
         let mut set = IpcReceiverSet::new()?;
@@ -99,7 +101,10 @@ impl Hub {
                     }
                 }
             })?;
-        Ok(Hub { add })
+        Ok(Hub {
+            add,
+            instance_marker,
+        })
     }
 
     /// Spawn our own binary as a child in `args.role`, and accept its handshake on a
@@ -120,6 +125,7 @@ impl Hub {
             .arg("__child")
             .arg(json)
             .env_remove("NOTIFY_SOCKET") // systemd hears from the supervisor alone
+            .env(crate::shared::INSTANCE_VAR, &self.instance_marker)
             .stdin(Stdio::null());
         // A worker gets SIGTERM when the supervisor dies, and kills its job's whole
         // process group before it goes (its job's own death signal reaches the job's

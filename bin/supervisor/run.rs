@@ -2,7 +2,7 @@
 //! one queue until a signal, an IPC message or the core's next deadline; it feeds the
 //! core what happened and carries out what the core decides.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -105,9 +105,21 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     };
     let me = Me::new();
     let pid = std::process::id();
-    let instance = store.register_instance(&me.host, pid, &crate::shared::token(), wall_now())?;
+    let token = crate::shared::token();
+    let instance = store.register_instance(&me.host, pid, &token, wall_now())?;
     let now = wall_now();
+    // Dead supervisors of this host: their jobs' processes, if any survived, go too.
+    let dead_here: BTreeSet<String> = store
+        .instances()?
+        .iter()
+        .filter(|i| i.id != instance && i.host == me.host && me.is_dead(i, now))
+        .map(|i| crate::shared::marker(i.pid, &i.token))
+        .collect();
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
+    let killed = crate::shared::kill_leftovers(&dead_here);
+    if !killed.is_empty() {
+        log::warn!("killed processes {killed:?} left behind by the jobs of a dead supervisor");
+    }
     if !orphans.is_empty() {
         log::info!(
             "requeued {} job(s) held by a dead supervisor",
@@ -127,7 +139,8 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         }
         StoreConfig::Sqlite { .. } => None,
     };
-    let hub = Hub::start(queue_tx.clone()).context("cannot start the IPC hub")?;
+    let hub = Hub::start(queue_tx.clone(), crate::shared::marker(pid, &token))
+        .context("cannot start the IPC hub")?;
     let events = EventsFile::open(
         &config.events.path,
         config.events.rotate_bytes,

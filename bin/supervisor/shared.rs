@@ -50,6 +50,31 @@ impl Me {
     }
 }
 
+/// The variable that every child and job of a supervisor carries, naming that supervisor
+/// on its host ([`marker`]): a later supervisor finds by it the processes that a dead
+/// one's jobs left behind.
+pub const INSTANCE_VAR: &str = "SUPERVISOR_INSTANCE";
+
+/// `pid:token`: one supervisor process on one host, even after its pid is reused.
+pub fn marker(pid: u32, token: &str) -> String {
+    format!("{pid}:{token}")
+}
+
+/// Kill what the jobs of dead supervisors of this host left running: only possible
+/// when a supervisor and its workers died at the same instant (`pkill -9`), since a
+/// worker that outlives its supervisor even briefly kills its job's process group.
+/// Returns the pids killed.
+pub fn kill_leftovers(dead: &std::collections::BTreeSet<String>) -> Vec<u32> {
+    if dead.is_empty() {
+        return Vec::new();
+    }
+    let pids = supervisor_os::processes_with_env(INSTANCE_VAR, dead);
+    for &pid in &pids {
+        let _ = supervisor_os::signal_pid(pid, supervisor_os::Sig::SIGKILL);
+    }
+    pids
+}
+
 /// The token that names this process among all with its pid: its start time.
 pub fn token() -> String {
     supervisor_os::process_start_ticks(std::process::id())

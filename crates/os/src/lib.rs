@@ -163,6 +163,34 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Live processes (other than this one) whose environment sets `var` to one of
+/// `values`: what the jobs of a supervisor that died together with its workers left
+/// behind (a job's children inherit its `SUPERVISOR_JOB_ID`, even those that left its
+/// process group). Processes whose environment cannot be read are skipped.
+pub fn processes_with_env(var: &str, values: &std::collections::BTreeSet<String>) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            env.split(|&b| b == 0).any(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                entry
+                    .split_once('=')
+                    .is_some_and(|(k, v)| k == var && values.contains(v))
+            })
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// A held pidfile: an exclusive `flock` on `<state_dir>/supervisor.pid`, released by
 /// the kernel when the process dies, so a stale file can never be mistaken for a
 /// running supervisor.
@@ -291,6 +319,30 @@ mod tests {
         // 0, 1, 2 and the fd `ls` opens for /proc/self/fd.
         assert_eq!(lines.next().unwrap().trim(), "4", "{text}");
         assert_eq!(lines.next().unwrap().trim(), pid.to_string(), "{text}");
+    }
+
+    #[test]
+    fn processes_are_found_by_their_environment() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").env("SV_OS_TEST_MARK", "m-42");
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let want: std::collections::BTreeSet<String> = ["m-42".to_string()].into();
+        // The environment is the child's once it has exec'd: wait for that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = vec![];
+        while std::time::Instant::now() < deadline {
+            found = processes_with_env("SV_OS_TEST_MARK", &want);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(found, [pid]);
+        let other: std::collections::BTreeSet<String> = ["m-43".to_string()].into();
+        assert!(processes_with_env("SV_OS_TEST_MARK", &other).is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
