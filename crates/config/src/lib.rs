@@ -531,9 +531,12 @@ impl Config {
     }
 }
 
-/// `url` with any password replaced by `***`: the one in `scheme://user:password@host`
-/// and any `password=...` parameter (URL query or key/value connection string).
-fn redact_password(url: &str) -> String {
+/// Hides the password of a PostgreSQL connection string (URL or `key=value` form), for
+/// messages: the config's own summary, and the store's errors.
+///
+/// `postgres://app:s3cret@db/jobs` becomes `postgres://app:***@db/jobs`, and
+/// `host=db password=s3cret` becomes `host=db password=***`.
+pub fn redact_password(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://").map(|i| i + 3) {
         let rest = &out[scheme_end..];
@@ -547,9 +550,22 @@ fn redact_password(url: &str) -> String {
     let mut from = 0;
     while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
         let start = from + found + "password=".len();
-        let end = out[start..]
-            .find(|c: char| c == '&' || c.is_whitespace())
-            .map_or(out.len(), |i| start + i);
+        let end = if out[start..].starts_with('\'') {
+            // A quoted value of the key=value form: up to the closing quote.
+            let mut escaped = false;
+            out[start + 1..]
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closing = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closing
+                })
+                .map_or(out.len(), |(i, _)| start + 1 + i + 1)
+        } else {
+            out[start..]
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .map_or(out.len(), |i| start + i)
+        };
         out.replace_range(start..end, "***");
         from = start + 3;
     }
@@ -598,6 +614,11 @@ mod tests {
         assert_eq!(
             redact_password("host=db user=app password=secret dbname=jobs"),
             "host=db user=app password=*** dbname=jobs"
+        );
+        // A quoted value is hidden whole, spaces and escaped quotes included.
+        assert_eq!(
+            redact_password("host=db password='a b\\' c' dbname=jobs"),
+            "host=db password=*** dbname=jobs"
         );
     }
 }

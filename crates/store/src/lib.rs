@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
 pub use jsonl::parse_jobs_jsonl;
-pub use postgres::{redact_url, Listener, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
+pub use postgres::{Listener, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The id of a job: a plain positive number, printed as such.
@@ -369,6 +369,33 @@ pub enum CancelResult {
     AlreadyFinished(JobState),
     /// No job has that id.
     Unknown,
+}
+
+/// Where an attempt's outcome and what follows it take a running job, as
+/// [`JobStore::record_outcome`] documents: its next state and, for a retry, the time it
+/// waits for. (A store turns a retry into `canceled` if a cancel was requested.)
+pub(crate) fn outcome_state(
+    id: JobId,
+    outcome: &Outcome,
+    next: Next,
+) -> Result<(JobState, Option<f64>)> {
+    if let Next::Retry { at } = next {
+        if !at.is_finite() {
+            return Err(StoreError::InvalidArgument(format!(
+                "job {id}: the retry time must be a finite number, not {at}"
+            )));
+        }
+    }
+    Ok(match (outcome.kind, next) {
+        (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
+        (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
+        (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
+        (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
+        (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
+        (OutcomeKind::Failed, Next::Retry { at }) => (JobState::Failed, Some(at)),
+        (OutcomeKind::TimedOut, Next::Retry { at }) => (JobState::TimedOut, Some(at)),
+        (OutcomeKind::Lost, Next::Retry { at }) => (JobState::Queued, Some(at)),
+    })
 }
 
 /// The durable job store: every operation `supervisor` needs on the queue.

@@ -38,10 +38,13 @@ use postgres::error::SqlState;
 use postgres::types::{Json, ToSql};
 use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 
+use supervisor_config::redact_password;
+
 use crate::error::Context;
+use crate::outcome_state;
 use crate::{
     route, Backlog, CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState,
-    JobStore, NewJob, Next, Outcome, OutcomeKind, Result, Route, StoreError,
+    JobStore, NewJob, Next, Outcome, Result, Route, StoreError,
 };
 
 /// The channel that `submit` and `cancel` notify and a [`Listener`] listens on.
@@ -170,46 +173,6 @@ const TAKE_BACK: &str = "UPDATE jobs SET \
      owner = NULL \
      WHERE owner = $1 AND state = 'running'";
 
-/// Hides the password of a connection string (URL or `key=value` form), for messages.
-///
-/// `postgres://app:s3cret@db/jobs` becomes `postgres://app:***@db/jobs`, and
-/// `host=db password=s3cret` becomes `host=db password=***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://").map(|i| i + 3) {
-        let rest = &out[scheme_end..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                out.replace_range(scheme_end + colon + 1..scheme_end + at, "***");
-            }
-        }
-    }
-    let mut from = 0;
-    while let Some(found) = out[from..].to_ascii_lowercase().find("password=") {
-        let start = from + found + "password=".len();
-        let end = if out[start..].starts_with('\'') {
-            // A quoted value of the key=value form: up to the closing quote.
-            let mut escaped = false;
-            out[start + 1..]
-                .char_indices()
-                .find(|&(_, c)| {
-                    let closing = c == '\'' && !escaped;
-                    escaped = c == '\\' && !escaped;
-                    closing
-                })
-                .map_or(out.len(), |(i, _)| start + 1 + i + 1)
-        } else {
-            out[start..]
-                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
-                .map_or(out.len(), |i| start + i)
-        };
-        out.replace_range(start..end, "***");
-        from = start + 3;
-    }
-    out
-}
-
 /// Opens a connection with our defaults: a connect timeout and an application name, when
 /// the URL sets none.
 fn open_client(url: &str, shown: &str) -> Result<Client> {
@@ -300,7 +263,7 @@ impl PostgresStore {
     /// name the URL without its password. Fails with [`StoreError::PgSchemaTooNew`] if the
     /// database was set up by a newer version.
     pub fn connect(url: &str) -> Result<Self> {
-        let shown = redact_url(url);
+        let shown = redact_password(url);
         let client = open_client(url, &shown)?;
         let mut store = PostgresStore {
             client,
@@ -314,7 +277,7 @@ impl PostgresStore {
     /// Connects a [`Listener`] to the database at `url`: it wakes when a job is submitted
     /// or canceled through any [`PostgresStore`] on that database, from any host.
     pub fn listen(url: &str) -> Result<Listener> {
-        let shown = redact_url(url);
+        let shown = redact_password(url);
         let mut client = open_client(url, &shown)?;
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
@@ -1188,25 +1151,9 @@ impl JobStore for PostgresStore {
         next: Next,
         now: f64,
     ) -> Result<bool> {
-        if let Next::Retry { at } = next {
-            if !at.is_finite() {
-                return Err(StoreError::InvalidArgument(format!(
-                    "job {id}: the retry time must be a finite number, not {at}"
-                )));
-            }
-        }
-        // (state, retry time); a retry turns into `canceled` if a cancel was requested,
-        // which the UPDATE decides on the row's latest version.
-        let (state, not_before) = match (outcome.kind, next) {
-            (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
-            (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
-            (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
-            (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
-            (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
-            (OutcomeKind::Failed, Next::Retry { at }) => (JobState::Failed, Some(at)),
-            (OutcomeKind::TimedOut, Next::Retry { at }) => (JobState::TimedOut, Some(at)),
-            (OutcomeKind::Lost, Next::Retry { at }) => (JobState::Queued, Some(at)),
-        };
+        // A retry turns into `canceled` if a cancel was requested, which the UPDATE
+        // decides on the row's latest version.
+        let (state, not_before) = outcome_state(id, outcome, next)?;
         execute(
             &mut self.stmts,
             &mut self.client,
@@ -1418,7 +1365,7 @@ mod tests {
             ),
             ("host=/tmp/pg user=postgres", "host=/tmp/pg user=postgres"),
         ] {
-            assert_eq!(redact_url(url), shown, "{url}");
+            assert_eq!(redact_password(url), shown, "{url}");
         }
     }
 

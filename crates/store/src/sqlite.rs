@@ -20,9 +20,10 @@ use rusqlite::types::{FromSql, Value};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::Context;
+use crate::outcome_state;
 use crate::{
     route, Backlog, CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState,
-    JobStore, NewJob, Next, Outcome, OutcomeKind, Result, Route, StoreError,
+    JobStore, NewJob, Next, Outcome, Result, Route, StoreError,
 };
 
 /// How long an operation waits for another process's write lock before failing.
@@ -769,13 +770,7 @@ impl JobStore for SqliteStore {
         next: Next,
         now: f64,
     ) -> Result<bool> {
-        if let Next::Retry { at } = next {
-            if !at.is_finite() {
-                return Err(StoreError::InvalidArgument(format!(
-                    "job {id}: the retry time must be a finite number, not {at}"
-                )));
-            }
-        }
+        let (state, not_before) = outcome_state(id, outcome, next)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -793,22 +788,10 @@ impl JobStore for SqliteStore {
         let Some(cancel_requested) = cancel_requested else {
             return Ok(false); // stale: rolled back on drop, nothing changed
         };
-        let retry_or_cancel = |state: JobState, at: f64| {
-            if cancel_requested {
-                (JobState::Canceled, None)
-            } else {
-                (state, Some(at))
-            }
-        };
-        let (state, not_before) = match (outcome.kind, next) {
-            (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
-            (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
-            (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
-            (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
-            (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
-            (OutcomeKind::Failed, Next::Retry { at }) => retry_or_cancel(JobState::Failed, at),
-            (OutcomeKind::TimedOut, Next::Retry { at }) => retry_or_cancel(JobState::TimedOut, at),
-            (OutcomeKind::Lost, Next::Retry { at }) => retry_or_cancel(JobState::Queued, at),
+        // A job whose cancel was requested is canceled rather than retried.
+        let (state, not_before) = match not_before {
+            Some(_) if cancel_requested => (JobState::Canceled, None),
+            _ => (state, not_before),
         };
         let changed = tx
             .prepare_cached(
@@ -989,6 +972,7 @@ impl JobStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::OutcomeKind;
 
     /// The query plan of `sql`, one step a line.
     fn plan(store: &SqliteStore, sql: &str, params: &[Value]) -> String {
