@@ -172,23 +172,6 @@ fn wait_job(sb: &Sandbox, sv: &Supervisor, id: i64, states: &[&str]) -> Value {
     last
 }
 
-/// `status --json`, which must exit 0.
-fn status_json(sb: &Sandbox) -> Value {
-    let out = sb.run(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status --json exited {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "status --json is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 /// A job whose shell writes its pid to a file, then becomes `sleep 30`: returns the
 /// job id and the file.
 fn submit_sleeper(sb: &Sandbox, grp: &str, name: &str) -> (i64, PathBuf) {
@@ -408,7 +391,7 @@ fn restart_limit_with_disable_keeps_other_groups() {
         sv.dump()
     );
     // `status` shows no live worker of group a.
-    let st = status_json(&sb);
+    let st = sb.status_json();
     for c in st["children"].as_array().unwrap() {
         if c["group"] == "a" {
             assert!(
@@ -613,7 +596,7 @@ fn events_rotate_with_a_snapshot_at_the_top() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), n);
     let mut last = Value::Null;
     wait_until(20 * SEC, || {
-        last = status_json(&sb);
+        last = sb.status_json();
         last["jobs"]["succeeded"] == n
     })
     .unwrap_or_else(|_| panic!("the {n} jobs did not all succeed: {last}"));
@@ -728,7 +711,7 @@ fn status_json_while_running_and_after_stop() {
     let id = sb.submit(&["--group", "a", "--", "true"]);
     wait_job(&sb, &sv, id, &["succeeded"]);
 
-    let st = status_json(&sb);
+    let st = sb.status_json();
     assert_eq!(st["supervisor"]["running"], true, "{st}");
     assert_eq!(st["supervisor"]["pid"], sv.pid(), "{st}");
     let children = st["children"].as_array().expect("children");
@@ -775,7 +758,7 @@ fn status_json_while_running_and_after_stop() {
     let (busy, file) = submit_sleeper(&sb, "a", "job.pid");
     wait_job(&sb, &sv, busy, &["running"]);
     wait_pid_file(&file);
-    let st = status_json(&sb);
+    let st = sb.status_json();
     let row = st["children"]
         .as_array()
         .unwrap()
@@ -794,7 +777,7 @@ fn status_json_while_running_and_after_stop() {
         .unwrap();
     signal_pid(idle.pid, Signal::SIGKILL);
     let new = expect_replacement(&sv, idle, 9, 5 * SEC);
-    let st = status_json(&sb);
+    let st = sb.status_json();
     let row = st["children"]
         .as_array()
         .unwrap()
@@ -807,7 +790,7 @@ fn status_json_while_running_and_after_stop() {
 
     let sv_pid = sv.pid();
     stop_cleanly(&mut sv);
-    let st = status_json(&sb);
+    let st = sb.status_json();
     assert_eq!(st["supervisor"]["running"], false, "{st}");
     if let Some(p) = st["supervisor"]["pid"].as_u64() {
         assert_eq!(p, u64::from(sv_pid), "{st}");
@@ -944,7 +927,7 @@ fn stale_pidfile_is_reported_not_signalled() {
         );
         assert!(alive(pid), "`{verb}` signalled the unrelated process {pid}");
     }
-    let st = status_json(&sb);
+    let st = sb.status_json();
     assert_eq!(st["supervisor"]["running"], false, "{st}");
     // Still a plain sleeping process, not stopped or killed.
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
