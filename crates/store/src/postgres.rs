@@ -420,15 +420,23 @@ impl Listener {
     /// the time ran out. Fails if the connection is lost.
     pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
         let op = "wait for a notification";
-        let first = {
-            use postgres::fallible_iterator::FallibleIterator;
+        use postgres::fallible_iterator::FallibleIterator;
+        let first = self
+            .client
+            .notifications()
+            .timeout_iter(timeout)
+            .next()
+            .ctx(op)?;
+        if first.is_some() {
+            // One round trip (LISTEN again, which changes nothing): the server sends
+            // every notification committed before it ahead of the answer, so a burst
+            // that has already committed wakes once.
+            self.client
+                .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+                .ctx(op)?;
             let mut notifications = self.client.notifications();
-            let first = notifications.timeout_iter(timeout).next().ctx(op)?;
-            if first.is_some() {
-                while notifications.iter().next().ctx(op)?.is_some() {}
-            }
-            first
-        };
+            while notifications.iter().next().ctx(op)?.is_some() {}
+        }
         if first.is_none() && self.client.is_closed() {
             // The iterator ends quietly when the server goes away: say so.
             self.client.check_connection().ctx(op)?;
