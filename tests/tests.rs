@@ -11,3 +11,5 @@ mod postgres;
 mod process;
 mod reload;
 mod smoke;
+mod down;
+mod survive;

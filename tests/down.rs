@@ -1,0 +1,1 @@
+//! The verbs when the supervisor is down or their output is closed early.
