@@ -23,6 +23,14 @@ use crate::events_file::{read_events, rotated, wall_now};
 use crate::run::{EXIT_FAILURE, EXIT_USAGE};
 use crate::ConfigArg;
 
+/// `println!` that returns the write's error instead of panicking on it (a full disk; a
+/// closed pipe, should SIGPIPE be ignored after all: see `main`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 /// `supervisor submit`'s arguments.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -231,12 +239,13 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
         }
         Err(e) => return Err(e).context("cannot queue the job"),
     };
-    let mut out = std::io::stdout().lock();
+    // The doorbell first: the jobs are queued whatever becomes of our output.
+    ring(&config);
+    let mut out = io::BufWriter::new(io::stdout().lock());
     for id in ids {
         writeln!(out, "{id}")?;
     }
     out.flush()?;
-    ring(&config);
     Ok(0)
 }
 
@@ -289,15 +298,19 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
     };
     let mut store = open_store(&config.store)?;
     let jobs = store.list(state, wall_now())?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
     if as_json {
         let list: Vec<Value> = jobs.iter().map(|j| job_json(&config, j)).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        serde_json::to_writer_pretty(&mut out, &list)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(0);
     }
-    println!(
+    writeln!(
+        out,
         "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {:<19}  {:>8}  COMMAND",
         "ID", "STATE", "GROUP", "ATTEMPTS", "EXIT", "STARTED", "RAN"
-    );
+    )?;
     let now = wall_now();
     for j in &jobs {
         let exit = match (j.exit_code, j.signal) {
@@ -305,7 +318,8 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
             (None, Some(s)) => format!("sig{s}"),
             _ => "-".into(),
         };
-        println!(
+        writeln!(
+            out,
             "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {:<19}  {:>8}  {}",
             j.id,
             j.state.as_str(),
@@ -315,8 +329,9 @@ pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<i32> {
             j.started_at.map_or("-".into(), |t| local_time(t, false)),
             ran_for(j, now).map_or("-".into(), format_duration),
             shell_words(&j.command)
-        );
+        )?;
     }
+    out.flush()?;
     Ok(0)
 }
 
@@ -376,19 +391,20 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<i32> {
         return Ok(EXIT_USAGE);
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&job_json(&config, &j))?);
+        say!("{}", serde_json::to_string_pretty(&job_json(&config, &j))?)?;
     } else {
-        print_job(&config, &j);
+        print_job(&config, &j)?;
     }
     Ok(0)
 }
 
 /// `job ID` for humans: what happened, in the order one asks.
-fn print_job(config: &Config, j: &Job) {
+fn print_job(config: &Config, j: &Job) -> io::Result<()> {
     let group = j.group.as_deref().unwrap_or("-");
-    println!("job {}: {} (group {group})", j.id, j.state.as_str());
-    let row = |k: &str, v: String| println!("  {k:<12}{v}");
-    row("command", shell_words(&j.command));
+    let mut out = io::stdout().lock();
+    writeln!(out, "job {}: {} (group {group})", j.id, j.state.as_str())?;
+    let mut row = |k: &str, v: String| writeln!(out, "  {k:<12}{v}");
+    row("command", shell_words(&j.command))?;
     let limit = j.max_attempts.or_else(|| {
         config
             .groups
@@ -402,18 +418,18 @@ fn print_job(config: &Config, j: &Job) {
             Some(n) => format!("{} of {n}", j.attempts),
             None => j.attempts.to_string(),
         },
-    );
+    )?;
     match (j.exit_code, j.signal) {
-        (Some(c), _) => row("exit", c.to_string()),
-        (None, Some(s)) => row("signal", signal_name(s)),
-        _ => row("exit", "-".into()),
+        (Some(c), _) => row("exit", c.to_string())?,
+        (None, Some(s)) => row("signal", signal_name(s))?,
+        _ => row("exit", "-".into())?,
     }
     if let Some(o) = &j.last_outcome {
-        row("outcome", format!("{o} (last attempt)"));
+        row("outcome", format!("{o} (last attempt)"))?;
     }
     let when = |t: Option<f64>| t.map_or("-".into(), |t| local_time(t, true));
-    row("created", when(Some(j.created_at)));
-    row("started", when(j.started_at));
+    row("created", when(Some(j.created_at)))?;
+    row("started", when(j.started_at))?;
     let mut finished = when(j.finished_at);
     if let Some(d) = ran_for(j, wall_now()) {
         finished = if j.state == JobState::Running {
@@ -422,27 +438,28 @@ fn print_job(config: &Config, j: &Job) {
             format!("{finished} (ran {d:.3} s)")
         };
     }
-    row("finished", finished);
+    row("finished", finished)?;
     let log = config.state_dir.join("logs").join(format!("{}.log", j.id));
     let note = if log.exists() || j.started_at.is_none() {
         ""
     } else {
         " (none: the job wrote nothing)"
     };
-    row("log", format!("{}{note}", log.display()));
+    row("log", format!("{}{note}", log.display()))?;
     if let Some(k) = &j.key {
-        row("key", k.clone());
+        row("key", k.clone())?;
     }
     if !j.tags.is_empty() {
         let tags: Vec<String> = j.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        row("tags", tags.join(" "));
+        row("tags", tags.join(" "))?;
     }
     if let Some(cwd) = &j.cwd {
-        row("cwd", cwd.clone());
+        row("cwd", cwd.clone())?;
     }
     if let Some(t) = j.timeout_s {
-        row("timeout", format!("{t} s"));
+        row("timeout", format!("{t} s"))?;
     }
+    Ok(())
 }
 
 /// A JSON value for a table cell: null as `-`, strings bare.
@@ -474,13 +491,13 @@ pub fn cancel(path: &Path, id: &str) -> Result<i32> {
     };
     let mut store = open_store(&config.store)?;
     match store.cancel(id, wall_now())? {
-        CancelResult::Canceled => println!("job {id} canceled"),
+        CancelResult::Canceled => say!("job {id} canceled")?,
         CancelResult::Requested => {
             ring(&config);
-            println!("job {id} is running: it is being stopped and will be canceled");
+            say!("job {id} is running: it is being stopped and will be canceled")?;
         }
         CancelResult::AlreadyFinished(state) => {
-            println!("job {id} already finished: {}", state.as_str())
+            say!("job {id} already finished: {}", state.as_str())?
         }
         CancelResult::Unknown => {
             eprintln!("supervisor: unknown job id {id}");
@@ -494,7 +511,7 @@ pub fn cancel(path: &Path, id: &str) -> Result<i32> {
 pub fn check(path: &Path) -> Result<i32> {
     match supervisor_config::load(path) {
         Ok(c) => {
-            println!("{}", c.summary());
+            say!("{}", c.summary())?;
             Ok(0)
         }
         Err(e) => {
@@ -551,17 +568,17 @@ pub fn signal(path: &Path, what: Control) -> Result<i32> {
     match what {
         Control::Reload => {
             supervisor_os::signal_pid(pid, Sig::SIGHUP)?;
-            println!("asked supervisor {pid} to reload");
+            say!("asked supervisor {pid} to reload")?;
         }
         Control::Stop { wait } => {
             supervisor_os::signal_pid(pid, Sig::SIGTERM)?;
-            println!("asked supervisor {pid} to stop");
+            say!("asked supervisor {pid} to stop")?;
             if wait {
                 // The kernel drops the pidfile's lock when the process is gone.
                 while matches!(PidFile::inspect(&pidfile), PidFileState::Running(_)) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                println!("supervisor {pid} stopped");
+                say!("supervisor {pid} stopped")?;
             }
         }
     }

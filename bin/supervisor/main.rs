@@ -154,6 +154,14 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    // A verb whose output is closed early (`supervisor jobs | head`) ends quietly, killed
+    // by SIGPIPE like any Unix tool. The supervisor and its children keep SIGPIPE
+    // ignored (Rust's default): a closed pipe must never take them down.
+    if !matches!(cli.command, Verb::Run { .. } | Verb::Child { .. }) {
+        if let Err(e) = supervisor_os::default_sigpipe() {
+            log::debug!("cannot restore SIGPIPE's default action: {e}");
+        }
+    }
     let result = match cli.command {
         Verb::Run {
             config,

@@ -277,6 +277,20 @@ impl Drop for PidFile {
 
 pub use nix::sys::signal::Signal as Sig;
 
+/// Give SIGPIPE back its default action, which the Rust runtime sets to "ignore": a
+/// command-line verb whose output is closed early (`supervisor jobs | head`) then ends
+/// quietly, killed by SIGPIPE as `cat` or `seq` are, instead of failing (or panicking)
+/// on a write that returns EPIPE. Never for the supervisor or its children: a closed
+/// pipe must not kill them.
+pub fn default_sigpipe() -> io::Result<()> {
+    // Safety: SIG_DFL installs no handler, so no code of ours can ever run in a signal
+    // context; changing a disposition is process-wide but races with nothing here (it
+    // is called first thing in `main`, before any thread exists).
+    #[allow(unsafe_code)]
+    let previous = unsafe { signal::signal(Signal::SIGPIPE, signal::SigHandler::SigDfl) };
+    previous.map(drop).map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
