@@ -589,7 +589,6 @@ pub fn signal(path: &Path, what: Control) -> Result<i32> {
 #[derive(Debug, Default)]
 struct Replay {
     supervisor_pid: Option<u64>,
-    stopped: bool,
     /// (role, group, slot) → row, with `started_at` (wall clock) when known.
     children: BTreeMap<(String, Option<String>, Option<u64>), Value>,
 }
@@ -612,7 +611,6 @@ fn replay(events: &[Value]) -> Replay {
         match e["event"].as_str().unwrap_or("") {
             "snapshot" => {
                 r.supervisor_pid = e["supervisor_pid"].as_u64();
-                r.stopped = false;
                 r.children.clear();
                 for c in e["children"].as_array().into_iter().flatten() {
                     let mut row = c.clone();
@@ -625,7 +623,6 @@ fn replay(events: &[Value]) -> Replay {
             }
             "supervisor_started" => {
                 r.supervisor_pid = e["pid"].as_u64();
-                r.stopped = false;
             }
             "child_started" | "child_ready" => {
                 let k = key_of(e);
@@ -678,7 +675,6 @@ fn replay(events: &[Value]) -> Replay {
                     }
                 }
             }
-            "supervisor_stopped" => r.stopped = true,
             _ => {}
         }
     }
@@ -689,6 +685,10 @@ fn replay(events: &[Value]) -> Replay {
 ///
 /// A config file with errors does not stop it: it warns and shows what the state dir,
 /// the events file and the store (found leniently) say.
+///
+/// With no supervisor running, it tells how the last run ended ([`Ending`]) and when
+/// its last event was; its children are `gone` (no uptime), and jobs the store still
+/// has as `running` are named: the next run gives them back to the queue.
 pub fn status(path: &Path, as_json: bool) -> Result<i32> {
     let found = match locate(path, Lenient::Status) {
         Ok(found) => found,
@@ -714,48 +714,120 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
                 .collect()
         }
     };
-    let pid = running_pid.map(u64::from).or(r.supervisor_pid);
-    let children: Vec<Value> = r.children.values().cloned().collect();
+    let stale_pid = match state {
+        PidFileState::Stale(pid) => pid,
+        _ => None,
+    };
+    let (ending, last_event_at) = match running_pid {
+        Some(_) => (None, events.iter().rev().find_map(|e| e["ts"].as_f64())),
+        None => {
+            let (mut ending, at) = last_run(&found.events, &events);
+            // Nothing in the events file, but a pidfile nobody holds: a supervisor ran
+            // here and was killed (before it wrote any event, or its events are gone).
+            if ending == Ending::NeverStarted && matches!(state, PidFileState::Stale(_)) {
+                ending = Ending::Died;
+            }
+            (Some(ending), at)
+        }
+    };
+    let pid = running_pid
+        .map(u64::from)
+        .or(r.supervisor_pid)
+        .or(stale_pid.map(u64::from));
+    let mut children: Vec<Value> = r.children.values().cloned().collect();
+    if running_pid.is_none() {
+        // Whatever the events last said of them, children die with their supervisor
+        // (PR_SET_PDEATHSIG): none of them runs now.
+        for c in &mut children {
+            c["state"] = json!(GONE);
+            c["started_at"] = Value::Null;
+        }
+    }
+    // Jobs still `running` in the store while no supervisor runs: stranded until the
+    // next run gives them back.
+    let stranded = match running_pid {
+        None if counts.get("running").copied().unwrap_or(0) > 0 => running_jobs(&found.store)
+            .unwrap_or_else(|e| {
+                log::warn!("running jobs unavailable: {e:#}");
+                Vec::new()
+            }),
+        _ => Vec::new(),
+    };
     if as_json {
         let v = json!({
-            "supervisor": {"pid": pid, "running": running_pid.is_some()},
+            "supervisor": {
+                "pid": pid,
+                "running": running_pid.is_some(),
+                "stopped": ending.as_ref().and_then(Ending::label),
+                "last_event_at": last_event_at,
+                "panic": match &ending {
+                    Some(Ending::Crashed { message, location }) => {
+                        json!({"message": message, "location": location})
+                    }
+                    _ => Value::Null,
+                },
+            },
             "children": children,
             "jobs": counts,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
-    match (running_pid, &state) {
-        (Some(p), _) => println!("supervisor: running (pid {p})"),
-        (None, PidFileState::Stale(p)) => println!(
-            "supervisor: not running (stale pidfile names pid {}); last known state:",
-            p.map_or("?".into(), |p| p.to_string())
-        ),
-        (None, _) => println!(
-            "supervisor: not running{}",
-            if r.stopped {
-                " (stopped cleanly); last known state:"
-            } else {
-                "; last known state:"
-            }
-        ),
-    }
+    let mut out = io::stdout().lock();
     let now = wall_now();
-    println!(
-        "{:<20} {:<9} {:>8} {:>9} {:>8}  JOB",
-        "NAME", "STATE", "PID", "UPTIME", "RESTARTS"
-    );
-    for (k, c) in &r.children {
-        let name = match (&k.1, k.2) {
+    let pid_text = pid.map_or("?".into(), |p| p.to_string());
+    let last = last_event_at.map_or("none recorded".into(), |t| {
+        format!("{} ({} ago)", local_time(t, true), format_duration(now - t))
+    });
+    match (running_pid, &ending) {
+        (Some(p), _) => writeln!(out, "supervisor: running (pid {p})")?,
+        (None, None | Some(Ending::NeverStarted)) => writeln!(
+            out,
+            "supervisor: not running: never started here (no events in {})",
+            found.events.display()
+        )?,
+        (None, Some(Ending::Cleanly { code })) => {
+            let code = code.map_or(String::new(), |c| format!(", exit code {c}"));
+            writeln!(
+                out,
+                "supervisor: not running: stopped cleanly (pid {pid_text}{code}); last event {last}"
+            )?
+        }
+        (None, Some(Ending::Died)) => writeln!(
+            out,
+            "supervisor: not running: died (pid {pid_text}: killed, or crashed without a \
+             trace); last event {last}"
+        )?,
+        (None, Some(Ending::Crashed { message, location })) => {
+            writeln!(
+                out,
+                "supervisor: not running: crashed (pid {pid_text}); last event {last}"
+            )?;
+            writeln!(out, "  panicked at {location}:")?;
+            for line in message.lines() {
+                writeln!(out, "    {line}")?;
+            }
+        }
+    }
+    if running_pid.is_some() || !children.is_empty() {
+        writeln!(
+            out,
+            "{:<20} {:<9} {:>8} {:>9} {:>8}  JOB",
+            "NAME", "STATE", "PID", "UPTIME", "RESTARTS"
+        )?;
+    }
+    for c in &children {
+        let name = match (c["group"].as_str(), c["slot"].as_u64()) {
             (Some(g), Some(s)) => format!("{g}/{s}"),
-            _ => k.0.clone(),
+            _ => c["role"].as_str().unwrap_or("?").to_string(),
         };
         let state = c["state"].as_str().unwrap_or("?");
         let uptime = match (state, c["started_at"].as_f64()) {
-            ("exited", _) | (_, None) => "-".to_string(),
+            ("exited" | GONE, _) | (_, None) => "-".to_string(),
             (_, Some(t)) => format_duration(now - t),
         };
-        println!(
+        writeln!(
+            out,
             "{:<20} {:<9} {:>8} {:>9} {:>8}  {}",
             name,
             state,
@@ -763,11 +835,173 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
             uptime,
             human(&c["restarts"]),
             human(&c["job_id"])
-        );
+        )?;
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("jobs: {}", summary.join(", "));
+    writeln!(out, "jobs: {}", summary.join(", "))?;
+    if !stranded.is_empty() {
+        writeln!(out, "{}", stranded_note(&stranded, &found.store))?;
+    }
+    out.flush()?;
     Ok(0)
+}
+
+/// A child's state in `status` when no supervisor runs.
+const GONE: &str = "gone";
+
+/// The line under the counts that names the jobs left `running` by a supervisor that
+/// is gone.
+fn stranded_note(ids: &[i64], store: &StoreConfig) -> String {
+    const SHOWN: usize = 10;
+    let mut list: Vec<String> = ids.iter().take(SHOWN).map(i64::to_string).collect();
+    if ids.len() > SHOWN {
+        list.push(format!("and {} more", ids.len() - SHOWN));
+    }
+    let (noun, verb) = if ids.len() == 1 {
+        ("job", "is")
+    } else {
+        ("jobs", "are")
+    };
+    let who = match store {
+        StoreConfig::Sqlite { .. } => "will be given back by the next run",
+        // A shared store: other supervisors may run some of them; those of this one
+        // go back when it runs again, or when another notices it is dead.
+        StoreConfig::Postgres { .. } => {
+            "those this supervisor held will be given back by its next run, or by another \
+             supervisor on the store"
+        }
+    };
+    format!(
+        "{noun} {} {verb} still running in the store: {who}",
+        list.join(", ")
+    )
+}
+
+/// The ids of the jobs the store has as `running`.
+fn running_jobs(store: &StoreConfig) -> Result<Vec<i64>> {
+    if let StoreConfig::Sqlite { path } = store {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+    }
+    let mut store = open_store(store)?;
+    let jobs = store.list(Some(JobState::Running), wall_now())?;
+    Ok(jobs.iter().map(|j| j.id).collect())
+}
+
+/// How the last run of the supervisor ended, as its events tell it.
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    /// No event at all: no supervisor has run here.
+    NeverStarted,
+    /// The run ended with `supervisor_stopped` (with its exit code).
+    Cleanly { code: Option<i64> },
+    /// No `supervisor_stopped` after its last `supervisor_started`: killed, or gone
+    /// without a trace.
+    Died,
+    /// The run recorded a panic (`supervisor_panicked`) before it went.
+    Crashed { message: String, location: String },
+}
+
+impl Ending {
+    /// `status --json`'s `supervisor.stopped`.
+    fn label(&self) -> Option<&'static str> {
+        match self {
+            Ending::NeverStarted => None,
+            Ending::Cleanly { .. } => Some("cleanly"),
+            Ending::Died => Some("died"),
+            Ending::Crashed { .. } => Some("crashed"),
+        }
+    }
+}
+
+/// How the last run ended, from `events` in order (the end of the last run among
+/// them): what follows the last `supervisor_started`. A panic outranks a stop.
+fn ending_of(events: &[Value]) -> Ending {
+    if events.is_empty() {
+        return Ending::NeverStarted;
+    }
+    let from = events
+        .iter()
+        .rposition(|e| e["event"] == "supervisor_started")
+        .unwrap_or(0);
+    let mut ending = Ending::Died;
+    for e in &events[from..] {
+        match e["event"].as_str() {
+            Some("supervisor_panicked") => {
+                let text = |k: &str| human(&e[k]);
+                ending = Ending::Crashed {
+                    message: text("message"),
+                    location: text("location"),
+                };
+            }
+            Some("supervisor_stopped") if !matches!(ending, Ending::Crashed { .. }) => {
+                ending = Ending::Cleanly {
+                    code: e["code"].as_i64(),
+                };
+            }
+            _ => {}
+        }
+    }
+    ending
+}
+
+/// How the last run ended and the time of its last event, from the current events
+/// file (`current`, read from `path`) and, when needed, the end of the previous one.
+///
+/// Each run starts a new file (a snapshot, then `supervisor_started`). A current file
+/// without `supervisor_started` began with a rotation: when its snapshot names the pid
+/// that `<path>.1` begins with, that is the same run, and its last events (a
+/// `supervisor_stopped` that pushed the file over its size, say) may be at the end of
+/// `<path>.1`.
+fn last_run(path: &Path, current: &[Value]) -> (Ending, Option<f64>) {
+    let mut events = Vec::new();
+    if !current.iter().any(|e| e["event"] == "supervisor_started") {
+        let older = rotated(path, 1);
+        let same_run = match (first_event(&older), current.first()) {
+            (Some(first), Some(top)) => {
+                first["supervisor_pid"].is_u64() && first["supervisor_pid"] == top["supervisor_pid"]
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if same_run {
+            events = tail_events(&older);
+        }
+    }
+    events.extend(current.iter().cloned());
+    let last_at = events.iter().rev().find_map(|e| e["ts"].as_f64());
+    (ending_of(&events), last_at)
+}
+
+/// The first event of an events file.
+fn first_event(path: &Path) -> Option<Value> {
+    let mut line = String::new();
+    BufReader::new(File::open(path).ok()?)
+        .read_line(&mut line)
+        .ok()?;
+    serde_json::from_str(line.trim_end()).ok()
+}
+
+/// The events of the last 64 KiB of an events file.
+fn tail_events(path: &Path) -> Vec<Value> {
+    let tail = (|| -> io::Result<(u64, Vec<u8>)> {
+        let mut file = File::open(path)?;
+        let from = file.metadata()?.len().saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(from))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok((from, bytes))
+    })();
+    let Ok((from, bytes)) = tail else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        // Past the first line of a tail that starts mid-line.
+        .skip(usize::from(from > 0))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Jobs by state; all 0 when the store does not exist yet (`status` creates nothing).
@@ -1160,6 +1394,95 @@ mod tests {
         // Longer than the tail that is read, and a last line longer than that tail.
         assert_eq!(range(&lines(1..=2000, 100)), Some((1, 2000)));
         assert_eq!(range(&lines(1..=3, 100_000)), Some((1, 3)));
+    }
+
+    /// Events lines from `(event, extra fields)`, `seq` from `first` and `ts` = `seq`.
+    fn run_lines(first: u64, events: &[(&str, Value)]) -> String {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, (name, extra))| {
+                let mut v = json!({"seq": first + i as u64, "ts": (first + i as u64) as f64, "event": name});
+                for (k, x) in extra.as_object().into_iter().flatten() {
+                    v[k] = x.clone();
+                }
+                format!("{v}\n")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_last_run_ends_as_its_last_events_say() {
+        let started = ("supervisor_started", json!({"pid": 7}));
+        let snapshot = ("snapshot", json!({"supervisor_pid": 7, "children": []}));
+        let stopped = ("supervisor_stopped", json!({"code": 0}));
+        let panicked = (
+            "supervisor_panicked",
+            json!({"message": "boom", "location": "x.rs:1:2"}),
+        );
+        let job = ("job_started", json!({"job_id": 1}));
+        let parse = |text: String| -> Vec<Value> {
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let ending = |evs: &[(&str, Value)]| ending_of(&parse(run_lines(1, evs)));
+        assert_eq!(ending(&[]), Ending::NeverStarted);
+        assert_eq!(
+            ending(&[snapshot.clone(), started.clone(), job.clone()]),
+            Ending::Died
+        );
+        assert_eq!(
+            ending(&[snapshot.clone(), started.clone(), stopped.clone()]),
+            Ending::Cleanly { code: Some(0) }
+        );
+        let crashed = Ending::Crashed {
+            message: "boom".into(),
+            location: "x.rs:1:2".into(),
+        };
+        // A panic outranks the stop a panicking supervisor may still write.
+        assert_eq!(
+            ending(&[started.clone(), panicked.clone(), stopped.clone()]),
+            crashed
+        );
+        // Only the last run counts.
+        assert_eq!(
+            ending(&[
+                started.clone(),
+                panicked.clone(),
+                started.clone(),
+                job.clone()
+            ]),
+            Ending::Died
+        );
+
+        // A stop that rotated the file: the new file holds only a snapshot of the same
+        // supervisor, the stop is at the end of `.1`.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let older = [
+            snapshot.clone(),
+            started.clone(),
+            job.clone(),
+            stopped.clone(),
+        ];
+        std::fs::write(rotated(&path, 1), run_lines(1, &older)).unwrap();
+        std::fs::write(&path, run_lines(5, std::slice::from_ref(&snapshot))).unwrap();
+        let current = read_events(&path).unwrap();
+        assert_eq!(
+            last_run(&path, &current),
+            (Ending::Cleanly { code: Some(0) }, Some(5.0))
+        );
+        // ... but not when the new file is another supervisor's, dead before it wrote
+        // `supervisor_started`.
+        let other = ("snapshot", json!({"supervisor_pid": 8, "children": []}));
+        std::fs::write(&path, run_lines(5, &[other])).unwrap();
+        let current = read_events(&path).unwrap();
+        assert_eq!(last_run(&path, &current), (Ending::Died, Some(5.0)));
+        // A run that started in this file ends in it.
+        std::fs::write(&path, run_lines(5, &[snapshot, started, job])).unwrap();
+        let current = read_events(&path).unwrap();
+        assert_eq!(last_run(&path, &current), (Ending::Died, Some(7.0)));
     }
 
     #[test]
