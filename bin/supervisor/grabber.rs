@@ -62,7 +62,7 @@ pub fn main(
         store_arg: store,
         store: None,
         instance,
-        poll_interval: Duration::from_secs_f64(poll_interval_s),
+        poll_interval: supervisor_core::bounds::duration(poll_interval_s),
         error_backoff,
         errors: BackoffState::default(),
         rng: SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64),
@@ -117,7 +117,7 @@ pub fn main(
                 ToChild::Settings(s) => {
                     g.routes = s.routes;
                     g.runnable = Some(s.runnable.into_iter().collect());
-                    g.poll_interval = Duration::from_secs_f64(s.poll_interval_s);
+                    g.poll_interval = supervisor_core::bounds::duration(s.poll_interval_s);
                     g.error_backoff = s.error_backoff.into();
                     bell.ring();
                 }
@@ -210,6 +210,16 @@ impl Grabber {
         for (group, left) in &credits {
             self.credits.insert(group.clone(), *left);
         }
+        for r in &result.refused {
+            let refused = FromChild::Refused {
+                job: r.id,
+                attempts: r.attempts,
+                reason: r.reason.clone(),
+            };
+            if self.tx.send(refused).is_err() {
+                std::process::exit(0);
+            }
+        }
         for job in &result.jobs {
             let claim = Claim {
                 id: job.id,
@@ -245,7 +255,7 @@ impl Grabber {
         }
         let mut wake = self.now() + self.poll_interval;
         if let Some(at) = result.more.waiting_until {
-            let until = Duration::from_secs_f64((at - wall).max(0.0));
+            let until = supervisor_core::bounds::duration(at - wall);
             wake = wake.min(self.now() + until);
         }
         Ok(wake)

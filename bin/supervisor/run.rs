@@ -368,7 +368,9 @@ impl Supervisor {
                     id: claim.id,
                     group: claim.group.clone(),
                     attempt: claim.attempt,
-                    timeout: claim.timeout_s.map(Duration::from_secs_f64),
+                    // Checked by the store at the claim; bounded again, as every value
+                    // that crosses a process boundary is.
+                    timeout: claim.timeout_s.map(supervisor_core::bounds::duration),
                     max_attempts: claim.max_attempts,
                     epoch: claim.epoch,
                 };
@@ -379,10 +381,26 @@ impl Supervisor {
             FromChild::SourceFailed { error } => Input::SourceFailed { error },
             FromChild::CancelRequested { job } => Input::CancelRequested { job },
             FromChild::JobStarted { job, pid } => Input::JobStarted { child, job, pid },
-            FromChild::JobEnded { job, end } => Input::JobEnded {
+            FromChild::JobEnded {
+                job,
+                end,
+                ran_for_s,
+                start_error,
+            } => Input::JobEnded {
                 child,
                 job,
                 end: end.map(Into::into),
+                ran_for: ran_for_s.map(supervisor_core::bounds::duration),
+                start_error,
+            },
+            FromChild::Refused {
+                job,
+                attempts,
+                reason,
+            } => Input::JobRefused {
+                job,
+                attempts,
+                reason,
             },
         };
         self.feed(input);
@@ -419,6 +437,30 @@ impl Supervisor {
         self.by_pid.remove(&pid);
         let (end, _) = c.exit.expect("checked above");
         self.feed(Input::Exited { pid, end });
+    }
+
+    /// SIGKILL every child of ours that is not one of our children: processes a job left
+    /// behind, handed to us (a subreaper) when their worker died. Workers kill what their
+    /// jobs leave, so only a worker's death leaves anything here.
+    fn kill_orphans(&mut self) {
+        for _ in 0..100 {
+            let strays: Vec<u32> = supervisor_os::children(std::process::id())
+                .into_iter()
+                .filter(|pid| !self.by_pid.contains_key(pid))
+                .collect();
+            if strays.is_empty() {
+                return;
+            }
+            for pid in strays {
+                for below in supervisor_os::descendants(pid) {
+                    let _ = supervisor_os::signal_pid(below, Sig::SIGKILL);
+                }
+                let _ = supervisor_os::signal_pid(pid, Sig::SIGKILL);
+            }
+            // Reaps them (and any of our children that ended meanwhile: their exits are
+            // handled as usual).
+            self.reap();
+        }
     }
 
     fn close_wait_deadline(&self) -> Option<Time> {
@@ -505,6 +547,9 @@ impl Supervisor {
                 }
                 Action::KillJobGroup { pgid } => {
                     let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
+                    // A dead worker's job may have left processes outside its group:
+                    // they were the worker's (a subreaper), and are ours now.
+                    self.kill_orphans();
                 }
                 Action::Grant { group, n, epoch } => {
                     self.send_to_grabber(ToChild::Grant { group, n, epoch })
@@ -519,8 +564,9 @@ impl Supervisor {
                     outcome,
                     end,
                     next,
+                    start_error,
                 } => {
-                    self.record(job, attempt, outcome, end, next);
+                    self.record(job, attempt, outcome, end, next, start_error);
                 }
                 Action::Release { job, attempt } => {
                     self.claims.remove(&job);
@@ -565,6 +611,7 @@ impl Supervisor {
         outcome: Outcome,
         end: Option<supervisor_core::supervision::ProcessEnd>,
         next: Next,
+        start_error: Option<String>,
     ) {
         self.claims.remove(&job);
         let o = supervisor_store::Outcome {
@@ -577,6 +624,7 @@ impl Supervisor {
             },
             exit_code: end.and_then(|e| e.code()),
             signal: end.and_then(|e| e.signal()),
+            start_error,
         };
         let now = wall_now();
         let next = match next {

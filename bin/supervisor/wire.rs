@@ -36,8 +36,21 @@ pub enum FromChild {
     CancelRequested { job: JobId },
     /// A worker started its job's process (also its process group).
     JobStarted { job: JobId, pid: u32 },
-    /// A worker's job ended; `end` is `None` when its command could not start.
-    JobEnded { job: JobId, end: Option<WireEnd> },
+    /// A worker's job ended; `end` is `None` when its command could not start, and
+    /// `start_error` then says why. `ran_for_s`: from spawn to reap, as the worker timed it.
+    JobEnded {
+        job: JobId,
+        end: Option<WireEnd>,
+        ran_for_s: Option<f64>,
+        start_error: Option<String>,
+    },
+    /// The grabber found a job it cannot run (its stored row is damaged); the store
+    /// ended it `dead` with `reason`.
+    Refused {
+        job: JobId,
+        attempts: u32,
+        reason: String,
+    },
 }
 
 /// What the supervisor sends to a child.
@@ -292,6 +305,7 @@ pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
             outcome,
             end,
             duration,
+            start_error,
         } => {
             m.insert("job_id".into(), json!(job_id));
             m.insert("group".into(), json!(group));
@@ -299,6 +313,7 @@ pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
             m.insert("outcome".into(), json!(outcome.as_str()));
             end_fields(&mut m, *end);
             m.insert("duration_s".into(), json!(duration.as_secs_f64()));
+            m.insert("start_error".into(), json!(start_error));
             "job_finished"
         }
         Event::JobRetryScheduled {
@@ -311,9 +326,16 @@ pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
             m.insert("delay_s".into(), json!(delay.as_secs_f64()));
             "job_retry_scheduled"
         }
-        Event::JobDead { job_id, attempts } => {
+        Event::JobDead {
+            job_id,
+            attempts,
+            reason,
+        } => {
             m.insert("job_id".into(), json!(job_id));
             m.insert("attempts".into(), json!(attempts));
+            if let Some(r) = reason {
+                m.insert("reason".into(), json!(r));
+            }
             "job_dead"
         }
         Event::SupervisorStopping { reason } => {

@@ -7,6 +7,13 @@
 //! CPU on ext4 here, so a log that stays empty is not kept: it becomes this worker's
 //! spare, renamed to the next job's log name (a rename is 40 times cheaper). An
 //! attempt that wrote nothing therefore leaves no log file.
+//!
+//! No process of a job outlives its attempt. The worker is a child subreaper: whatever
+//! the job starts and leaves (a `setsid` daemon, a double fork) becomes the worker's own
+//! child when its parent ends. Once the job's main process has ended, every process left
+//! below the worker gets SIGTERM and, [`STRAGGLER_GRACE`] later, SIGKILL; only when none
+//! is left does the worker report the attempt's end (and take the next job). One
+//! `waitpid` tells that none is left, so a job that leaves nothing costs nothing more.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -14,6 +21,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
@@ -22,10 +30,41 @@ use supervisor_os::{Ended, JobCommand, Sig, Spawner};
 use crate::ipc;
 use crate::wire::{FromChild, JobPayload, ToChild};
 
+/// How long the processes a job left behind have between SIGTERM and SIGKILL.
+const STRAGGLER_GRACE: Duration = Duration::from_secs(5);
+
+/// How often, once they have been SIGKILLed, the worker looks for stragglers again (one
+/// that was forking may have left another).
+const KILL_AGAIN: Duration = Duration::from_millis(50);
+
 enum WorkerEv {
     Msg(ToChild),
     Closed,
-    JobExit { job: i64, ended: Ended },
+    /// The job's main process ended, `ran_for` after its spawn.
+    JobExit {
+        job: i64,
+        ended: Ended,
+        ran_for: Duration,
+    },
+    /// No child of the worker is left: every straggler is gone.
+    AllReaped,
+}
+
+/// What the waiter thread waits for.
+enum WaitFor {
+    /// The job's main process, spawned at `since`.
+    Job { job: i64, pid: u32, since: Instant },
+    /// Every child left (the job's stragglers, handed to us as their parents ended).
+    Rest,
+}
+
+/// An attempt whose main process has ended, waiting for what it left behind to go.
+struct Cleanup {
+    job: i64,
+    ended: Ended,
+    ran_for: Duration,
+    /// When the stragglers get SIGKILL (they got SIGTERM when this began).
+    kill_at: Instant,
 }
 
 struct Running {
@@ -111,6 +150,8 @@ fn start_sigterm_thread() -> std::io::Result<()> {
                 if pgid != 0 {
                     let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
                 }
+                // And whatever left the job's process group: all of it is below us.
+                supervisor_os::kill_descendants(100);
                 std::process::exit(1);
             }
         })?;
@@ -121,6 +162,10 @@ fn start_sigterm_thread() -> std::io::Result<()> {
 pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
     if let Err(e) = start_sigterm_thread() {
         log::error!("worker: cannot handle SIGTERM: {e}");
+        return 1;
+    }
+    if let Err(e) = supervisor_os::become_subreaper() {
+        log::error!("worker: cannot become a child subreaper: {e}");
         return 1;
     }
     let (tx, rx) = match ipc::connect(ipc_name) {
@@ -155,14 +200,27 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
             }
         });
     // One long-lived thread waits for each job in turn (no thread per job).
-    let (wait_tx, wait_rx) = crossbeam_channel::unbounded::<(i64, u32)>();
+    let (wait_tx, wait_rx) = crossbeam_channel::unbounded::<WaitFor>();
     let exit_tx = ev_tx.clone();
     let waiter = std::thread::Builder::new()
         .name("job-waiter".into())
         .spawn(move || {
-            for (job, pid) in wait_rx {
-                let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
-                if exit_tx.send(WorkerEv::JobExit { job, ended }).is_err() {
+            for what in wait_rx {
+                let ev = match what {
+                    WaitFor::Job { job, pid, since } => {
+                        let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
+                        WorkerEv::JobExit {
+                            job,
+                            ended,
+                            ran_for: since.elapsed(),
+                        }
+                    }
+                    WaitFor::Rest => {
+                        supervisor_os::reap_until_none();
+                        WorkerEv::AllReaped
+                    }
+                };
+                if exit_tx.send(ev).is_err() {
                     return;
                 }
             }
@@ -179,8 +237,28 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
         logs: Logs::new(logs, group, slot),
     };
     let mut running: Option<Running> = None;
+    let mut cleanup: Option<Cleanup> = None;
     let mut stop_when_idle = false;
-    for ev in ev_rx {
+    loop {
+        let ev = match &cleanup {
+            None => ev_rx.recv().ok(),
+            Some(c) => {
+                let wait = c.kill_at.saturating_duration_since(Instant::now());
+                match ev_rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                    Ok(ev) => Some(ev),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        // The grace is over: SIGKILL what is left, and look again soon.
+                        kill_stragglers(Sig::SIGKILL);
+                        if let Some(c) = cleanup.as_mut() {
+                            c.kill_at = Instant::now() + KILL_AGAIN;
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                }
+            }
+        };
+        let Some(ev) = ev else { break };
         match ev {
             WorkerEv::Msg(ToChild::Ping) => {
                 if w.tx.send(FromChild::Pong).is_err() {
@@ -188,43 +266,68 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                 }
             }
             WorkerEv::Msg(ToChild::Stop) => {
-                if running.is_none() {
+                if running.is_none() && cleanup.is_none() {
                     return 0;
                 }
                 stop_when_idle = true;
             }
             WorkerEv::Msg(ToChild::Run(job)) => {
-                if running.is_some() {
+                if running.is_some() || cleanup.is_some() {
                     log::error!("worker: asked to run job {} while busy; refusing", job.id);
                     let _ = w.tx.send(FromChild::JobEnded {
                         job: job.id,
                         end: None,
+                        ran_for_s: None,
+                        start_error: Some("its worker was busy".into()),
                     });
                     continue;
                 }
                 running = w.start(&job);
             }
             WorkerEv::Msg(ToChild::SignalJob { job, kill }) => {
+                let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
                 if let Some(r) = running.as_ref().filter(|r| r.job == job) {
-                    let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
                     let _ = supervisor_os::signal_group(r.pgid, sig);
+                } else if cleanup.as_ref().is_some_and(|c| c.job == job) && kill {
+                    // Its main process is gone; what it left goes now.
+                    kill_stragglers(Sig::SIGKILL);
                 }
             }
             WorkerEv::Msg(other) => log::error!("worker: unexpected message {other:?}"),
-            WorkerEv::JobExit { job, ended } => {
+            WorkerEv::JobExit {
+                job,
+                ended,
+                ran_for,
+            } => {
                 if let Some(r) = running.take() {
-                    // Whatever the job left behind in its process group goes with it.
-                    let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
                     JOB_PGID.store(0, Ordering::SeqCst);
                     w.logs.done(r.log, &r.log_path);
                 }
-                if w.tx
-                    .send(FromChild::JobEnded {
+                // Whatever the job left behind, in its process group or not, goes with
+                // it: SIGTERM now, SIGKILL after the grace.
+                if supervisor_os::reap_leaving_any() {
+                    kill_stragglers(Sig::SIGTERM);
+                    if w.wait_tx.send(WaitFor::Rest).is_err() {
+                        break;
+                    }
+                    cleanup = Some(Cleanup {
                         job,
-                        end: Some(ended.into()),
-                    })
-                    .is_err()
-                {
+                        ended,
+                        ran_for,
+                        kill_at: Instant::now() + STRAGGLER_GRACE,
+                    });
+                    continue;
+                }
+                if !w.report_end(job, ended, ran_for) {
+                    break;
+                }
+                if stop_when_idle {
+                    return 0;
+                }
+            }
+            WorkerEv::AllReaped => {
+                let Some(c) = cleanup.take() else { continue };
+                if !w.report_end(c.job, c.ended, c.ran_for) {
                     break;
                 }
                 if stop_when_idle {
@@ -234,16 +337,25 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
             WorkerEv::Closed => break,
         }
     }
-    // The supervisor is gone: so is the job.
+    // The supervisor is gone: so is the job, and all it started.
     if let Some(r) = running {
         let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
     }
+    supervisor_os::kill_descendants(100);
     0
+}
+
+/// Signal every process below this worker: what a job left behind once its main process
+/// ended (all of it is ours to reap, as a subreaper).
+fn kill_stragglers(sig: Sig) {
+    for pid in supervisor_os::descendants(std::process::id()) {
+        let _ = supervisor_os::signal_pid(pid, sig);
+    }
 }
 
 struct Worker {
     tx: IpcSender<FromChild>,
-    wait_tx: Sender<(i64, u32)>,
+    wait_tx: Sender<WaitFor>,
     spawner: Spawner,
     devnull: File,
     env: Vec<(OsString, OsString)>,
@@ -251,6 +363,18 @@ struct Worker {
 }
 
 impl Worker {
+    /// Tell the supervisor the attempt is over; false if it is gone.
+    fn report_end(&self, job: i64, ended: Ended, ran_for: Duration) -> bool {
+        self.tx
+            .send(FromChild::JobEnded {
+                job,
+                end: Some(ended.into()),
+                ran_for_s: Some(ran_for.as_secs_f64()),
+                start_error: None,
+            })
+            .is_ok()
+    }
+
     /// Start one attempt. On failure to start, the reason goes to the job's log and
     /// the attempt ends at once (`end: None`); the worker lives on.
     fn start(&mut self, job: &JobPayload) -> Option<Running> {
@@ -265,6 +389,8 @@ impl Worker {
             let _ = w.tx.send(FromChild::JobEnded {
                 job: job.id,
                 end: None,
+                ran_for_s: None,
+                start_error: Some(format!("cannot start `{what}`: {why}")),
             });
             None
         };
@@ -290,11 +416,17 @@ impl Worker {
             stdin: self.devnull.as_fd(),
             output: log.as_fd(),
         };
+        let since = Instant::now();
         match self.spawner.spawn(&cmd) {
             Ok(pid) => {
                 JOB_PGID.store(pid, Ordering::SeqCst);
                 let _ = self.tx.send(FromChild::JobStarted { job: job.id, pid });
-                if self.wait_tx.send((job.id, pid)).is_err() {
+                let wait = WaitFor::Job {
+                    job: job.id,
+                    pid,
+                    since,
+                };
+                if self.wait_tx.send(wait).is_err() {
                     let _ = supervisor_os::signal_group(pid, Sig::SIGKILL);
                 }
                 Some(Running {

@@ -11,8 +11,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The largest number of seconds any `*_s` key accepts (about 31 years): keeps every
-/// duration far from overflowing when added to a clock reading.
-pub const MAX_SECONDS: f64 = 1_000_000_000.0;
+/// duration far from overflowing when added to a clock reading. The same bound as a job's
+/// `timeout_s` ([`supervisor_core::bounds`]).
+pub const MAX_SECONDS: f64 = supervisor_core::bounds::MAX_SECONDS;
+
+/// The largest `max_attempts` accepted, the same as for a job's own.
+pub const MAX_ATTEMPTS: u32 = supervisor_core::bounds::MAX_ATTEMPTS;
 
 /// The smallest `events.rotate_bytes` accepted.
 pub const MIN_ROTATE_BYTES: u64 = 4096;
@@ -218,7 +222,7 @@ pub struct Group {
 
     /// Attempts before a job is `dead`. A job's own `max_attempts` wins.
     #[serde(default = "default_max_attempts")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
     pub max_attempts: u32,
 
     /// Delay before a failed, timed out or lost attempt is queued again.

@@ -379,7 +379,7 @@ fn schema() -> &'static serde_json::Value {
 
 /// Seconds from a validated file (finite, 0 to [`file::MAX_SECONDS`]) as a duration.
 fn seconds(s: f64) -> Duration {
-    Duration::from_secs_f64(s.clamp(0.0, file::MAX_SECONDS))
+    supervisor_core::bounds::duration(s)
 }
 
 /// `base.join(path)`, without `.` components.

@@ -29,8 +29,8 @@ impl Backoff {
     /// A backoff from seconds, as written in the config.
     pub fn from_secs(initial_s: f64, max_s: f64, jitter: f64) -> Backoff {
         Backoff {
-            initial: Duration::from_secs_f64(initial_s.max(0.0)),
-            max: Duration::from_secs_f64(max_s.max(0.0)),
+            initial: crate::bounds::duration(initial_s),
+            max: crate::bounds::duration(max_s),
             jitter,
         }
     }
@@ -63,7 +63,7 @@ impl Backoff {
         let next = next
             .min(self.max.as_secs_f64())
             .max(self.initial.as_secs_f64());
-        Duration::from_secs_f64(next.min(self.max.as_secs_f64()))
+        crate::bounds::duration(next.min(self.max.as_secs_f64()))
     }
 
     /// The `n`-th delay (0-based) of an uninterrupted run of failures.

@@ -13,6 +13,7 @@
 //! - [`doorbell`]: buildbot's doorbell loop.
 
 pub mod backoff;
+pub mod bounds;
 pub mod clock;
 pub mod doorbell;
 pub mod looping;

@@ -19,9 +19,13 @@ impl Time {
         Time(d)
     }
 
-    /// The time `secs` seconds after the origin.
+    /// The time `secs` seconds after the origin (NaN and negative values: the origin;
+    /// values too large for a `Duration`: the end of time).
     pub fn from_secs_f64(secs: f64) -> Time {
-        Time(Duration::from_secs_f64(secs.max(0.0)))
+        if secs.is_nan() || secs <= 0.0 {
+            return Time::ZERO;
+        }
+        Time(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
     }
 
     /// How far this time lies after the origin.

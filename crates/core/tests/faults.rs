@@ -656,6 +656,8 @@ impl Sim {
                         child: w,
                         job,
                         end: Some(end),
+                        ran_for: None,
+                        start_error: None,
                     },
                 );
             }
@@ -1037,6 +1039,8 @@ impl Sim {
                     child,
                     job: job.id,
                     end: None,
+                    ran_for: None,
+                    start_error: Some("No such file or directory".into()),
                 },
             );
             return;

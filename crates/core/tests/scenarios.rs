@@ -542,6 +542,7 @@ fn a_silent_child_is_killed_and_handled_as_a_crash() {
                 outcome: Outcome::Lost,
                 end: None,
                 next: Next::Retry { delay: secs(1.0) },
+                start_error: None,
             },
         ]
     );
@@ -589,9 +590,54 @@ fn a_job_that_exits_0_succeeds() {
             attempt: 1,
             outcome: Outcome::Succeeded,
             end: OK,
-            duration: secs(2.0)
+            duration: secs(2.0),
+            start_error: None,
         }]
     );
+}
+
+#[test]
+fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    s.at(1.0);
+    let (w, _) = s.start(1, "a");
+    // The messages arrive 2 s apart, but the worker timed the process at 0.25 s.
+    s.at(3.0);
+    let acts = s.feed(Input::JobEnded {
+        child: w,
+        job: 1,
+        end: Some(ProcessEnd::Exited(3)),
+        ran_for: Some(Duration::from_millis(250)),
+        start_error: None,
+    });
+    let finished = events(&acts);
+    assert!(
+        matches!(&finished[0], Event::JobFinished { duration, .. } if *duration == Duration::from_millis(250)),
+        "{finished:?}"
+    );
+    // A command that cannot start: failed, with the reason in the record and the event.
+    let (w, _) = s.start(2, "a");
+    let acts = s.feed(Input::JobEnded {
+        child: w,
+        job: 2,
+        end: None,
+        ran_for: None,
+        start_error: Some("cannot run `nosuch`: No such file or directory".into()),
+    });
+    assert!(
+        acts.iter().any(|a| matches!(a,
+        Action::RecordOutcome { job: 2, outcome: Outcome::Failed, start_error: Some(e), .. }
+            if e.contains("No such file"))),
+        "{acts:?}"
+    );
+    assert!(events(&acts).iter().any(|e| matches!(
+        e,
+        Event::JobFinished {
+            job_id: 2,
+            start_error: Some(_),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -627,8 +673,27 @@ fn a_failed_job_is_retried_after_the_retry_backoff_until_it_is_dead() {
         events(&acts)[1],
         Event::JobDead {
             job_id: 1,
-            attempts: 3
+            attempts: 3,
+            reason: None,
         }
+    );
+}
+
+#[test]
+fn a_job_the_store_refused_is_reported_dead_with_its_reason() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let acts = s.feed(Input::JobRefused {
+        job: 9,
+        attempts: 2,
+        reason: "its supervisor died while running it 3 times".into(),
+    });
+    assert_eq!(
+        events(&acts),
+        [Event::JobDead {
+            job_id: 9,
+            attempts: 2,
+            reason: Some("its supervisor died while running it 3 times".into()),
+        }]
     );
 }
 
@@ -765,6 +830,7 @@ fn a_worker_dying_under_its_job_loses_the_job_at_once() {
         outcome: Outcome::Lost,
         end: None,
         duration: secs(2.0),
+        start_error: None,
     }));
     assert_eq!(restart_scheduled(&acts).len(), 1);
 }
@@ -1091,6 +1157,8 @@ fn a_job_reported_dead_after_a_second_interrupt_is_requeued_not_failed() {
         child: w,
         job: 1,
         end: Some(SIGKILL),
+        ran_for: None,
+        start_error: None,
     });
     assert_eq!(releases(&acts), [(1, 1)]);
     assert!(!acts

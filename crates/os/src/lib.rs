@@ -19,7 +19,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 mod spawn;
+mod tree;
 pub use spawn::{wait_pid, JobCommand, SpawnError, Spawner};
+pub use tree::{children, descendants, kill_descendants, reap_leaving_any, reap_until_none};
 
 /// How a process ended: an exit code or a signal, never squashed into one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

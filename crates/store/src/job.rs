@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use supervisor_core::bounds;
 
 /// A job to queue: the fields of the contract's job object.
 ///
@@ -47,8 +48,10 @@ impl NewJob {
     }
 
     /// Checks the job, naming the first bad field: `command` not empty and its program not
-    /// empty, `timeout_s` finite and > 0, `max_attempts` >= 1, `env` keys not empty and
-    /// without `=`, `group` and `key` not empty, no NUL byte in any string.
+    /// empty, `timeout_s` and `max_attempts` within [`supervisor_core::bounds`] (the same
+    /// bounds as the config's), `env` keys not empty and without `=`, `group` and `key` not
+    /// empty, no NUL byte in any string, and a command and environment small enough for
+    /// `execve` to take. The store checks every row it claims the same way.
     pub fn validate(&self) -> Result<(), String> {
         match self.command.first() {
             None => return Err("command: must not be empty".into()),
@@ -87,12 +90,10 @@ impl NewJob {
             no_nul(cwd, || "cwd".into())?;
         }
         if let Some(t) = self.timeout_s {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(format!("timeout_s: must be a finite number > 0, not {t}"));
-            }
+            bounds::check_seconds(t).map_err(|e| format!("timeout_s: {e}"))?;
         }
-        if self.max_attempts == Some(0) {
-            return Err("max_attempts: must be at least 1".into());
+        if let Some(n) = self.max_attempts {
+            bounds::check_attempts(i64::from(n)).map_err(|e| format!("max_attempts: {e}"))?;
         }
         if let Some(key) = &self.key {
             if key.is_empty() {
@@ -100,7 +101,10 @@ impl NewJob {
             }
             no_nul(key, || "key".into())?;
         }
-        Ok(())
+        bounds::check_exec_size(
+            self.command.iter().map(String::as_str),
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
     }
 }
 
@@ -151,7 +155,14 @@ mod tests {
         assert!(bad(&|j| j.timeout_s = Some(-1.0)).starts_with("timeout_s:"));
         assert!(bad(&|j| j.timeout_s = Some(f64::NAN)).starts_with("timeout_s:"));
         assert!(bad(&|j| j.timeout_s = Some(f64::INFINITY)).starts_with("timeout_s:"));
+        assert!(bad(&|j| j.timeout_s = Some(1e300)).starts_with("timeout_s:"));
         assert!(bad(&|j| j.max_attempts = Some(0)).starts_with("max_attempts:"));
+        assert!(bad(&|j| j.max_attempts = Some(u32::MAX)).starts_with("max_attempts:"));
+        assert!(bad(&|j| j.command.push("x".repeat(200_000))).starts_with("command[1]:"));
+        assert!(bad(&|j| {
+            j.env.insert("BIG".into(), "x".repeat(200_000));
+        })
+        .starts_with("env.BIG:"));
         assert!(bad(&|j| {
             j.env.insert("".into(), "x".into());
         })

@@ -174,6 +174,11 @@ pub struct Job {
     pub owner: Option<InstanceId>,
     /// A cancel was requested while it was running; its supervisor will stop it.
     pub cancel_requested: bool,
+    /// Why it ended as it did, beyond its last outcome: a stored job that cannot be run
+    /// (naming the field), or one whose supervisor died under it too often.
+    pub reason: Option<String>,
+    /// Why its last attempt could not start (a missing program, a bad `cwd`), if so.
+    pub start_error: Option<String>,
 }
 
 impl Job {
@@ -247,6 +252,80 @@ fn selects(matches: &BTreeMap<String, Vec<String>>, tags: &BTreeMap<String, Stri
         .all(|(key, values)| tags.get(key).is_some_and(|v| values.contains(v)))
 }
 
+/// How many deaths of its supervisor a running job survives: taken back from a dead
+/// supervisor this many times, it ends `dead` (a job that kills its supervisor must not
+/// take every next one down too).
+pub const SUPERVISOR_DEATHS: u32 = 3;
+
+/// The `reason` of a job quarantined after [`SUPERVISOR_DEATHS`] deaths of its supervisor.
+pub fn quarantine_reason() -> String {
+    format!("its supervisor died while running it {SUPERVISOR_DEATHS} times")
+}
+
+/// The fields of a stored job that a claim needs, each as read from its column: `Err` holds
+/// what is wrong with the column ("not valid JSON: ..."), for a row written by hand or by
+/// another version.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredRun {
+    pub command: std::result::Result<Vec<String>, String>,
+    pub env: std::result::Result<BTreeMap<String, String>, String>,
+    pub cwd: std::result::Result<Option<String>, String>,
+    pub timeout_s: std::result::Result<Option<f64>, String>,
+    pub max_attempts: std::result::Result<Option<i64>, String>,
+    pub attempts: std::result::Result<i64, String>,
+}
+
+impl StoredRun {
+    /// The next attempt of job `id` in `group`, or why the row cannot be run, naming the
+    /// field: the same checks as [`NewJob::validate`] applies at submit.
+    pub(crate) fn into_claim(self, id: JobId, group: &str) -> std::result::Result<Claimed, String> {
+        fn field(name: &'static str) -> impl Fn(String) -> String {
+            move |e| format!("{name}: {e}")
+        }
+        let max_attempts = match self.max_attempts.map_err(field("max_attempts"))? {
+            None => None,
+            Some(n) => {
+                supervisor_core::bounds::check_attempts(n).map_err(field("max_attempts"))?;
+                Some(u32::try_from(n).map_err(|_| format!("max_attempts: out of range: {n}"))?)
+            }
+        };
+        let attempts = self.attempts.map_err(field("attempts"))?;
+        let attempt = u32::try_from(attempts)
+            .ok()
+            .and_then(|a| a.checked_add(1))
+            .ok_or_else(|| {
+                format!(
+                    "attempts: must be from 0 to {}, not {attempts}",
+                    u32::MAX - 1
+                )
+            })?;
+        let job = NewJob {
+            command: self.command.map_err(field("command"))?,
+            env: self.env.map_err(field("env"))?,
+            cwd: self.cwd.map_err(field("cwd"))?,
+            timeout_s: self.timeout_s.map_err(field("timeout_s"))?,
+            max_attempts,
+            ..NewJob::default()
+        };
+        job.validate()?;
+        Ok(Claimed {
+            id,
+            group: group.to_owned(),
+            command: job.command,
+            env: job.env,
+            cwd: job.cwd,
+            timeout_s: job.timeout_s,
+            max_attempts: job.max_attempts,
+            attempt,
+        })
+    }
+}
+
+/// The `reason` of a job whose stored row cannot be run.
+pub(crate) fn unrunnable_reason(what: &str) -> String {
+    format!("the stored job cannot be run: {what}")
+}
+
 /// A job just claimed: what a worker needs to run one attempt of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claimed {
@@ -285,11 +364,25 @@ impl Backlog {
     }
 }
 
+/// A queued job that a claim found it cannot run (a row damaged by hand or written by
+/// another version) and ended `dead`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The job's id.
+    pub id: JobId,
+    /// Its attempts so far.
+    pub attempts: u32,
+    /// Why, naming the field: the job's `reason`.
+    pub reason: String,
+}
+
 /// The answer of [`JobStore::claim`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ClaimResult {
     /// The jobs claimed, in id order.
     pub jobs: Vec<Claimed>,
+    /// Jobs it would have claimed but that cannot be run: now `dead` with a reason.
+    pub refused: Vec<Refused>,
     /// What is left.
     pub more: Backlog,
 }
@@ -330,7 +423,7 @@ impl std::fmt::Display for OutcomeKind {
 }
 
 /// The outcome of one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// How it ended.
     pub kind: OutcomeKind,
@@ -338,6 +431,9 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     /// Signal number, if a signal ended the process.
     pub signal: Option<i32>,
+    /// Why the command could not be started, if it could not.
+    #[serde(default)]
+    pub start_error: Option<String>,
 }
 
 /// What becomes of a job after an attempt: decided by the caller, applied by the store.
@@ -441,6 +537,10 @@ pub trait JobStore {
     /// than `me` for which `is_dead` says true goes back to `queued` without using up an
     /// attempt (or becomes `canceled`, finished at `now`, if a cancel was requested), and
     /// those instances are forgotten. Returns the ids of the jobs taken back.
+    ///
+    /// Each such job counts one more death of its supervisor; at the
+    /// [`SUPERVISOR_DEATHS`]th it ends `dead` (last outcome `lost`, finished at `now`)
+    /// with the reason [`quarantine_reason`] instead.
     ///
     /// `is_dead` is the caller's policy. The intended one: an instance on the caller's own
     /// host is dead when its pid is gone or names another process (its

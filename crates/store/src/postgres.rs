@@ -43,8 +43,8 @@ use supervisor_config::redact_password;
 use crate::error::Context;
 use crate::outcome_state;
 use crate::{
-    route, Backlog, CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState,
-    JobStore, NewJob, Next, Outcome, Result, Route, StoreError,
+    route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
+    JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
 };
 
 /// The channel that `submit` and `cancel` notify and a [`Listener`] listens on.
@@ -130,6 +130,13 @@ const MIGRATIONS: &[&str] = &[
           AND (state IN ('queued', 'running')
                OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL));
     "#,
+    // Version 2 (SQLite's version 4): why a job ended as it did, why its last attempt
+    // could not start, and how many of its supervisors died while it ran.
+    r#"
+    ALTER TABLE jobs ADD COLUMN reason TEXT;
+    ALTER TABLE jobs ADD COLUMN start_error TEXT;
+    ALTER TABLE jobs ADD COLUMN supervisor_deaths BIGINT NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The newest PostgreSQL schema version this code knows (`supervisor_schema.version` of
@@ -143,7 +150,8 @@ const LIVE: &str = "(state IN ('queued', 'running') \
 /// The columns [`read_job`] expects, in order.
 const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, tags, env, \
      cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, last_outcome, \
-     created_at, started_at, finished_at, not_before, owner, cancel_requested";
+     created_at, started_at, finished_at, not_before, owner, cancel_requested, reason, \
+     start_error";
 
 /// Jobs whose retry time has come are queued again; rows another session has locked are
 /// left to it (parameter: now).
@@ -172,6 +180,25 @@ const TAKE_BACK: &str = "UPDATE jobs SET \
      finished_at = CASE WHEN cancel_requested THEN $2::float8 ELSE finished_at END, \
      owner = NULL \
      WHERE owner = $1 AND state = 'running'";
+
+/// Takes back the running jobs of dead owner `$1` at time `$2` as [`TAKE_BACK`] does,
+/// counting one more death of their supervisor; a job at its
+/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `$3` (`$4`:
+/// the limit).
+const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' \
+                  WHEN supervisor_deaths + 1 >= $4 THEN 'dead' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN attempts \
+                     ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                         WHEN supervisor_deaths + 1 >= $4 THEN 'lost' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN $2::float8 \
+                        ELSE finished_at END, \
+     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= $4 THEN $3::text \
+                   ELSE reason END, \
+     supervisor_deaths = supervisor_deaths + 1, \
+     owner = NULL \
+     WHERE owner = $1 AND state = 'running' RETURNING id";
 
 /// Opens a connection with our defaults: a connect timeout and an application name, when
 /// the URL sets none.
@@ -489,11 +516,6 @@ fn column<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, id: JobId, index: u
     })
 }
 
-/// A JSONB column of job `id`.
-fn json<T: serde::de::DeserializeOwned>(row: &Row, id: JobId, index: usize) -> Result<T> {
-    column::<Json<T>>(row, id, index).map(|Json(value)| value)
-}
-
 /// A BIGINT column of job `id` that holds a `u32`.
 fn count(row: &Row, id: JobId, index: usize) -> Result<u32> {
     let value: i64 = column(row, id, index)?;
@@ -508,37 +530,71 @@ fn parse_state(id: JobId, text: &str) -> Result<JobState> {
 }
 
 /// Reads a row selected with [`JOB_COLUMNS`].
+///
+/// Only the id and the state must be sound (the schema's CHECK keeps the state so): a
+/// JSON column of the wrong shape or a number out of range (damage by hand or by another
+/// version) reads as empty, so that one bad row never hides the others from `jobs` and
+/// `status`. Claims check the columns they run strictly ([`StoredRun`]).
 fn read_job(row: &Row) -> Result<Job> {
     let id: JobId = row.try_get(0).ctx("read a job")?;
     let state: String = column(row, id, 1)?;
-    let max_attempts: Option<i64> = column(row, id, 8)?;
+    fn lenient<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Option<T> {
+        row.try_get::<_, Option<T>>(index).ok().flatten()
+    }
+    fn json<T: serde::de::DeserializeOwned + Default>(row: &Row, index: usize) -> T {
+        lenient::<Json<T>>(row, index)
+            .map(|Json(v)| v)
+            .unwrap_or_default()
+    }
+    let small = |index| lenient::<i64>(row, index).and_then(|n| u32::try_from(n).ok());
     Ok(Job {
         id,
         state: parse_state(id, &state)?,
-        group: column(row, id, 2)?,
-        command: json(row, id, 3)?,
-        tags: json(row, id, 4)?,
-        env: json(row, id, 5)?,
-        cwd: column(row, id, 6)?,
-        timeout_s: column(row, id, 7)?,
-        max_attempts: max_attempts
-            .map(|n| {
-                u32::try_from(n)
-                    .map_err(|_| StoreError::Corrupt(format!("job {id}: max_attempts is {n}")))
-            })
-            .transpose()?,
-        key: column(row, id, 9)?,
-        attempts: count(row, id, 10)?,
-        exit_code: column(row, id, 11)?,
-        signal: column(row, id, 12)?,
-        last_outcome: column(row, id, 13)?,
-        created_at: column(row, id, 14)?,
-        started_at: column(row, id, 15)?,
-        finished_at: column(row, id, 16)?,
-        not_before: column(row, id, 17)?,
-        owner: column(row, id, 18)?,
-        cancel_requested: column(row, id, 19)?,
+        group: lenient(row, 2),
+        command: json(row, 3),
+        tags: json(row, 4),
+        env: json(row, 5),
+        cwd: lenient(row, 6),
+        timeout_s: lenient(row, 7),
+        max_attempts: small(8),
+        key: lenient(row, 9),
+        attempts: small(10).unwrap_or(0),
+        exit_code: lenient(row, 11),
+        signal: lenient(row, 12),
+        last_outcome: lenient(row, 13),
+        created_at: lenient(row, 14).unwrap_or(0.0),
+        started_at: lenient(row, 15),
+        finished_at: lenient(row, 16),
+        not_before: lenient(row, 17),
+        owner: lenient(row, 18),
+        cancel_requested: lenient(row, 19).unwrap_or(false),
+        reason: lenient(row, 20),
+        start_error: lenient(row, 21),
     })
+}
+
+/// The fields a claim runs, from a row of [`candidates_sql`] (columns 3 to 8), each as
+/// stored or with what is wrong with it.
+fn stored_run(row: &Row) -> StoredRun {
+    fn get<'a, T: postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        index: usize,
+    ) -> std::result::Result<T, String> {
+        row.try_get(index).map_err(|e| {
+            let why = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            format!("not the expected value ({why})")
+        })
+    }
+    StoredRun {
+        command: get::<Json<Vec<String>>>(row, 3).map(|Json(v)| v),
+        env: get::<Json<BTreeMap<String, String>>>(row, 4).map(|Json(v)| v),
+        cwd: get(row, 5),
+        timeout_s: get(row, 6),
+        max_attempts: get(row, 7),
+        attempts: get(row, 8),
+    }
 }
 
 /// Reads a row of `instances` (id, host, pid, token, started_at, last_seen).
@@ -704,11 +760,11 @@ fn take_back(
         &[&instance, &now],
         op,
     )?;
-    ids(rows, op)
+    ids_of(rows, op)
 }
 
 /// The first column of `rows`, as job ids in order.
-fn ids(rows: Vec<Row>, op: &'static str) -> Result<Vec<JobId>> {
+fn ids_of(rows: Vec<Row>, op: &'static str) -> Result<Vec<JobId>> {
     let mut ids = rows
         .iter()
         .map(|row| row.try_get::<_, JobId>(0))
@@ -751,7 +807,7 @@ fn insert_unkeyed(
         &[&n],
         op,
     )?;
-    let ids = ids(rows, op)?;
+    let ids = ids_of(rows, op)?;
     let groups: Vec<Option<&str>> = jobs.iter().map(|j| j.group.as_deref()).collect();
     let commands: Vec<Json<&Vec<String>>> = jobs.iter().map(|j| Json(&j.command)).collect();
     let tags: Vec<Json<&BTreeMap<String, String>>> = jobs.iter().map(|j| Json(&j.tags)).collect();
@@ -1017,7 +1073,19 @@ impl JobStore for PostgresStore {
             if unchanged.is_empty() {
                 continue;
             }
-            ids.extend(take_back(&mut self.stmts, &mut tx, instance.id, now)?);
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                TAKE_BACK_ORPHANS,
+                &[
+                    &instance.id,
+                    &now,
+                    &crate::quarantine_reason(),
+                    &i64::from(crate::SUPERVISOR_DEATHS),
+                ],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
             execute(
                 &mut self.stmts,
                 &mut tx,
@@ -1043,6 +1111,7 @@ impl JobStore for PostgresStore {
         tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
         materialise(stmts, &mut tx, now)?;
         let mut claimed = Vec::new();
+        let mut refused = Vec::new();
         let mut after: JobId = 0;
         loop {
             let credit_of = |group: &str| credits.get(group).copied().unwrap_or(0);
@@ -1069,8 +1138,11 @@ impl JobStore for PostgresStore {
             for row in &rows {
                 let id: JobId = row.try_get(0).ctx("claim: read a job")?;
                 after = id;
-                let named_group: Option<String> = column(row, id, 1)?;
-                let tags: BTreeMap<String, String> = json(row, id, 2)?;
+                let named_group: Option<String> = row.try_get(1).ok().flatten();
+                let tags: BTreeMap<String, String> = row
+                    .try_get::<_, Json<BTreeMap<String, String>>>(2)
+                    .map(|Json(t)| t)
+                    .unwrap_or_default();
                 let Some(group) = route(routes, named_group.as_deref(), &tags) else {
                     log::warn!("job {id}: selected for a claim but no route takes it");
                     continue;
@@ -1078,9 +1150,37 @@ impl JobStore for PostgresStore {
                 let Some(credit) = credits.get_mut(group).filter(|credit| **credit > 0) else {
                     continue; // its group ran out of credit in this batch
                 };
-                *credit -= 1;
-                chosen.push((id, group.to_owned()));
-                details.insert(id, row);
+                // A row damaged by hand or by another version is refused, field by
+                // field, without failing the claim.
+                match stored_run(row).into_claim(id, group) {
+                    Ok(run) => {
+                        *credit -= 1;
+                        chosen.push((id, group.to_owned()));
+                        details.insert(id, run);
+                    }
+                    Err(what) => {
+                        let reason = unrunnable_reason(&what);
+                        log::warn!("job {id}: {reason}");
+                        let attempts = row
+                            .try_get::<_, i64>(8)
+                            .ok()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .unwrap_or(0);
+                        execute(
+                            stmts,
+                            &mut tx,
+                            "UPDATE jobs SET state = 'dead', reason = $2, finished_at = $3, \
+                             not_before = NULL WHERE id = $1 AND state = 'queued'",
+                            &[&id, &reason, &now],
+                            "end a job that cannot be run",
+                        )?;
+                        refused.push(Refused {
+                            id,
+                            attempts,
+                            reason,
+                        });
+                    }
+                }
             }
             if !chosen.is_empty() {
                 let ids: Vec<JobId> = chosen.iter().map(|(id, _)| *id).collect();
@@ -1091,7 +1191,8 @@ impl JobStore for PostgresStore {
                     &mut tx,
                     "UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
                          started_at = $2, finished_at = NULL, exit_code = NULL, \
-                         signal = NULL, not_before = NULL, run_group = u.run_group \
+                         signal = NULL, not_before = NULL, run_group = u.run_group, \
+                         start_error = NULL \
                      FROM unnest($3::bigint[], $4::text[]) AS u (id, run_group) \
                      WHERE jobs.id = u.id AND jobs.state = 'queued'",
                     &[&me, &now, &ids, &groups],
@@ -1104,24 +1205,10 @@ impl JobStore for PostgresStore {
                     )));
                 }
             }
-            for (id, group) in chosen {
-                let row = details[&id];
-                claimed.push(Claimed {
-                    id,
-                    group,
-                    command: json(row, id, 3)?,
-                    env: json(row, id, 4)?,
-                    cwd: column(row, id, 5)?,
-                    timeout_s: column(row, id, 6)?,
-                    max_attempts: column::<Option<i64>>(row, id, 7)?
-                        .map(|n| {
-                            u32::try_from(n).map_err(|_| {
-                                StoreError::Corrupt(format!("job {id}: max_attempts is {n}"))
-                            })
-                        })
-                        .transpose()?,
-                    attempt: count(row, id, 8)? + 1,
-                });
+            for (id, _) in chosen {
+                if let Some(run) = details.remove(&id) {
+                    claimed.push(run);
+                }
             }
             if fetched < limit {
                 break; // every matching job was seen
@@ -1143,6 +1230,7 @@ impl JobStore for PostgresStore {
         claimed.sort_by_key(|c| c.id);
         Ok(ClaimResult {
             jobs: claimed,
+            refused,
             more: Backlog {
                 runnable,
                 waiting_until,
@@ -1170,7 +1258,7 @@ impl JobStore for PostgresStore {
                          THEN 'canceled' ELSE $1::text END, \
                  not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
                  owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
-                 finished_at = $6 \
+                 finished_at = $6, start_error = $10 \
              WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9",
             &[
                 &state.as_str(),
@@ -1182,6 +1270,7 @@ impl JobStore for PostgresStore {
                 &id,
                 &i64::from(attempt),
                 &owner,
+                &outcome.start_error,
             ],
             "record an outcome",
         )
@@ -1213,7 +1302,7 @@ impl JobStore for PostgresStore {
             &[&owner, &now, &known],
             op,
         )?;
-        ids(rows, op)
+        ids_of(rows, op)
     }
 
     fn cancel(&mut self, id: JobId, now: f64) -> Result<CancelResult> {

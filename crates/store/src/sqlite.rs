@@ -22,8 +22,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 use crate::error::Context;
 use crate::outcome_state;
 use crate::{
-    route, Backlog, CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState,
-    JobStore, NewJob, Next, Outcome, Result, Route, StoreError,
+    route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
+    JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
 };
 
 /// How long an operation waits for another process's write lock before failing.
@@ -102,6 +102,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN last_seen REAL NOT NULL DEFAULT 0;
     UPDATE instances SET last_seen = started_at;
     "#,
+    // Version 4: why a job ended as it did (a row that cannot be run, a supervisor that
+    // died under it too often), why its last attempt could not start, and how many of
+    // its supervisors died while it ran.
+    r#"
+    ALTER TABLE jobs ADD COLUMN reason TEXT;
+    ALTER TABLE jobs ADD COLUMN start_error TEXT;
+    ALTER TABLE jobs ADD COLUMN supervisor_deaths INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The newest schema version this code knows (`PRAGMA user_version` of a current file).
@@ -110,7 +118,8 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 /// The columns [`read_job`] expects, in order.
 const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, tags, env, \
      cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, last_outcome, \
-     created_at, started_at, finished_at, not_before, owner, cancel_requested";
+     created_at, started_at, finished_at, not_before, owner, cancel_requested, reason, \
+     start_error";
 
 /// Jobs whose retry time has come are queued again.
 const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' \
@@ -285,15 +294,6 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("strings, vectors and string maps always serialise")
 }
 
-/// Parses a JSON column of job `id`.
-fn from_json<T: serde::de::DeserializeOwned>(id: JobId, column: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "job {id}: column {column} is not the expected JSON ({e}): {text}"
-        ))
-    })
-}
-
 /// Parses the state column of job `id`.
 fn parse_state(id: JobId, text: &str) -> Result<JobState> {
     text.parse()
@@ -316,31 +316,119 @@ fn column<T: FromSql>(row: &Row<'_>, id: JobId, index: usize) -> Result<T> {
 }
 
 /// Reads a row selected with [`JOB_COLUMNS`].
+///
+/// Only the id and the state must be sound (the schema's CHECK keeps the state so): a
+/// column damaged by hand or by another version reads as empty, with a warning, so that
+/// one bad row never hides the others from `jobs` and `status`. Claims check the columns
+/// they run strictly ([`StoredRun`]).
 fn read_job(row: &Row<'_>) -> Result<Job> {
     let id: JobId = row.get(0).ctx("read a job")?;
-    let text = |index| column::<String>(row, id, index);
+    let state = parse_state(id, &column::<String>(row, id, 1)?)?;
+    let value = |index| row.get::<_, Value>(index).unwrap_or(Value::Null);
+    let text = |index| match value(index) {
+        Value::Text(t) => Some(t),
+        _ => None,
+    };
+    let real = |index| match value(index) {
+        Value::Real(f) => Some(f),
+        Value::Integer(i) => Some(i as f64),
+        _ => None,
+    };
+    let int = |index| match value(index) {
+        Value::Integer(i) => Some(i),
+        _ => None,
+    };
+    fn json<T: serde::de::DeserializeOwned>(text: Option<String>) -> T
+    where
+        T: Default,
+    {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
     Ok(Job {
         id,
-        state: parse_state(id, &text(1)?)?,
-        group: column(row, id, 2)?,
-        command: from_json(id, "command", &text(3)?)?,
-        tags: from_json(id, "tags", &text(4)?)?,
-        env: from_json(id, "env", &text(5)?)?,
-        cwd: column(row, id, 6)?,
-        timeout_s: column(row, id, 7)?,
-        max_attempts: column(row, id, 8)?,
-        key: column(row, id, 9)?,
-        attempts: column(row, id, 10)?,
-        exit_code: column(row, id, 11)?,
-        signal: column(row, id, 12)?,
-        last_outcome: column(row, id, 13)?,
-        created_at: column(row, id, 14)?,
-        started_at: column(row, id, 15)?,
-        finished_at: column(row, id, 16)?,
-        not_before: column(row, id, 17)?,
-        owner: column(row, id, 18)?,
-        cancel_requested: column(row, id, 19)?,
+        state,
+        group: text(2),
+        command: json(text(3)),
+        tags: json(text(4)),
+        env: json(text(5)),
+        cwd: text(6),
+        timeout_s: real(7),
+        max_attempts: int(8).and_then(|n| u32::try_from(n).ok()),
+        key: text(9),
+        attempts: int(10).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        exit_code: int(11).and_then(|n| i32::try_from(n).ok()),
+        signal: int(12).and_then(|n| i32::try_from(n).ok()),
+        last_outcome: text(13),
+        created_at: real(14).unwrap_or(0.0),
+        started_at: real(15),
+        finished_at: real(16),
+        not_before: real(17),
+        owner: int(18),
+        cancel_requested: int(19).is_some_and(|n| n != 0),
+        reason: text(20),
+        start_error: text(21),
     })
+}
+
+/// A column of a candidate row as a claim reads it: its value, or what is wrong with it.
+fn stored<T>(value: &Value, read: impl Fn(&Value) -> Option<T>) -> std::result::Result<T, String> {
+    read(value).ok_or_else(|| format!("a stored value of the wrong type: {}", shown(value)))
+}
+
+/// A raw column value, short, for a reason.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) => format!("{:?}", t.chars().take(60).collect::<String>()),
+        Value::Blob(b) => format!("a blob of {} bytes", b.len()),
+    }
+}
+
+/// A JSON text column of a candidate row.
+fn stored_json<T: serde::de::DeserializeOwned>(value: &Value) -> std::result::Result<T, String> {
+    match value {
+        Value::Text(text) => {
+            serde_json::from_str(text).map_err(|e| format!("not the expected JSON ({e})"))
+        }
+        other => Err(format!(
+            "a stored value of the wrong type: {}",
+            shown(other)
+        )),
+    }
+}
+
+/// The fields a claim runs, from a row of [`candidates_sql`] (columns 3 to 8).
+fn stored_run(row: &[Value]) -> StoredRun {
+    let opt_text = |v: &Value| match v {
+        Value::Null => Some(None),
+        Value::Text(t) => Some(Some(t.clone())),
+        _ => None,
+    };
+    let opt_real = |v: &Value| match v {
+        Value::Null => Some(None),
+        Value::Real(f) => Some(Some(*f)),
+        Value::Integer(i) => Some(Some(*i as f64)),
+        _ => None,
+    };
+    let opt_int = |v: &Value| match v {
+        Value::Null => Some(None),
+        Value::Integer(i) => Some(Some(*i)),
+        _ => None,
+    };
+    StoredRun {
+        command: stored_json(&row[3]),
+        env: stored_json(&row[4]),
+        cwd: stored(&row[5], opt_text),
+        timeout_s: stored(&row[6], opt_real),
+        max_attempts: stored(&row[7], opt_int),
+        attempts: stored(&row[8], |v| match v {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        }),
+    }
 }
 
 /// Which groups a [`Filter`] selects jobs for (`None`: every group).
@@ -406,8 +494,10 @@ impl Filter {
                 self.sql.push_str(" AND 0");
                 continue;
             }
+            // Tags damaged by hand are no tags (json_each would fail the whole query).
             self.sql.push_str(
-                " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE key = ? AND value IN (",
+                " AND EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(jobs.tags) \
+                 THEN jobs.tags ELSE '{}' END) WHERE key = ? AND value IN (",
             );
             self.params.push(Value::Text(key.clone()));
             for (i, value) in values.iter().enumerate() {
@@ -452,20 +542,6 @@ fn waiting_sql(filter: &Filter) -> String {
     )
 }
 
-/// A queued job that a claim may take.
-#[derive(Debug)]
-struct Candidate {
-    id: JobId,
-    named_group: Option<String>,
-    tags: String,
-    command: String,
-    env: String,
-    cwd: Option<String>,
-    timeout_s: Option<f64>,
-    max_attempts: Option<u32>,
-    attempts: u32,
-}
-
 /// Gives back the running jobs of owner `?1` at time `?2`: queued without using up an
 /// attempt (`finished_at` left unset, as the claim left it), or canceled at `?2` if a
 /// cancel was requested. Every way of taking a job back narrows this down.
@@ -474,6 +550,25 @@ const TAKE_BACK: &str = "UPDATE jobs SET \
      attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
      last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
      finished_at = CASE WHEN cancel_requested THEN ?2 ELSE finished_at END, \
+     owner = NULL \
+     WHERE owner = ?1 AND state = 'running'";
+
+/// Takes back the running jobs of dead owner `?1` at time `?2` as [`TAKE_BACK`] does,
+/// counting one more death of their supervisor; a job at its
+/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `?3` (`?4`:
+/// the limit).
+const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' \
+                  WHEN supervisor_deaths + 1 >= ?4 THEN 'dead' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= ?4 THEN attempts \
+                     ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                         WHEN supervisor_deaths + 1 >= ?4 THEN 'lost' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= ?4 THEN ?2 \
+                        ELSE finished_at END, \
+     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= ?4 THEN ?3 \
+                   ELSE reason END, \
+     supervisor_deaths = supervisor_deaths + 1, \
      owner = NULL \
      WHERE owner = ?1 AND state = 'running'";
 
@@ -639,7 +734,22 @@ impl JobStore for SqliteStore {
             if !unchanged {
                 continue;
             }
-            ids.extend(take_back(&tx, instance.id, now)?);
+            let taken = tx
+                .prepare_cached(&format!("{TAKE_BACK_ORPHANS} RETURNING id"))
+                .and_then(|mut stmt| {
+                    stmt.query_map(
+                        params![
+                            instance.id,
+                            now,
+                            crate::quarantine_reason(),
+                            crate::SUPERVISOR_DEATHS
+                        ],
+                        |row| row.get::<_, JobId>(0),
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .ctx("requeue orphans")?;
+            ids.extend(taken);
             tx.execute("DELETE FROM instances WHERE id = ?1", [instance.id])
                 .ctx("requeue orphans")?;
         }
@@ -661,6 +771,7 @@ impl JobStore for SqliteStore {
             .ctx("claim")?;
         materialise(&tx, now)?;
         let mut claimed = Vec::new();
+        let mut refused = Vec::new();
         let mut after: JobId = 0;
         loop {
             let credit_of = |group: &str| credits.get(group).copied().unwrap_or(0);
@@ -677,60 +788,73 @@ impl JobStore for SqliteStore {
             let mut values = vec![Value::Real(now), Value::Integer(after)];
             values.extend(filter.params);
             values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-            let candidates: Vec<Candidate> = tx
+            // Every column as it is stored: a row damaged by hand or by another version
+            // is refused below, field by field, without failing the claim.
+            let candidates: Vec<(JobId, Vec<Value>)> = tx
                 .prepare_cached(&sql)
                 .and_then(|mut stmt| {
                     stmt.query_map(params_from_iter(values), |row| {
-                        Ok(Candidate {
-                            id: row.get(0)?,
-                            named_group: row.get(1)?,
-                            tags: row.get(2)?,
-                            command: row.get(3)?,
-                            env: row.get(4)?,
-                            cwd: row.get(5)?,
-                            timeout_s: row.get(6)?,
-                            max_attempts: row.get(7)?,
-                            attempts: row.get(8)?,
-                        })
+                        let values = (0..9)
+                            .map(|i| row.get::<_, Value>(i))
+                            .collect::<rusqlite::Result<Vec<Value>>>()?;
+                        Ok((row.get(0)?, values))
                     })?
                     .collect()
                 })
                 .ctx("claim: find runnable jobs")?;
             let fetched = candidates.len() as u64;
-            for c in candidates {
-                after = c.id;
-                let tags: BTreeMap<String, String> = from_json(c.id, "tags", &c.tags)?;
-                let Some(group) = route(routes, c.named_group.as_deref(), &tags) else {
-                    log::warn!("job {}: selected for a claim but no route takes it", c.id);
+            for (id, row) in candidates {
+                after = id;
+                let named_group = match &row[1] {
+                    Value::Text(g) => Some(g.as_str()),
+                    _ => None,
+                };
+                let tags: BTreeMap<String, String> = stored_json(&row[2]).unwrap_or_default();
+                let Some(group) = route(routes, named_group, &tags) else {
+                    log::warn!("job {id}: selected for a claim but no route takes it");
                     continue;
                 };
                 let Some(credit) = credits.get_mut(group).filter(|credit| **credit > 0) else {
                     continue; // its group ran out of credit in this batch
                 };
+                let run = match stored_run(&row).into_claim(id, group) {
+                    Ok(run) => run,
+                    Err(what) => {
+                        let reason = unrunnable_reason(&what);
+                        log::warn!("job {id}: {reason}");
+                        let attempts = match row[8] {
+                            Value::Integer(n) => u32::try_from(n).unwrap_or(0),
+                            _ => 0,
+                        };
+                        tx.prepare_cached(
+                            "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, \
+                             not_before = NULL WHERE id = ?1 AND state = 'queued'",
+                        )
+                        .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
+                        .ctx("end a job that cannot be run")?;
+                        refused.push(Refused {
+                            id,
+                            attempts,
+                            reason,
+                        });
+                        continue;
+                    }
+                };
                 let changed = tx
                     .prepare_cached(
                         "UPDATE jobs SET state = 'running', owner = ?1, attempts = attempts + 1, \
                          started_at = ?2, finished_at = NULL, exit_code = NULL, signal = NULL, \
-                         not_before = NULL, run_group = ?3 \
+                         not_before = NULL, run_group = ?3, start_error = NULL \
                          WHERE id = ?4 AND state = 'queued'",
                     )
-                    .and_then(|mut stmt| stmt.execute(params![me, now, group, c.id]))
+                    .and_then(|mut stmt| stmt.execute(params![me, now, group, id]))
                     .ctx("claim a job")?;
                 if changed != 1 {
-                    log::warn!("job {}: taken by another claimer", c.id);
+                    log::warn!("job {id}: taken by another claimer");
                     continue;
                 }
                 *credit -= 1;
-                claimed.push(Claimed {
-                    id: c.id,
-                    group: group.to_owned(),
-                    command: from_json(c.id, "command", &c.command)?,
-                    env: from_json(c.id, "env", &c.env)?,
-                    cwd: c.cwd,
-                    timeout_s: c.timeout_s,
-                    max_attempts: c.max_attempts,
-                    attempt: c.attempts + 1,
-                });
+                claimed.push(run);
             }
             if fetched < limit {
                 break; // every matching job was seen
@@ -754,6 +878,7 @@ impl JobStore for SqliteStore {
         tx.commit().ctx("claim")?;
         Ok(ClaimResult {
             jobs: claimed,
+            refused,
             more: Backlog {
                 runnable,
                 waiting_until,
@@ -796,7 +921,7 @@ impl JobStore for SqliteStore {
         let changed = tx
             .prepare_cached(
                 "UPDATE jobs SET state = ?1, not_before = ?2, owner = NULL, exit_code = ?3, \
-                 signal = ?4, last_outcome = ?5, finished_at = ?6 \
+                 signal = ?4, last_outcome = ?5, finished_at = ?6, start_error = ?10 \
                  WHERE id = ?7 AND state = 'running' AND attempts = ?8 AND owner = ?9",
             )
             .and_then(|mut stmt| {
@@ -809,7 +934,8 @@ impl JobStore for SqliteStore {
                     now,
                     id,
                     attempt,
-                    owner
+                    owner,
+                    outcome.start_error
                 ])
             })
             .ctx("record an outcome")?;
@@ -1098,6 +1224,7 @@ mod tests {
                 kind: OutcomeKind::Succeeded,
                 exit_code: Some(0),
                 signal: None,
+                start_error: None,
             };
             assert!(store
                 .record_outcome(j.id, j.attempt, me, &outcome, Next::Done, 3.0)

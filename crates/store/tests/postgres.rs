@@ -354,6 +354,7 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
         kind: supervisor_store::OutcomeKind::Succeeded,
         exit_code: Some(0),
         signal: None,
+        start_error: None,
     };
     assert!(!b
         .record_outcome(ids[0], 1, ib, &ok, supervisor_store::Next::Done, 133.0)

@@ -87,6 +87,8 @@ pub enum Event {
         outcome: Outcome,
         end: Option<ProcessEnd>,
         duration: Duration,
+        /// Why the command could not be started, if it could not.
+        start_error: Option<String>,
     },
     /// The job will be queued again after `delay`.
     JobRetryScheduled {
@@ -94,8 +96,13 @@ pub enum Event {
         attempt: u32,
         delay: Duration,
     },
-    /// The job used up its attempts.
-    JobDead { job_id: JobId, attempts: u32 },
+    /// The job used up its attempts, or (with a `reason`) the store ended it without
+    /// running it: its stored row cannot be run, or its supervisor died under it too often.
+    JobDead {
+        job_id: JobId,
+        attempts: u32,
+        reason: Option<String>,
+    },
     /// A graceful (or immediate) stop began.
     SupervisorStopping { reason: String },
     /// Every child is gone; the supervisor exits with `code`.

@@ -104,14 +104,25 @@ pub enum Input {
         pid: u32,
     },
     /// A worker's job ended: `end` is how its process ended, or `None` when the command
-    /// could not be started at all.
+    /// could not be started at all (`start_error` then says why). `ran_for` is the time
+    /// from spawn to reap as the worker measured it (the core's own measure, between two
+    /// messages, is only a fallback).
     JobEnded {
         child: ChildId,
         job: JobId,
         end: Option<ProcessEnd>,
+        ran_for: Option<Duration>,
+        start_error: Option<String>,
     },
     /// `supervisor cancel` asked for a running job to be stopped.
     CancelRequested { job: JobId },
+    /// The store ended a job `dead` without running it, for `reason`: its stored row
+    /// cannot be run, or its supervisor died under it too often.
+    JobRefused {
+        job: JobId,
+        attempts: u32,
+        reason: String,
+    },
     /// A new config generation, already validated.
     Reload(Spec),
     /// SIGTERM/SIGINT (`immediate: false`), or a second SIGINT (`immediate: true`).
@@ -158,6 +169,8 @@ pub enum Action {
         outcome: Outcome,
         end: Option<ProcessEnd>,
         next: Next,
+        /// Why the command could not be started, if it could not.
+        start_error: Option<String>,
     },
     /// Put a claimed job back in the queue without using up an attempt.
     Release { job: JobId, attempt: u32 },
@@ -168,6 +181,15 @@ pub enum Action {
     Emit(Event),
     /// Everything has stopped: exit the process with `code`.
     Exit { code: i32 },
+}
+
+/// What a worker measured about an attempt, beside how its process ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Facts {
+    /// From spawn to reap.
+    ran_for: Option<Duration>,
+    /// Why the command could not be started.
+    start_error: Option<String>,
 }
 
 /// One row of the child table, for `status` and the events file's snapshots.
@@ -513,8 +535,29 @@ impl Core {
                 self.empty_at = None;
             }
             Input::JobStarted { child, job, pid } => self.job_started(now, child, job, pid),
-            Input::JobEnded { child, job, end } => self.job_ended(now, child, job, end),
+            Input::JobEnded {
+                child,
+                job,
+                end,
+                ran_for,
+                start_error,
+            } => {
+                let facts = Facts {
+                    ran_for,
+                    start_error,
+                };
+                self.job_ended(now, child, job, end, facts)
+            }
             Input::CancelRequested { job } => self.cancel(now, job),
+            Input::JobRefused {
+                job,
+                attempts,
+                reason,
+            } => self.out.push(Action::Emit(Event::JobDead {
+                job_id: job,
+                attempts,
+                reason: Some(reason),
+            })),
             Input::Reload(spec) => self.reload(now, spec),
             Input::Shutdown { reason, immediate } => self.shutdown(now, reason, immediate, 0),
         }
@@ -720,11 +763,15 @@ impl Core {
             // during a stop; only a job that was running on, or stopped for the
             // shutdown, goes back to the queue without using an attempt.
             match run.stop.map(|s| s.reason) {
-                Some(StopReason::Cancel) => self.finish_job(now, run, Outcome::Canceled, None),
-                Some(StopReason::Timeout) => self.finish_job(now, run, Outcome::TimedOut, None),
+                Some(StopReason::Cancel) => {
+                    self.finish_job(now, run, Outcome::Canceled, None, Facts::default())
+                }
+                Some(StopReason::Timeout) => {
+                    self.finish_job(now, run, Outcome::TimedOut, None, Facts::default())
+                }
                 Some(StopReason::Shutdown) => self.release(run.job),
                 None if self.is_stopping() => self.release(run.job),
-                None => self.finish_job(now, run, Outcome::Lost, None),
+                None => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
             }
             // A lost job may be queued again: a report of an empty source made while it
             // ran must not end an until-empty run.
@@ -1171,7 +1218,14 @@ impl Core {
         }));
     }
 
-    fn job_ended(&mut self, now: Time, child: ChildId, job: JobId, end: Option<ProcessEnd>) {
+    fn job_ended(
+        &mut self,
+        now: Time,
+        child: ChildId,
+        job: JobId,
+        end: Option<ProcessEnd>,
+        facts: Facts,
+    ) {
         let Some(c) = self.children.get_mut(&child) else {
             return;
         };
@@ -1194,14 +1248,21 @@ impl Core {
                 (_, Some(e)) if e.success() => Outcome::Succeeded,
                 _ => Outcome::Failed,
             };
-            self.finish_job(now, run, outcome, end);
+            self.finish_job(now, run, outcome, end, facts);
         }
         self.source_changed();
         self.worker_idle(now, child, &group);
     }
 
     /// Decide what follows an attempt and record it: done, retry, or dead.
-    fn finish_job(&mut self, now: Time, run: JobRun, outcome: Outcome, end: Option<ProcessEnd>) {
+    fn finish_job(
+        &mut self,
+        now: Time,
+        run: JobRun,
+        outcome: Outcome,
+        end: Option<ProcessEnd>,
+        facts: Facts,
+    ) {
         let job = &run.job;
         let next = if !outcome.retryable() {
             Next::Done
@@ -1218,13 +1279,16 @@ impl Core {
                 delay: backoff.nth_delay(job.attempt.saturating_sub(1), &mut *self.rng),
             }
         };
-        let duration = now.saturating_since(run.started_at.unwrap_or(run.assigned_at));
+        let duration = facts
+            .ran_for
+            .unwrap_or_else(|| now.saturating_since(run.started_at.unwrap_or(run.assigned_at)));
         self.out.push(Action::RecordOutcome {
             job: job.id,
             attempt: job.attempt,
             outcome,
             end,
             next,
+            start_error: facts.start_error.clone(),
         });
         self.out.push(Action::Emit(Event::JobFinished {
             job_id: job.id,
@@ -1233,6 +1297,7 @@ impl Core {
             outcome,
             end,
             duration,
+            start_error: facts.start_error,
         }));
         match next {
             Next::Done => {}
@@ -1244,6 +1309,7 @@ impl Core {
             Next::Dead => self.out.push(Action::Emit(Event::JobDead {
                 job_id: job.id,
                 attempts: job.attempt,
+                reason: None,
             })),
         }
     }
@@ -1264,7 +1330,7 @@ impl Core {
                     stop: None,
                 };
                 let name = run.job.group.clone();
-                self.finish_job(now, run, Outcome::Canceled, None);
+                self.finish_job(now, run, Outcome::Canceled, None, Facts::default());
                 self.refill(&name);
                 return;
             }

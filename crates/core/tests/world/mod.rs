@@ -239,7 +239,13 @@ impl Story {
 
     /// The job running on `child` ended with `end`.
     pub fn end(&mut self, child: ChildId, job: JobId, end: Option<ProcessEnd>) -> Vec<Action> {
-        self.feed(Input::JobEnded { child, job, end })
+        self.feed(Input::JobEnded {
+            child,
+            job,
+            end,
+            ran_for: None,
+            start_error: end.is_none().then(|| "cannot start".to_string()),
+        })
     }
 
     /// `child`'s process was reaped with `end`.

@@ -19,6 +19,7 @@ pub fn outcome(kind: OutcomeKind) -> Outcome {
             OutcomeKind::TimedOut | OutcomeKind::Canceled => Some(9),
             _ => None,
         },
+        start_error: None,
     }
 }
 
@@ -1151,7 +1152,7 @@ pub fn extreme_numbers_round_trip(new: Factory) {
     let id = s
         .submit(
             &[NewJob {
-                max_attempts: Some(u32::MAX),
+                max_attempts: Some(supervisor_core::bounds::MAX_ATTEMPTS),
                 timeout_s: Some(1e-9),
                 ..job_in("g")
             }],
@@ -1161,12 +1162,16 @@ pub fn extreme_numbers_round_trip(new: Factory) {
     let res = s
         .claim(me, &[named("g")], &mut credits(&[("g", 1)]), 1e12)
         .unwrap();
-    assert_eq!(res.jobs[0].max_attempts, Some(u32::MAX));
+    assert_eq!(
+        res.jobs[0].max_attempts,
+        Some(supervisor_core::bounds::MAX_ATTEMPTS)
+    );
     assert_eq!(res.jobs[0].timeout_s, Some(1e-9));
     let outcome = Outcome {
         kind: OutcomeKind::Failed,
         exit_code: Some(i32::MIN),
         signal: Some(i32::MAX),
+        start_error: None,
     };
     assert!(s
         .record_outcome(id, 1, me, &outcome, Next::Done, 1e12 + 0.5)
@@ -1212,6 +1217,7 @@ pub fn handles_claiming_at_once_never_double_claim(new: Factory, threads: u32, t
                                 kind: OutcomeKind::Succeeded,
                                 exit_code: Some(0),
                                 signal: None,
+                                start_error: None,
                             };
                             assert!(s
                                 .record_outcome(c.id, c.attempt, me, &ok, Next::Done, 3.0)

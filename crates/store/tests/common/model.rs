@@ -76,6 +76,8 @@ struct M {
     finished_at: Option<f64>,
     /// Attempts ever claimed (never decremented).
     claims: u32,
+    /// Supervisors that died while it ran.
+    deaths: u32,
 }
 
 impl M {
@@ -152,6 +154,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 cancel_requested: false,
                                 finished_at: None,
                                 claims: 0,
+                                deaths: 0,
                             });
                         }
                     }
@@ -242,6 +245,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     kind,
                     exit_code: None,
                     signal: None,
+                    start_error: None,
                 };
                 let applied = s
                     .record_outcome(m.id, attempt, owner, &outcome, next, now)
@@ -318,7 +322,15 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut expected = Vec::new();
                 for m in model.iter_mut().filter(|m| m.owner == Some(victim)) {
                     expected.push(m.id);
-                    give_back(m, now);
+                    m.deaths += 1;
+                    if m.deaths >= supervisor_store::SUPERVISOR_DEATHS && !m.cancel_requested {
+                        // Quarantined: a job its supervisors keep dying under.
+                        m.owner = None;
+                        m.state = JobState::Dead;
+                        m.finished_at = Some(now);
+                    } else {
+                        give_back(m, now);
+                    }
                 }
                 prop_assert_eq!(back, expected);
                 insts[dead] = instance(&mut *s, 50 + dead as u32);
@@ -343,6 +355,12 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
             );
             prop_assert_eq!(j.owner.is_some(), j.state == JobState::Running);
             prop_assert_eq!(j.finished_at, m.finished_at, "job {}", j.id);
+            prop_assert_eq!(
+                j.reason.is_some(),
+                m.deaths >= supervisor_store::SUPERVISOR_DEATHS && j.state == JobState::Dead,
+                "job {}",
+                j.id
+            );
         }
         let counts = s.counts(now).unwrap();
         prop_assert_eq!(counts.values().sum::<u64>(), model.len() as u64);
