@@ -320,7 +320,7 @@ fn status_of_a_stopped_supervisor_shows_the_last_known_state() {
     let rows = table_rows(&text);
     assert_eq!(rows.len(), 3, "{text}");
     let row = row_of(&rows, busy, &text);
-    assert_eq!(row[1], "busy", "{row:?}");
+    assert_eq!(row[1], "gone", "{row:?}");
     assert_eq!(row[5], held.id.to_string(), "{row:?}");
     let st = sb.status_json();
     assert_eq!(st["supervisor"]["running"], false, "{st}");
@@ -332,7 +332,7 @@ fn status_of_a_stopped_supervisor_shows_the_last_known_state() {
         .find(|c| c["pid"] == busy)
         .unwrap_or_else(|| panic!("no child row for {busy}: {st}"))
         .clone();
-    assert_eq!(row["state"], "busy", "{row}");
+    assert_eq!(row["state"], "gone", "{row}");
     assert_eq!(row["job_id"], held.id, "{row}");
     assert_eq!(st["jobs"]["running"], 1, "{st}");
     drop(sv);
@@ -354,7 +354,7 @@ fn status_of_a_stopped_supervisor_shows_the_last_known_state() {
     let rows = table_rows(&text);
     assert_eq!(rows.len(), 3, "{text}");
     for r in &rows {
-        assert_eq!(r[1], "exited", "{text}");
+        assert_eq!(r[1], "gone", "{text}");
         assert_eq!(r[5], "-", "{text}");
     }
     assert!(text.contains("succeeded 1"), "{text}");

@@ -4,6 +4,7 @@
 mod chaos;
 mod common;
 mod contract;
+mod down;
 mod jobs;
 mod notify;
 mod operate;
@@ -11,5 +12,4 @@ mod postgres;
 mod process;
 mod reload;
 mod smoke;
-mod down;
 mod survive;

@@ -39,6 +39,12 @@ pub enum Ev {
     BadMessage { child: ChildId, error: String },
     /// The store's doorbell rang on some host (PostgreSQL's NOTIFY): wake the grabber.
     Doorbell,
+    /// A thread of the supervisor other than the loop's panicked.
+    Panicked {
+        message: String,
+        location: String,
+        thread: String,
+    },
 }
 
 /// The hub: a thread that selects over every child's receiver.

@@ -8,10 +8,13 @@ mod events_file;
 mod grabber;
 mod ipc;
 mod notify;
+mod pending;
 mod run;
 mod shared;
 mod store;
 mod wire;
+#[cfg(test)]
+mod wire_fuzz;
 mod worker;
 
 use std::path::PathBuf;

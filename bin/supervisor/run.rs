@@ -18,6 +18,7 @@ use supervisor_os::{PidFile, PidFileState, Sig};
 
 use crate::checkpointer::Checkpointer;
 use crate::notify::Notifier;
+use crate::pending::{Pending, Tried, Waiting};
 use crate::shared::Me;
 
 use crate::events_file::{wall_now, EventsFile};
@@ -69,6 +70,59 @@ struct Supervisor {
     touch_at: Option<Instant>,
     notifier: Notifier,
     told_stopping: bool,
+    /// Outcomes the store could not take yet, with the events that announce them.
+    pending: Pending,
+    /// How to open the store again when its connection broke.
+    store_arg: crate::wire::StoreArg,
+}
+
+/// The name of the event a panicking supervisor writes before it exits.
+pub const PANIC_EVENT: &str = "supervisor_panicked";
+
+/// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
+/// exits and leaves those jobs `running` for the next run to give back.
+const PENDING_AT_EXIT: Duration = Duration::from_secs(30);
+
+/// A panic on another thread than the loop's, for the loop to record before exiting.
+static PANIC_TX: std::sync::OnceLock<Sender<Ev>> = std::sync::OnceLock::new();
+
+/// The last panic's message and location, for the loop's `catch_unwind`.
+static LAST_PANIC: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+/// Record every panic (message, location, thread) before it unwinds, and still print
+/// it as Rust does. A panic on the loop's thread unwinds to `run`, which writes it to
+/// the events file; one on a helper thread (hub, signals, accept) is sent to the loop,
+/// which does the same. Either way the supervisor then exits with failure: its workers
+/// take their jobs down (their death signal) and the next run gives those jobs back,
+/// counting a death of their supervisor.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        if let Ok(mut last) = LAST_PANIC.try_lock() {
+            *last = Some((message.clone(), location.clone()));
+        }
+        if thread != "main" {
+            if let Some(tx) = PANIC_TX.get() {
+                let _ = tx.send(Ev::Panicked {
+                    message: message.clone(),
+                    location: location.clone(),
+                    thread,
+                });
+            }
+        }
+        default(info);
+    }));
 }
 
 /// Run the supervisor in the foreground until it stops; returns the exit code.
@@ -95,6 +149,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         Err(_) => return Err(anyhow!("cannot create the pidfile {}", pid_path.display())),
     };
     supervisor_os::become_subreaper().context("cannot become child subreaper")?;
+    install_panic_hook();
 
     let store_arg = crate::store::arg(&config.store);
     let mut store = crate::store::open_hot(&store_arg)
@@ -116,6 +171,9 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         .map(|i| crate::shared::marker(i.pid, &i.token))
         .collect();
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
+    // Those whose supervisors keep dying under them are dead now: said once the events
+    // file is open.
+    let quarantined = quarantined(&mut store, &orphans, now);
     let killed = crate::shared::kill_leftovers(&dead_here);
     if !killed.is_empty() {
         log::warn!("killed processes {killed:?} left behind by the jobs of a dead supervisor");
@@ -128,6 +186,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     }
 
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
+    let _ = PANIC_TX.set(queue_tx.clone());
     start_signal_thread(queue_tx.clone())?;
     // A store shared across hosts: keep our instance alive there, find dead ones, and
     // hear the doorbell of `submit` on any host.
@@ -178,6 +237,8 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         touch_at,
         notifier: Notifier::from_env(),
         told_stopping: false,
+        pending: Pending::default(),
+        store_arg,
     };
     sv.snapshot();
     let mut f = Map::new();
@@ -186,11 +247,50 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     f.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     sv.emit("supervisor_started", f);
     sv.config_event("config_loaded", None);
+    for (job, attempts, reason) in quarantined {
+        log::error!("job {job}: {reason}; it is dead");
+        sv.feed(Input::JobRefused {
+            job,
+            attempts,
+            reason,
+        });
+    }
     sv.feed(Input::Start);
     sv.notifier.ready();
-    let code = sv.event_loop(&queue_rx);
+    let looped =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sv.event_loop(&queue_rx)));
+    let code = match looped {
+        Ok(code) => code,
+        Err(_) => {
+            let (message, location) = LAST_PANIC
+                .lock()
+                .ok()
+                .and_then(|mut p| p.take())
+                .unwrap_or_default();
+            sv.record_panic(&message, &location, "main");
+            return Ok(EXIT_FAILURE);
+        }
+    };
     let _ = sv.store.unregister_instance(sv.instance, wall_now());
     Ok(code)
+}
+
+/// Of the jobs just taken back from dead supervisors, those that the store quarantined
+/// (dead, with the quarantine reason), as (id, attempts, reason).
+fn quarantined(
+    store: &mut crate::store::Store,
+    taken: &[i64],
+    now: f64,
+) -> Vec<(i64, u32, String)> {
+    let reason = supervisor_store::quarantine_reason();
+    taken
+        .iter()
+        .filter_map(|&id| store.get(id, now).ok().flatten())
+        .filter(|j| {
+            j.state == supervisor_store::JobState::Dead && j.reason.as_deref() == Some(&reason)
+        })
+        .map(|j| (j.id, j.attempts, reason.clone()))
+        .collect()
 }
 
 fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
@@ -216,6 +316,7 @@ impl Supervisor {
     fn event_loop(&mut self, rx: &Receiver<Ev>) -> i32 {
         loop {
             if let Some(code) = self.exit_code {
+                self.flush_pending();
                 return if self.failed { EXIT_FAILURE } else { code };
             }
             let deadline = [
@@ -223,6 +324,9 @@ impl Supervisor {
                 self.reloads.next_deadline(),
                 self.close_wait_deadline(),
                 self.touch_at
+                    .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
+                self.pending
+                    .deadline()
                     .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
             ]
             .into_iter()
@@ -255,6 +359,7 @@ impl Supervisor {
                 }
             }
             self.deliver_overdue_exits();
+            self.retry_pending();
             if self.core.is_stopping() && !self.told_stopping {
                 self.told_stopping = true;
                 self.notifier.stopping();
@@ -336,6 +441,86 @@ impl Supervisor {
                 }
             }
             Ev::Message { child, msg } => self.on_message(child, msg),
+            Ev::Panicked {
+                message,
+                location,
+                thread,
+            } => {
+                self.record_panic(&message, &location, &thread);
+                // A helper thread is gone: the supervisor cannot go on without it.
+                std::process::exit(EXIT_FAILURE);
+            }
+        }
+    }
+
+    /// Write a panic to the events file (`supervisor status` shows it).
+    fn record_panic(&mut self, message: &str, location: &str, thread: &str) {
+        let mut f = Map::new();
+        f.insert("message".into(), json!(message));
+        f.insert("location".into(), json!(location));
+        f.insert("thread".into(), json!(thread));
+        self.emit(PANIC_EVENT, f);
+    }
+
+    /// Try the outcomes that wait for the store, if it is time; write the events of
+    /// those stored. A connection that broke is opened again for the next try.
+    fn retry_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let instance = self.instance;
+        let store = &mut self.store;
+        let mut stored = 0;
+        let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
+            let now = wall_now();
+            match store.record_outcome(w.job, w.attempt, instance, &w.outcome, w.next, now) {
+                Ok(true) => {
+                    stored += 1;
+                    Tried::Done
+                }
+                Ok(false) => {
+                    log::warn!(
+                        "job {} attempt {}: outcome refused by the store (stale)",
+                        w.job,
+                        w.attempt
+                    );
+                    Tried::Done
+                }
+                Err(e) => Tried::Failed(e.to_string()),
+            }
+        });
+        if stored > 0 {
+            log::info!("stored {stored} outcome(s) that had waited for the store");
+            if let Some(c) = &mut self.checkpointer {
+                c.wrote();
+            }
+        }
+        if self.pending.failures() > 0 {
+            if let Ok(fresh) = crate::store::open_hot(&self.store_arg) {
+                self.store = fresh;
+            }
+        }
+        for (name, fields) in events {
+            self.emit(name, fields);
+        }
+    }
+
+    /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
+    /// then stay `running` in the store, and the next run gives them back.
+    fn flush_pending(&mut self) {
+        let until = Instant::now() + PENDING_AT_EXIT;
+        while !self.pending.is_empty() && Instant::now() < until {
+            if let Some(at) = self.pending.deadline() {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
+            self.retry_pending();
+        }
+        if !self.pending.is_empty() {
+            log::error!(
+                "{} outcome(s) could not be stored; their jobs stay running in the store \
+                 and the next run gives them back",
+                self.pending.len()
+            );
         }
     }
 
@@ -587,6 +772,11 @@ impl Supervisor {
                 }
                 Action::Emit(event) => {
                     let (name, fields) = crate::wire::event_record(&event);
+                    if let Some(job) = about_job(&event).filter(|j| self.pending.holds(*j)) {
+                        // Its outcome waits for the store: so does what announces it.
+                        self.pending.hold_event(job, (name, fields));
+                        continue;
+                    }
                     self.emit(name, fields);
                     if matches!(
                         event,
@@ -634,6 +824,20 @@ impl Supervisor {
                 at: now + delay.as_secs_f64(),
             },
         };
+        // Behind an outcome that waits, every later one waits too: in order.
+        if !self.pending.is_empty() {
+            self.pending.add(
+                Waiting {
+                    job,
+                    attempt,
+                    outcome: o,
+                    next,
+                    events: vec![],
+                },
+                Instant::now(),
+            );
+            return;
+        }
         match self
             .store
             .record_outcome(job, attempt, self.instance, &o, next, now)
@@ -646,7 +850,19 @@ impl Supervisor {
             Ok(false) => {
                 log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
             }
-            Err(e) => log::error!("cannot store the outcome of job {job}: {e}"),
+            Err(e) => {
+                log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
+                self.pending.add(
+                    Waiting {
+                        job,
+                        attempt,
+                        outcome: o,
+                        next,
+                        events: vec![],
+                    },
+                    Instant::now(),
+                );
+            }
         }
     }
 
@@ -846,6 +1062,17 @@ impl Supervisor {
         self.send_to_grabber(ToChild::Settings(settings));
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));
+    }
+}
+
+/// The job an event is about, for the events held back with its outcome.
+fn about_job(event: &supervisor_core::supervision::Event) -> Option<i64> {
+    use supervisor_core::supervision::Event;
+    match event {
+        Event::JobFinished { job_id, .. }
+        | Event::JobRetryScheduled { job_id, .. }
+        | Event::JobDead { job_id, .. } => Some(*job_id),
+        _ => None,
     }
 }
 

@@ -182,7 +182,7 @@ fn out_of_range_numbers_state_the_range() {
         ),
         (
             with("", r#""max_attempts": 0"#),
-            "groups[0].max_attempts: must be >= 1, found 0",
+            "groups[0].max_attempts: must be >= 1 and <= 1000000, found 0",
         ),
         (
             with("", r#""job_timeout_s": 0"#),

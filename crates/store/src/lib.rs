@@ -266,7 +266,7 @@ pub fn quarantine_reason() -> String {
 /// what is wrong with the column ("not valid JSON: ..."), for a row written by hand or by
 /// another version.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoredRun {
+pub struct StoredRun {
     pub command: std::result::Result<Vec<String>, String>,
     pub env: std::result::Result<BTreeMap<String, String>, String>,
     pub cwd: std::result::Result<Option<String>, String>,
@@ -278,7 +278,7 @@ pub(crate) struct StoredRun {
 impl StoredRun {
     /// The next attempt of job `id` in `group`, or why the row cannot be run, naming the
     /// field: the same checks as [`NewJob::validate`] applies at submit.
-    pub(crate) fn into_claim(self, id: JobId, group: &str) -> std::result::Result<Claimed, String> {
+    pub fn into_claim(self, id: JobId, group: &str) -> std::result::Result<Claimed, String> {
         fn field(name: &'static str) -> impl Fn(String) -> String {
             move |e| format!("{name}: {e}")
         }
@@ -322,7 +322,7 @@ impl StoredRun {
 }
 
 /// The `reason` of a job whose stored row cannot be run.
-pub(crate) fn unrunnable_reason(what: &str) -> String {
+pub fn unrunnable_reason(what: &str) -> String {
     format!("the stored job cannot be run: {what}")
 }
 

@@ -338,10 +338,7 @@ fn read_job(row: &Row<'_>) -> Result<Job> {
         Value::Integer(i) => Some(i),
         _ => None,
     };
-    fn json<T: serde::de::DeserializeOwned>(text: Option<String>) -> T
-    where
-        T: Default,
-    {
+    fn json<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> T {
         text.and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default()
     }

@@ -1,0 +1,1 @@
+//! Fuzz targets for the IPC messages (see `scripts/fuzz`).
