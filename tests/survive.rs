@@ -165,3 +165,187 @@ fn a_jobs_daemons_die_with_a_killed_supervisor() {
     assert_gone(&sb, daemon, "SIGKILL of the supervisor");
     sv.assert_nothing_left(LONG);
 }
+
+// ----- hostile values ------------------------------------------------------------------
+
+fn until_empty_config() -> Value {
+    let mut c = config(2);
+    c["groups"][0]["max_attempts"] = json!(1);
+    c
+}
+
+#[test]
+fn repro_1_a_timeout_of_1e300_is_refused_at_submit() {
+    let sb = Sandbox::new(&until_empty_config());
+    let out = sb.run(&["submit", "--timeout", "1e300", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--timeout") && err.contains("1000000000"),
+        "{err}"
+    );
+    std::fs::write(
+        sb.path().join("jobs.jsonl"),
+        "{\"command\": [\"true\"]}\n{\"command\": [\"true\"], \"timeout_s\": 1e300}\n",
+    )
+    .unwrap();
+    let out = sb.run(&["submit", "--file", "jobs.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: timeout_s"), "{err}");
+    // Nothing was queued.
+    let out = sb.run(&["jobs", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!([])
+    );
+}
+
+#[test]
+fn an_exec_that_can_never_work_is_refused_at_submit() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new(&until_empty_config());
+    // (A single argument that big cannot even reach `submit`: a --file line.)
+    let line = json!({"command": ["true"], "env": {"BIG": "x".repeat(200_000)}});
+    std::fs::write(sb.path().join("env.jsonl"), line.to_string()).unwrap();
+    let out = sb.run(&["submit", "--file", "env.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1: env.BIG"));
+    // Too big together (the test itself could not exec that many bytes: a --file line).
+    let many: Vec<String> = (0..11).map(|_| "y".repeat(100_000)).collect();
+    let command = [vec!["echo".to_string()], many].concat();
+    let line = json!({ "command": command });
+    std::fs::write(sb.path().join("big.jsonl"), line.to_string()).unwrap();
+    let out = sb.run(&["submit", "--file", "big.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1: command[") && err.contains("together"),
+        "{err}"
+    );
+    // A directory whose name is not UTF-8: refused by name, never mangled.
+    let out = sb
+        .command(&["submit", "--cwd"])
+        .arg(std::ffi::OsStr::from_bytes(b"/tmp/\xff\xfe"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cwd"));
+}
+
+/// Damage the row of job `id` with `set` (an SQL assignment).
+fn damage(sb: &Sandbox, id: i64, set: &str) {
+    let db = rusqlite::Connection::open(sb.path().join("state/jobs.db")).unwrap();
+    let n = db
+        .execute(&format!("UPDATE jobs SET {set} WHERE id = ?1"), [id])
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn stored_rows_that_cannot_be_run_end_dead_naming_the_field_and_the_rest_run() {
+    let sb = Sandbox::new(&until_empty_config());
+    let cases = [
+        ("timeout_s = 1e300", "timeout_s"),
+        ("timeout_s = 'soon'", "timeout_s"),
+        ("command = 'not json'", "command"),
+        ("command = '[]'", "command"),
+        ("command = '[1, 2]'", "command"),
+        ("env = '[1]'", "env"),
+        ("max_attempts = -5", "max_attempts"),
+        ("attempts = 'x'", "attempts"),
+        ("cwd = x'00ff'", "cwd"),
+    ];
+    let mut damaged = vec![];
+    for (set, field) in cases {
+        let id = sb.submit(&["--", "true"]);
+        damage(&sb, id, set);
+        damaged.push((id, field));
+    }
+    let good = sb.submit(&["--", "true"]);
+    // `jobs` still lists every row.
+    let out = sb.run(&["jobs", "--json"]);
+    assert!(out.status.success());
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), cases.len() + 1);
+    let mut sv = sb.start(&["--until-empty"]);
+    assert_eq!(sv.wait_exit(LONG), Some(0), "{}", sv.dump());
+    for (id, field) in damaged {
+        let job = sb.job(id);
+        assert_eq!(job["state"], "dead", "{job}");
+        let reason = job["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(&format!("{field}:")), "{id}: {reason}");
+        let dead = sv
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "job_dead" && e["job_id"] == id);
+        assert!(dead.is_some_and(|e| e["reason"] == job["reason"]), "{id}");
+    }
+    assert_eq!(sb.job(good)["state"], "succeeded");
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
+fn a_job_that_kills_its_supervisor_is_quarantined_after_three_deaths() {
+    let sb = Sandbox::new(&config(1));
+    let id = sb.submit(&[
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $(cat state/supervisor.pid); sleep 300",
+    ]);
+    for death in 1..=3 {
+        let mut sv = sb.start(&[]);
+        assert_eq!(sv.wait_exit(LONG), None, "death {death}: killed by its job");
+        sv.assert_nothing_left(LONG);
+    }
+    let mut sv = sb.start(&[]);
+    let dead = sv.wait_event(LONG, |e| e["event"] == "job_dead" && e["job_id"] == id);
+    assert_eq!(
+        dead["reason"],
+        "its supervisor died while running it 3 times"
+    );
+    let job = sb.job(id);
+    assert_eq!(job["state"], "dead");
+    assert_eq!(job["reason"], dead["reason"]);
+    // And this supervisor keeps running jobs.
+    let ok = sb.submit(&["--", "true"]);
+    sb.wait_job(ok, &["succeeded"], LONG);
+    sv.stop_cleanly();
+}
+
+#[test]
+fn a_job_that_cannot_start_says_why_and_its_duration_is_the_workers_measure() {
+    let sb = Sandbox::new(&until_empty_config());
+    let missing = sb.submit(&["--", "/nonexistent/program"]);
+    let bad_cwd = sb.submit(&["--cwd", "/nonexistent/dir", "--", "true"]);
+    let slow = sb.submit(&["--", "sh", "-c", "sleep 0.3; exit 3"]);
+    let mut sv = sb.start(&["--until-empty"]);
+    assert_eq!(sv.wait_exit(LONG), Some(0), "{}", sv.dump());
+    for (id, what) in [
+        (missing, "/nonexistent/program"),
+        (bad_cwd, "/nonexistent/dir"),
+    ] {
+        let job = sb.job(id);
+        let e = job["start_error"].as_str().unwrap_or_default();
+        assert!(e.contains(what), "{job}");
+        let finished = sv
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "job_finished" && e["job_id"] == id)
+            .unwrap();
+        assert_eq!(finished["start_error"], job["start_error"]);
+        let out = sb.run(&["job", &id.to_string()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("start error"));
+    }
+    let finished = sv
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "job_finished" && e["job_id"] == slow)
+        .unwrap();
+    let d = finished["duration_s"].as_f64().unwrap();
+    assert!((0.3..5.0).contains(&d), "{finished}");
+    assert_eq!(finished["exit_code"], 3);
+    assert_eq!(finished["start_error"], Value::Null);
+}

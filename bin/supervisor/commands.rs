@@ -167,8 +167,15 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
         };
         match supervisor_store::parse_jobs_jsonl(&text) {
             Ok(mut jobs) => {
-                for j in &mut jobs {
-                    j.cwd = resolve_cwd(j.cwd.as_deref(), here.as_deref());
+                for (n, j) in jobs.iter_mut().enumerate() {
+                    match resolve_cwd(j.cwd.as_deref().map(Path::new), here.as_deref()) {
+                        Ok(cwd) => j.cwd = cwd,
+                        Err(e) => {
+                            eprintln!("supervisor: {}: job {}: {e}", file.display(), n + 1);
+                            eprintln!("supervisor: nothing was queued");
+                            return Ok(EXIT_USAGE);
+                        }
+                    }
                 }
                 if jobs.is_empty() {
                     eprintln!("supervisor: {}: no jobs in the file", file.display());
@@ -198,24 +205,25 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
             eprintln!("supervisor: submit: no command given (put it after `--`), or use --file");
             return Ok(EXIT_USAGE);
         }
+        let cwd = match resolve_cwd(args.cwd.as_deref(), here.as_deref()) {
+            Ok(cwd) => cwd,
+            Err(e) => {
+                eprintln!("supervisor: submit: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        };
         let job = NewJob {
             command: args.command.clone(),
             group: args.group.clone(),
             tags,
             env,
-            cwd: resolve_cwd(
-                args.cwd
-                    .as_deref()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .as_deref(),
-                here.as_deref(),
-            ),
+            cwd,
             timeout_s: args.timeout,
             max_attempts: args.max_attempts,
             key: args.key.clone(),
         };
         if let Err(e) = job.validate() {
-            eprintln!("supervisor: submit: {e}");
+            eprintln!("supervisor: submit: {}", as_flag(&e));
             return Ok(EXIT_USAGE);
         }
         vec![job]
@@ -249,11 +257,38 @@ pub fn submit(args: SubmitArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn resolve_cwd(cwd: Option<&str>, here: Option<&Path>) -> Option<String> {
-    match (cwd, here) {
-        (Some(c), Some(h)) => Some(h.join(c).to_string_lossy().into_owned()),
-        (Some(c), None) => Some(c.to_string()),
-        (None, h) => h.map(|h| h.to_string_lossy().into_owned()),
+/// A validation error of a job given by flags, with the flag's name for the field's.
+fn as_flag(e: &str) -> String {
+    const FLAGS: [(&str, &str); 5] = [
+        ("timeout_s:", "--timeout"),
+        ("max_attempts:", "--max-attempts"),
+        ("cwd:", "--cwd"),
+        ("key:", "--key"),
+        ("group:", "--group"),
+    ];
+    for (field, flag) in FLAGS {
+        if let Some(rest) = e.strip_prefix(field) {
+            return format!("{flag}:{rest}");
+        }
+    }
+    e.to_owned()
+}
+
+/// The job's working directory: `cwd` against the directory `submit` runs in, or that
+/// directory. A path that is not UTF-8 cannot be stored: refused, never mangled.
+fn resolve_cwd(cwd: Option<&Path>, here: Option<&Path>) -> Result<Option<String>, String> {
+    let full = match (cwd, here) {
+        (Some(c), Some(h)) => h.join(c),
+        (Some(c), None) => c.to_path_buf(),
+        (None, Some(h)) => h.to_path_buf(),
+        (None, None) => return Ok(None),
+    };
+    match full.into_os_string().into_string() {
+        Ok(s) => Ok(Some(s)),
+        Err(bad) => Err(format!(
+            "--cwd: {} is not valid UTF-8, which a job's directory must be",
+            Path::new(&bad).display()
+        )),
     }
 }
 
@@ -273,6 +308,11 @@ fn job_json(config: &Config, j: &Job) -> Value {
         "tags": j.tags,
         "key": j.key,
         "last_outcome": j.last_outcome,
+        "cwd": j.cwd,
+        "timeout_s": j.timeout_s,
+        "max_attempts": j.max_attempts,
+        "start_error": j.start_error,
+        "reason": j.reason,
     })
 }
 
@@ -439,6 +479,12 @@ fn print_job(config: &Config, j: &Job) -> io::Result<()> {
         };
     }
     row("finished", finished)?;
+    if let Some(e) = &j.start_error {
+        row("start error", e.clone())?;
+    }
+    if let Some(r) = &j.reason {
+        row("reason", r.clone())?;
+    }
     let log = config.state_dir.join("logs").join(format!("{}.log", j.id));
     let note = if log.exists() || j.started_at.is_none() {
         ""
