@@ -349,3 +349,152 @@ fn a_job_that_cannot_start_says_why_and_its_duration_is_the_workers_measure() {
     assert_eq!(finished["exit_code"], 3);
     assert_eq!(finished["start_error"], Value::Null);
 }
+
+// ----- panics ----------------------------------------------------------------------------
+
+/// A supervisor with an injected panic: it records the panic, exits 1, leaves nothing
+/// behind; `status` says it crashed; the next run gives the job back and runs it.
+fn a_panic_is_recorded(fault: &str, trigger: impl Fn(&Sandbox)) {
+    let sb = Sandbox::new(&config(1));
+    let dir = sb.path().to_path_buf();
+    let stderr = std::fs::File::create(dir.join("supervisor.stderr")).unwrap();
+    let child = sb
+        .command(&["run"])
+        .env("SUPERVISOR_TEST_FAULT", fault)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut sv = crate::common::Supervisor {
+        child: Some(child),
+        events: sb.events_path(),
+        dir,
+    };
+    sv.wait_event(LONG, |e| {
+        e["event"] == "child_ready" && e["role"] == "worker"
+    });
+    let id = sb.submit(&["--", "sh", "-c", "echo $$ > job.pid; sleep 300"]);
+    trigger(&sb);
+    assert_eq!(sv.wait_exit(LONG), Some(1), "{}", sv.dump());
+    let panic = sv.wait_event(LONG, |e| e["event"] == "supervisor_panicked");
+    assert!(
+        panic["message"]
+            .as_str()
+            .unwrap()
+            .contains("fault injected"),
+        "{panic}"
+    );
+    assert!(
+        panic["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("bin/supervisor/run.rs:"),
+        "{panic}"
+    );
+    sv.assert_nothing_left(LONG);
+    let status = sb.status_json();
+    assert_eq!(status["supervisor"]["stopped"], "crashed", "{status}");
+    assert_eq!(status["supervisor"]["panic"]["message"], panic["message"]);
+    // The next run (without the fault) gives the job back and runs it.
+    let _ = std::fs::remove_file(sb.path().join("job.pid"));
+    let mut sv = sb.start(&[]);
+    sb.wait_job(id, &["running"], LONG);
+    pid_in(&sb, "job.pid");
+    let out = sb.run(&["cancel", &id.to_string()]);
+    assert!(out.status.success());
+    sb.wait_job(id, &["canceled"], LONG);
+    sv.stop_cleanly();
+}
+
+#[test]
+fn a_panic_of_the_loop_is_written_to_the_events_and_status_says_crashed() {
+    a_panic_is_recorded("panic-on-job-start", |sb| {
+        pid_in(sb, "job.pid");
+    });
+}
+
+#[test]
+fn a_panic_of_a_helper_thread_is_written_to_the_events_too() {
+    a_panic_is_recorded("panic-on-doorbell", |sb| {
+        // The submit above rang the doorbell (SIGUSR1): the signal thread panicked.
+        let _ = sb;
+    });
+}
+
+// ----- a store that cannot take an outcome ------------------------------------------------
+
+/// A tmpfs of `size` mounted at `dir` for the test's life (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fill the file system holding `path` until a write fails with ENOSPC.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [65536, 4096, 512, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+#[test]
+fn an_outcome_the_full_disk_refuses_waits_and_lands_when_there_is_room() {
+    let mut c = config(1);
+    let sb = Sandbox::new(&c);
+    let small = sb.path().join("small");
+    let Some(_mount) = Tmpfs::mount(&small, "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    c["store"] = json!({"sqlite": {"path": "small/jobs.db"}});
+    sb.write_config(&c);
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &[]);
+    sb.wait_job(held.id, &["running"], LONG);
+    fill(&small.join("filler"));
+    held.release_with(0);
+    // The supervisor says it cannot store it yet; the events say nothing of it yet.
+    let stderr = sb.path().join("supervisor.stderr");
+    wait_until(LONG, || {
+        std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains(&format!("cannot store the outcome of job {} yet", held.id))
+    })
+    .unwrap_or_else(|_| panic!("no store error\n{}", sv.dump()));
+    assert!(!sv
+        .events()
+        .iter()
+        .any(|e| e["event"] == "job_finished" && e["job_id"] == held.id));
+    // Room again: it lands, then the event is written.
+    std::fs::remove_file(small.join("filler")).unwrap();
+    let done = sv.wait_event(LONG, |e| {
+        e["event"] == "job_finished" && e["job_id"] == held.id
+    });
+    assert_eq!(done["outcome"], "succeeded");
+    assert_eq!(sb.job(held.id)["state"], "succeeded");
+    sv.stop_cleanly();
+    // (The mount goes before the sandbox's directory: declared after it.)
+}

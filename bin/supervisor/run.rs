@@ -293,13 +293,37 @@ fn quarantined(
         .collect()
 }
 
+/// A fault the tests inject through `SUPERVISOR_TEST_FAULT`, to see what a panic does
+/// (nothing else can make the supervisor panic, by design): `panic-on-job-start` panics
+/// the loop when a job starts, `panic-on-doorbell` the signal thread at a SIGUSR1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    PanicOnJobStart,
+    PanicOnDoorbell,
+}
+
+fn injected_fault() -> Option<Fault> {
+    match std::env::var("SUPERVISOR_TEST_FAULT").ok()?.as_str() {
+        "panic-on-job-start" => Some(Fault::PanicOnJobStart),
+        "panic-on-doorbell" => Some(Fault::PanicOnDoorbell),
+        other => {
+            log::warn!("SUPERVISOR_TEST_FAULT={other:?} is no fault this build knows");
+            None
+        }
+    }
+}
+
 fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
     let mut signals =
         signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    let fault = injected_fault();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig == SIGUSR1 && fault == Some(Fault::PanicOnDoorbell) {
+                    panic!("fault injected: SUPERVISOR_TEST_FAULT=panic-on-doorbell");
+                }
                 if tx.send(Ev::Signal(sig)).is_err() {
                     return;
                 }
@@ -565,7 +589,12 @@ impl Supervisor {
             FromChild::SourceReport { epoch, empty } => Input::SourceReport { epoch, empty },
             FromChild::SourceFailed { error } => Input::SourceFailed { error },
             FromChild::CancelRequested { job } => Input::CancelRequested { job },
-            FromChild::JobStarted { job, pid } => Input::JobStarted { child, job, pid },
+            FromChild::JobStarted { job, pid } => {
+                if injected_fault() == Some(Fault::PanicOnJobStart) {
+                    panic!("fault injected: SUPERVISOR_TEST_FAULT=panic-on-job-start (job {job})");
+                }
+                Input::JobStarted { child, job, pid }
+            }
             FromChild::JobEnded {
                 job,
                 end,

@@ -369,3 +369,54 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
     assert_eq!(res.jobs.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
     assert!(res.jobs.iter().all(|c| c.attempt == 1));
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run -p supervisor-store --run-ignored only"]
+fn rows_damaged_by_hand_end_dead_naming_the_field() {
+    let db = PgDatabase::new();
+    let mut s = PostgresStore::connect(&db.url).unwrap();
+    let me = instance(&mut s, 1);
+    let cases = [
+        ("timeout_s = 1e300", "timeout_s"),
+        ("timeout_s = -1", "timeout_s"),
+        ("command = '{\"a\": 1}'::jsonb", "command"),
+        ("command = '[]'::jsonb", "command"),
+        ("command = '[\"\"]'::jsonb", "command"),
+        ("env = '[1]'::jsonb", "env"),
+        ("env = '{\"A=B\": \"x\"}'::jsonb", "env"),
+        ("max_attempts = -5", "max_attempts"),
+        ("max_attempts = 99999999999", "max_attempts"),
+        ("attempts = -1", "attempts"),
+        ("attempts = 99999999999", "attempts"),
+    ];
+    let mut client = db.client();
+    let mut damaged = Vec::new();
+    for (set, field) in cases {
+        let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+        let n = client
+            .execute(&format!("UPDATE jobs SET {set} WHERE id = $1"), &[&id])
+            .unwrap();
+        assert_eq!(n, 1, "{set}");
+        damaged.push((id, field));
+    }
+    let good = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    // Listing still works, whatever the rows hold.
+    assert_eq!(s.list(None, 2.0).unwrap().len(), cases.len() + 1);
+    let res = s
+        .claim(me, &[named("g")], &mut credits(&[("g", 100)]), 2.0)
+        .unwrap();
+    let claimed: Vec<i64> = res.jobs.iter().map(|c| c.id).collect();
+    assert_eq!(claimed, [good]);
+    assert_eq!(res.refused.len(), cases.len());
+    for ((id, field), refused) in damaged.iter().zip(&res.refused) {
+        assert_eq!(refused.id, *id);
+        let what = refused
+            .reason
+            .strip_prefix("the stored job cannot be run: ")
+            .unwrap_or_default();
+        assert!(what.starts_with(field), "{refused:?}");
+        let j = s.get(*id, 3.0).unwrap().unwrap();
+        assert_eq!(j.state, supervisor_store::JobState::Dead, "{field}");
+        assert_eq!(j.reason.as_deref(), Some(refused.reason.as_str()));
+    }
+}

@@ -1249,6 +1249,52 @@ pub fn two_handles_claiming_at_once_never_double_claim(new: Factory) {
     handles_claiming_at_once_never_double_claim(new, 2, 2_000);
 }
 
+/// A job taken back from a dead supervisor for the third time ends dead with the
+/// quarantine reason; a graceful release does not count.
+pub fn a_job_whose_supervisor_dies_three_times_is_quarantined(new: Factory) {
+    let mut s = new();
+    let routes = [named("g")];
+    let id = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    let mut now = 2.0;
+    // A graceful stop gives it back: not a death.
+    let me = instance(&mut *s, 1);
+    let claimed = s
+        .claim(me, &routes, &mut credits(&[("g", 1)]), now)
+        .unwrap();
+    assert!(s.release(id, claimed.jobs[0].attempt, me, now).unwrap());
+    let mut last = me;
+    for death in 1..=supervisor_store::SUPERVISOR_DEATHS {
+        now += 1.0;
+        let res = s
+            .claim(last, &routes, &mut credits(&[("g", 1)]), now)
+            .unwrap();
+        assert_eq!(res.jobs.len(), 1, "death {death}");
+        let next = instance(&mut *s, 100 + death);
+        let back = s.requeue_orphans(next, &|i| i.id == last, now).unwrap();
+        assert_eq!(back, [id]);
+        let j = s.get(id, now).unwrap().unwrap();
+        if death < supervisor_store::SUPERVISOR_DEATHS {
+            assert_eq!(j.state, JobState::Queued, "death {death}");
+            assert_eq!(j.reason, None);
+        } else {
+            assert_eq!(j.state, JobState::Dead);
+            assert_eq!(
+                j.reason.as_deref(),
+                Some(supervisor_store::quarantine_reason().as_str())
+            );
+            assert_eq!(j.finished_at, Some(now));
+            assert_eq!(j.last_outcome.as_deref(), Some("lost"));
+            assert_eq!(j.attempts, 1, "the attempts given back are not counted");
+        }
+        last = next;
+    }
+    // Nothing left to claim.
+    let res = s
+        .claim(last, &routes, &mut credits(&[("g", 1)]), now)
+        .unwrap();
+    assert!(res.jobs.is_empty() && res.more.is_empty());
+}
+
 /// One `#[test]` per conformance test, for the store that `$factory` makes, each with the
 /// given attributes (e.g. `#[ignore = "..."]`).
 #[allow(unused_macros)]
@@ -1283,7 +1329,8 @@ macro_rules! conformance_tests {
             batch_ids_follow_the_batch_order,
             odd_strings_round_trip,
             extreme_numbers_round_trip,
-            two_handles_claiming_at_once_never_double_claim
+            two_handles_claiming_at_once_never_double_claim,
+            a_job_whose_supervisor_dies_three_times_is_quarantined
         );
     };
     (@each $factory:expr, $attrs:tt, $($name:ident),*) => {
