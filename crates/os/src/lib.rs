@@ -107,9 +107,21 @@ pub fn ended(status: std::process::ExitStatus) -> Ended {
     }
 }
 
+/// `pid` as a process id that names one process: 0 would mean our own process group,
+/// and a value past `i32::MAX` a negative one (a whole group, or every process). Such a
+/// value (from an IPC message, a store row, /proc) is refused, never signalled.
+fn one_process(pid: u32) -> io::Result<Pid> {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => Ok(Pid::from_raw(p)),
+        _ => Err(io::Error::other(format!(
+            "refusing to signal process {pid}"
+        ))),
+    }
+}
+
 /// Send `sig` to process `pid`; a process that is already gone is not an error.
 pub fn signal_pid(pid: u32, sig: Signal) -> io::Result<()> {
-    match signal::kill(Pid::from_raw(pid as i32), sig) {
+    match signal::kill(one_process(pid)?, sig) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -122,7 +134,7 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
             "refusing to signal process group {pgid}"
         )));
     }
-    match signal::killpg(Pid::from_raw(pgid as i32), sig) {
+    match signal::killpg(one_process(pgid)?, sig) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -149,11 +161,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
 
 /// Whether a process with this pid exists (signal 0).
 pub fn pid_alive(pid: u32) -> bool {
-    pid > 0
-        && !matches!(
-            signal::kill(Pid::from_raw(pid as i32), None),
-            Err(Errno::ESRCH)
-        )
+    one_process(pid).is_ok_and(|p| !matches!(signal::kill(p, None), Err(Errno::ESRCH)))
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of
@@ -161,7 +169,7 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
@@ -296,6 +304,16 @@ pub fn default_sigpipe() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pids_that_name_no_single_process_are_never_signalled() {
+        for pid in [0, u32::MAX, 1 << 31] {
+            assert!(signal_pid(pid, Signal::SIGKILL).is_err(), "{pid}");
+            assert!(signal_group(pid, Signal::SIGKILL).is_err(), "{pid}");
+            assert!(!pid_alive(pid), "{pid}");
+        }
+        assert!(pid_alive(std::process::id()));
+    }
 
     #[test]
     fn pidfile_is_exclusive_and_inspectable() {
