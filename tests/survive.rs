@@ -498,3 +498,27 @@ fn an_outcome_the_full_disk_refuses_waits_and_lands_when_there_is_room() {
     sv.stop_cleanly();
     // (The mount goes before the sandbox's directory: declared after it.)
 }
+
+#[test]
+fn a_damaged_instance_row_does_not_stop_the_next_run() {
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &[]);
+    sb.wait_job(held.id, &["running"], LONG);
+    sv.signal(Signal::SIGKILL);
+    sv.wait_exit(LONG);
+    sv.assert_nothing_left(LONG);
+    let db = rusqlite::Connection::open(sb.path().join("state/jobs.db")).unwrap();
+    db.execute(
+        "UPDATE instances SET pid = 'not a pid', started_at = x'00'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let mut sv = sb.start(&[]);
+    // Its dead instance is taken for dead; the job runs again.
+    sb.wait_job(held.id, &["running"], LONG);
+    held.release_with(0);
+    sb.wait_job(held.id, &["succeeded"], LONG);
+    sv.stop_cleanly();
+}

@@ -605,7 +605,12 @@ fn read_instance(row: &Row) -> Result<Instance> {
     Ok(Instance {
         id,
         host: row.try_get(1).map_err(|e| bad(e.to_string()))?,
-        pid: u32::try_from(pid).map_err(|_| bad(format!("pid is {pid}")))?,
+        // A pid no process can have (damage by hand) reads as 0: an instance whose
+        // process is gone, so that its jobs are taken back rather than stuck.
+        pid: u32::try_from(pid).unwrap_or_else(|_| {
+            log::warn!("instance {id}: pid {pid} is out of range; taken for dead");
+            0
+        }),
         token: row.try_get(3).map_err(|e| bad(e.to_string()))?,
         started_at: row.try_get(4).map_err(|e| bad(e.to_string()))?,
         last_seen: row.try_get(5).map_err(|e| bad(e.to_string()))?,

@@ -681,13 +681,29 @@ impl JobStore for SqliteStore {
             )
             .and_then(|mut stmt| {
                 stmt.query_map([], |row| {
+                    // Damage by hand reads as an instance whose process is gone (pid
+                    // 0, never seen), so that its jobs are taken back rather than stuck
+                    // and no start of a supervisor fails on it.
+                    let value = |i| row.get::<_, Value>(i).unwrap_or(Value::Null);
+                    let text = |i| match value(i) {
+                        Value::Text(t) => t,
+                        _ => String::new(),
+                    };
+                    let real = |i| match value(i) {
+                        Value::Real(f) => f,
+                        Value::Integer(n) => n as f64,
+                        _ => 0.0,
+                    };
                     Ok(Instance {
                         id: row.get(0)?,
-                        host: row.get(1)?,
-                        pid: row.get(2)?,
-                        token: row.get(3)?,
-                        started_at: row.get(4)?,
-                        last_seen: row.get(5)?,
+                        host: text(1),
+                        pid: match value(2) {
+                            Value::Integer(n) => u32::try_from(n).unwrap_or(0),
+                            _ => 0,
+                        },
+                        token: text(3),
+                        started_at: real(4),
+                        last_seen: real(5),
                     })
                 })?
                 .collect()
