@@ -39,6 +39,9 @@ struct Grabber {
     /// it) and by the poll timer, not by every returned credit.
     check_cancels: bool,
     started: Instant,
+    /// The routes changed (or this grabber just started): decide the group of every job
+    /// in the queue again, once, before the next claim.
+    reroute: bool,
 }
 
 /// Run the grabber until told to stop or the supervisor goes away.
@@ -75,6 +78,7 @@ pub fn main(
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
         started: Instant::now(),
+        reroute: true,
     };
     if g.tx.send(FromChild::Ready).is_err() {
         return 1;
@@ -115,6 +119,9 @@ pub fn main(
                 }
                 ToChild::Stop => return 0,
                 ToChild::Settings(s) => {
+                    if g.routes != s.routes {
+                        g.reroute = true;
+                    }
                     g.routes = s.routes;
                     g.runnable = Some(s.runnable.into_iter().collect());
                     g.poll_interval = supervisor_core::bounds::duration(s.poll_interval_s);
@@ -188,6 +195,13 @@ impl Grabber {
             self.store = Some(crate::store::open_hot(&self.store_arg)?);
         }
         let store = self.store.as_mut().expect("opened above");
+        if self.reroute {
+            let changed = store.reroute(&self.routes)?;
+            if changed > 0 {
+                log::info!("grabber: {changed} queued job(s) routed to another group");
+            }
+            self.reroute = false;
+        }
         let wall = wall_now();
         // Every group that can run jobs, with its credit (maybe none left): the store
         // counts the backlog of these groups only.

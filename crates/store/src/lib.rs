@@ -575,6 +575,17 @@ pub trait JobStore {
         now: f64,
     ) -> Result<ClaimResult>;
 
+    /// Decides again the group of every job not running and not finished, with `routes`
+    /// (after a reload changed the groups or their `match`): the one pass over the queue
+    /// that a change of routes costs; claims then never look at tags. Returns how many
+    /// jobs changed group.
+    ///
+    /// A job's group is decided once otherwise: at submit for a job that names its group
+    /// (that group, whatever the routes), by the first [`claim`](JobStore::claim) after
+    /// its submit for a tagged one (the first route whose `match` selects its tags, or
+    /// none: it then waits for a reroute).
+    fn reroute(&mut self, routes: &[Route]) -> Result<usize>;
+
     /// Stores the outcome of attempt `attempt` of job `id` run by `owner`, and applies
     /// `next`. Returns false (and changes nothing) unless the job is running that attempt
     /// under that owner: a stale report.

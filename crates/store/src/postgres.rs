@@ -137,6 +137,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN start_error TEXT;
     ALTER TABLE jobs ADD COLUMN supervisor_deaths BIGINT NOT NULL DEFAULT 0;
     "#,
+    // Version 3 (SQLite's version 5): a job's group is decided once (`route`, NULL when
+    // none takes it; `routed` once decided), so that claims and the backlog are index
+    // range scans on (route, id) whatever the queue's depth.
+    r#"
+    ALTER TABLE jobs ADD COLUMN route TEXT;
+    ALTER TABLE jobs ADD COLUMN routed BOOLEAN NOT NULL DEFAULT FALSE;
+    UPDATE jobs SET route = named_group, routed = TRUE WHERE named_group IS NOT NULL;
+    DROP INDEX jobs_queued;
+    CREATE INDEX jobs_claimable ON jobs (route, id) WHERE state = 'queued';
+    CREATE INDEX jobs_unrouted ON jobs (id) WHERE NOT routed;
+    "#,
 ];
 
 /// The newest PostgreSQL schema version this code knows (`supervisor_schema.version` of
@@ -617,137 +628,91 @@ fn read_instance(row: &Row) -> Result<Instance> {
     })
 }
 
-/// A parameter of a [`Filter`].
-#[derive(Debug)]
-enum Param {
-    Text(String),
-    Texts(Vec<String>),
-}
+/// How many unrouted jobs a claim routes at most (the rest: at the next claim, which the
+/// backlog then asks for at once).
+const ROUTE_BATCH: i64 = 2000;
 
-impl Param {
-    fn as_sql(&self) -> &(dyn ToSql + Sync) {
-        match self {
-            Param::Text(text) => text,
-            Param::Texts(texts) => texts,
-        }
+/// Jobs whose group is not decided yet, oldest first, at most `$1`; rows another claimer
+/// holds are left to it.
+const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE NOT routed \
+     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Sets the route of the jobs `$1` to the groups `$2` (NULL: none).
+const SET_ROUTES: &str = "UPDATE jobs SET route = u.route, routed = TRUE \
+     FROM unnest($1::bigint[], $2::text[]) AS u (id, route) WHERE jobs.id = u.id";
+
+/// The claim, in one statement: for each group `$3[i]`, its first `$4[i]` runnable
+/// queued jobs in id order (an index range scan on (route, id) per group, skipping rows
+/// another claimer holds), marked running under owner `$1` at `$2`. Returns, per job,
+/// its id, group, and the columns [`stored_run`] reads (attempts as before the claim).
+const CLAIM: &str = "WITH want AS (\
+         SELECT g, n FROM unnest($3::text[], $4::bigint[]) AS w (g, n)), \
+     picked AS (\
+         SELECT j.id, want.g FROM want CROSS JOIN LATERAL (\
+             SELECT id FROM jobs WHERE state = 'queued' AND route = want.g \
+             AND (not_before IS NULL OR not_before <= $2) \
+             ORDER BY id LIMIT want.n FOR UPDATE SKIP LOCKED) j) \
+     UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
+         started_at = $2, finished_at = NULL, exit_code = NULL, signal = NULL, \
+         not_before = NULL, run_group = picked.g, start_error = NULL \
+     FROM picked WHERE jobs.id = picked.id \
+     RETURNING jobs.id, picked.g, NULL::text, jobs.command, jobs.env, jobs.cwd, \
+         jobs.timeout_s, jobs.max_attempts, jobs.attempts - 1";
+
+/// What is left for the groups `$2`: a runnable job (at `$1`), and the earliest time a
+/// waiting one becomes runnable.
+const BACKLOG: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
+         AND route = ANY($2::text[]) AND (not_before IS NULL OR not_before <= $1)), \
+     (SELECT MIN(not_before) FROM jobs WHERE not_before IS NOT NULL \
+         AND ((state = 'queued' AND not_before > $1) OR state IN ('failed', 'timed_out')) \
+         AND route = ANY($2::text[]))";
+
+/// The group [`route`] sends a stored job to: the one it names, whatever the routes of
+/// the moment, else the first whose `match` selects its tags.
+fn routed_to(
+    routes: &[Route],
+    named: Option<&str>,
+    tags: &BTreeMap<String, String>,
+) -> Option<String> {
+    match named {
+        Some(g) => Some(g.to_owned()),
+        None => route(routes, None, tags).map(str::to_owned),
     }
 }
 
-/// Which groups a [`Filter`] selects jobs for (`None`: every group).
-type GroupPredicate<'a> = Option<&'a dyn Fn(&str) -> bool>;
-
-/// A WHERE fragment selecting jobs by route, with its parameters numbered from `first`.
-#[derive(Debug)]
-struct Filter {
-    sql: String,
-    params: Vec<Param>,
-    first: usize,
+/// The tags of a row (column `index`); damaged ones are no tags.
+fn tags_of(row: &Row, index: usize) -> BTreeMap<String, String> {
+    row.try_get::<_, Json<BTreeMap<String, String>>>(index)
+        .map(|Json(t)| t)
+        .unwrap_or_default()
 }
 
-impl Filter {
-    /// Jobs that [`route`] sends to a group for which `take` is true (`None`: any group),
-    /// with parameters `$first`, `$first + 1`, ...
-    fn routed(routes: &[Route], take: GroupPredicate<'_>, first: usize) -> Filter {
-        let taken = |group: &str| match take {
-            Some(take) => take(group),
-            None => true,
-        };
-        let mut f = Filter {
-            sql: String::new(),
-            params: Vec::new(),
-            first,
-        };
-
-        // Jobs naming a group: that group, if some route has its name.
-        let mut names: Vec<String> = routes
-            .iter()
-            .map(|r| r.group.clone())
-            .filter(|g| taken(g))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let names = f.param(Param::Texts(names));
-        f.sql.push_str(&format!(
-            "(named_group = ANY({names}::text[]) OR (named_group IS NULL AND (FALSE"
-        ));
-
-        // Untargeted jobs: the first route whose `matches` selects their tags.
-        for (i, r) in routes.iter().enumerate() {
-            let Some(matches) = &r.matches else { continue };
-            if !taken(&r.group) {
-                continue;
-            }
-            f.sql.push_str(" OR (");
-            f.selects(matches);
-            if take.is_some() {
-                // Exactly this route: no earlier one selects the job.
-                for earlier in routes[..i].iter().filter_map(|r| r.matches.as_ref()) {
-                    f.sql.push_str(" AND NOT ");
-                    f.selects(earlier);
-                }
-            }
-            f.sql.push(')');
-        }
-        f.sql.push_str(")))");
-        f
+/// Decides the group of the jobs not routed yet, at most [`ROUTE_BATCH`]. Returns true
+/// if more are left.
+fn route_new(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    routes: &[Route],
+) -> Result<bool> {
+    let rows = query(stmts, client, UNROUTED, &[&ROUTE_BATCH], "route new jobs")?;
+    if rows.is_empty() {
+        return Ok(false);
     }
-
-    /// Adds a parameter and returns its placeholder.
-    fn param(&mut self, param: Param) -> String {
-        self.params.push(param);
-        format!("${}", self.first + self.params.len() - 1)
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut groups = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ids.push(row.try_get::<_, JobId>(0).ctx("route new jobs")?);
+        let named: Option<String> = row.try_get(1).ok().flatten();
+        groups.push(routed_to(routes, named.as_deref(), &tags_of(row, 2)));
     }
-
-    /// Appends a condition true when `matches` selects the job's tags.
-    fn selects(&mut self, matches: &BTreeMap<String, Vec<String>>) {
-        self.sql.push_str("(TRUE");
-        for (key, values) in matches {
-            if values.is_empty() {
-                self.sql.push_str(" AND FALSE");
-                continue;
-            }
-            let key = self.param(Param::Text(key.clone()));
-            let values = self.param(Param::Texts(values.clone()));
-            // A missing tag is NULL, which must read as false (`NOT` of it is true).
-            self.sql.push_str(&format!(
-                " AND COALESCE((tags ->> {key}::text) = ANY({values}::text[]), FALSE)"
-            ));
-        }
-        self.sql.push(')');
-    }
-
-    /// `head`, then the filter's parameters, as a query wants them.
-    fn with<'a>(&'a self, head: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
-        head.iter()
-            .copied()
-            .chain(self.params.iter().map(Param::as_sql))
-            .collect()
-    }
-}
-
-/// Runnable queued jobs after id `$2` selected by `filter`, in id order, at most `$3`,
-/// locked, skipping those another session has locked (parameters: now, after id, limit,
-/// the filter's).
-fn candidates_sql(filter: &Filter) -> String {
-    format!(
-        "SELECT id, named_group, tags, command, env, cwd, timeout_s, max_attempts, attempts \
-         FROM jobs WHERE state = 'queued' AND (not_before IS NULL OR not_before <= $1) \
-         AND id > $2 AND {} ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
-        filter.sql
-    )
-}
-
-/// Whether a runnable queued job is selected by `filter`, and the earliest time a job it
-/// selects becomes runnable (parameters: now, the filter's).
-fn backlog_sql(filter: &Filter) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
-             AND (not_before IS NULL OR not_before <= $1) AND {f}), \
-         (SELECT MIN(not_before) FROM jobs WHERE not_before IS NOT NULL \
-             AND ((state = 'queued' AND not_before > $1) OR state IN ('failed', 'timed_out')) \
-             AND {f})",
-        f = filter.sql
-    )
+    execute(
+        stmts,
+        client,
+        SET_ROUTES,
+        &[&ids, &groups],
+        "route new jobs",
+    )?;
+    Ok(rows.len() as i64 == ROUTE_BATCH)
 }
 
 /// Takes back the running jobs of `instance` at `now`. Returns their ids, in order.
@@ -825,9 +790,9 @@ fn insert_unkeyed(
         stmts,
         client,
         "INSERT INTO jobs (id, state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, created_at) \
+             max_attempts, created_at, route, routed) \
          SELECT u.id, 'queued', u.named_group, u.command, u.tags, u.env, u.cwd, u.timeout_s, \
-             u.max_attempts, $9 \
+             u.max_attempts, $9, u.named_group, u.named_group IS NOT NULL \
          FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], \
              $6::text[], $7::float8[], $8::bigint[]) \
              AS u (id, named_group, command, tags, env, cwd, timeout_s, max_attempts)",
@@ -864,8 +829,8 @@ fn submit_keyed(
     let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
     let insert = format!(
         "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, idem_key, created_at) \
-         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             max_attempts, idem_key, created_at, route, routed) \
+         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL) \
          ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL AND {LIVE} DO NOTHING \
          RETURNING id"
     );
@@ -1115,55 +1080,45 @@ impl JobStore for PostgresStore {
         let mut tx = self.client.transaction().ctx("claim")?;
         tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
         materialise(stmts, &mut tx, now)?;
+        let more_to_route = route_new(stmts, &mut tx, routes)?;
+        // The groups some route names, each once, with their credit.
+        let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
+        groups.sort_unstable();
+        groups.dedup();
         let mut claimed = Vec::new();
         let mut refused = Vec::new();
-        let mut after: JobId = 0;
+        // Rows refused (damaged) do not use a credit: claim again for what is left.
         loop {
-            let credit_of = |group: &str| credits.get(group).copied().unwrap_or(0);
-            // Credits of the groups some route names, each counted once.
-            let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            let limit: u64 = groups.iter().map(|g| u64::from(credit_of(g))).sum();
-            if limit == 0 {
+            let (want, limits): (Vec<&str>, Vec<i64>) = groups
+                .iter()
+                .filter_map(|g| {
+                    let n = credits.get(*g).copied().unwrap_or(0);
+                    (n > 0).then_some((*g, i64::from(n)))
+                })
+                .unzip();
+            if want.is_empty() {
                 break;
             }
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let filter = Filter::routed(routes, Some(&|g: &str| credit_of(g) > 0), 4);
-            let rows = query(
-                stmts,
-                &mut tx,
-                &candidates_sql(&filter),
-                &filter.with(&[&now, &after, &limit]),
-                "claim: find runnable jobs",
-            )?;
-            let fetched = rows.len() as i64;
-            let mut chosen: Vec<(JobId, String)> = Vec::new();
-            let mut details = HashMap::new();
+            let rows = query(stmts, &mut tx, CLAIM, &[&me, &now, &want, &limits], "claim")?;
+            let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
+            let mut bad = 0;
             for row in &rows {
                 let id: JobId = row.try_get(0).ctx("claim: read a job")?;
-                after = id;
-                let named_group: Option<String> = row.try_get(1).ok().flatten();
-                let tags: BTreeMap<String, String> = row
-                    .try_get::<_, Json<BTreeMap<String, String>>>(2)
-                    .map(|Json(t)| t)
-                    .unwrap_or_default();
-                let Some(group) = route(routes, named_group.as_deref(), &tags) else {
-                    log::warn!("job {id}: selected for a claim but no route takes it");
-                    continue;
-                };
-                let Some(credit) = credits.get_mut(group).filter(|credit| **credit > 0) else {
-                    continue; // its group ran out of credit in this batch
-                };
+                let group: String = row.try_get(1).ctx("claim: read a job")?;
+                if let Some(g) = want.iter().find(|g| **g == group) {
+                    *taken.entry(g).or_default() += 1;
+                }
                 // A row damaged by hand or by another version is refused, field by
                 // field, without failing the claim.
-                match stored_run(row).into_claim(id, group) {
+                match stored_run(row).into_claim(id, &group) {
                     Ok(run) => {
-                        *credit -= 1;
-                        chosen.push((id, group.to_owned()));
-                        details.insert(id, run);
+                        if let Some(c) = credits.get_mut(&group) {
+                            *c = c.saturating_sub(1);
+                        }
+                        claimed.push(run);
                     }
                     Err(what) => {
+                        bad += 1;
                         let reason = unrunnable_reason(&what);
                         log::warn!("job {id}: {reason}");
                         let attempts = row
@@ -1175,7 +1130,8 @@ impl JobStore for PostgresStore {
                             stmts,
                             &mut tx,
                             "UPDATE jobs SET state = 'dead', reason = $2, finished_at = $3, \
-                             not_before = NULL WHERE id = $1 AND state = 'queued'",
+                             not_before = NULL, owner = NULL, attempts = attempts - 1 \
+                             WHERE id = $1 AND state = 'running'",
                             &[&id, &reason, &now],
                             "end a job that cannot be run",
                         )?;
@@ -1187,50 +1143,34 @@ impl JobStore for PostgresStore {
                     }
                 }
             }
-            if !chosen.is_empty() {
-                let ids: Vec<JobId> = chosen.iter().map(|(id, _)| *id).collect();
-                let groups: Vec<&str> = chosen.iter().map(|(_, g)| g.as_str()).collect();
-                // The rows are ours (locked above): every one is updated.
-                let updated = execute(
-                    stmts,
-                    &mut tx,
-                    "UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
-                         started_at = $2, finished_at = NULL, exit_code = NULL, \
-                         signal = NULL, not_before = NULL, run_group = u.run_group, \
-                         start_error = NULL \
-                     FROM unnest($3::bigint[], $4::text[]) AS u (id, run_group) \
-                     WHERE jobs.id = u.id AND jobs.state = 'queued'",
-                    &[&me, &now, &ids, &groups],
-                    "claim a job",
-                )?;
-                if updated != ids.len() as u64 {
-                    return Err(StoreError::Corrupt(format!(
-                        "claim: {updated} of {} locked jobs were updated",
-                        ids.len()
-                    )));
-                }
-            }
-            for (id, _) in chosen {
-                if let Some(run) = details.remove(&id) {
-                    claimed.push(run);
-                }
-            }
-            if fetched < limit {
-                break; // every matching job was seen
+            // Again only if some group got all it asked for and a row of it was bad.
+            let full = want
+                .iter()
+                .zip(&limits)
+                .any(|(g, n)| taken.get(g).copied().unwrap_or(0) >= *n);
+            if bad == 0 || !full {
+                break;
             }
         }
-
-        // What is left, among jobs routed to a group that can run them.
-        let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)), 2);
-        let rows = query(
-            stmts,
-            &mut tx,
-            &backlog_sql(&any),
-            &any.with(&[&now]),
-            "claim: look for runnable and waiting jobs",
-        )?;
-        let runnable: bool = rows[0].try_get(0).ctx("claim: look for runnable jobs")?;
-        let waiting_until: Option<f64> = rows[0].try_get(1).ctx("claim: look for waiting jobs")?;
+        let any: Vec<&str> = groups
+            .iter()
+            .copied()
+            .filter(|g| credits.contains_key(*g))
+            .collect();
+        let (runnable, waiting_until) = if any.is_empty() {
+            (more_to_route, None)
+        } else {
+            let rows = query(
+                stmts,
+                &mut tx,
+                BACKLOG,
+                &[&now, &any],
+                "claim: look for the backlog",
+            )?;
+            let runnable: bool = rows[0].try_get(0).ctx("claim: look for runnable jobs")?;
+            let waiting: Option<f64> = rows[0].try_get(1).ctx("claim: look for waiting jobs")?;
+            (runnable || more_to_route, waiting)
+        };
         tx.commit().ctx("claim")?;
         claimed.sort_by_key(|c| c.id);
         Ok(ClaimResult {
@@ -1241,6 +1181,36 @@ impl JobStore for PostgresStore {
                 waiting_until,
             },
         })
+    }
+
+    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+        let op = "reroute";
+        let mut tx = self.client.transaction().ctx(op)?;
+        let rows = query(
+            &mut self.stmts,
+            &mut tx,
+            "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
+             OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out')) FOR UPDATE",
+            &[],
+            op,
+        )?;
+        let mut ids = Vec::new();
+        let mut groups = Vec::new();
+        for row in &rows {
+            let id: JobId = row.try_get(0).ctx(op)?;
+            let named: Option<String> = row.try_get(1).ok().flatten();
+            let was: Option<String> = row.try_get(3).ok().flatten();
+            let now_to = routed_to(routes, named.as_deref(), &tags_of(row, 2));
+            if now_to != was {
+                ids.push(id);
+                groups.push(now_to);
+            }
+        }
+        if !ids.is_empty() {
+            execute(&mut self.stmts, &mut tx, SET_ROUTES, &[&ids, &groups], op)?;
+        }
+        tx.commit().ctx(op)?;
+        Ok(ids.len())
     }
 
     fn record_outcome(
@@ -1472,47 +1442,6 @@ mod tests {
     }
 
     #[test]
-    fn filter_numbers_one_parameter_per_placeholder() {
-        let routes = [
-            Route {
-                group: "a".into(),
-                matches: Some([("x".to_string(), vec!["1".into(), "2".into()])].into()),
-            },
-            Route {
-                group: "b".into(),
-                matches: Some([("y".to_string(), vec![])].into()),
-            },
-            Route {
-                group: "c".into(),
-                matches: Some(BTreeMap::new()),
-            },
-            Route {
-                group: "d".into(),
-                matches: None,
-            },
-        ];
-        let not_a = |g: &str| g != "a";
-        let takes: [GroupPredicate<'_>; 2] = [None, Some(&not_a)];
-        for take in takes {
-            let f = Filter::routed(&routes, take, 4);
-            let placeholders: Vec<usize> = f
-                .sql
-                .split('$')
-                .skip(1)
-                .map(|s| {
-                    s.chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect::<String>()
-                        .parse()
-                        .unwrap()
-                })
-                .collect();
-            let expected: Vec<usize> = (4..4 + f.params.len()).collect();
-            assert_eq!(placeholders, expected, "{}", f.sql);
-        }
-    }
-
-    #[test]
     fn the_schema_versions_are_counted() {
         assert_eq!(PG_SCHEMA_VERSION as usize, MIGRATIONS.len());
     }
@@ -1555,21 +1484,6 @@ mod tests {
             .map(|row| row.get::<_, String>(0))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    /// `head`, then a filter's parameters, as SQL literals.
-    fn literals(head: &[&str], filter: &Filter) -> Vec<String> {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-        head.iter()
-            .map(|s| s.to_string())
-            .chain(filter.params.iter().map(|p| match p {
-                Param::Text(text) => quote(text),
-                Param::Texts(texts) => format!(
-                    "ARRAY[{}]::text[]",
-                    texts.iter().map(|t| quote(t)).collect::<Vec<_>>().join(", ")
-                ),
-            }))
-            .collect()
     }
 
     /// With a long history of finished jobs, the hot queries read live jobs through their
@@ -1617,8 +1531,7 @@ mod tests {
             store.submit(&jobs, 3.0).unwrap();
             let mut credits = BTreeMap::from([("g".to_string(), 1), ("t".to_string(), 1)]);
             store.claim(me, &routes, &mut credits, 4.0).unwrap();
-            let filter = Filter::routed(&routes, Some(&|_: &str| true), 4);
-            let any = Filter::routed(&routes, None, 2);
+            let groups = "ARRAY['g', 't']::text[]".to_string();
             let claim_planner = CLAIM_PLANNER.replace("SET LOCAL", "SET");
             let default_planner = "RESET enable_seqscan; RESET enable_bitmapscan; \
                                    RESET enable_sort";
@@ -1641,20 +1554,27 @@ mod tests {
                     client.batch_execute(&claim_planner).unwrap();
                     let p = plan(
                         client,
-                        &candidates_sql(&filter),
-                        &literals(&["5.0", "0", "5"], &filter),
+                        CLAIM,
+                        &[
+                            me.to_string(),
+                            "5.0".into(),
+                            groups.clone(),
+                            "ARRAY[5, 5]::bigint[]".into(),
+                        ],
                     );
-                    assert!(p.contains("Index Scan using jobs_queued"), "{mode}: {p}");
+                    assert!(p.contains("Index Scan using jobs_claimable"), "{mode}: {p}");
                     assert!(
-                        !p.contains("Seq Scan") && !p.contains("Sort"),
+                        !p.contains("Seq Scan on jobs") && !p.contains("Sort"),
                         "{mode}: {p}"
                     );
-                    let p = plan(client, &backlog_sql(&any), &literals(&["5.0"], &any));
+                    let p = plan(client, BACKLOG, &["5.0".into(), groups.clone()]);
                     assert!(
-                        p.contains("Index Scan using jobs_queued")
-                            && p.contains("Index Scan using jobs_waiting"),
+                        p.contains("using jobs_claimable") && p.contains("using jobs_waiting"),
                         "{mode}: {p}"
                     );
+                    assert!(!p.contains("Seq Scan"), "{mode}: {p}");
+                    let p = plan(client, UNROUTED, &["5".into()]);
+                    assert!(p.contains("jobs_unrouted"), "{mode}: {p}");
                     assert!(!p.contains("Seq Scan"), "{mode}: {p}");
                     let p = plan(client, MATERIALISE_RETRIES, &["5.0".into()]);
                     assert!(p.contains("jobs_waiting"), "{mode}: {p}");

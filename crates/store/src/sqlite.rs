@@ -6,11 +6,10 @@
 //! two claimers never see the same queued job. Claims are conditional updates (`... WHERE
 //! state = 'queued'`) with checked row counts all the same, as a PostgreSQL store needs.
 //!
-//! Routing is evaluated in SQL (tags are JSON, matched with `json_each`) so that a claim
-//! never has to read jobs that no group with credit takes; [`route`] remains the
-//! definition, and every job is checked against it again before it is claimed. A claim
-//! still costs SQLite a pass over the runnable queued jobs that come before the first one
-//! it can take (for example many jobs no route takes), which is cheap per row but not free.
+//! A job's group is decided once ([`JobStore::reroute`] documents when) and kept in its
+//! `route` column, so that a claim is an index range scan on `(route, id)` of each group
+//! with credit, and the backlog a probe of the same index, whatever the queue's depth:
+//! no claim ever reads a job's tags, nor a job of another group.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +108,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN reason TEXT;
     ALTER TABLE jobs ADD COLUMN start_error TEXT;
     ALTER TABLE jobs ADD COLUMN supervisor_deaths INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // Version 5: a job's group is decided once, not at every claim. `route` is the group
+    // it goes to (NULL: none takes it); `routed` is 0 until that is decided (jobs that
+    // name their group are routed at submit, tagged ones by the next claim). Claims and
+    // the backlog are then index range scans on (route, id) whatever the queue's depth.
+    r#"
+    ALTER TABLE jobs ADD COLUMN route TEXT;
+    ALTER TABLE jobs ADD COLUMN routed INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET route = named_group, routed = 1 WHERE named_group IS NOT NULL;
+    DROP INDEX jobs_queued;
+    CREATE INDEX jobs_claimable ON jobs (route, id) WHERE state = 'queued';
+    CREATE INDEX jobs_unrouted ON jobs (id) WHERE routed = 0;
     "#,
 ];
 
@@ -428,115 +439,106 @@ fn stored_run(row: &[Value]) -> StoredRun {
     }
 }
 
-/// Which groups a [`Filter`] selects jobs for (`None`: every group).
-type GroupPredicate<'a> = Option<&'a dyn Fn(&str) -> bool>;
+/// How many unrouted jobs a claim routes at most (the rest wait for the next claim, which
+/// the backlog then asks for at once): a burst of tagged submits is routed in steps
+/// rather than in one long hold of the write lock.
+const ROUTE_BATCH: i64 = 2000;
 
-/// A WHERE fragment selecting jobs by route, with its parameters in textual order.
-#[derive(Debug, Default)]
-struct Filter {
-    sql: String,
-    params: Vec<Value>,
+/// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most
+/// `?4`: an index range scan on (route, id). Columns as [`stored_run`] reads them.
+const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
+     max_attempts, attempts FROM jobs \
+     WHERE state = 'queued' AND route = ?1 AND id > ?2 \
+     AND (not_before IS NULL OR not_before <= ?3) ORDER BY id LIMIT ?4";
+
+/// Jobs whose group is not decided yet, oldest first, at most `?1`.
+const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE routed = 0 \
+     ORDER BY id LIMIT ?1";
+
+/// `?1`, `?2`, ... for `n` values, after `first - 1` others.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-impl Filter {
-    /// Jobs that [`route`] sends to a group for which `take` is true (`None`: any group).
-    fn routed(routes: &[Route], take: GroupPredicate<'_>) -> Filter {
-        let taken = |group: &str| match take {
-            Some(take) => take(group),
-            None => true,
-        };
-        let mut f = Filter::default();
-
-        // Jobs naming a group: that group, if some route has its name.
-        let mut names: Vec<&str> = routes
-            .iter()
-            .map(|r| r.group.as_str())
-            .filter(|g| taken(g))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        f.sql.push_str("((named_group IN (");
-        for (i, name) in names.iter().enumerate() {
-            f.sql.push_str(if i == 0 { "?" } else { ", ?" });
-            f.params.push(Value::Text((*name).to_owned()));
-        }
-        f.sql.push_str(")) OR (named_group IS NULL AND (0");
-
-        // Untargeted jobs: the first route whose `matches` selects their tags.
-        for (i, r) in routes.iter().enumerate() {
-            let Some(matches) = &r.matches else { continue };
-            if !taken(&r.group) {
-                continue;
-            }
-            f.sql.push_str(" OR (");
-            f.selects(matches);
-            if take.is_some() {
-                // Exactly this route: no earlier one selects the job.
-                for earlier in routes[..i].iter().filter_map(|r| r.matches.as_ref()) {
-                    f.sql.push_str(" AND NOT ");
-                    f.selects(earlier);
-                }
-            }
-            f.sql.push(')');
-        }
-        f.sql.push_str(")))");
-        f
-    }
-
-    /// Appends a condition true when `matches` selects the job's tags.
-    fn selects(&mut self, matches: &BTreeMap<String, Vec<String>>) {
-        self.sql.push_str("(1");
-        for (key, values) in matches {
-            if values.is_empty() {
-                self.sql.push_str(" AND 0");
-                continue;
-            }
-            // Tags damaged by hand are no tags (json_each would fail the whole query).
-            self.sql.push_str(
-                " AND EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(jobs.tags) \
-                 THEN jobs.tags ELSE '{}' END) WHERE key = ? AND value IN (",
-            );
-            self.params.push(Value::Text(key.clone()));
-            for (i, value) in values.iter().enumerate() {
-                self.sql.push_str(if i == 0 { "?" } else { ", ?" });
-                self.params.push(Value::Text(value.clone()));
-            }
-            self.sql.push_str("))");
-        }
-        self.sql.push(')');
-    }
-}
-
-/// Runnable queued jobs after id `?2` selected by `filter`, in id order, at most `?3`
-/// (parameters: now, after id, the filter's, limit).
-fn candidates_sql(filter: &Filter) -> String {
+/// Whether a job routed to one of the `n` groups `?2`... is runnable at `?1`.
+fn runnable_sql(n: usize) -> String {
     format!(
-        "SELECT id, named_group, tags, command, env, cwd, timeout_s, max_attempts, attempts \
-         FROM jobs WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?) \
-         AND id > ? AND {} ORDER BY id LIMIT ?",
-        filter.sql
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND route IN ({}) \
+         AND (not_before IS NULL OR not_before <= ?1) LIMIT 1",
+        placeholders(2, n)
     )
 }
 
-/// Whether a runnable queued job is selected by `filter` (parameters: now, the filter's).
-fn runnable_sql(filter: &Filter) -> String {
-    format!(
-        "SELECT 1 FROM jobs WHERE state = 'queued' \
-         AND (not_before IS NULL OR not_before <= ?) AND {} LIMIT 1",
-        filter.sql
-    )
-}
-
-/// The earliest time a job selected by `filter` becomes runnable (parameters: now, the
-/// filter's).
-fn waiting_sql(filter: &Filter) -> String {
+/// The earliest time a job routed to one of the `n` groups `?2`... becomes runnable
+/// (`?1`: now).
+fn waiting_sql(n: usize) -> String {
     format!(
         "SELECT MIN(not_before) FROM jobs \
          WHERE not_before IS NOT NULL \
-         AND ((state = 'queued' AND not_before > ?) OR state IN ('failed', 'timed_out')) \
-         AND {}",
-        filter.sql
+         AND ((state = 'queued' AND not_before > ?1) OR state IN ('failed', 'timed_out')) \
+         AND route IN ({})",
+        placeholders(2, n)
     )
+}
+
+/// Ends a queued job whose row cannot be run: `dead`, with a reason naming the field.
+fn refuse(conn: &Connection, id: JobId, row: &[Value], what: &str, now: f64) -> Result<Refused> {
+    let reason = unrunnable_reason(what);
+    log::warn!("job {id}: {reason}");
+    let attempts = match row[8] {
+        Value::Integer(n) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, not_before = NULL \
+         WHERE id = ?1 AND state = 'queued'",
+    )
+    .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
+    .ctx("end a job that cannot be run")?;
+    Ok(Refused {
+        id,
+        attempts,
+        reason,
+    })
+}
+
+/// Decides the group of the jobs not routed yet, at most [`ROUTE_BATCH`] of them (inside
+/// a transaction). Returns true if more are left.
+fn route_new(conn: &Connection, routes: &[Route]) -> Result<bool> {
+    let rows: Vec<(JobId, Value, Value)> = conn
+        .prepare_cached(UNROUTED)
+        .and_then(|mut stmt| {
+            stmt.query_map([ROUTE_BATCH], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect()
+        })
+        .ctx("route new jobs")?;
+    let mut set = conn
+        .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
+        .ctx("route new jobs")?;
+    for (id, named, tags) in &rows {
+        let group = routed_to(routes, named, tags);
+        set.execute(params![id, group]).ctx("route new jobs")?;
+    }
+    Ok(rows.len() as i64 == ROUTE_BATCH)
+}
+
+/// The group [`route`] sends a stored job to. A damaged `tags` column is no tags.
+fn routed_to(routes: &[Route], named: &Value, tags: &Value) -> Option<String> {
+    let named = match named {
+        Value::Text(g) => Some(g.as_str()),
+        _ => None,
+    };
+    let tags: BTreeMap<String, String> = stored_json(tags).unwrap_or_default();
+    match named {
+        // A job naming its group goes there, whatever the routes of the moment.
+        Some(g) => Some(g.to_owned()),
+        None => route(routes, None, &tags).map(str::to_owned),
+    }
 }
 
 /// Gives back the running jobs of owner `?1` at time `?2`: queued without using up an
@@ -611,8 +613,8 @@ impl JobStore for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-                     max_attempts, idem_key, created_at) \
-                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     max_attempts, idem_key, created_at, route, routed) \
+                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?1 IS NOT NULL)",
                 )
                 .ctx("submit")?;
             for job in jobs {
@@ -783,111 +785,91 @@ impl JobStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("claim")?;
         materialise(&tx, now)?;
+        let more_to_route = route_new(&tx, routes)?;
+        // The groups some route names, each once, in name order.
+        let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
+        groups.sort_unstable();
+        groups.dedup();
         let mut claimed = Vec::new();
         let mut refused = Vec::new();
-        let mut after: JobId = 0;
-        loop {
-            let credit_of = |group: &str| credits.get(group).copied().unwrap_or(0);
-            // Credits of the groups some route names, each counted once.
-            let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
-            groups.sort_unstable();
-            groups.dedup();
-            let limit: u64 = groups.iter().map(|g| u64::from(credit_of(g))).sum();
-            if limit == 0 {
-                break;
-            }
-            let filter = Filter::routed(routes, Some(&|g: &str| credit_of(g) > 0));
-            let sql = candidates_sql(&filter);
-            let mut values = vec![Value::Real(now), Value::Integer(after)];
-            values.extend(filter.params);
-            values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-            // Every column as it is stored: a row damaged by hand or by another version
-            // is refused below, field by field, without failing the claim.
-            let candidates: Vec<(JobId, Vec<Value>)> = tx
-                .prepare_cached(&sql)
-                .and_then(|mut stmt| {
-                    stmt.query_map(params_from_iter(values), |row| {
-                        let values = (0..9)
-                            .map(|i| row.get::<_, Value>(i))
-                            .collect::<rusqlite::Result<Vec<Value>>>()?;
-                        Ok((row.get(0)?, values))
-                    })?
-                    .collect()
-                })
-                .ctx("claim: find runnable jobs")?;
-            let fetched = candidates.len() as u64;
-            for (id, row) in candidates {
-                after = id;
-                let named_group = match &row[1] {
-                    Value::Text(g) => Some(g.as_str()),
-                    _ => None,
-                };
-                let tags: BTreeMap<String, String> = stored_json(&row[2]).unwrap_or_default();
-                let Some(group) = route(routes, named_group, &tags) else {
-                    log::warn!("job {id}: selected for a claim but no route takes it");
-                    continue;
-                };
-                let Some(credit) = credits.get_mut(group).filter(|credit| **credit > 0) else {
-                    continue; // its group ran out of credit in this batch
-                };
-                let run = match stored_run(&row).into_claim(id, group) {
-                    Ok(run) => run,
-                    Err(what) => {
-                        let reason = unrunnable_reason(&what);
-                        log::warn!("job {id}: {reason}");
-                        let attempts = match row[8] {
-                            Value::Integer(n) => u32::try_from(n).unwrap_or(0),
-                            _ => 0,
-                        };
-                        tx.prepare_cached(
-                            "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, \
-                             not_before = NULL WHERE id = ?1 AND state = 'queued'",
+        for &group in &groups {
+            let mut after: JobId = 0;
+            loop {
+                let credit = credits.get(group).copied().unwrap_or(0);
+                if credit == 0 {
+                    break;
+                }
+                // Every column as it is stored: a row damaged by hand or by another
+                // version is refused below, field by field, without failing the claim.
+                let candidates: Vec<(JobId, Vec<Value>)> = tx
+                    .prepare_cached(CANDIDATES)
+                    .and_then(|mut stmt| {
+                        stmt.query_map(params![group, after, now, credit], |row| {
+                            let values = (0..9)
+                                .map(|i| row.get::<_, Value>(i))
+                                .collect::<rusqlite::Result<Vec<Value>>>()?;
+                            Ok((row.get(0)?, values))
+                        })?
+                        .collect()
+                    })
+                    .ctx("claim: find runnable jobs")?;
+                let fetched = candidates.len();
+                for (id, row) in candidates {
+                    after = id;
+                    let run = match stored_run(&row).into_claim(id, group) {
+                        Ok(run) => run,
+                        Err(what) => {
+                            refused.push(refuse(&tx, id, &row, &what, now)?);
+                            continue;
+                        }
+                    };
+                    let changed = tx
+                        .prepare_cached(
+                            "UPDATE jobs SET state = 'running', owner = ?1, \
+                             attempts = attempts + 1, started_at = ?2, finished_at = NULL, \
+                             exit_code = NULL, signal = NULL, not_before = NULL, \
+                             run_group = ?3, start_error = NULL \
+                             WHERE id = ?4 AND state = 'queued'",
                         )
-                        .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
-                        .ctx("end a job that cannot be run")?;
-                        refused.push(Refused {
-                            id,
-                            attempts,
-                            reason,
-                        });
+                        .and_then(|mut stmt| stmt.execute(params![me, now, group, id]))
+                        .ctx("claim a job")?;
+                    if changed != 1 {
+                        log::warn!("job {id}: taken by another claimer");
                         continue;
                     }
-                };
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE jobs SET state = 'running', owner = ?1, attempts = attempts + 1, \
-                         started_at = ?2, finished_at = NULL, exit_code = NULL, signal = NULL, \
-                         not_before = NULL, run_group = ?3, start_error = NULL \
-                         WHERE id = ?4 AND state = 'queued'",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![me, now, group, id]))
-                    .ctx("claim a job")?;
-                if changed != 1 {
-                    log::warn!("job {id}: taken by another claimer");
-                    continue;
+                    if let Some(c) = credits.get_mut(group) {
+                        *c -= 1;
+                    }
+                    claimed.push(run);
                 }
-                *credit -= 1;
-                claimed.push(run);
-            }
-            if fetched < limit {
-                break; // every matching job was seen
+                if fetched < credit as usize {
+                    break; // every runnable job of the group was seen
+                }
             }
         }
+        claimed.sort_by_key(|c| c.id);
 
         // What is left, among jobs routed to a group that can run them.
-        let any = Filter::routed(routes, Some(&|g: &str| credits.contains_key(g)));
-        let mut values = vec![Value::Real(now)];
-        values.extend(any.params.iter().cloned());
-        let runnable = tx
-            .prepare_cached(&runnable_sql(&any))
-            .and_then(|mut stmt| stmt.exists(params_from_iter(values)))
-            .ctx("claim: look for runnable jobs")?;
-        let mut values = vec![Value::Real(now)];
-        values.extend(any.params.iter().cloned());
-        let waiting_until: Option<f64> = tx
-            .prepare_cached(&waiting_sql(&any))
-            .and_then(|mut stmt| stmt.query_row(params_from_iter(values), |row| row.get(0)))
-            .ctx("claim: look for waiting jobs")?;
+        let mut any: Vec<Value> = groups
+            .iter()
+            .filter(|g| credits.contains_key(**g))
+            .map(|g| Value::Text((*g).to_owned()))
+            .collect();
+        let (runnable, waiting_until) = if any.is_empty() {
+            (more_to_route, None)
+        } else {
+            let n = any.len();
+            any.insert(0, Value::Real(now));
+            let runnable = tx
+                .prepare_cached(&runnable_sql(n))
+                .and_then(|mut stmt| stmt.exists(params_from_iter(any.iter())))
+                .ctx("claim: look for runnable jobs")?;
+            let waiting_until: Option<f64> = tx
+                .prepare_cached(&waiting_sql(n))
+                .and_then(|mut stmt| stmt.query_row(params_from_iter(any.iter()), |row| row.get(0)))
+                .ctx("claim: look for waiting jobs")?;
+            (runnable || more_to_route, waiting_until)
+        };
         tx.commit().ctx("claim")?;
         Ok(ClaimResult {
             jobs: claimed,
@@ -897,6 +879,45 @@ impl JobStore for SqliteStore {
                 waiting_until,
             },
         })
+    }
+
+    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("reroute")?;
+        let rows: Vec<(JobId, Value, Value, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
+                 UNION ALL SELECT id, named_group, tags, route FROM jobs \
+                 WHERE not_before IS NOT NULL AND state IN ('failed', 'timed_out')",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    let route = match row.get::<_, Value>(3)? {
+                        Value::Text(t) => Some(t),
+                        _ => None,
+                    };
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, route))
+                })?
+                .collect()
+            })
+            .ctx("reroute")?;
+        let mut changed = 0;
+        {
+            let mut set = tx
+                .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
+                .ctx("reroute")?;
+            for (id, named, tags, was) in rows {
+                let now_to = routed_to(routes, &named, &tags);
+                if now_to != was {
+                    set.execute(params![id, now_to]).ctx("reroute")?;
+                    changed += 1;
+                }
+            }
+        }
+        tx.commit().ctx("reroute")?;
+        Ok(changed)
     }
 
     fn record_outcome(
@@ -1131,51 +1152,40 @@ mod tests {
     fn hot_queries_use_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
-        let routes = [
-            Route {
-                group: "g".into(),
-                matches: None,
-            },
-            Route {
-                group: "t".into(),
-                matches: Some([("k".to_string(), vec!["v".to_string()])].into()),
-            },
-        ];
-        let filter = Filter::routed(&routes, Some(&|_: &str| true));
-        let with = |head: &[Value], tail: &[Value]| -> Vec<Value> {
-            head.iter()
-                .chain(&filter.params)
-                .chain(tail)
-                .cloned()
-                .collect()
-        };
         let now = Value::Real(1.0);
+        let groups = [Value::Text("g".into()), Value::Text("t".into())];
+        let no_full_scan = |p: &str| !p.lines().any(|l| l.trim_end() == "SCAN jobs");
 
+        // A claim of one group: a range of (route, id), in id order, whatever the depth.
         let p = plan(
             &store,
-            &candidates_sql(&filter),
-            &with(&[now.clone(), Value::Integer(0)], &[Value::Integer(5)]),
+            CANDIDATES,
+            &[
+                Value::Text("g".into()),
+                Value::Integer(0),
+                now.clone(),
+                Value::Integer(5),
+            ],
         );
-        assert!(p.contains("USING INDEX jobs_queued (id>?)"), "{p}");
-        assert!(!p.contains("TEMP B-TREE"), "{p}");
-
-        let p = plan(
-            &store,
-            &runnable_sql(&filter),
-            &with(std::slice::from_ref(&now), &[]),
-        );
-        assert!(p.contains("USING INDEX jobs_queued"), "{p}");
-
-        let p = plan(
-            &store,
-            &waiting_sql(&filter),
-            &with(std::slice::from_ref(&now), &[]),
-        );
-        assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
         assert!(
-            !p.contains("SCAN jobs\n") && !p.ends_with("SCAN jobs"),
+            p.contains("USING INDEX jobs_claimable (route=? AND id>?)"),
             "{p}"
         );
+        assert!(!p.contains("TEMP B-TREE") && no_full_scan(&p), "{p}");
+
+        // The backlog: runnable jobs and the earliest waiting one, for these groups.
+        let args = [std::slice::from_ref(&now), &groups[..]].concat();
+        let p = plan(&store, &runnable_sql(2), &args);
+        assert!(p.contains("USING INDEX jobs_claimable (route=?)"), "{p}");
+        assert!(no_full_scan(&p), "{p}");
+        let p = plan(&store, &waiting_sql(2), &args);
+        assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
+        assert!(no_full_scan(&p), "{p}");
+
+        // The jobs not routed yet.
+        let p = plan(&store, UNROUTED, &[Value::Integer(5)]);
+        assert!(p.contains("USING INDEX jobs_unrouted"), "{p}");
+        assert!(no_full_scan(&p), "{p}");
 
         let p = plan(&store, MATERIALISE_RETRIES, std::slice::from_ref(&now));
         assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
@@ -1257,29 +1267,5 @@ mod tests {
             record_frames <= 250,
             "outcomes wrote {record_frames} pages per 100"
         );
-    }
-
-    #[test]
-    fn filter_binds_one_parameter_per_placeholder() {
-        let routes = [
-            Route {
-                group: "a".into(),
-                matches: Some([("x".to_string(), vec!["1".into(), "2".into()])].into()),
-            },
-            Route {
-                group: "b".into(),
-                matches: Some([("y".to_string(), vec![])].into()),
-            },
-            Route {
-                group: "c".into(),
-                matches: Some(BTreeMap::new()),
-            },
-        ];
-        let not_a = |g: &str| g != "a";
-        let takes: [GroupPredicate<'_>; 2] = [None, Some(&not_a)];
-        for take in takes {
-            let f = Filter::routed(&routes, take);
-            assert_eq!(f.sql.matches('?').count(), f.params.len(), "{}", f.sql);
-        }
     }
 }

@@ -157,10 +157,11 @@ fn only_live_jobs_are_indexed() {
     assert_eq!(
         indexes.keys().map(String::as_str).collect::<Vec<_>>(),
         vec![
+            "jobs_claimable",
             "jobs_live_key",
             "jobs_pkey",
-            "jobs_queued",
             "jobs_running",
+            "jobs_unrouted",
             "jobs_waiting"
         ]
     );

@@ -194,8 +194,21 @@ pub fn routing_by_group_and_tags(new: Factory) {
         Some("x86")
     );
 
-    // A route added later (a reload) takes them.
+    // A job's group is decided once: new routes alone change nothing for tagged jobs
+    // (a job naming a group goes to it as soon as some route has that name)...
     let routes = [matching("catch-all", &[]), named("nowhere")];
+    let res = s
+        .claim(
+            me,
+            &routes,
+            &mut credits(&[("catch-all", 9), ("nowhere", 0)]),
+            3.5,
+        )
+        .unwrap();
+    assert!(res.jobs.is_empty(), "{:?}", res.jobs);
+    // ...until a reload reroutes the queue, in one pass.
+    assert_eq!(s.reroute(&routes).unwrap(), 2);
+    assert_eq!(s.reroute(&routes).unwrap(), 0, "nothing changes twice");
     let res = s
         .claim(
             me,
