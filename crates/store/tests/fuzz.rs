@@ -699,19 +699,11 @@ fn stored_row_damage_in_sqlite_is_claimed_or_refused() {
     );
 }
 
-/// Known bug (reported), found by `stored_row_damage_in_sqlite_is_claimed_or_refused`: a
-/// blob in `named_group` is read as "names no group" by the claim's routing (and by `jobs`,
-/// which shows an untargeted job its tags route), but the claim's SQL selects it neither as
-/// a job naming a group nor as one naming none (`named_group IS NULL`), so the job is
-/// never claimed nor refused: it stays queued for good, and `--until-empty` does not wait
-/// for it. Ignored until fixed; `scripts/test` runs ignored tests in its PostgreSQL step,
-/// so this one checks only with `SUPERVISOR_FUZZ_KNOWN_BUGS=1`.
+/// Found by `stored_row_damage_in_sqlite_is_claimed_or_refused` against 7ffeec0: a blob in
+/// `named_group` was read as "names no group" by the claim's routing, but selected by none
+/// of the claim's SQL, so the job stayed queued for good (fixed by routing once, e586853).
 #[test]
-#[ignore = "known bug: a blob in named_group leaves its job queued for good"]
 fn a_blob_in_named_group_is_claimed_or_refused() {
-    if std::env::var_os("SUPERVISOR_FUZZ_KNOWN_BUGS").is_none() {
-        return;
-    }
     let mut f = Fixture::new();
     let mut job = NewJob::new(["true"]);
     job.tags.insert("arch".into(), "x86".into());
@@ -820,11 +812,7 @@ fn check_damage(f: &mut Fixture, damage: &Damage) -> Result<(), TestCaseError> {
                 _ => BTreeMap::new(),
             };
             let routed = route(&routes, group, &tags);
-            // Known bug (reported; see `a_blob_in_named_group_is_claimed_or_refused`): a
-            // blob in `named_group` is read as no group by the claim's routing but
-            // selected by none of its SQL, so the job stays queued for good.
-            let known_bug = matches!(named_group, Sql::Blob(_));
-            if job.state != JobState::Queued || (routed.is_some() && !known_bug) {
+            if job.state != JobState::Queued || routed.is_some() {
                 return Err(broken(format!(
                     "neither claimed nor refused after damage to {column}: {} \
                      (named_group {named_group:?}, tags {tags:?}, routed to {routed:?})",
