@@ -522,3 +522,40 @@ fn a_damaged_instance_row_does_not_stop_the_next_run() {
     sb.wait_job(held.id, &["succeeded"], LONG);
     sv.stop_cleanly();
 }
+
+// ----- retention ---------------------------------------------------------------------------
+
+#[test]
+fn retention_deletes_finished_jobs_and_their_logs_past_the_limits() {
+    let mut c = until_empty_config();
+    c["retention"] = json!({"finished_max_count": 3});
+    let sb = Sandbox::new(&c);
+    let ids: Vec<i64> = (0..10)
+        .map(|i| sb.submit(&["--", "sh", "-c", &format!("echo job {i}")]))
+        .collect();
+    let held = sb.submit_held("held", &[]);
+    let mut sv = sb.start(&[]);
+    for &id in &ids {
+        sb.wait_job(id, &["succeeded"], LONG);
+    }
+    let listed = || -> Vec<i64> {
+        let out = sb.run(&["jobs", "--json"]);
+        let jobs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        jobs.iter().map(|j| j["id"].as_i64().unwrap()).collect()
+    };
+    // The newest 3 finished jobs stay, and the running one; the others go with their logs.
+    wait_until(LONG, || listed().len() == 4).unwrap_or_else(|_| panic!("{:?}", listed()));
+    let mut want = ids[7..].to_vec();
+    want.push(held.id);
+    assert_eq!(listed(), want);
+    let logs = sb.path().join("state/logs");
+    for &id in &ids[..7] {
+        assert!(!logs.join(format!("{id}.log")).exists(), "log of {id}");
+    }
+    for &id in &ids[7..] {
+        assert!(logs.join(format!("{id}.log")).exists(), "log of {id}");
+    }
+    held.release_with(0);
+    sb.wait_job(held.id, &["succeeded"], LONG);
+    sv.stop_cleanly();
+}

@@ -9,6 +9,7 @@ mod grabber;
 mod ipc;
 mod notify;
 mod pending;
+mod retention;
 mod run;
 mod shared;
 mod store;

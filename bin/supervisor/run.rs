@@ -74,6 +74,8 @@ struct Supervisor {
     pending: Pending,
     /// How to open the store again when its connection broke.
     store_arg: crate::wire::StoreArg,
+    /// Deletes finished jobs past the config's `retention`, on a thread of its own.
+    retention: crate::retention::Retention,
 }
 
 /// The name of the event a panicking supervisor writes before it exits.
@@ -185,6 +187,12 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         );
     }
 
+    let retention = crate::retention::Retention::start(
+        store_arg.clone(),
+        config.state_dir.join("logs"),
+        config.retention.clone(),
+    )
+    .context("cannot start the retention thread")?;
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
     let _ = PANIC_TX.set(queue_tx.clone());
     start_signal_thread(queue_tx.clone())?;
@@ -239,6 +247,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         told_stopping: false,
         pending: Pending::default(),
         store_arg,
+        retention,
     };
     sv.snapshot();
     let mut f = Map::new();
@@ -1079,6 +1088,7 @@ impl Supervisor {
         self.generation += 1;
         self.events
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
+        self.retention.update(self.config.retention.clone());
         self.config_event("config_loaded", None);
         // Sent before the core applies the reload, so that the polls it asks for use
         // the new routes. A reload gives a disabled group a fresh start: every group of

@@ -63,6 +63,27 @@ pub struct ConfigFile {
     #[serde(default = "default_shutdown_grace_s")]
     #[schemars(range(min = 0, max = MAX_SECONDS))]
     pub shutdown_grace_s: f64,
+
+    /// How long finished jobs (`succeeded`, `dead`, `canceled`, and `failed`/`timed_out`
+    /// with no retry left) and their logs are kept: deleted, a small batch at a time off
+    /// the dispatch path, once older than `finished_max_age_s` or past the newest
+    /// `finished_max_count`. Without it, nothing is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// Limits on the finished jobs kept in the store; at least one must be set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Seconds after it finished that a job (and its log) is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_SECONDS), extend("exclusiveMinimum" = 0))]
+    pub finished_max_age_s: Option<f64>,
+    /// How many finished jobs are kept at most: the oldest beyond it are deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub finished_max_count: Option<u64>,
 }
 
 pub(crate) fn default_state_dir() -> String {

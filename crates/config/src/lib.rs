@@ -55,6 +55,17 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     /// How long a graceful stop lets running jobs finish.
     pub shutdown_grace: Duration,
+    /// Which finished jobs are deleted, if any.
+    pub retention: Option<RetentionConfig>,
+}
+
+/// Which finished jobs (and their logs) are deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetentionConfig {
+    /// Delete those finished longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many finished jobs, the newest.
+    pub max_count: Option<u64>,
 }
 
 /// The job store.
@@ -449,6 +460,10 @@ impl Config {
                 timeout: seconds(f.heartbeat.timeout_s),
             },
             shutdown_grace: seconds(f.shutdown_grace_s),
+            retention: f.retention.map(|r| RetentionConfig {
+                max_age: r.finished_max_age_s.map(seconds),
+                max_count: r.finished_max_count,
+            }),
         }
     }
 

@@ -461,6 +461,18 @@ fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
         );
     };
 
+    if let Some(Value::Object(retention)) = root.get("retention") {
+        let set = |k: &str| retention.get(k).is_some_and(|v| !v.is_null());
+        if !set("finished_max_age_s") && !set("finished_max_count") {
+            problems.push(Problem {
+                path: "retention".into(),
+                message: "set finished_max_age_s, finished_max_count or both \
+                          (without a limit, leave retention out: nothing is deleted)"
+                    .into(),
+            });
+        }
+    }
+
     let grabber = root.get("grabber");
     let error_backoff = file::ErrorBackoff::default();
     backoff(

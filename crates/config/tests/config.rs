@@ -72,11 +72,30 @@ fn duplicate_json_key_is_a_syntax_error() {
 // ---- unknown keys ----
 
 #[test]
+fn retention_needs_a_limit_and_takes_each() {
+    assert_eq!(
+        error(&with(r#""retention": {}"#, "")),
+        "retention: set finished_max_age_s, finished_max_count or both \
+         (without a limit, leave retention out: nothing is deleted)"
+    );
+    assert_eq!(
+        error(&with(r#""retention": {"finished_max_age_s": 0}"#, "")),
+        "retention.finished_max_age_s: must be > 0 and <= 1000000000, found 0"
+    );
+    for ok in [
+        r#""retention": {"finished_max_age_s": 60}"#,
+        r#""retention": {"finished_max_count": 0}"#,
+    ] {
+        parse(&with(ok, ""), Path::new(FILE)).unwrap();
+    }
+}
+
+#[test]
 fn unknown_top_level_key() {
     assert_eq!(
         error(&with(r#""colour": "red""#, "")),
         "colour: unknown key (expected one of: events, grabber, groups, heartbeat, \
-         shutdown_grace_s, state_dir, store)"
+         retention, shutdown_grace_s, state_dir, store)"
     );
 }
 
@@ -417,7 +436,7 @@ fn every_problem_is_reported_at_once() {
     let mut got = errors(text);
     got.sort();
     let mut want: Vec<String> = [
-        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, shutdown_grace_s, state_dir, store)",
+        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, retention, shutdown_grace_s, state_dir, store)",
         "store.postgres.url: required",
         "grabber.poll_interval_s: must be > 0 and <= 1000000000, found -1",
         "grabber.error_backoff.jitter: expected a number, found a string",

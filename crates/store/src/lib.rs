@@ -252,6 +252,10 @@ fn selects(matches: &BTreeMap<String, Vec<String>>, tags: &BTreeMap<String, Stri
         .all(|(key, values)| tags.get(key).is_some_and(|v| values.contains(v)))
 }
 
+/// A finished job, in SQL: one that will never run again.
+pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
+     OR (state IN ('failed', 'timed_out') AND not_before IS NULL))";
+
 /// How many deaths of its supervisor a running job survives: taken back from a dead
 /// supervisor this many times, it ends `dead` (a job that kills its supervisor must not
 /// take every next one down too).
@@ -627,6 +631,17 @@ pub trait JobStore {
 
     /// The running jobs of `owner` whose cancel was requested, as (id, attempt).
     fn cancel_requests(&mut self, owner: InstanceId) -> Result<Vec<(JobId, u32)>>;
+
+    /// Deletes finished jobs (`succeeded`, `dead`, `canceled`, `failed`/`timed_out` with
+    /// no retry scheduled), oldest id first, at most `limit` in this call: those finished
+    /// before `finished_before`, and those beyond the newest `keep` finished jobs. Returns
+    /// their ids (their logs are the caller's). Live jobs are never touched.
+    fn purge_finished(
+        &mut self,
+        finished_before: Option<f64>,
+        keep: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobId>>;
 
     /// One job, if it exists.
     fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>>;

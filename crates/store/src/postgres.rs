@@ -45,6 +45,7 @@ use crate::outcome_state;
 use crate::{
     route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
     JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
+    FINISHED,
 };
 
 /// The channel that `submit` and `cancel` notify and a [`Listener`] listens on.
@@ -1181,6 +1182,53 @@ impl JobStore for PostgresStore {
                 waiting_until,
             },
         })
+    }
+
+    fn purge_finished(
+        &mut self,
+        finished_before: Option<f64>,
+        keep: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobId>> {
+        let op = "delete finished jobs";
+        let mut tx = self.client.transaction().ctx(op)?;
+        let mut ids = Vec::new();
+        let limit = i64::from(limit);
+        if let Some(before) = finished_before {
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                     AND finished_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&before, &limit],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
+        }
+        let left = limit - ids.len() as i64;
+        if let (Some(keep), true) = (keep, left > 0) {
+            let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                     AND id <= (SELECT id FROM jobs WHERE {FINISHED} ORDER BY id DESC \
+                     LIMIT 1 OFFSET $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&keep, &left],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
+        }
+        tx.commit().ctx(op)?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn reroute(&mut self, routes: &[Route]) -> Result<usize> {

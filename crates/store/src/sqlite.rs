@@ -23,6 +23,7 @@ use crate::outcome_state;
 use crate::{
     route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
     JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
+    FINISHED,
 };
 
 /// How long an operation waits for another process's write lock before failing.
@@ -879,6 +880,66 @@ impl JobStore for SqliteStore {
                 waiting_until,
             },
         })
+    }
+
+    fn purge_finished(
+        &mut self,
+        finished_before: Option<f64>,
+        keep: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobId>> {
+        let op = "delete finished jobs";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(op)?;
+        let mut ids: Vec<JobId> = Vec::new();
+        let delete = |sql: &str, p: &[&dyn rusqlite::ToSql], ids: &mut Vec<JobId>| {
+            tx.prepare_cached(sql)
+                .and_then(|mut stmt| {
+                    let found = stmt
+                        .query_map(p, |row| row.get::<_, JobId>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    ids.extend(found);
+                    Ok(())
+                })
+                .ctx(op)
+        };
+        if let Some(before) = finished_before {
+            delete(
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                     AND finished_at < ?1 ORDER BY id LIMIT ?2) RETURNING id"
+                ),
+                &[&before, &limit],
+                &mut ids,
+            )?;
+        }
+        let left = i64::from(limit) - ids.len() as i64;
+        if let (Some(keep), true) = (keep, left > 0) {
+            // The newest `keep` finished jobs stay: the one just older is the threshold.
+            let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+            let threshold: Option<JobId> = tx
+                .prepare_cached(&format!(
+                    "SELECT id FROM jobs WHERE {FINISHED} ORDER BY id DESC LIMIT 1 OFFSET ?1"
+                ))
+                .and_then(|mut stmt| stmt.query_row([keep], |row| row.get(0)).optional())
+                .ctx(op)?;
+            if let Some(t) = threshold {
+                delete(
+                    &format!(
+                        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                         AND id <= ?1 ORDER BY id LIMIT ?2) RETURNING id"
+                    ),
+                    &[&t, &left],
+                    &mut ids,
+                )?;
+            }
+        }
+        tx.commit().ctx(op)?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn reroute(&mut self, routes: &[Route]) -> Result<usize> {

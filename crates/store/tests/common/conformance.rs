@@ -1308,6 +1308,62 @@ pub fn a_job_whose_supervisor_dies_three_times_is_quarantined(new: Factory) {
     assert!(res.jobs.is_empty() && res.more.is_empty());
 }
 
+/// Retention: finished jobs go by age and by count, oldest first, in batches; live ones
+/// (queued, running, waiting for a retry) never.
+pub fn purge_deletes_finished_jobs_by_age_and_count_never_live_ones(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    // Ten jobs finished at 10, 11, ... 19; then a running one, a queued one, and one
+    // waiting for its retry.
+    let ids = s.submit(&vec![job_in("g"); 13], 1.0).unwrap();
+    for (i, &id) in ids.iter().take(10).enumerate() {
+        let now = 10.0 + i as f64;
+        let c = s
+            .claim(me, &routes, &mut credits(&[("g", 1)]), now)
+            .unwrap();
+        assert_eq!(c.jobs[0].id, id);
+        let next = if i % 2 == 0 { Next::Done } else { Next::Dead };
+        let kind = if i % 2 == 0 {
+            OutcomeKind::Succeeded
+        } else {
+            OutcomeKind::Failed
+        };
+        assert!(s
+            .record_outcome(id, 1, me, &outcome(kind), next, now)
+            .unwrap());
+    }
+    let c = s
+        .claim(me, &routes, &mut credits(&[("g", 2)]), 30.0)
+        .unwrap();
+    assert_eq!(c.jobs.len(), 2);
+    let retry = c.jobs[1].id;
+    let retry_at = Next::Retry { at: 1e9 };
+    assert!(s
+        .record_outcome(retry, 1, me, &outcome(OutcomeKind::Failed), retry_at, 31.0)
+        .unwrap());
+    // By age, in batches of 2: those finished before 14.
+    assert_eq!(s.purge_finished(Some(14.0), None, 2).unwrap(), &ids[0..2]);
+    assert_eq!(s.purge_finished(Some(14.0), None, 2).unwrap(), &ids[2..4]);
+    assert_eq!(
+        s.purge_finished(Some(14.0), None, 2).unwrap(),
+        Vec::<i64>::new()
+    );
+    // By count: the newest 3 finished jobs stay.
+    assert_eq!(s.purge_finished(None, Some(3), 100).unwrap(), &ids[4..7]);
+    assert_eq!(
+        s.purge_finished(None, Some(3), 100).unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        s.purge_finished(Some(1e12), Some(0), 100).unwrap(),
+        &ids[7..10]
+    );
+    // What is left is live.
+    let left: Vec<i64> = s.list(None, 40.0).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(left, &ids[10..13]);
+}
+
 /// One `#[test]` per conformance test, for the store that `$factory` makes, each with the
 /// given attributes (e.g. `#[ignore = "..."]`).
 #[allow(unused_macros)]
@@ -1343,7 +1399,8 @@ macro_rules! conformance_tests {
             odd_strings_round_trip,
             extreme_numbers_round_trip,
             two_handles_claiming_at_once_never_double_claim,
-            a_job_whose_supervisor_dies_three_times_is_quarantined
+            a_job_whose_supervisor_dies_three_times_is_quarantined,
+            purge_deletes_finished_jobs_by_age_and_count_never_live_ones
         );
     };
     (@each $factory:expr, $attrs:tt, $($name:ident),*) => {
