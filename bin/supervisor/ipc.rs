@@ -84,11 +84,15 @@ impl Hub {
                             }
                             IpcSelectionResult::MessageReceived(id, msg) => {
                                 let Some(&child) = ids.get(&id) else { continue };
-                                let ev = match msg.to::<FromChild>() {
-                                    Ok(msg) => Ev::Message { child, msg },
-                                    Err(e) => Ev::BadMessage {
+                                let ev = match decoding(|| msg.to::<FromChild>()) {
+                                    Ok(Ok(msg)) => Ev::Message { child, msg },
+                                    Ok(Err(e)) => Ev::BadMessage {
                                         child,
                                         error: e.to_string(),
+                                    },
+                                    Err(panic) => Ev::BadMessage {
+                                        child,
+                                        error: panic,
                                     },
                                 };
                                 if events.send(ev).is_err() {
@@ -147,7 +151,10 @@ impl Hub {
         thread::Builder::new()
             .name(format!("accept-{child}"))
             .spawn(move || {
-                let ev = match server.accept() {
+                let accepted = decoding(|| server.accept()).unwrap_or_else(|panic| {
+                    Err(ipc_channel::IpcError::Io(std::io::Error::other(panic)))
+                });
+                let ev = match accepted {
                     Ok((rx, FromChild::Hello { to_child, .. })) => {
                         // Connected first: the hub passes on the child's messages (its
                         // Ready) only once it has `rx`, so they queue after this.
@@ -179,6 +186,34 @@ impl Hub {
 }
 
 use std::os::unix::process::CommandExt;
+
+thread_local! {
+    /// Set while [`decoding`] runs: a panic then is a bad message, not a crash.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is decoding a child's message under [`decoding`]: the
+/// supervisor's panic hook leaves such a panic to it.
+pub fn decoding_now() -> bool {
+    DECODING.with(|d| d.get())
+}
+
+/// Run `f`, a decoding of bytes a child sent, turning a panic inside ipc-channel (a
+/// message naming a channel that did not come with it panics its deserialiser) into an
+/// error: the child is then killed as one that sent garbage, and the supervisor goes on.
+pub(crate) fn decoding<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    DECODING.with(|d| d.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    DECODING.with(|d| d.set(false));
+    result.map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        format!("undecodable message (its decoding panicked: {what})")
+    })
+}
 
 /// Release an accept thread whose child died before connecting: connect to its server
 /// ourselves, so `accept` returns.

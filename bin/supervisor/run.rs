@@ -100,6 +100,10 @@ static LAST_PANIC: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if crate::ipc::decoding_now() {
+            // A child's garbage, caught where it is decoded: not a crash of ours.
+            return;
+        }
         let message = info
             .payload()
             .downcast_ref::<&str>()

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// `timeout_s` ([`supervisor_core::bounds`]).
 pub const MAX_SECONDS: f64 = supervisor_core::bounds::MAX_SECONDS;
 
+/// The largest `max_workers` of a group.
+pub const MAX_WORKERS: u32 = supervisor_core::bounds::MAX_WORKERS;
+
 /// The largest `max_attempts` accepted, the same as for a job's own.
 pub const MAX_ATTEMPTS: u32 = supervisor_core::bounds::MAX_ATTEMPTS;
 
@@ -226,6 +229,7 @@ pub struct Group {
     /// The pool's size: how many jobs of this group run at once. 0 keeps the group (its
     /// jobs wait) with no workers.
     #[serde(default = "default_max_workers")]
+    #[schemars(range(max = MAX_WORKERS))]
     pub max_workers: u32,
 
     /// The tags a job must carry to be routed here: every key must hold one of its values

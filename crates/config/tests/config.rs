@@ -197,7 +197,7 @@ fn out_of_range_numbers_state_the_range() {
         ),
         (
             with("", r#""max_workers": -1"#),
-            "groups[0].max_workers: must be >= 0, found -1",
+            "groups[0].max_workers: must be >= 0 and <= 10000, found -1",
         ),
         (
             with("", r#""max_attempts": 0"#),
@@ -241,7 +241,7 @@ fn out_of_range_numbers_state_the_range() {
         ),
         (
             with("", r#""max_workers": 4294967296"#),
-            "groups[0].max_workers: must be >= 0 and <= 4294967295, found 4294967296",
+            "groups[0].max_workers: must be >= 0 and <= 10000, found 4294967296",
         ),
         (
             with(r#""events": {"rotate_bytes": 18446744073709551616}"#, ""),

@@ -59,26 +59,23 @@ fn config_parsing_never_panics_on_mutated_configs() {
 /// Pools past this many workers in all are left out of the core's start (a known bug).
 const KNOWN_BUG_WORKERS: u64 = 100_000;
 
-/// Known bug, found by `config_parsing_never_panics_on_mutated_configs` (reported): a
-/// config with `"max_workers": 4294967295` (or any other huge pool) passes `parse` (and
-/// `supervisor check`), but `Core::new` (what `supervisor run` does with its spec) builds
-/// one slot per worker up front, `Group::new` in `crates/core/src/supervision/mod.rs`: it
-/// asks for 256 GiB and the process aborts ("memory allocation of 274877906880 bytes
-/// failed"), no panic a handler could catch. Fixed when the config refuses such a pool or
-/// the core no longer allocates per worker up front. Ignored until fixed; `scripts/test`
-/// runs ignored tests in its PostgreSQL step, so this one checks only with
-/// `SUPERVISOR_FUZZ_KNOWN_BUGS=1` (and then aborts the test binary).
+/// Found by `config_parsing_never_panics_on_mutated_configs`: a config with
+/// `"max_workers": 4294967295` passed `parse`, and `Core::new` (what `supervisor run`
+/// does with its spec), which builds one slot per worker, asked for 256 GiB and aborted.
+/// The config now bounds a pool at `bounds::MAX_WORKERS`; the largest pool it takes
+/// starts its core.
 #[test]
-#[ignore = "known bug: a huge max_workers is accepted and aborts the core's start"]
 fn a_config_it_accepts_can_start_its_core() {
-    if std::env::var_os("SUPERVISOR_FUZZ_KNOWN_BUGS").is_none() {
-        return;
-    }
-    let text = r#"{"groups": [{"name": "g", "max_workers": 4294967295}]}"#;
-    if let Ok(config) = parse(text, Path::new(FILE)) {
-        let mut core = Core::new(config.spec(false), Box::new(SplitMix64::new(7)));
-        core.handle(Time::ZERO, Input::Start);
-    }
+    let huge = r#"{"groups": [{"name": "g", "max_workers": 4294967295}]}"#;
+    let e = parse(huge, Path::new(FILE)).unwrap_err();
+    assert!(e.errors[0].contains("groups[0].max_workers"), "{e}");
+    let largest = format!(
+        r#"{{"groups": [{{"name": "g", "max_workers": {}}}]}}"#,
+        supervisor_core::bounds::MAX_WORKERS
+    );
+    let config = parse(&largest, Path::new(FILE)).unwrap();
+    let mut core = Core::new(config.spec(false), Box::new(SplitMix64::new(7)));
+    core.handle(Time::ZERO, Input::Start);
 }
 
 /// Parses `text`; a panic fails the case (the harness catches it), and an accepted config

@@ -11,6 +11,10 @@ use std::time::Duration;
 /// The longest span of seconds any setting or job field may hold: about 31 years.
 pub const MAX_SECONDS: f64 = 1_000_000_000.0;
 
+/// The most workers one group may have: each is a process with a few file descriptors
+/// and a thread or two of the supervisor's.
+pub const MAX_WORKERS: u32 = 10_000;
+
 /// The most attempts a job or group may allow.
 pub const MAX_ATTEMPTS: u32 = 1_000_000;
 
