@@ -36,6 +36,8 @@ fn main() {
                         cwd: None,
                         stdin: devnull.as_fd(),
                         output: out.as_fd(),
+                        program: None,
+                        death_signal: supervisor_os::Sig::SIGKILL,
                     };
                     let pid = spawner.spawn(&cmd).expect("spawn /bin/true");
                     wait_pid(pid).expect("wait");

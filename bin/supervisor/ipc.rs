@@ -4,20 +4,28 @@
 //!
 //! Everything that arrives goes into the supervisor's one event queue as a [`Ev`].
 
-use std::process::{Command, Stdio};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use ipc_channel::ipc::{
     self, IpcOneShotServer, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
 };
 use supervisor_core::supervision::ChildId;
+use supervisor_os::{JobCommand, Spawner};
 
 use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
 
 /// Messages a child may have waiting before it counts as wedged.
 const WRITE_QUEUE: usize = 1024;
+
+/// A writer thread's stack: it only encodes and sends messages.
+const WRITER_STACK: usize = 64 * 1024;
 
 /// One thing that happened, for the supervisor's event loop.
 #[derive(Debug)]
@@ -52,6 +60,10 @@ pub struct Hub {
     add: IpcSender<(ChildId, IpcReceiver<FromChild>)>,
     /// `SUPERVISOR_INSTANCE` for every child, and so for every job (see `shared.rs`).
     instance_marker: String,
+    /// Starts the children.
+    spawner: Spawner,
+    /// Their stdin.
+    devnull: std::fs::File,
 }
 
 impl Hub {
@@ -114,13 +126,15 @@ impl Hub {
         Ok(Hub {
             add,
             instance_marker,
+            spawner: Spawner::new(),
+            devnull: std::fs::File::open("/dev/null")?,
         })
     }
 
     /// Spawn our own binary as a child in `args.role`, and accept its handshake on a
     /// helper thread (accept has no timeout of its own; see [`unblock`]).
     pub fn spawn(
-        &self,
+        &mut self,
         child: ChildId,
         mut args: ChildArgs,
         events: Sender<Ev>,
@@ -128,25 +142,41 @@ impl Hub {
         let (server, name) = IpcOneShotServer::<FromChild>::new()?;
         args.ipc = name.clone();
         let json = serde_json::to_string(&args).map_err(std::io::Error::other)?;
-        // /proc/self/exe, not current_exe(): it still works after the binary was
-        // replaced on disk, and only the running image speaks our message format.
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg0("supervisor")
-            .arg("__child")
-            .arg(json)
-            .env_remove("NOTIFY_SOCKET") // systemd hears from the supervisor alone
-            .env(crate::shared::INSTANCE_VAR, &self.instance_marker)
-            .stdin(Stdio::null());
-        // A worker gets SIGTERM when the supervisor dies, and kills its job's whole
-        // process group before it goes (its job's own death signal reaches the job's
-        // process only, not what that started); the grabber has nothing to clean up.
+        // A worker gets SIGTERM when the supervisor dies, and kills everything below it
+        // before it goes (its job's own death signal reaches the job's process only, not
+        // what that started); the grabber has nothing to clean up.
         let death = match &args.role {
             ChildRole::Worker { .. } => supervisor_os::Sig::SIGTERM,
             ChildRole::Grabber { .. } => supervisor_os::Sig::SIGKILL,
         };
-        let proc = supervisor_os::spawn_clean(&mut cmd, Some(death))?;
-        let pid = proc.id();
-        drop(proc); // reaped by waitpid(-1) in the event loop
+        let argv = ["supervisor".to_string(), "__child".to_string(), json];
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            // systemd hears from the supervisor alone
+            .filter(|(k, _)| k != "NOTIFY_SOCKET" && k != crate::shared::INSTANCE_VAR)
+            .collect();
+        env.push((
+            crate::shared::INSTANCE_VAR.into(),
+            self.instance_marker.clone().into(),
+        ));
+        let stderr = std::io::stderr();
+        let cmd = JobCommand {
+            argv: &argv,
+            env,
+            cwd: None,
+            stdin: self.devnull.as_fd(),
+            output: stderr.as_fd(),
+            // /proc/self/exe, not current_exe(): it still works after the binary was
+            // replaced on disk, and only the running image speaks our message format.
+            program: Some(Path::new("/proc/self/exe")),
+            death_signal: death,
+        };
+        // A clone(CLONE_VM | CLONE_VFORK) and exec, as for jobs: a fork would copy the
+        // page tables of a supervisor with a thread per child, milliseconds apiece
+        // with 1,000 workers.
+        let pid = self
+            .spawner
+            .spawn(&cmd)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let add = self.add.clone();
         thread::Builder::new()
             .name(format!("accept-{child}"))
@@ -184,8 +214,6 @@ impl Hub {
         Ok((pid, name))
     }
 }
-
-use std::os::unix::process::CommandExt;
 
 thread_local! {
     /// Set while [`decoding`] runs: a panic then is a bad message, not a crash.
@@ -227,17 +255,26 @@ pub fn unblock(name: &str) {
 #[derive(Debug)]
 pub struct Writer {
     queue: Sender<ToChild>,
+    /// Messages queued and not yet written: the bound on the queue. (A bounded channel
+    /// would allocate its whole capacity up front: 100 KB a child, 100 MB for 1,000
+    /// workers; this one grows with what is queued.)
+    queued: Arc<AtomicUsize>,
 }
 
 impl Writer {
     /// Start the writer thread for one child.
     pub fn start(child: ChildId, sender: IpcSender<ToChild>) -> Writer {
-        let (queue, rx) = crossbeam_channel::bounded::<ToChild>(WRITE_QUEUE);
+        let (queue, rx) = crossbeam_channel::unbounded::<ToChild>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = Arc::clone(&queued);
         let spawned = thread::Builder::new()
             .name(format!("writer-{child}"))
+            .stack_size(WRITER_STACK)
             .spawn(move || {
                 for msg in rx {
-                    if sender.send(msg).is_err() {
+                    let sent = sender.send(msg);
+                    written.fetch_sub(1, Ordering::Relaxed);
+                    if sent.is_err() {
                         return; // the child is gone; its exit is reported by the reaper
                     }
                 }
@@ -245,16 +282,22 @@ impl Writer {
         if let Err(e) = spawned {
             log::error!("cannot start the writer for child {child}: {e}");
         }
-        Writer { queue }
+        Writer { queue, queued }
     }
 
-    /// Queue a message. `false` when the child has stopped reading (its queue is
-    /// full) or its writer is gone: the caller treats it as unresponsive.
+    /// Queue a message. `false` when the child has stopped reading (its queue holds
+    /// [`WRITE_QUEUE`] messages) or its writer is gone: the caller treats it as
+    /// unresponsive.
     pub fn send(&self, msg: ToChild) -> bool {
-        match self.queue.try_send(msg) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        if self.queued.load(Ordering::Relaxed) >= WRITE_QUEUE {
+            return false;
         }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.queue.send(msg).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 }
 

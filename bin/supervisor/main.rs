@@ -157,6 +157,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    // A child of a running supervisor: no command line to parse but its one argument
+    // (clap would build every verb's definition first; 1,000 workers start at once).
+    let mut args = std::env::args_os().skip(1);
+    if let (Some(verb), Some(json), None) = (args.next(), args.next(), args.next()) {
+        if verb == "__child" {
+            let code = match json.to_str() {
+                Some(json) => child(json),
+                None => run::EXIT_USAGE,
+            };
+            return ExitCode::from(code as u8);
+        }
+    }
     let cli = Cli::parse();
     // A verb whose output is closed early (`supervisor jobs | head`) ends quietly, killed
     // by SIGPIPE like any Unix tool. The supervisor and its children keep SIGPIPE

@@ -415,6 +415,8 @@ impl Worker {
             cwd: job.cwd.as_deref().map(Path::new),
             stdin: self.devnull.as_fd(),
             output: log.as_fd(),
+            program: None,
+            death_signal: Sig::SIGKILL,
         };
         let since = Instant::now();
         match self.spawner.spawn(&cmd) {

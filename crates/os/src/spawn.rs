@@ -39,6 +39,11 @@ pub struct JobCommand<'a> {
     pub cwd: Option<&'a Path>,
     pub stdin: BorrowedFd<'a>,
     pub output: BorrowedFd<'a>,
+    /// The file to execute, when it is not `argv[0]` (looked up in `PATH`): the
+    /// supervisor starts its children as `/proc/self/exe` with an `argv[0]` of its own.
+    pub program: Option<&'a Path>,
+    /// Delivered to the child when the spawning thread exits (`PR_SET_PDEATHSIG`).
+    pub death_signal: nix::sys::signal::Signal,
 }
 
 /// Why a job could not be started, with the step that failed.
@@ -81,6 +86,7 @@ struct ChildPlan {
     cwd: Option<CString>,
     stdin: RawFd,
     output: RawFd,
+    death_signal: libc::c_int,
     parent: libc::pid_t,
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -124,7 +130,10 @@ impl Spawner {
             .rev()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
-        let candidates = candidates(program, path_var)?;
+        let candidates = match cmd.program {
+            Some(path) => vec![cstr(path.as_os_str().as_bytes())?],
+            None => candidates(program, path_var)?,
+        };
         let cwd = cmd
             .cwd
             .map(|d| cstr(d.as_os_str().as_bytes()))
@@ -149,6 +158,7 @@ impl Spawner {
             cwd,
             stdin: stdin.fd,
             output: output.fd,
+            death_signal: cmd.death_signal as libc::c_int,
             parent: nix::unistd::getpid().as_raw(),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
@@ -307,7 +317,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
+            plan.death_signal as libc::c_ulong,
             0,
             0,
             0,
@@ -391,6 +401,8 @@ mod tests {
             cwd,
             stdin: null.as_fd(),
             output: out.as_fd(),
+            program: None,
+            death_signal: nix::sys::signal::Signal::SIGKILL,
         };
         let result = Spawner::new().spawn(&cmd).map(|pid| wait_pid(pid).unwrap());
         let mut text = String::new();
