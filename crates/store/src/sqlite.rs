@@ -991,32 +991,17 @@ impl JobStore for SqliteStore {
         now: f64,
     ) -> Result<bool> {
         let (state, not_before) = outcome_state(id, outcome, next)?;
-        let tx = self
+        // One statement: a retry becomes `canceled` if a cancel was requested, decided on
+        // the row as it is when the write lock is held.
+        let changed = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .ctx("record an outcome")?;
-        let cancel_requested: Option<bool> = tx
             .prepare_cached(
-                "SELECT cancel_requested FROM jobs \
-                 WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND owner = ?3",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(params![id, attempt, owner], |row| row.get(0))
-                    .optional()
-            })
-            .ctx("record an outcome")?;
-        let Some(cancel_requested) = cancel_requested else {
-            return Ok(false); // stale: rolled back on drop, nothing changed
-        };
-        // A job whose cancel was requested is canceled rather than retried.
-        let (state, not_before) = match not_before {
-            Some(_) if cancel_requested => (JobState::Canceled, None),
-            _ => (state, not_before),
-        };
-        let changed = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = ?1, not_before = ?2, owner = NULL, exit_code = ?3, \
-                 signal = ?4, last_outcome = ?5, finished_at = ?6, start_error = ?10 \
+                "UPDATE jobs SET \
+                 state = CASE WHEN cancel_requested AND ?2 IS NOT NULL THEN 'canceled' \
+                         ELSE ?1 END, \
+                 not_before = CASE WHEN cancel_requested THEN NULL ELSE ?2 END, \
+                 owner = NULL, exit_code = ?3, signal = ?4, last_outcome = ?5, \
+                 finished_at = ?6, start_error = ?10 \
                  WHERE id = ?7 AND state = 'running' AND attempts = ?8 AND owner = ?9",
             )
             .and_then(|mut stmt| {
@@ -1034,7 +1019,6 @@ impl JobStore for SqliteStore {
                 ])
             })
             .ctx("record an outcome")?;
-        tx.commit().ctx("record an outcome")?;
         Ok(changed == 1)
     }
 
