@@ -488,6 +488,11 @@ fn an_outcome_the_full_disk_refuses_waits_and_lands_when_there_is_room() {
         .events()
         .iter()
         .any(|e| e["event"] == "job_finished" && e["job_id"] == held.id));
+    // `status` says an outcome waits (and that nothing is claimed meanwhile).
+    sv.wait_event(LONG, |e| {
+        e["event"] == "outcomes_waiting" && e["count"] == 1
+    });
+    assert_eq!(sb.status_json()["outcomes_waiting"], 1);
     // Room again: it lands, then the event is written.
     std::fs::remove_file(small.join("filler")).unwrap();
     let done = sv.wait_event(LONG, |e| {
@@ -495,6 +500,10 @@ fn an_outcome_the_full_disk_refuses_waits_and_lands_when_there_is_room() {
     });
     assert_eq!(done["outcome"], "succeeded");
     assert_eq!(sb.job(held.id)["state"], "succeeded");
+    sv.wait_event(LONG, |e| {
+        e["event"] == "outcomes_waiting" && e["count"] == 0
+    });
+    assert_eq!(sb.status_json()["outcomes_waiting"], 0);
     sv.stop_cleanly();
     // (The mount goes before the sandbox's directory: declared after it.)
 }

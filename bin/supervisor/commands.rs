@@ -764,6 +764,19 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
         PidFileState::Stale(pid) => pid,
         _ => None,
     };
+    // Outcomes the running supervisor holds because the store refused them.
+    let waiting = match running_pid {
+        Some(_) => events
+            .iter()
+            .rev()
+            .find_map(|e| match e["event"].as_str() {
+                Some("outcomes_waiting") => e["count"].as_u64(),
+                Some("snapshot") => e["outcomes_waiting"].as_u64(),
+                _ => None,
+            })
+            .unwrap_or(0),
+        None => 0,
+    };
     let (ending, last_event_at) = match running_pid {
         Some(_) => (None, events.iter().rev().find_map(|e| e["ts"].as_f64())),
         None => {
@@ -815,6 +828,7 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
             },
             "children": children,
             "jobs": counts,
+            "outcomes_waiting": waiting,
         });
         say!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
@@ -885,6 +899,12 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
     }
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     writeln!(out, "jobs: {}", summary.join(", "))?;
+    if waiting > 0 {
+        writeln!(
+            out,
+            "outcomes waiting for the store: {waiting} (nothing is claimed until they are stored)"
+        )?;
+    }
     if !stranded.is_empty() {
         writeln!(out, "{}", stranded_note(&stranded, &found.store))?;
     }

@@ -42,6 +42,9 @@ struct Grabber {
     /// The routes changed (or this grabber just started): decide the group of every job
     /// in the queue again, once, before the next claim.
     reroute: bool,
+    /// Outcomes wait for the store: running more jobs whose results cannot be recorded
+    /// is pointless, so nothing is claimed.
+    held: bool,
 }
 
 /// Run the grabber until told to stop or the supervisor goes away.
@@ -79,6 +82,7 @@ pub fn main(
         check_cancels: true,
         started: Instant::now(),
         reroute: true,
+        held: false,
     };
     if g.tx.send(FromChild::Ready).is_err() {
         return 1;
@@ -151,6 +155,10 @@ pub fn main(
                     g.check_cancels = true;
                     bell.ring();
                 }
+                ToChild::Hold(on) => {
+                    g.held = on;
+                    bell.ring();
+                }
                 ToChild::Run(_) | ToChild::SignalJob { .. } => {
                     log::error!("grabber: got a worker's message; ignoring it")
                 }
@@ -195,6 +203,9 @@ impl Grabber {
             self.store = Some(crate::store::open_hot(&self.store_arg)?);
         }
         let store = self.store.as_mut().expect("opened above");
+        if self.held {
+            return Ok(self.now() + self.poll_interval);
+        }
         if self.reroute {
             let changed = store.reroute(&self.routes)?;
             if changed > 0 {

@@ -68,6 +68,8 @@ struct Supervisor {
     me: Me,
     /// Shared (PostgreSQL) store: when to touch our instance and look for dead ones.
     touch_at: Option<Instant>,
+    /// Shared store: when our instance was last marked alive.
+    touched: Instant,
     notifier: Notifier,
     told_stopping: bool,
     /// Outcomes the store could not take yet, with the events that announce them.
@@ -164,7 +166,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         StoreConfig::Sqlite { path } => Some(Checkpointer::start(path)?),
         StoreConfig::Postgres { .. } => None,
     };
-    let me = Me::new();
+    let me = Me::new(config.instances.dead_after);
     let pid = std::process::id();
     let token = crate::shared::token();
     let instance = store.register_instance(&me.host, pid, &token, wall_now())?;
@@ -206,7 +208,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         StoreConfig::Postgres { url } => {
             crate::shared::start_listener(url.clone(), queue_tx.clone())
                 .context("cannot start the store doorbell thread")?;
-            Some(Instant::now() + crate::shared::TOUCH_EVERY)
+            Some(Instant::now() + config.instances.touch_every)
         }
         StoreConfig::Sqlite { .. } => None,
     };
@@ -247,6 +249,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         failed: false,
         me,
         touch_at,
+        touched: Instant::now(),
         notifier: Notifier::from_env(),
         told_stopping: false,
         pending: Pending::default(),
@@ -499,12 +502,26 @@ impl Supervisor {
         self.emit(PANIC_EVENT, f);
     }
 
+    /// After the outcomes that wait changed: the grabber claims nothing while any waits,
+    /// and `outcomes_waiting` (read by `status`) says how many when that starts or ends.
+    fn pending_changed(&mut self, was: usize) {
+        let now = self.pending.len();
+        if (was == 0) == (now == 0) {
+            return;
+        }
+        self.send_to_grabber(ToChild::Hold(now > 0));
+        let mut f = Map::new();
+        f.insert("count".into(), json!(now));
+        self.emit("outcomes_waiting", f);
+    }
+
     /// Try the outcomes that wait for the store, if it is time; write the events of
     /// those stored. A connection that broke is opened again for the next try.
     fn retry_pending(&mut self) {
         if self.pending.is_empty() {
             return;
         }
+        let was = self.pending.len();
         let instance = self.instance;
         let store = &mut self.store;
         let mut stored = 0;
@@ -540,6 +557,7 @@ impl Supervisor {
         for (name, fields) in events {
             self.emit(name, fields);
         }
+        self.pending_changed(was);
     }
 
     /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
@@ -571,6 +589,9 @@ impl Supervisor {
                 if role == Role::Grabber {
                     let settings = self.grabber_settings();
                     self.send(child, ToChild::Settings(settings));
+                    if !self.pending.is_empty() {
+                        self.send(child, ToChild::Hold(true));
+                    }
                 }
                 // Not a core decision, but `status` needs it to tell starting from up.
                 let mut f = Map::new();
@@ -866,6 +887,7 @@ impl Supervisor {
                 at: now + delay.as_secs_f64(),
             },
         };
+        let was = self.pending.len();
         // Behind an outcome that waits, every later one waits too: in order.
         if !self.pending.is_empty() {
             self.pending.add(
@@ -878,6 +900,7 @@ impl Supervisor {
                 },
                 Instant::now(),
             );
+            self.pending_changed(was);
             return;
         }
         match self
@@ -904,6 +927,7 @@ impl Supervisor {
                     },
                     Instant::now(),
                 );
+                self.pending_changed(was);
             }
         }
     }
@@ -997,6 +1021,7 @@ impl Supervisor {
             }),
         );
         f.insert("generation".into(), json!(self.generation));
+        f.insert("outcomes_waiting".into(), json!(self.pending.len()));
         if let Err(e) = self.events.write("snapshot", &f) {
             log::error!("cannot write to the events file: {e}");
         }
@@ -1012,12 +1037,13 @@ impl Supervisor {
         self.emit(name, f);
     }
 
-    /// Shared store: say we are alive, and take back the jobs of dead supervisors.
+    /// Shared store: say we are alive, and take back the jobs of dead supervisors. A
+    /// supervisor that could not say so for `instances.fence_after()` fences itself.
     fn touch(&mut self) {
-        self.touch_at = Some(Instant::now() + crate::shared::TOUCH_EVERY);
+        self.touch_at = Some(Instant::now() + self.config.instances.touch_every);
         let now = wall_now();
         match self.store.touch_instance(self.instance, now) {
-            Ok(true) => {}
+            Ok(true) => self.touched = Instant::now(),
             Ok(false) => {
                 // Another supervisor took us for dead (a stall longer than the stale
                 // timeout, or a clock far off) and requeued our jobs, which may be
@@ -1035,6 +1061,26 @@ impl Supervisor {
             }
             Err(e) => {
                 log::warn!("cannot touch our instance in the store: {e}");
+                self.reopen_store();
+                let silent = self.touched.elapsed();
+                if silent >= self.config.instances.fence_after() && !self.core.is_stopping() {
+                    // Soon the others take us for dead and run our jobs again: stop them
+                    // first, and go, so that no job runs on two hosts at once.
+                    log::error!(
+                        "fenced: the store has not heard from this supervisor for {:.0} s \
+                         (dead_after_s {}); killing its jobs and stopping",
+                        silent.as_secs_f64(),
+                        self.config.instances.dead_after.as_secs_f64()
+                    );
+                    self.failed = true;
+                    self.feed(Input::Shutdown {
+                        reason: format!(
+                            "fenced: the store unreachable for {:.0} s",
+                            silent.as_secs_f64()
+                        ),
+                        immediate: true,
+                    });
+                }
                 return;
             }
         }
@@ -1051,6 +1097,15 @@ impl Supervisor {
             }
             Ok(_) => {}
             Err(e) => log::warn!("cannot look for dead supervisors: {e}"),
+        }
+    }
+
+    /// Open the store again (its connection may be what broke); keep the old handle if
+    /// that fails too.
+    fn reopen_store(&mut self) {
+        match crate::store::open_hot(&self.store_arg) {
+            Ok(fresh) => self.store = fresh,
+            Err(e) => log::warn!("cannot reopen the job store: {e:#}"),
         }
     }
 

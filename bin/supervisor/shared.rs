@@ -4,8 +4,10 @@
 //! On one host a dead supervisor is known at once: its pid is gone or names another
 //! process (the instance's token is the process's start time). Across hosts, each
 //! supervisor on a shared (PostgreSQL) store touches its instance every
-//! [`TOUCH_EVERY`]; one not seen for [`STALE_AFTER`] is dead, and whoever notices first
-//! takes its running jobs back to the queue (their processes died with it: PDEATHSIG).
+//! `instances.touch_every_s`; one not seen for `instances.dead_after_s` is dead, and
+//! whoever notices first takes its running jobs back to the queue. A supervisor that
+//! cannot touch its instance fences itself before that (`run.rs`): it kills its jobs and
+//! exits, so that they never run on two hosts at once.
 
 use std::time::Duration;
 
@@ -17,25 +19,20 @@ use supervisor_store::{Instance, PostgresStore};
 use crate::events_file::wall_now;
 use crate::ipc::Ev;
 
-/// How often a supervisor on a shared store says it is alive, and looks for dead ones.
-pub const TOUCH_EVERY: Duration = Duration::from_secs(5);
-
-/// A supervisor on another host not seen for this long is dead (six touches missed,
-/// with room for clock skew between hosts).
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
-
 /// Who this supervisor is, to judge the others.
 #[derive(Clone, Debug)]
 pub struct Me {
     pub host: String,
+    /// A supervisor on another host not seen for this long is dead.
+    pub dead_after: Duration,
 }
 
 impl Me {
-    pub fn new() -> Me {
+    pub fn new(dead_after: Duration) -> Me {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Me { host }
+        Me { host, dead_after }
     }
 
     /// Whether instance `i` (not ours) is dead, as far as we can tell at `now`.
@@ -45,7 +42,7 @@ impl Me {
                 || supervisor_os::process_start_ticks(i.pid).map(|t| t.to_string())
                     != Some(i.token.clone())
         } else {
-            now - i.last_seen > STALE_AFTER.as_secs_f64()
+            now - i.last_seen > self.dead_after.as_secs_f64()
         }
     }
 }

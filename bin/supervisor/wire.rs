@@ -70,6 +70,8 @@ pub enum ToChild {
     Poll { epoch: u64 },
     /// Grabber: the doorbell rang (a submit or cancel): poll now.
     Wake,
+    /// Grabber: claim nothing (`true`) while outcomes wait for the store, or go on.
+    Hold(bool),
     /// Worker: run this job.
     Run(JobPayload),
     /// Worker: signal the job's process group.

@@ -215,6 +215,7 @@ fn to_child(m: &ToChild, n: u32) -> Result<(), TestCaseError> {
         | ToChild::Stop
         | ToChild::Poll { .. }
         | ToChild::Wake
+        | ToChild::Hold(_)
         | ToChild::SignalJob { .. } => Ok(()),
     }
 }

@@ -73,7 +73,50 @@ pub struct ConfigFile {
     /// `finished_max_count`. Without it, nothing is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+
+    /// Liveness of supervisors sharing one store (PostgreSQL): each says it is alive every
+    /// `touch_every_s`; one not heard of for `dead_after_s` is taken for dead by the others,
+    /// which run its jobs again. A supervisor that could not say so for `dead_after_s -
+    /// touch_every_s - 2` seconds fences itself first: it kills its jobs and exits 1, so
+    /// that no job runs on two hosts at once.
+    #[serde(default)]
+    pub instances: Instances,
 }
+
+/// Liveness timings on a shared store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Instances {
+    /// Seconds between two "alive" marks of a supervisor in the store.
+    #[serde(default = "default_touch_every_s")]
+    #[schemars(range(max = MAX_SECONDS), extend("exclusiveMinimum" = 0))]
+    pub touch_every_s: f64,
+    /// Seconds without a mark after which the others take a supervisor for dead; at least
+    /// `2 × touch_every_s + 2`.
+    #[serde(default = "default_dead_after_s")]
+    #[schemars(range(max = MAX_SECONDS), extend("exclusiveMinimum" = 0))]
+    pub dead_after_s: f64,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Instances {
+            touch_every_s: default_touch_every_s(),
+            dead_after_s: default_dead_after_s(),
+        }
+    }
+}
+
+fn default_touch_every_s() -> f64 {
+    5.0
+}
+
+fn default_dead_after_s() -> f64 {
+    30.0
+}
+
+/// The clock skew between hosts that the liveness timings leave room for, in seconds.
+pub const MAX_CLOCK_SKEW_S: f64 = 2.0;
 
 /// Limits on the finished jobs kept in the store; at least one must be set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -57,6 +57,29 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Which finished jobs are deleted, if any.
     pub retention: Option<RetentionConfig>,
+    /// Liveness of supervisors on a shared store.
+    pub instances: InstancesConfig,
+}
+
+/// Liveness of supervisors on a shared store.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InstancesConfig {
+    /// How often a supervisor marks its instance alive.
+    pub touch_every: Duration,
+    /// Unmarked this long, an instance is taken for dead by the others.
+    pub dead_after: Duration,
+}
+
+impl InstancesConfig {
+    /// How long a supervisor may go without marking its instance before it fences itself
+    /// (kills its jobs and exits): `dead_after - touch_every - MAX_CLOCK_SKEW_S`, so that
+    /// it is gone before any other supervisor (whose clock may be off by that much) can
+    /// take it for dead.
+    pub fn fence_after(&self) -> Duration {
+        self.dead_after
+            .saturating_sub(self.touch_every)
+            .saturating_sub(Duration::from_secs_f64(file::MAX_CLOCK_SKEW_S))
+    }
 }
 
 /// Which finished jobs (and their logs) are deleted.
@@ -460,6 +483,10 @@ impl Config {
                 timeout: seconds(f.heartbeat.timeout_s),
             },
             shutdown_grace: seconds(f.shutdown_grace_s),
+            instances: InstancesConfig {
+                touch_every: seconds(f.instances.touch_every_s),
+                dead_after: seconds(f.instances.dead_after_s),
+            },
             retention: f.retention.map(|r| RetentionConfig {
                 max_age: r.finished_max_age_s.map(seconds),
                 max_count: r.finished_max_count,

@@ -461,6 +461,34 @@ fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
         );
     };
 
+    if let Some(Value::Object(inst)) = root.get("instances") {
+        let num = |k: &str, default: f64| match inst.get(k) {
+            None => Some(default),
+            Some(v) => v.as_f64(),
+        };
+        let defaults = file::Instances::default();
+        if let (Some(touch), Some(dead)) = (
+            num("touch_every_s", defaults.touch_every_s),
+            num("dead_after_s", defaults.dead_after_s),
+        ) {
+            let least = 2.0 * touch + file::MAX_CLOCK_SKEW_S;
+            if touch > 0.0 && dead < least {
+                problems.push(Problem {
+                    path: "instances.dead_after_s".into(),
+                    message: format!(
+                        "must be at least 2 × touch_every_s + {} ({}): a supervisor fences \
+                         itself after dead_after_s - touch_every_s - {} s without a touch, \
+                         and needs one touch in that time; found {}",
+                        file::MAX_CLOCK_SKEW_S,
+                        number(least),
+                        file::MAX_CLOCK_SKEW_S,
+                        number(dead)
+                    ),
+                });
+            }
+        }
+    }
+
     if let Some(Value::Object(retention)) = root.get("retention") {
         let set = |k: &str| retention.get(k).is_some_and(|v| !v.is_null());
         if !set("finished_max_age_s") && !set("finished_max_count") {

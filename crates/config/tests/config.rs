@@ -72,6 +72,36 @@ fn duplicate_json_key_is_a_syntax_error() {
 // ---- unknown keys ----
 
 #[test]
+fn liveness_timings_leave_room_for_a_touch_and_clock_skew() {
+    assert_eq!(
+        error(&with(
+            r#""instances": {"touch_every_s": 10, "dead_after_s": 21}"#,
+            ""
+        )),
+        "instances.dead_after_s: must be at least 2 × touch_every_s + 2 (22): a supervisor \
+         fences itself after dead_after_s - touch_every_s - 2 s without a touch, and needs \
+         one touch in that time; found 21"
+    );
+    let c = parse(
+        &with(
+            r#""instances": {"touch_every_s": 10, "dead_after_s": 22}"#,
+            "",
+        ),
+        Path::new(FILE),
+    )
+    .unwrap();
+    assert_eq!(
+        c.instances.fence_after(),
+        std::time::Duration::from_secs(10)
+    );
+    let c = parse(&with("", ""), Path::new(FILE)).unwrap();
+    assert_eq!(
+        c.instances.fence_after(),
+        std::time::Duration::from_secs(23)
+    );
+}
+
+#[test]
 fn retention_needs_a_limit_and_takes_each() {
     assert_eq!(
         error(&with(r#""retention": {}"#, "")),
@@ -95,7 +125,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&with(r#""colour": "red""#, "")),
         "colour: unknown key (expected one of: events, grabber, groups, heartbeat, \
-         retention, shutdown_grace_s, state_dir, store)"
+         instances, retention, shutdown_grace_s, state_dir, store)"
     );
 }
 
@@ -436,7 +466,7 @@ fn every_problem_is_reported_at_once() {
     let mut got = errors(text);
     got.sort();
     let mut want: Vec<String> = [
-        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, retention, shutdown_grace_s, state_dir, store)",
+        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, instances, retention, shutdown_grace_s, state_dir, store)",
         "store.postgres.url: required",
         "grabber.poll_interval_s: must be > 0 and <= 1000000000, found -1",
         "grabber.error_backoff.jitter: expected a number, found a string",
