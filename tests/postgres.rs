@@ -166,3 +166,126 @@ fn a_killed_supervisor_s_jobs_are_taken_back_by_another() {
     stop(sv_b);
     sv_a.assert_nothing_left(Duration::from_secs(2));
 }
+
+/// The unix socket directory of the test server.
+fn socket_dir() -> String {
+    let url = std::env::var(supervisor_store::testing::PG_URL_VAR).expect("a server URL");
+    url.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .expect("host= in the server URL")
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_server_restart_mid_run_loses_no_outcome_and_runs_no_job_twice() {
+    let db = PgDatabase::new();
+    let proxy = crate::common::proxy::Proxy::start(&socket_dir());
+    let mut c = config(&db, 4, 0.5);
+    c["store"]["postgres"]["url"] = json!(proxy.url(&db.name));
+    let sb = Sandbox::new(&c);
+    let sv = sb.start(&[]);
+    let trace = sb.path().join("trace.txt");
+    let lines: Vec<String> = (0..150)
+        .map(|_| {
+            json!({"group": "a", "command": ["sh", "-c", format!(
+                "echo start $SUPERVISOR_JOB_ID >> {t}; sleep 0.05; echo end $SUPERVISOR_JOB_ID >> {t}",
+                t = trace.display())]})
+            .to_string()
+        })
+        .collect();
+    let file = sb.path().join("jobs.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = sb.run(&["submit", "--file", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sv.wait_events(T, 40, |e| e["event"] == "job_finished");
+    // The server "restarts": every connection reset, none accepted for a while.
+    proxy.cut();
+    sv.wait_event(T, |e| {
+        e["event"] == "outcomes_waiting" && e["count"].as_u64() > Some(0)
+    });
+    proxy.restore();
+    wait_until(Duration::from_secs(60), || {
+        jobs(&sb)
+            .values()
+            .filter(|j| j["state"] == "succeeded")
+            .count()
+            == 150
+    })
+    .unwrap_or_else(|_| panic!("not every job succeeded\n{}", sv.dump()));
+    // Store and events agree: each job finished once, succeeded.
+    let finished: Vec<i64> = sv
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "job_finished")
+        .map(|e| {
+            assert_eq!(e["outcome"], "succeeded", "{e}");
+            e["job_id"].as_i64().unwrap()
+        })
+        .collect();
+    let mut unique = finished.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 150, "each job finished once");
+    assert_eq!(finished.len(), 150, "no job finished twice");
+    // No job ran twice at once (nor twice at all: no attempt was lost).
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut running = std::collections::BTreeSet::new();
+    let mut starts = BTreeMap::new();
+    for line in text.lines() {
+        let (what, id) = line.split_once(' ').unwrap();
+        match what {
+            "start" => {
+                assert!(running.insert(id.to_string()), "job {id} ran twice at once");
+                *starts.entry(id.to_string()).or_insert(0) += 1;
+            }
+            _ => {
+                running.remove(id);
+            }
+        }
+    }
+    assert!(starts.values().all(|n| *n == 1), "{starts:?}");
+    stop(sv);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_supervisor_cut_off_from_the_store_fences_itself_before_it_can_be_taken_for_dead() {
+    let db = PgDatabase::new();
+    let proxy = crate::common::proxy::Proxy::start(&socket_dir());
+    let mut c = config(&db, 1, 0.5);
+    c["store"]["postgres"]["url"] = json!(proxy.url(&db.name));
+    // Fences after 3.5 - 0.5 - 2 = 1 s without a touch.
+    c["instances"] = json!({"touch_every_s": 0.5, "dead_after_s": 3.5});
+    let sb = Sandbox::new(&c);
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &["--group", "a"]);
+    let job_pid = held.pid();
+    proxy.cut();
+    let t0 = Instant::now();
+    assert_eq!(sv.wait_exit(T), Some(1), "{}", sv.dump());
+    let fenced = t0.elapsed();
+    let stopping = sv.wait_event(T, |e| e["event"] == "supervisor_stopping");
+    assert!(
+        stopping["reason"].as_str().unwrap().starts_with("fenced"),
+        "{stopping}"
+    );
+    // Its job was killed before anyone could take the supervisor for dead (3.5 s).
+    assert!(!alive(job_pid), "the job outlived its fenced supervisor");
+    assert!(
+        fenced < Duration::from_millis(3500),
+        "fenced after {fenced:?}"
+    );
+    sv.assert_nothing_left(Duration::from_secs(2));
+    // The store back, the next supervisor runs the job again, once.
+    proxy.restore();
+    let sv = sb.start(&[]);
+    sb.wait_job(held.id, &["running"], T);
+    held.release_with(0);
+    sb.wait_job(held.id, &["succeeded"], T);
+    stop(sv);
+}
