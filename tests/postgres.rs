@@ -281,6 +281,12 @@ fn a_supervisor_cut_off_from_the_store_fences_itself_before_it_can_be_taken_for_
         "fenced after {fenced:?}"
     );
     sv.assert_nothing_left(Duration::from_secs(2));
+    // A verb tries for a few seconds, then fails naming the store.
+    let out = sb.run(&["jobs"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the job store postgres"), "{err}");
+    assert!(err.contains("trying again"), "{err}");
     // The store back, the next supervisor runs the job again, once.
     proxy.restore();
     let sv = sb.start(&[]);

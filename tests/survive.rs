@@ -568,3 +568,44 @@ fn retention_deletes_finished_jobs_and_their_logs_past_the_limits() {
     sb.wait_job(held.id, &["succeeded"], LONG);
     sv.stop_cleanly();
 }
+
+#[test]
+fn an_outcome_waiting_when_its_supervisor_dies_is_stored_by_the_next_run() {
+    let mut c = config(1);
+    let sb = Sandbox::new(&c);
+    let small = sb.path().join("small");
+    let Some(_mount) = Tmpfs::mount(&small, "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    c["store"] = json!({"sqlite": {"path": "small/jobs.db"}});
+    sb.write_config(&c);
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &[]);
+    sb.wait_job(held.id, &["running"], LONG);
+    fill(&small.join("filler"));
+    held.release_with(0);
+    sv.wait_event(LONG, |e| {
+        e["event"] == "outcomes_waiting" && e["count"] == 1
+    });
+    let journal = sb.path().join("state/outcomes.journal");
+    assert!(journal.exists(), "the waiting outcome is journaled");
+    sv.signal(Signal::SIGKILL);
+    sv.wait_exit(LONG);
+    sv.assert_nothing_left(LONG);
+    std::fs::remove_file(small.join("filler")).unwrap();
+    // The next run stores it (the attempt ended: it does not run again) and says so.
+    let mut sv = sb.start(&[]);
+    sv.wait_event(LONG, |e| {
+        e["event"] == "job_finished" && e["job_id"] == held.id && e["outcome"] == "succeeded"
+    });
+    let job = sb.job(held.id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(!sv
+        .events()
+        .iter()
+        .any(|e| e["event"] == "job_started" && e["job_id"] == held.id));
+    assert!(!journal.exists());
+    sv.stop_cleanly();
+}

@@ -7,6 +7,7 @@ mod commands;
 mod events_file;
 mod grabber;
 mod ipc;
+mod journal;
 mod notify;
 mod pending;
 mod retention;

@@ -8,15 +8,18 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use supervisor_core::backoff::Backoff;
 
 /// An event held back: its name and fields, written once its outcome is stored.
-pub type HeldEvent = (&'static str, Map<String, Value>);
+pub type HeldEvent = (String, Map<String, Value>);
 
-/// One attempt's outcome waiting for the store.
-#[derive(Debug)]
+/// One attempt's outcome waiting for the store, as the journal keeps it.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Waiting {
+    /// The supervisor instance that ran it (a later run replays it under that owner).
+    pub owner: i64,
     pub job: i64,
     pub attempt: u32,
     pub outcome: supervisor_store::Outcome,
@@ -64,6 +67,11 @@ impl Pending {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Every waiting outcome, oldest first (for the journal).
+    pub fn waiting(&self) -> impl Iterator<Item = &Waiting> {
+        self.queue.iter()
     }
 
     /// Whether events about `job` must be held back (an outcome of it waits).
@@ -148,6 +156,7 @@ mod tests {
 
     fn waiting(job: i64) -> Waiting {
         Waiting {
+            owner: 1,
             job,
             attempt: 1,
             outcome: supervisor_store::Outcome {
@@ -164,7 +173,7 @@ mod tests {
     fn event(job: i64) -> HeldEvent {
         let mut m = Map::new();
         m.insert("job_id".into(), json!(job));
-        ("job_finished", m)
+        ("job_finished".to_string(), m)
     }
 
     #[test]

@@ -178,6 +178,37 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         .filter(|i| i.id != instance && i.host == me.host && me.is_dead(i, now))
         .map(|i| crate::shared::marker(i.pid, &i.token))
         .collect();
+    // Outcomes a previous run could not store: stored first, under the owner that ran
+    // them, so that taking back a dead run's jobs does not run those attempts again.
+    let journal = crate::journal::path(&config.state_dir);
+    let replayed = crate::journal::load(&journal)
+        .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
+    let mut replayed_events = Vec::new();
+    for w in &replayed {
+        match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
+            Ok(stored) => {
+                if stored {
+                    replayed_events.extend(w.events.iter().cloned());
+                }
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| {
+                    format!(
+                        "cannot store the outcomes a previous run left in {}",
+                        journal.display()
+                    )
+                })
+            }
+        }
+    }
+    if !replayed.is_empty() {
+        log::warn!(
+            "stored {} outcome(s) a previous run left in {}",
+            replayed.len(),
+            journal.display()
+        );
+        crate::journal::save(&journal, [].iter()).context("cannot clear the outcomes journal")?;
+    }
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
     // Those whose supervisors keep dying under them are dead now: said once the events
     // file is open.
@@ -263,6 +294,9 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     f.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     sv.emit("supervisor_started", f);
     sv.config_event("config_loaded", None);
+    for (name, fields) in replayed_events {
+        sv.emit(&name, fields);
+    }
     for (job, attempts, reason) in quarantined {
         log::error!("job {job}: {reason}; it is dead");
         sv.feed(Input::JobRefused {
@@ -522,12 +556,11 @@ impl Supervisor {
             return;
         }
         let was = self.pending.len();
-        let instance = self.instance;
         let store = &mut self.store;
         let mut stored = 0;
         let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
             let now = wall_now();
-            match store.record_outcome(w.job, w.attempt, instance, &w.outcome, w.next, now) {
+            match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
                 Ok(true) => {
                     stored += 1;
                     Tried::Done
@@ -555,9 +588,20 @@ impl Supervisor {
             }
         }
         for (name, fields) in events {
-            self.emit(name, fields);
+            self.emit(&name, fields);
+        }
+        if stored > 0 || self.pending.len() != was {
+            self.save_journal();
         }
         self.pending_changed(was);
+    }
+
+    /// The outcomes that wait, on disk: a next run stores them if this one cannot.
+    fn save_journal(&self) {
+        let path = crate::journal::path(&self.config.state_dir);
+        if let Err(e) = crate::journal::save(&path, self.pending.waiting()) {
+            log::error!("cannot write the outcomes journal {}: {e}", path.display());
+        }
     }
 
     /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
@@ -837,7 +881,8 @@ impl Supervisor {
                     let (name, fields) = crate::wire::event_record(&event);
                     if let Some(job) = about_job(&event).filter(|j| self.pending.holds(*j)) {
                         // Its outcome waits for the store: so does what announces it.
-                        self.pending.hold_event(job, (name, fields));
+                        self.pending.hold_event(job, (name.to_string(), fields));
+                        self.save_journal();
                         continue;
                     }
                     self.emit(name, fields);
@@ -892,6 +937,7 @@ impl Supervisor {
         if !self.pending.is_empty() {
             self.pending.add(
                 Waiting {
+                    owner: self.instance,
                     job,
                     attempt,
                     outcome: o,
@@ -900,6 +946,7 @@ impl Supervisor {
                 },
                 Instant::now(),
             );
+            self.save_journal();
             self.pending_changed(was);
             return;
         }
@@ -919,6 +966,7 @@ impl Supervisor {
                 log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
                 self.pending.add(
                     Waiting {
+                        owner: self.instance,
                         job,
                         attempt,
                         outcome: o,
@@ -927,6 +975,7 @@ impl Supervisor {
                     },
                     Instant::now(),
                 );
+                self.save_journal();
                 self.pending_changed(was);
             }
         }

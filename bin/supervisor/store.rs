@@ -9,9 +9,35 @@ use crate::wire::StoreArg;
 /// A job store of either kind.
 pub type Store = Box<dyn JobStore + Send>;
 
-/// Open the store the config names, creating an SQLite file's folder if needed.
+/// How long an operator's verb keeps trying to reach a store server that does not answer.
+const VERB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open the store the config names, creating an SQLite file's folder if needed. A server
+/// that cannot be reached (restarting, say) is tried again for a few seconds before the
+/// verb fails, naming it.
 pub fn open(cfg: &StoreConfig) -> Result<Store> {
-    open_arg(&arg(cfg)).with_context(|| format!("cannot open the job store {}", cfg.describe()))
+    let deadline = std::time::Instant::now() + VERB_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match open_arg(&arg(cfg)) {
+            Ok(store) => return Ok(store),
+            Err(e)
+                if std::time::Instant::now() + delay < deadline
+                    && e.downcast_ref::<supervisor_store::StoreError>()
+                        .is_some_and(|e| {
+                            matches!(e, supervisor_store::StoreError::Connect { .. })
+                        }) =>
+            {
+                log::warn!("the job store is unreachable ({e:#}); trying again");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the job store {}", cfg.describe()))
+            }
+        }
+    }
 }
 
 /// What a child needs to open the same store.

@@ -62,6 +62,9 @@ const KEY_LOCK_CLASS: i32 = 0x7376;
 /// How long connecting waits when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long data sent to the server may stay unacknowledged before the connection fails.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How many times `submit` is tried when PostgreSQL aborts it to break a deadlock (which
 /// the key locks should rule out), and how many times a key is looked up and inserted
 /// when another submit of it wins the race.
@@ -225,6 +228,20 @@ fn open_client(url: &str, shown: &str) -> Result<Client> {
     }
     if config.get_application_name().is_none() {
         config.application_name("supervisor");
+    }
+    // A server that vanished without closing the connection (a partition dropping
+    // packets, a host gone) must turn into an error in seconds, not in TCP's quarter of
+    // an hour: unacknowledged data fails the connection after TCP_USER_TIMEOUT, and an
+    // idle one is probed.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
     }
     config.connect(NoTls).map_err(connect_err)
 }
