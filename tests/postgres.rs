@@ -167,20 +167,24 @@ fn a_killed_supervisor_s_jobs_are_taken_back_by_another() {
     sv_a.assert_nothing_left(Duration::from_secs(2));
 }
 
-/// The unix socket directory of the test server.
-fn socket_dir() -> String {
+/// A proxy in front of the test server (its unix socket directory and port, from its
+/// URL).
+fn proxy() -> crate::common::proxy::Proxy {
     let url = std::env::var(supervisor_store::testing::PG_URL_VAR).expect("a server URL");
-    url.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("host="))
-        .expect("host= in the server URL")
-        .to_string()
+    let get = |key: &str| {
+        url.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in the server URL"))
+            .to_string()
+    };
+    crate::common::proxy::Proxy::start(&get("host="), &get("port="))
 }
 
 #[test]
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_server_restart_mid_run_loses_no_outcome_and_runs_no_job_twice() {
     let db = PgDatabase::new();
-    let proxy = crate::common::proxy::Proxy::start(&socket_dir());
+    let proxy = proxy();
     let mut c = config(&db, 4, 0.5);
     c["store"]["postgres"]["url"] = json!(proxy.url(&db.name));
     let sb = Sandbox::new(&c);
@@ -256,7 +260,7 @@ fn a_server_restart_mid_run_loses_no_outcome_and_runs_no_job_twice() {
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_supervisor_cut_off_from_the_store_fences_itself_before_it_can_be_taken_for_dead() {
     let db = PgDatabase::new();
-    let proxy = crate::common::proxy::Proxy::start(&socket_dir());
+    let proxy = proxy();
     let mut c = config(&db, 1, 0.5);
     c["store"]["postgres"]["url"] = json!(proxy.url(&db.name));
     // Fences after 3.5 - 0.5 - 2 = 1 s without a touch.

@@ -18,9 +18,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy to the server whose unix socket directory is `socket_dir` (port 5432).
-    pub fn start(socket_dir: &str) -> Proxy {
-        let target = PathBuf::from(socket_dir).join(".s.PGSQL.5432");
+    /// A proxy to the server whose unix socket is in `socket_dir`, for `port`.
+    pub fn start(socket_dir: &str, port: &str) -> Proxy {
+        let target = PathBuf::from(socket_dir).join(format!(".s.PGSQL.{port}"));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));

@@ -53,6 +53,16 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The TLS settings of a PostgreSQL connection string cannot be used (a CA file
+    /// that cannot be read, an unknown `sslmode`).
+    #[error("cannot connect to job store {url}: {message}")]
+    Tls {
+        /// The connection string, its password hidden.
+        url: String,
+        /// What is wrong with its TLS settings.
+        message: String,
+    },
+
     /// The PostgreSQL server could not be reached, or the connection set up.
     #[error("cannot connect to job store {url}: {}", chain(source))]
     Connect {

@@ -421,3 +421,48 @@ fn rows_damaged_by_hand_end_dead_naming_the_field() {
         assert_eq!(j.reason.as_deref(), Some(refused.reason.as_str()));
     }
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run -p supervisor-store --run-ignored only"]
+fn tls_follows_sslmode_and_verifies_the_server_when_asked() {
+    let db = PgDatabase::new();
+    let tls_url = std::env::var("SUPERVISOR_TEST_POSTGRES_TLS_URL")
+        .expect("SUPERVISOR_TEST_POSTGRES_TLS_URL: run through scripts/with-postgres");
+    let ca = std::env::var("SUPERVISOR_TEST_POSTGRES_CA").unwrap();
+    let url = |extra: &str| format!("{tls_url} dbname={} {extra}", db.name);
+    let encrypted = |u: String| PostgresStore::connect(&u).unwrap().is_encrypted().unwrap();
+    assert!(encrypted(url("sslmode=require")));
+    assert!(
+        encrypted(url("")),
+        "prefer (the default) encrypts when the server can"
+    );
+    assert!(!encrypted(url("sslmode=disable")));
+    assert!(encrypted(url(&format!(
+        "sslmode=verify-full sslrootcert={ca}"
+    ))));
+    assert!(encrypted(url(&format!(
+        "sslmode=verify-ca sslrootcert={ca}"
+    ))));
+    // The URL form too.
+    let (host_port, _) = tls_url.split_once(" user=").unwrap();
+    let port = host_port.rsplit('=').next().unwrap();
+    let form = format!(
+        "postgres://postgres@localhost:{port}/{}?sslmode=verify-full&sslrootcert={ca}",
+        db.name
+    );
+    assert!(encrypted(form));
+    // A server the roots do not vouch for is refused, and the error says why.
+    let err = PostgresStore::connect(&url("sslmode=verify-full"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!err.contains("password="), "{err}");
+    let err = PostgresStore::connect(&url("sslmode=verify-full sslrootcert=/nonexistent.pem"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sslrootcert /nonexistent.pem"), "{err}");
+    let err = PostgresStore::connect(&url("sslmode=always"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sslmode \"always\""), "{err}");
+}
