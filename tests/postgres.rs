@@ -299,3 +299,120 @@ fn a_supervisor_cut_off_from_the_store_fences_itself_before_it_can_be_taken_for_
     sb.wait_job(held.id, &["succeeded"], T);
     stop(sv);
 }
+
+/// Two supervisors on one queue, `a` through `proxy`; timings scaled down: a touch every
+/// 0.5 s, dead after 6 s, so `a` fences itself after 3.5 s unheard.
+fn pair(db: &PgDatabase, proxy: &crate::common::proxy::Proxy) -> (Sandbox, Sandbox) {
+    let mut ca = config(db, 2, 0.5);
+    ca["store"]["postgres"]["url"] = json!(proxy.url(&db.name));
+    ca["instances"] = json!({"touch_every_s": 0.5, "dead_after_s": 6});
+    let mut cb = config(db, 2, 0.5);
+    cb["instances"] = json!({"touch_every_s": 0.5, "dead_after_s": 6});
+    (Sandbox::new(&ca), Sandbox::new(&cb))
+}
+
+/// Checks a trace of `start ID` / `end ID` lines: no job ran twice at once; returns how
+/// many times each ran.
+fn runs_in(trace: &std::path::Path) -> BTreeMap<String, u32> {
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    let mut running = std::collections::BTreeSet::new();
+    let mut starts = BTreeMap::new();
+    for line in text.lines() {
+        let (what, id) = line.split_once(' ').unwrap();
+        if what == "start" {
+            assert!(running.insert(id.to_string()), "job {id} ran twice at once");
+            *starts.entry(id.to_string()).or_insert(0) += 1;
+        } else {
+            running.remove(id);
+        }
+    }
+    starts
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_cut_shorter_than_dead_after_reruns_nothing() {
+    let db = PgDatabase::new();
+    let proxy = proxy();
+    let (a, b) = pair(&db, &proxy);
+    let sv_a = a.start(&[]);
+    let sv_b = b.start(&[]);
+    let trace = a.path().join("trace.txt");
+    let lines: Vec<String> = (0..40)
+        .map(|_| {
+            json!({"group": "a", "command": ["sh", "-c", format!(
+                "echo start $SUPERVISOR_JOB_ID >> {t}; sleep 0.2; echo end $SUPERVISOR_JOB_ID >> {t}",
+                t = trace.display())]})
+            .to_string()
+        })
+        .collect();
+    let file = b.path().join("jobs.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    assert!(b
+        .run(&["submit", "--file", file.to_str().unwrap()])
+        .status
+        .success());
+    sv_a.wait_events(T, 2, |e| e["event"] == "job_finished");
+    proxy.cut();
+    // Cut for 1.5 s (under the 3.5 s after which `a` fences itself): `b` goes on alone.
+    let cut_at = Instant::now();
+    wait_until(T, || cut_at.elapsed() >= Duration::from_millis(1500)).unwrap();
+    proxy.restore();
+    wait_until(Duration::from_secs(60), || {
+        jobs(&b)
+            .values()
+            .filter(|j| j["state"] == "succeeded")
+            .count()
+            == 40
+    })
+    .unwrap_or_else(|_| panic!("not every job succeeded\n{}\n{}", sv_a.dump(), sv_b.dump()));
+    let runs = runs_in(&trace);
+    assert_eq!(runs.len(), 40);
+    assert!(runs.values().all(|n| *n == 1), "a job ran again: {runs:?}");
+    // Store and events agree: each job finished once, on one of them.
+    let mut finished: Vec<i64> = [&sv_a, &sv_b]
+        .iter()
+        .flat_map(|sv| sv.events())
+        .filter(|e| e["event"] == "job_finished")
+        .map(|e| e["job_id"].as_i64().unwrap())
+        .collect();
+    finished.sort_unstable();
+    let before = finished.len();
+    finished.dedup();
+    assert_eq!((before, finished.len()), (40, 40));
+    stop(sv_a);
+    stop(sv_b);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_cut_during_a_graceful_stop_loses_no_outcome() {
+    let db = PgDatabase::new();
+    let proxy = proxy();
+    let (a, _) = pair(&db, &proxy);
+    let mut sv = a.start(&[]);
+    let held = a.submit_held("held", &["--group", "a"]);
+    a.wait_job(held.id, &["running"], T);
+    proxy.cut();
+    sv.signal(Signal::SIGTERM);
+    held.release_with(0);
+    // Its outcome cannot be stored: the journal keeps it, and the stop ends all the same.
+    let code = sv.wait_exit(T);
+    assert!(code.is_some(), "{}", sv.dump());
+    sv.assert_nothing_left(Duration::from_secs(2));
+    assert!(
+        a.path().join("state/outcomes.journal").exists(),
+        "{}",
+        sv.dump()
+    );
+    proxy.restore();
+    // The next run stores it: the job succeeded once, and does not run again.
+    let sv = a.start(&[]);
+    a.wait_job(held.id, &["succeeded"], T);
+    assert_eq!(a.job(held.id)["attempts"], 1);
+    assert!(!sv
+        .events()
+        .iter()
+        .any(|e| e["event"] == "job_started" && e["job_id"] == held.id));
+    stop(sv);
+}

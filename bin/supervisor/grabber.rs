@@ -45,6 +45,9 @@ struct Grabber {
     /// Outcomes wait for the store: running more jobs whose results cannot be recorded
     /// is pointless, so nothing is claimed.
     held: bool,
+    /// The wall time the current (or last) pass began: a claim it made that was lost
+    /// with the connection is no later than this.
+    pass_began: f64,
 }
 
 /// Run the grabber until told to stop or the supervisor goes away.
@@ -83,6 +86,7 @@ pub fn main(
         started: Instant::now(),
         reroute: true,
         held: false,
+        pass_began: 0.0,
     };
     if g.tx.send(FromChild::Ready).is_err() {
         return 1;
@@ -189,6 +193,7 @@ impl Grabber {
                 );
                 let _ = self.tx.send(FromChild::SourceFailed {
                     error: format!("{e:#}"),
+                    claimed_before: self.pass_began,
                 });
                 // Reconnect on the next try: the connection itself may be what broke.
                 self.store = None;
@@ -202,6 +207,7 @@ impl Grabber {
         if self.store.is_none() {
             self.store = Some(crate::store::open_hot(&self.store_arg)?);
         }
+        self.pass_began = wall_now();
         let store = self.store.as_mut().expect("opened above");
         if self.held {
             return Ok(self.now() + self.poll_interval);

@@ -70,6 +70,11 @@ struct Supervisor {
     touch_at: Option<Instant>,
     /// Shared store: when our instance was last marked alive.
     touched: Instant,
+    /// A failed claim pass began at this (wall) time: its claims may have committed with
+    /// their answer lost; given back once the store answers.
+    lost_claims: Option<f64>,
+    /// How many outcomes waited before the input being fed (see `pending_changed`).
+    pending_was: Option<usize>,
     notifier: Notifier,
     told_stopping: bool,
     /// Outcomes the store could not take yet, with the events that announce them.
@@ -84,8 +89,8 @@ struct Supervisor {
 pub const PANIC_EVENT: &str = "supervisor_panicked";
 
 /// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
-/// exits and leaves those jobs `running` for the next run to give back.
-const PENDING_AT_EXIT: Duration = Duration::from_secs(30);
+/// exits and leaves them to the next run (the outcomes journal).
+const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// A panic on another thread than the loop's, for the loop to record before exiting.
 static PANIC_TX: std::sync::OnceLock<Sender<Ev>> = std::sync::OnceLock::new();
@@ -281,6 +286,8 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         me,
         touch_at,
         touched: Instant::now(),
+        lost_claims: None,
+        pending_was: None,
         notifier: Notifier::from_env(),
         told_stopping: false,
         pending: Pending::default(),
@@ -451,6 +458,9 @@ impl Supervisor {
                 for input in self.execute(actions) {
                     self.feed(input);
                 }
+                if let Some(was) = self.pending_was.take() {
+                    self.pending_changed(was);
+                }
             }
         }
     }
@@ -605,7 +615,7 @@ impl Supervisor {
     }
 
     /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
-    /// then stay `running` in the store, and the next run gives them back.
+    /// then stay in the outcomes journal, which the next run stores first.
     fn flush_pending(&mut self) {
         let until = Instant::now() + PENDING_AT_EXIT;
         while !self.pending.is_empty() && Instant::now() < until {
@@ -616,8 +626,8 @@ impl Supervisor {
         }
         if !self.pending.is_empty() {
             log::error!(
-                "{} outcome(s) could not be stored; their jobs stay running in the store \
-                 and the next run gives them back",
+                "{} outcome(s) could not be stored; the next run stores them from the \
+                 outcomes journal",
                 self.pending.len()
             );
         }
@@ -664,8 +674,26 @@ impl Supervisor {
                 self.claims.insert(claim.id, claim);
                 Input::JobClaimed(job)
             }
-            FromChild::SourceReport { epoch, empty } => Input::SourceReport { epoch, empty },
-            FromChild::SourceFailed { error } => Input::SourceFailed { error },
+            FromChild::SourceReport { epoch, empty } => {
+                if self.lost_claims.is_some() {
+                    self.give_back_lost_claims(); // the store answers again
+                }
+                Input::SourceReport { epoch, empty }
+            }
+            FromChild::SourceFailed {
+                error,
+                claimed_before,
+            } => {
+                // A claim of the failed pass may have committed with its answer lost:
+                // such jobs run under us in the store, unknown here, until given back.
+                let t = self
+                    .lost_claims
+                    .map_or(claimed_before, |t| t.max(claimed_before));
+                self.lost_claims = Some(t);
+                self.give_back_lost_claims();
+                Input::SourceFailed { error }
+            }
+
             FromChild::CancelRequested { job } => Input::CancelRequested { job },
             FromChild::JobStarted { job, pid } => {
                 if injected_fault() == Some(Fault::PanicOnJobStart) {
@@ -782,6 +810,9 @@ impl Supervisor {
             let actions = self.core.handle(self.now(), input);
             inputs.extend(self.execute(actions));
         }
+        if let Some(was) = self.pending_was.take() {
+            self.pending_changed(was);
+        }
     }
 
     /// Carry out actions in order; returns inputs they produced (spawn results).
@@ -867,7 +898,10 @@ impl Supervisor {
                     }
                 }
                 Action::ReleaseStrays { known } => {
-                    match self.store.release_strays(self.instance, &known, wall_now()) {
+                    match self
+                        .store
+                        .release_strays(self.instance, &known, None, wall_now())
+                    {
                         Ok(ids) if !ids.is_empty() => log::warn!(
                             "requeued jobs {ids:?} the grabber claimed but never reported"
                         ),
@@ -947,7 +981,9 @@ impl Supervisor {
                 Instant::now(),
             );
             self.save_journal();
-            self.pending_changed(was);
+            // Said once the actions of this input are done (the events held with
+            // it are in the journal by then).
+            self.pending_was.get_or_insert(was);
             return;
         }
         match self
@@ -976,7 +1012,9 @@ impl Supervisor {
                     Instant::now(),
                 );
                 self.save_journal();
-                self.pending_changed(was);
+                // Said once the actions of this input are done (the events held with
+                // it are in the journal by then).
+                self.pending_was.get_or_insert(was);
             }
         }
     }
@@ -1146,6 +1184,33 @@ impl Supervisor {
             }
             Ok(_) => {}
             Err(e) => log::warn!("cannot look for dead supervisors: {e}"),
+        }
+    }
+
+    /// Give back the jobs running under us in the store that the grabber claimed in a
+    /// pass that failed (its answer lost with the connection) and that we never heard of.
+    fn give_back_lost_claims(&mut self) {
+        let Some(before) = self.lost_claims else {
+            return;
+        };
+        let known: Vec<i64> = self.claims.keys().copied().collect();
+        match self
+            .store
+            .release_strays(self.instance, &known, Some(before), wall_now())
+        {
+            Ok(ids) => {
+                self.lost_claims = None;
+                if !ids.is_empty() {
+                    log::warn!("gave back jobs {ids:?}: claimed, but the claim's answer was lost");
+                    if let Some(g) = self.core.grabber() {
+                        self.send(g, ToChild::Wake);
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot give back lost claims yet: {e}");
+                self.reopen_store();
+            }
         }
     }
 

@@ -31,7 +31,9 @@ pub enum FromChild {
     /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
     SourceReport { epoch: u64, empty: bool },
     /// The grabber could not reach the store.
-    SourceFailed { error: String },
+    /// `claimed_before`: when the failed pass began; a claim of it may have committed
+    /// while its answer was lost (the supervisor gives such strays back).
+    SourceFailed { error: String, claimed_before: f64 },
     /// `supervisor cancel` asked to stop this running job.
     CancelRequested { job: JobId },
     /// A worker started its job's process (also its process group).

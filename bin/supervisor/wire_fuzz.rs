@@ -226,7 +226,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
         FromChild::Ready | FromChild::Pong => Ok(()),
         FromChild::Claimed(c) => claim(c),
         FromChild::SourceReport { .. } | FromChild::CancelRequested { .. } => Ok(()),
-        FromChild::SourceFailed { error } => record(&Event::SupervisorStopping {
+        FromChild::SourceFailed { error, .. } => record(&Event::SupervisorStopping {
             reason: error.clone(),
         }),
         FromChild::JobStarted { job, pid } => record(&Event::JobStarted {
@@ -503,7 +503,10 @@ fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
         claim_value().prop_map(|c| encode(&FromChild::Claimed(c))),
         (any::<u64>(), any::<bool>())
             .prop_map(|(epoch, empty)| encode(&FromChild::SourceReport { epoch, empty })),
-        string().prop_map(|error| encode(&FromChild::SourceFailed { error })),
+        string().prop_map(|error| encode(&FromChild::SourceFailed {
+            error,
+            claimed_before: 1.0
+        })),
         any::<i64>().prop_map(|job| encode(&FromChild::CancelRequested { job })),
         (any::<i64>(), any::<u32>())
             .prop_map(|(job, pid)| encode(&FromChild::JobStarted { job, pid })),

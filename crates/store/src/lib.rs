@@ -614,14 +614,17 @@ pub trait JobStore {
     /// that owner.
     fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool>;
 
-    /// Gives back every job running under `owner` that is not in `known`: claims whose
-    /// report never reached the supervisor (its grabber died between the claim and the
-    /// message). They go back to `queued` without using up an attempt (or become
-    /// `canceled`, finished at `now`, if a cancel was requested). Returns their ids.
+    /// Gives back every job running under `owner` that is not in `known` and was claimed
+    /// at `claimed_before` or earlier (`None`: whenever): claims whose report never
+    /// reached the supervisor (its grabber died between the claim and the message, or
+    /// the claim committed but its answer was lost with the connection). They go back to
+    /// `queued` without using up an attempt (or become `canceled`, finished at `now`, if
+    /// a cancel was requested). Returns their ids.
     fn release_strays(
         &mut self,
         owner: InstanceId,
         known: &[JobId],
+        claimed_before: Option<f64>,
         now: f64,
     ) -> Result<Vec<JobId>>;
 

@@ -1533,14 +1533,18 @@ impl JobStore for PostgresStore {
         &mut self,
         owner: InstanceId,
         known: &[JobId],
+        claimed_before: Option<f64>,
         now: f64,
     ) -> Result<Vec<JobId>> {
         let op = "release strays";
         let rows = query(
             &mut self.stmts,
             &mut self.client,
-            &format!("{TAKE_BACK} AND NOT (id = ANY($3::bigint[])) RETURNING id"),
-            &[&owner, &now, &known],
+            &format!(
+                "{TAKE_BACK} AND NOT (id = ANY($3::bigint[])) \
+                 AND ($4::float8 IS NULL OR started_at <= $4) RETURNING id"
+            ),
+            &[&owner, &now, &known, &claimed_before],
             op,
         )?;
         ids_of(rows, op)

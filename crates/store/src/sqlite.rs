@@ -1034,6 +1034,7 @@ impl JobStore for SqliteStore {
         &mut self,
         owner: InstanceId,
         known: &[JobId],
+        claimed_before: Option<f64>,
         now: f64,
     ) -> Result<Vec<JobId>> {
         let tx = self
@@ -1041,10 +1042,15 @@ impl JobStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("release strays")?;
         let running: Vec<(JobId, u32)> = tx
-            .prepare_cached("SELECT id, attempts FROM jobs WHERE state = 'running' AND owner = ?1")
+            .prepare_cached(
+                "SELECT id, attempts FROM jobs WHERE state = 'running' AND owner = ?1 \
+                 AND (?2 IS NULL OR started_at <= ?2)",
+            )
             .and_then(|mut stmt| {
-                stmt.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                stmt.query_map(params![owner, claimed_before], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
             })
             .ctx("release strays")?;
         let known: std::collections::BTreeSet<JobId> = known.iter().copied().collect();

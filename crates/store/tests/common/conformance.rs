@@ -700,7 +700,7 @@ pub fn taking_back_a_cancel_requested_job_cancels_it_at_now(new: Factory) {
                 assert!(s.release(doomed, 2, owner, now).unwrap());
                 ids.clone()
             }
-            Path::ReleaseStrays => s.release_strays(owner, &[], now).unwrap(),
+            Path::ReleaseStrays => s.release_strays(owner, &[], None, now).unwrap(),
             Path::UnregisterInstance => s.unregister_instance(owner, now).unwrap(),
             Path::RequeueOrphans => s.requeue_orphans(me, &|i| i.id == owner, now).unwrap(),
         };
@@ -947,7 +947,7 @@ pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory)
         .claim(other, &routes, &mut credits(&[("g", 1)]), 1.0)
         .unwrap();
     assert_eq!(store.cancel(ids[2], 1.5).unwrap(), CancelResult::Requested);
-    let released = store.release_strays(me, &[ids[0]], 1.75).unwrap();
+    let released = store.release_strays(me, &[ids[0]], None, 1.75).unwrap();
     assert_eq!(released, vec![ids[1], ids[2]]);
     let j = store.get(ids[1], 2.0).unwrap().unwrap();
     assert_eq!((j.state, j.attempts, j.owner), (JobState::Queued, 0, None));
@@ -967,8 +967,14 @@ pub fn release_strays_gives_back_only_unknown_claims_of_that_owner(new: Factory)
         store.get(ids[3], 2.0).unwrap().unwrap().state,
         JobState::Running
     );
-    assert!(store.release_strays(me, &[ids[0]], 2.0).unwrap().is_empty());
-    assert_eq!(store.release_strays(other, &[], 2.0).unwrap(), vec![ids[3]]);
+    assert!(store
+        .release_strays(me, &[ids[0]], None, 2.0)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.release_strays(other, &[], None, 2.0).unwrap(),
+        vec![ids[3]]
+    );
 }
 
 pub fn instances_are_touched(new: Factory) {
