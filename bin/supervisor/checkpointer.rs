@@ -6,7 +6,10 @@
 //! supervisor and the grabber turn automatic checkpoints off, and this thread, with a
 //! connection of its own, checkpoints (`PASSIVE`: writers go on meanwhile) after every
 //! [`Checkpointer::EVERY`] outcomes. A job costs about five pages of log (a claim and
-//! an outcome), so the log stays near SQLite's default size. Idle, it never wakes.
+//! an outcome), so the log stays near SQLite's default size. Under a steady load the
+//! passive checkpoints rarely catch up with the log's end, so the log never starts over
+//! and grows by every page written (90 MB for 10,000 jobs): past 16 MiB it is copied and
+//! emptied (`TRUNCATE`), which makes writers wait a moment. Idle, it never wakes.
 
 use std::path::Path;
 
@@ -23,6 +26,9 @@ impl Checkpointer {
     /// Outcomes between two checkpoints.
     pub const EVERY: u32 = 200;
 
+    /// A log this long (in pages, 16 MiB) is emptied rather than only copied.
+    pub const TRUNCATE_PAGES: i64 = 4096;
+
     pub fn start(path: &Path) -> Result<Checkpointer> {
         let store = SqliteStore::open(path)
             .with_context(|| format!("cannot open the job store {}", path.display()))?;
@@ -32,8 +38,16 @@ impl Checkpointer {
             .name("checkpointer".into())
             .spawn(move || {
                 for () in rx {
-                    if let Err(e) = store.checkpoint() {
-                        log::warn!("{e}");
+                    match store.checkpoint() {
+                        // The log did not start over (readers and writers kept it busy)
+                        // and has grown: empty it, at the cost of a short wait for both.
+                        Ok((log, _)) if log >= Self::TRUNCATE_PAGES => {
+                            if let Err(e) = store.checkpoint_truncate() {
+                                log::warn!("{e}");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::warn!("{e}"),
                     }
                 }
             })
