@@ -3,7 +3,8 @@
 # groups, run a supervisor until the queue is empty, and show what happened.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q --manifest-path "$root/Cargo.toml"
+echo "== building the release binary (the first time takes a few minutes; cargo shows its progress)"
+cargo build --release --manifest-path "$root/Cargo.toml"
 bin=$root/target/release/supervisor
 demo=$(mktemp -d /tmp/supervisor-demo-XXXXXX)
 cp "$root/examples/supervisor.json" "$demo/supervisor.json"
