@@ -38,6 +38,7 @@ fn main() {
                         output: out.as_fd(),
                         program: None,
                         death_signal: supervisor_os::Sig::SIGKILL,
+                        umask: None,
                     };
                     let pid = spawner.spawn(&cmd).expect("spawn /bin/true");
                     wait_pid(pid).expect("wait");

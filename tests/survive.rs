@@ -609,3 +609,77 @@ fn an_outcome_waiting_when_its_supervisor_dies_is_stored_by_the_next_run() {
     assert!(!journal.exists());
     sv.stop_cleanly();
 }
+
+// ----- private state ----------------------------------------------------------------------
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A supervisor started under `umask`, through sh (the harness's own umask is left
+/// alone), until it has run one job that prints its umask.
+fn private_under(umask: &str, loose_state_dir: bool) {
+    let sb = Sandbox::new(&config(1));
+    if loose_state_dir {
+        use std::os::unix::fs::PermissionsExt;
+        let state = sb.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let id = sb.submit(&["--", "sh", "-c", "umask; echo private > made-by-job"]);
+    let stderr = sb.path().join("supervisor.stderr");
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask {umask} && exec \"$0\" run -c \"$1\" --until-empty"
+        ))
+        .arg(crate::common::bin())
+        .arg(sb.config_path())
+        .current_dir(sb.path())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut sv = crate::common::Supervisor {
+        child: Some(child),
+        events: sb.events_path(),
+        dir: sb.path().to_path_buf(),
+    };
+    assert_eq!(sv.wait_exit(LONG), Some(0), "{}", sv.dump());
+    let state = sb.path().join("state");
+    for dir in [state.clone(), state.join("logs")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for file in ["jobs.db", "events.jsonl"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file} under umask {umask}");
+    }
+    let log = state.join(format!("logs/{id}.log"));
+    assert_eq!(mode(&log), 0o600);
+    // The job itself runs with the umask the supervisor was started with.
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(printed.trim(), format!("{:0>4}", umask), "{printed}");
+    let made = mode(&sb.path().join("made-by-job"));
+    let want = 0o666 & !u32::from_str_radix(umask, 8).unwrap();
+    assert_eq!(made, want, "a job's file under umask {umask}");
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert_eq!(
+        said.contains("was 755; it is now 700"),
+        loose_state_dir,
+        "{said}"
+    );
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
+fn the_state_is_private_under_umask_000_and_jobs_keep_theirs() {
+    private_under("000", false);
+}
+
+#[test]
+fn the_state_is_private_under_umask_022_and_a_loose_state_dir_is_tightened() {
+    private_under("022", true);
+}

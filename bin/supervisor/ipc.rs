@@ -169,6 +169,7 @@ impl Hub {
             // replaced on disk, and only the running image speaks our message format.
             program: Some(Path::new("/proc/self/exe")),
             death_signal: death,
+            umask: None,
         };
         // A clone(CLONE_VM | CLONE_VFORK) and exec, as for jobs: a fork would copy the
         // page tables of a supervisor with a thread per child, milliseconds apiece

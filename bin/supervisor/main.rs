@@ -171,6 +171,13 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    // Whatever a verb or the supervisor creates under the state dir (the store, logs,
+    // events) is private to its user, whatever the umask; jobs get the umask the
+    // supervisor was started with back (`SUPERVISOR_JOB_UMASK`, for its workers).
+    let started_with = supervisor_os::set_umask(0o077);
+    if matches!(cli.command, Verb::Run { .. }) {
+        std::env::set_var("SUPERVISOR_JOB_UMASK", format!("{started_with:03o}"));
+    }
     // A verb whose output is closed early (`supervisor jobs | head`) ends quietly, killed
     // by SIGPIPE like any Unix tool. The supervisor and its children keep SIGPIPE
     // ignored (Rust's default): a closed pipe must never take them down.

@@ -149,6 +149,10 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     };
     std::fs::create_dir_all(config.state_dir.join("logs"))
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
+    // It holds what operators pass to jobs and what jobs print: no one else's to read.
+    for dir in [config.state_dir.clone(), config.state_dir.join("logs")] {
+        tighten(&dir)?;
+    }
     let pid_path = config.state_dir.join("supervisor.pid");
     let _pidfile = match PidFile::acquire(&pid_path) {
         Ok(p) => p,
@@ -330,6 +334,23 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     };
     let _ = sv.store.unregister_instance(sv.instance, wall_now());
     Ok(code)
+}
+
+/// Make a directory of the state private (0700), saying so on stderr if it was not.
+fn tighten(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+        eprintln!(
+            "supervisor: {} was {mode:03o}; it is now 700 (it holds job environments and \
+             logs)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Of the jobs just taken back from dead supervisors, those that the store quarantined

@@ -126,11 +126,20 @@ impl Logs {
     }
 }
 
-/// What every job's environment starts from: the worker's own, minus our two names.
+/// What every job's environment starts from: the worker's own, minus our names.
 fn base_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
-        .filter(|(k, _)| k != "SUPERVISOR_JOB_ID" && k != "SUPERVISOR_ATTEMPT")
+        .filter(|(k, _)| {
+            k != "SUPERVISOR_JOB_ID" && k != "SUPERVISOR_ATTEMPT" && k != "SUPERVISOR_JOB_UMASK"
+        })
         .collect()
+}
+
+/// The umask jobs start with: the one `supervisor run` was started with, which it passes
+/// down in `SUPERVISOR_JOB_UMASK` (octal).
+fn job_umask() -> Option<u32> {
+    let text = std::env::var("SUPERVISOR_JOB_UMASK").ok()?;
+    u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o777)
 }
 
 /// The process group of the job running now (0: none), for the SIGTERM thread.
@@ -417,6 +426,9 @@ impl Worker {
             output: log.as_fd(),
             program: None,
             death_signal: Sig::SIGKILL,
+            // The supervisor keeps its state private (umask 077); a job gets the umask
+            // the supervisor was started with.
+            umask: job_umask(),
         };
         let since = Instant::now();
         match self.spawner.spawn(&cmd) {

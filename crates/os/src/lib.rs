@@ -287,6 +287,14 @@ impl Drop for PidFile {
 
 pub use nix::sys::signal::Signal as Sig;
 
+/// Set the process's file mode creation mask; returns the one it replaces.
+pub fn set_umask(mask: u32) -> u32 {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        mask as nix::libc::mode_t,
+    ));
+    old.bits() as u32
+}
+
 /// Give SIGPIPE back its default action, which the Rust runtime sets to "ignore": a
 /// command-line verb whose output is closed early (`supervisor jobs | head`) then ends
 /// quietly, killed by SIGPIPE as `cat` or `seq` are, instead of failing (or panicking)

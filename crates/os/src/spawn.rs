@@ -44,6 +44,8 @@ pub struct JobCommand<'a> {
     pub program: Option<&'a Path>,
     /// Delivered to the child when the spawning thread exits (`PR_SET_PDEATHSIG`).
     pub death_signal: nix::sys::signal::Signal,
+    /// The file mode creation mask the command starts with (`None`: the spawner's).
+    pub umask: Option<u32>,
 }
 
 /// Why a job could not be started, with the step that failed.
@@ -87,6 +89,7 @@ struct ChildPlan {
     stdin: RawFd,
     output: RawFd,
     death_signal: libc::c_int,
+    umask: Option<libc::mode_t>,
     parent: libc::pid_t,
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -159,6 +162,7 @@ impl Spawner {
             stdin: stdin.fd,
             output: output.fd,
             death_signal: cmd.death_signal as libc::c_int,
+            umask: cmd.umask.map(|m| (m & 0o777) as libc::mode_t),
             parent: nix::unistd::getpid().as_raw(),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
@@ -315,6 +319,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(plan, STEP_SETUP, last_errno());
         }
+        if let Some(mask) = plan.umask {
+            libc::umask(mask);
+        }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             plan.death_signal as libc::c_ulong,
@@ -403,6 +410,7 @@ mod tests {
             output: out.as_fd(),
             program: None,
             death_signal: nix::sys::signal::Signal::SIGKILL,
+            umask: None,
         };
         let result = Spawner::new().spawn(&cmd).map(|pid| wait_pid(pid).unwrap());
         let mut text = String::new();
