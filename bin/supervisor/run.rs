@@ -987,29 +987,23 @@ impl Supervisor {
                 at: now + delay.as_secs_f64(),
             },
         };
-        let was = self.pending.len();
+        let waiting = Waiting {
+            owner: self.instance,
+            job,
+            attempt,
+            outcome: o,
+            next,
+            events: vec![],
+        };
         // Behind an outcome that waits, every later one waits too: in order.
         if !self.pending.is_empty() {
-            self.pending.add(
-                Waiting {
-                    owner: self.instance,
-                    job,
-                    attempt,
-                    outcome: o,
-                    next,
-                    events: vec![],
-                },
-                Instant::now(),
-            );
-            self.save_journal();
-            // Said once the actions of this input are done (the events held with
-            // it are in the journal by then).
-            self.pending_was.get_or_insert(was);
+            self.wait_for_store(waiting);
             return;
         }
+        let w = &waiting;
         match self
             .store
-            .record_outcome(job, attempt, self.instance, &o, next, now)
+            .record_outcome(job, attempt, self.instance, &w.outcome, w.next, now)
         {
             Ok(true) => {
                 if let Some(c) = &mut self.checkpointer {
@@ -1021,23 +1015,19 @@ impl Supervisor {
             }
             Err(e) => {
                 log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
-                self.pending.add(
-                    Waiting {
-                        owner: self.instance,
-                        job,
-                        attempt,
-                        outcome: o,
-                        next,
-                        events: vec![],
-                    },
-                    Instant::now(),
-                );
-                self.save_journal();
-                // Said once the actions of this input are done (the events held with
-                // it are in the journal by then).
-                self.pending_was.get_or_insert(was);
+                self.wait_for_store(waiting);
             }
         }
+    }
+
+    /// An outcome the store cannot take now: it waits, journaled.
+    fn wait_for_store(&mut self, waiting: Waiting) {
+        let was = self.pending.len();
+        self.pending.add(waiting, Instant::now());
+        self.save_journal();
+        // Said once the actions of this input are done (the events held with it are in
+        // the journal by then).
+        self.pending_was.get_or_insert(was);
     }
 
     fn spawn(&mut self, child: ChildId, role: Role) -> Input {

@@ -42,7 +42,7 @@ impl Proxy {
                 };
                 conns2.lock().unwrap().push(client.try_clone().unwrap());
                 pump(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pump_back(server, client);
+                pump(server, client);
             }
         });
         Proxy {
@@ -82,7 +82,13 @@ impl Drop for Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: UnixStream) {
+/// Copies `from` to `to` on a thread of its own until either side closes, then closes
+/// both (in one direction; a connection has two of these).
+fn pump<A, B>(mut from: A, mut to: B)
+where
+    A: Read + Close + Send + 'static,
+    B: Write + Close + Send + 'static,
+{
     thread::spawn(move || {
         let mut buf = [0u8; 16384];
         while let Ok(n) = from.read(&mut buf) {
@@ -90,20 +96,24 @@ fn pump(mut from: TcpStream, mut to: UnixStream) {
                 break;
             }
         }
-        let _ = to.shutdown(Shutdown::Both);
-        let _ = from.shutdown(Shutdown::Both);
+        to.close();
+        from.close();
     });
 }
 
-fn pump_back(mut from: UnixStream, mut to: TcpStream) {
-    thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Both);
-        let _ = from.shutdown(Shutdown::Both);
-    });
+/// Both ends of a socket, shut.
+trait Close {
+    fn close(&self);
+}
+
+impl Close for TcpStream {
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Close for UnixStream {
+    fn close(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
 }
