@@ -4,7 +4,9 @@
 //! This is the only crate of the workspace that may use `unsafe`, and it does so in two
 //! places: the hook that runs between `fork` and `exec` of the supervisor's own children
 //! ([`spawn_clean`]), and the vfork-style start of a job's process ([`Spawner`], in
-//! `spawn.rs`). Everything else goes through nix's safe wrappers.
+//! `spawn.rs`), which also moves a job into its cgroup, sets its limits and switches it
+//! to its user. Everything else goes through nix's safe wrappers: user lookups
+//! ([`users`]) and the cgroup v2 files of jobs ([`cgroup`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -18,9 +20,13 @@ use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+pub mod cgroup;
 mod spawn;
 mod tree;
-pub use spawn::{wait_pid, JobCommand, SpawnError, Spawner};
+pub mod users;
+pub use spawn::{
+    wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
+};
 pub use tree::{children, descendants, kill_descendants, reap_leaving_any, reap_until_none};
 
 /// How a process ended: an exit code or a signal, never squashed into one number.

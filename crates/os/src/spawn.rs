@@ -13,6 +13,14 @@
 //! allocates nothing, takes no lock, and reads nothing but the [`ChildPlan`] the parent
 //! prepared. A failure is written to the plan's shared result slots before `_exit`, so
 //! the parent can name the step that failed and its errno.
+//!
+//! A job may also be set up ([`JobSetup`]): moved into its cgroup, given resource limits
+//! and a niceness, and switched to another user, in that order, all before `exec` and
+//! all as raw system calls. The user switch in particular must not go through glibc's
+//! `setuid`/`setgid`/`setgroups`: in a process glibc knows to be threaded they signal
+//! every thread of it to switch too, and this child shares the worker's memory, so
+//! glibc would take the worker's threads for its own and make the worker drop its
+//! privileges. The raw calls change the calling (child) process alone.
 
 #![allow(unsafe_code)]
 
@@ -48,6 +56,80 @@ pub struct JobCommand<'a> {
     pub umask: Option<u32>,
 }
 
+/// Who a job runs as. The spawner switches to it in the child: supplementary groups,
+/// then the group id, then the user id (real, effective and saved alike, so that the job
+/// can never switch back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name, for messages.
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The supplementary groups, as `initgroups` would set them (see
+    /// [`crate::users::group_list`]).
+    pub groups: Vec<u32>,
+}
+
+/// A resource a job's limit is on (`setrlimit`), named by its config key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// `RLIMIT_NOFILE`: file descriptors (`nofile`).
+    OpenFiles,
+    /// `RLIMIT_NPROC`: processes of the job's real user (`nproc`).
+    Processes,
+    /// `RLIMIT_CORE`: bytes of a core dump (`core`).
+    CoreBytes,
+    /// `RLIMIT_AS`: bytes of address space (`as_bytes`).
+    AddressSpace,
+    /// `RLIMIT_CPU`: seconds of CPU time (`cpu_s`).
+    CpuSeconds,
+}
+
+impl Resource {
+    /// The config key that names it (under `rlimits`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Resource::OpenFiles => "nofile",
+            Resource::Processes => "nproc",
+            Resource::CoreBytes => "core",
+            Resource::AddressSpace => "as_bytes",
+            Resource::CpuSeconds => "cpu_s",
+        }
+    }
+
+    fn raw(self) -> libc::c_int {
+        (match self {
+            Resource::OpenFiles => libc::RLIMIT_NOFILE,
+            Resource::Processes => libc::RLIMIT_NPROC,
+            Resource::CoreBytes => libc::RLIMIT_CORE,
+            Resource::AddressSpace => libc::RLIMIT_AS,
+            Resource::CpuSeconds => libc::RLIMIT_CPU,
+        }) as libc::c_int
+    }
+}
+
+/// A resource limit a job starts with: soft and hard limit both `value`, so that the job
+/// cannot raise it (as systemd's `LimitNOFILE=N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub resource: Resource,
+    pub value: u64,
+}
+
+/// How a job's process is set up before `exec`, beyond [`JobCommand`]; the default
+/// changes nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JobSetup<'a> {
+    /// The `cgroup.procs` file of the cgroup the job starts in, open for writing.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// Resource limits.
+    pub limits: &'a [Limit],
+    /// The niceness (-20 to 19; below the spawner's own needs privileges).
+    pub nice: Option<i32>,
+    /// The user to run as (needs privileges).
+    pub credentials: Option<&'a Credentials>,
+}
+
 /// Why a job could not be started, with the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -55,12 +137,45 @@ pub enum SpawnError {
     EmptyCommand,
     #[error("an argument or environment entry holds a NUL byte")]
     NulByte,
-    #[error("cannot change to directory {dir}: {source}")]
-    Cwd { dir: String, source: io::Error },
-    #[error("cannot execute `{program}`: {source}")]
-    Exec { program: String, source: io::Error },
+    #[error("cannot change to directory {dir}{}: {source}", as_user(.user))]
+    Cwd {
+        dir: String,
+        /// The user the job was switched to, if any.
+        user: Option<String>,
+        source: io::Error,
+    },
+    #[error("cannot execute `{program}`{}: {source}", as_user(.user))]
+    Exec {
+        program: String,
+        /// The user the job was switched to, if any.
+        user: Option<String>,
+        source: io::Error,
+    },
+    #[error("cannot move the job into its cgroup: {0}")]
+    Cgroup(io::Error),
+    #[error("cannot set rlimits.{} to {value}: {source}", .resource.key())]
+    Limit {
+        resource: Resource,
+        value: u64,
+        source: io::Error,
+    },
+    #[error("cannot set nice {nice}: {source}")]
+    Nice { nice: i32, source: io::Error },
+    #[error("cannot switch to user {user} (uid {uid}, gid {gid}): {source}")]
+    Credentials {
+        user: String,
+        uid: u32,
+        gid: u32,
+        source: io::Error,
+    },
     #[error("cannot set up the job's process: {0}")]
     Setup(io::Error),
+}
+
+/// ` as user NAME`, or nothing.
+fn as_user(user: &Option<String>) -> String {
+    user.as_ref()
+        .map_or(String::new(), |u| format!(" as user {u}"))
 }
 
 /// Starts job processes; owns the stack their clone runs on, reused from job to job.
@@ -79,6 +194,11 @@ impl Default for Spawner {
 const STEP_SETUP: i32 = 1;
 const STEP_CWD: i32 = 2;
 const STEP_EXEC: i32 = 3;
+const STEP_CGROUP: i32 = 4;
+/// The failed limit's index is in the plan's `detail` slot.
+const STEP_LIMIT: i32 = 5;
+const STEP_NICE: i32 = 6;
+const STEP_CREDENTIALS: i32 = 7;
 
 /// Everything the child needs, prepared (and allocated) by the parent.
 struct ChildPlan {
@@ -91,8 +211,16 @@ struct ChildPlan {
     death_signal: libc::c_int,
     umask: Option<libc::mode_t>,
     parent: libc::pid_t,
+    /// `cgroup.procs` to write "0" to, or -1.
+    cgroup_procs: RawFd,
+    limits: Vec<(libc::c_int, libc::rlimit64)>,
+    nice: Option<libc::c_int>,
+    /// uid, gid and the supplementary groups.
+    credentials: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     failed_step: AtomicI32,
     errno: AtomicI32,
+    /// Which limit failed, for [`STEP_LIMIT`].
+    detail: AtomicI32,
 }
 
 impl Spawner {
@@ -108,6 +236,18 @@ impl Spawner {
     /// when the calling thread exits (call from the long-lived main thread). Returns
     /// its pid; reap it with [`wait_pid`].
     pub fn spawn(&mut self, cmd: &JobCommand<'_>) -> Result<u32, SpawnError> {
+        self.spawn_with(cmd, &JobSetup::default())
+    }
+
+    /// [`Spawner::spawn`], with the process set up as `setup` says before `exec`: moved
+    /// into its cgroup, given its limits and niceness, then switched to its user (whose
+    /// permissions then apply to the working directory and the program). The death
+    /// signal is set after the switch (a change of user clears it).
+    pub fn spawn_with(
+        &mut self,
+        cmd: &JobCommand<'_>,
+        setup: &JobSetup<'_>,
+    ) -> Result<u32, SpawnError> {
         let Some(program) = cmd.argv.first() else {
             return Err(SpawnError::EmptyCommand);
         };
@@ -164,8 +304,26 @@ impl Spawner {
             death_signal: cmd.death_signal as libc::c_int,
             umask: cmd.umask.map(|m| (m & 0o777) as libc::mode_t),
             parent: nix::unistd::getpid().as_raw(),
+            cgroup_procs: setup.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+            limits: setup
+                .limits
+                .iter()
+                .map(|l| {
+                    let value = l.value as libc::rlim64_t;
+                    (
+                        l.resource.raw(),
+                        libc::rlimit64 {
+                            rlim_cur: value,
+                            rlim_max: value,
+                        },
+                    )
+                })
+                .collect(),
+            nice: setup.nice,
+            credentials: setup.credentials.map(|c| (c.uid, c.gid, c.groups.clone())),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
+            detail: AtomicI32::new(0),
         };
 
         // SAFETY: the stack top is inside `self.stack`, 16-byte aligned, and the
@@ -202,14 +360,45 @@ impl Spawner {
         // The child wrote why and called _exit: reap it before saying so.
         let _ = wait_pid(pid as u32);
         let source = io::Error::from_raw_os_error(plan.errno.load(Ordering::Acquire));
+        let user = setup.credentials.map(|c| c.user.clone());
         Err(match step {
             STEP_CWD => SpawnError::Cwd {
                 dir: cmd.cwd.map(|d| d.display().to_string()).unwrap_or_default(),
+                user,
                 source,
             },
             STEP_EXEC => SpawnError::Exec {
                 program: program.clone(),
+                user,
                 source,
+            },
+            STEP_CGROUP => SpawnError::Cgroup(source),
+            STEP_LIMIT => {
+                let index = plan.detail.load(Ordering::Acquire);
+                match usize::try_from(index)
+                    .ok()
+                    .and_then(|i| setup.limits.get(i))
+                {
+                    Some(limit) => SpawnError::Limit {
+                        resource: limit.resource,
+                        value: limit.value,
+                        source,
+                    },
+                    None => SpawnError::Setup(source),
+                }
+            }
+            STEP_NICE => SpawnError::Nice {
+                nice: setup.nice.unwrap_or_default(),
+                source,
+            },
+            STEP_CREDENTIALS => match setup.credentials {
+                Some(c) => SpawnError::Credentials {
+                    user: c.user.clone(),
+                    uid: c.uid,
+                    gid: c.gid,
+                    source,
+                },
+                None => SpawnError::Setup(source),
             },
             _ => SpawnError::Setup(source),
         })
@@ -322,6 +511,47 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if let Some(mask) = plan.umask {
             libc::umask(mask);
         }
+        // Into the job's cgroup while still privileged ("0": the writing process).
+        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+            fail(plan, STEP_CGROUP, last_errno());
+        }
+        // Limits and niceness before the switch: a privileged spawner may set them past
+        // its own, and the job cannot undo them afterwards.
+        for (i, (resource, limit)) in plan.limits.iter().enumerate() {
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0 as libc::c_long,
+                libc::c_long::from(*resource),
+                limit as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            ) != 0
+            {
+                plan.detail.store(i as i32, Ordering::Release);
+                fail(plan, STEP_LIMIT, last_errno());
+            }
+        }
+        if let Some(nice) = plan.nice {
+            let (which, who) = (libc::PRIO_PROCESS as libc::c_long, 0 as libc::c_long);
+            if libc::syscall(libc::SYS_setpriority, which, who, libc::c_long::from(nice)) != 0 {
+                fail(plan, STEP_NICE, last_errno());
+            }
+        }
+        // Groups, then gid, then uid (after it, no more privilege to change the others).
+        // Raw system calls: see the module's comment on glibc's wrappers.
+        if let Some((uid, gid, groups)) = &plan.credentials {
+            let (uid, gid) = (libc::c_long::from(*uid), libc::c_long::from(*gid));
+            if libc::syscall(
+                libc::SYS_setgroups,
+                groups.len() as libc::c_long,
+                groups.as_ptr(),
+            ) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+            {
+                fail(plan, STEP_CREDENTIALS, last_errno());
+            }
+        }
+        // After the switch: a change of effective user or group clears the death signal.
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             plan.death_signal as libc::c_ulong,
@@ -395,6 +625,14 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn run(argv: &[&str], cwd: Option<&Path>) -> (Result<Ended, SpawnError>, String) {
+        run_with(argv, cwd, &JobSetup::default())
+    }
+
+    fn run_with(
+        argv: &[&str],
+        cwd: Option<&Path>,
+        setup: &JobSetup<'_>,
+    ) -> (Result<Ended, SpawnError>, String) {
         let dir = tempfile_dir();
         let out_path = dir.join("out");
         let out = File::create(&out_path).unwrap();
@@ -412,7 +650,9 @@ mod tests {
             death_signal: nix::sys::signal::Signal::SIGKILL,
             umask: None,
         };
-        let result = Spawner::new().spawn(&cmd).map(|pid| wait_pid(pid).unwrap());
+        let result = Spawner::new()
+            .spawn_with(&cmd, setup)
+            .map(|pid| wait_pid(pid).unwrap());
         let mut text = String::new();
         File::open(&out_path)
             .unwrap()
@@ -491,6 +731,216 @@ mod tests {
         assert!(err.to_string().contains("/no/such/dir"), "{err}");
         assert!(matches!(err, SpawnError::Cwd { .. }), "{err}");
         assert!(matches!(run(&[], None).0, Err(SpawnError::EmptyCommand)));
+    }
+
+    fn limits() -> Vec<Limit> {
+        [
+            (Resource::OpenFiles, 37),
+            (Resource::Processes, 5000),
+            (Resource::CoreBytes, 0),
+            (Resource::AddressSpace, 4 << 30),
+            (Resource::CpuSeconds, 600),
+        ]
+        .map(|(resource, value)| Limit { resource, value })
+        .to_vec()
+    }
+
+    #[test]
+    fn limits_and_niceness_apply_to_the_job_alone() {
+        let limits = limits();
+        let setup = JobSetup {
+            limits: &limits,
+            nice: Some(7),
+            ..JobSetup::default()
+        };
+        // Soft and hard alike; niceness is field 19 of /proc/PID/stat.
+        let script = "ulimit -Sn; ulimit -Hn; ulimit -p; ulimit -c; ulimit -v; ulimit -t; \
+                      cut -d' ' -f19 /proc/self/stat";
+        let (res, text) = run_with(&["sh", "-c", script], None, &setup);
+        assert_eq!(res.unwrap(), Ended::Code(0), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            ["37", "37", "5000", "0", "4194304", "600", "7"],
+            "{text}"
+        );
+        // The spawner's own are untouched.
+        let own =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_ne!(own, (37, 37));
+        // A file descriptor past the limit cannot be opened.
+        let (res, text) = run_with(
+            &["sh", "-c", "exec 40</dev/null; echo opened"],
+            None,
+            &setup,
+        );
+        assert_ne!(res.unwrap(), Ended::Code(0), "{text}");
+        assert!(!text.contains("opened"), "{text}");
+    }
+
+    #[test]
+    fn a_limit_the_kernel_refuses_is_named() {
+        // More file descriptors than the kernel allows (fs.nr_open).
+        let limits = [Limit {
+            resource: Resource::OpenFiles,
+            value: u64::from(u32::MAX),
+        }];
+        let setup = JobSetup {
+            limits: &limits,
+            ..JobSetup::default()
+        };
+        let err = run_with(&["true"], None, &setup).0.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SpawnError::Limit {
+                    resource: Resource::OpenFiles,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rlimits.nofile"), "{err}");
+    }
+
+    /// Root's tests: switching users needs the privilege.
+    fn root_or_skip(what: &str) -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: {what} needs root");
+        }
+        root
+    }
+
+    fn nobody() -> Credentials {
+        Credentials {
+            user: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534, 4242],
+        }
+    }
+
+    #[test]
+    fn the_job_runs_as_its_user_with_its_groups_and_keeps_its_output() {
+        if !root_or_skip("switching users") {
+            return;
+        }
+        let creds = nobody();
+        let setup = JobSetup {
+            credentials: Some(&creds),
+            nice: Some(-3),
+            ..JobSetup::default()
+        };
+        let script = "id -u; id -g; id -G; grep -E '^(Uid|Gid)' /proc/self/status; \
+                      cut -d' ' -f19 /proc/self/stat";
+        let (res, text) = run_with(&["sh", "-c", script], Some(Path::new("/")), &setup);
+        assert_eq!(res.unwrap(), Ended::Code(0), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[..3], ["65534", "65534", "65534 4242"], "{text}");
+        // Real, effective, saved and file-system ids: no way back.
+        assert_eq!(
+            lines[3].split_whitespace().collect::<Vec<_>>()[1..],
+            ["65534"; 4]
+        );
+        assert_eq!(
+            lines[4].split_whitespace().collect::<Vec<_>>()[1..],
+            ["65534"; 4]
+        );
+        // Niceness below 0: set while still privileged.
+        assert_eq!(lines[5], "-3", "{text}");
+        // The worker's own identity is untouched.
+        assert!(nix::unistd::geteuid().is_root());
+        assert!(nix::unistd::getuid().is_root());
+    }
+
+    #[test]
+    fn the_users_permissions_apply_to_its_directory_and_program() {
+        if !root_or_skip("switching users") {
+            return;
+        }
+        let creds = nobody();
+        let setup = JobSetup {
+            credentials: Some(&creds),
+            ..JobSetup::default()
+        };
+        let private = tempfile_dir();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let err = run_with(&["true"], Some(&private), &setup).0.unwrap_err();
+        assert!(
+            matches!(&err, SpawnError::Cwd { source, .. } if source.kind() == io::ErrorKind::PermissionDenied),
+            "{err}"
+        );
+        assert!(err.to_string().contains("as user nobody"), "{err}");
+        let script = private.join("job.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let err = run_with(&[script.to_str().unwrap()], None, &setup)
+            .0
+            .unwrap_err();
+        assert!(
+            matches!(&err, SpawnError::Exec { source, .. } if source.kind() == io::ErrorKind::PermissionDenied),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&private).unwrap();
+    }
+
+    #[test]
+    fn the_death_signal_survives_the_switch_of_user() {
+        if !root_or_skip("switching users") {
+            return;
+        }
+        let creds = nobody();
+        let argv = vec!["sleep".to_string(), "60".to_string()];
+        // Spawned from a thread that then ends: the job must get its death signal.
+        let pid = std::thread::spawn(move || {
+            let null = File::open("/dev/null").unwrap();
+            let cmd = JobCommand {
+                argv: &argv,
+                env: std::env::vars_os().collect(),
+                cwd: Some(Path::new("/")),
+                stdin: null.as_fd(),
+                output: null.as_fd(),
+                program: None,
+                death_signal: nix::sys::signal::Signal::SIGKILL,
+                umask: None,
+            };
+            let setup = JobSetup {
+                credentials: Some(&creds),
+                ..JobSetup::default()
+            };
+            Spawner::new().spawn_with(&cmd, &setup).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(wait_pid(pid).unwrap(), Ended::Signal(libc::SIGKILL));
+    }
+
+    #[test]
+    fn a_cgroup_that_refuses_the_job_is_named() {
+        // A file that takes no write stands in for a cgroup.procs that refuses.
+        let null = File::open("/dev/null").unwrap();
+        let setup = JobSetup {
+            cgroup_procs: Some(null.as_fd()),
+            ..JobSetup::default()
+        };
+        let err = run_with(&["true"], None, &setup).0.unwrap_err();
+        assert!(matches!(err, SpawnError::Cgroup(_)), "{err}");
+        // One that takes it.
+        let sink = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let setup = JobSetup {
+            cgroup_procs: Some(sink.as_fd()),
+            ..JobSetup::default()
+        };
+        assert_eq!(run_with(&["true"], None, &setup).0.unwrap(), Ended::Code(0));
     }
 
     #[test]
