@@ -161,13 +161,37 @@ pub struct JobProcess {
     /// The user (`user`, `group`), as resolved when the config was loaded.
     pub run_as: Option<RunAs>,
     /// `rlimits`.
-    pub rlimits: file::Rlimits,
+    pub rlimits: RlimitsConfig,
     /// `nice`.
     pub nice: Option<i32>,
     /// `memory_max_bytes`.
     pub memory_max_bytes: Option<u64>,
     /// `cpu_max`.
     pub cpu_max: Option<f64>,
+}
+
+/// A group's `rlimits`: each `None` keeps the supervisor's limit. (Its own type, not
+/// [`file::Rlimits`]: that one skips absent keys when serialized, which a format that
+/// does not describe itself, like the IPC's, cannot read back.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RlimitsConfig {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+    pub as_bytes: Option<u64>,
+    pub cpu_s: Option<u64>,
+}
+
+impl From<file::Rlimits> for RlimitsConfig {
+    fn from(r: file::Rlimits) -> RlimitsConfig {
+        RlimitsConfig {
+            nofile: r.nofile,
+            nproc: r.nproc,
+            core: r.core,
+            as_bytes: r.as_bytes,
+            cpu_s: r.cpu_s,
+        }
+    }
 }
 
 /// A user jobs run as: its entry in the user database, with the primary group the config
@@ -552,7 +576,7 @@ impl Config {
                 },
                 process: JobProcess {
                     run_as: users.remove(&i),
-                    rlimits: g.rlimits.unwrap_or_default(),
+                    rlimits: g.rlimits.map(RlimitsConfig::from).unwrap_or_default(),
                     nice: g.nice,
                     memory_max_bytes: g.memory_max_bytes,
                     cpu_max: g.cpu_max,
@@ -716,6 +740,37 @@ pub fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_process_survives_a_format_that_does_not_describe_itself() {
+        // The IPC's postcard, here: every field is written, none skipped.
+        let process = JobProcess {
+            run_as: Some(RunAs {
+                user: "nobody".into(),
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+                home: "/nonexistent".into(),
+            }),
+            rlimits: RlimitsConfig {
+                nofile: Some(64),
+                ..RlimitsConfig::default()
+            },
+            nice: Some(-3),
+            memory_max_bytes: None,
+            cpu_max: Some(0.5),
+        };
+        let mut bytes = Vec::new();
+        serde_json::to_writer(&mut bytes, &process).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        for key in ["nproc", "core", "as_bytes", "cpu_s", "memory_max_bytes"] {
+            assert!(
+                text.contains(&format!("\"{key}\":null")),
+                "{key} skipped: {text}"
+            );
+        }
+        assert_eq!(serde_json::from_str::<JobProcess>(&text).unwrap(), process);
+    }
 
     #[test]
     fn config_path_precedence_cli_then_env_then_default() {
