@@ -742,8 +742,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_process_survives_a_format_that_does_not_describe_itself() {
-        // The IPC's postcard, here: every field is written, none skipped.
+    fn a_job_process_writes_every_field_so_that_the_ipc_can_read_it_back() {
+        // The IPC's postcard does not describe itself: a field skipped when absent
+        // (`skip_serializing_if`) could not be read back. Every field must be written.
         let process = JobProcess {
             run_as: Some(RunAs {
                 user: "nobody".into(),
