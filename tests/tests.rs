@@ -9,6 +9,7 @@ mod jobs;
 mod notify;
 mod operate;
 mod postgres;
+mod privilege;
 mod process;
 mod reload;
 mod smoke;

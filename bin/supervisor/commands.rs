@@ -553,16 +553,87 @@ pub fn cancel(path: &Path, id: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// `supervisor check`.
+/// `supervisor check`: the summary, and warnings on stderr (still exit 0) for what the
+/// config would do that an operator may not mean (see [`check_warnings`]).
 pub fn check(path: &Path) -> Result<i32> {
     match supervisor_config::load(path) {
         Ok(c) => {
             say!("{}", c.summary())?;
+            for warning in check_warnings(&c, supervisor_os::users::effective_uid()) {
+                eprintln!("supervisor: warning: {warning}");
+            }
             Ok(0)
         }
         Err(e) => {
             eprintln!("{e}");
             Ok(EXIT_USAGE)
+        }
+    }
+}
+
+/// What `check` warns of: groups whose jobs would run as root (a supervisor running as
+/// `euid` 0, a group without `user`), and cgroup limits that would not be enforced (no
+/// delegated cgroup v2 for the running supervisor or, with none running, for `check`
+/// itself, which a supervisor started the same way would share).
+fn check_warnings(config: &Config, euid: u32) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if euid == 0 {
+        for (i, g) in config.groups.iter().enumerate() {
+            if g.process.run_as.is_none() {
+                warnings.push(format!(
+                    "groups[{i}] ({}) has no `user`: its jobs would run as root",
+                    Value::String(g.name.clone())
+                ));
+            }
+        }
+    }
+    let limited: Vec<String> = config
+        .groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, g)| {
+            let memory = g.process.memory_max_bytes.map(|_| "memory_max_bytes");
+            let cpu = g.process.cpu_max.map(|_| "cpu_max");
+            [memory, cpu]
+                .into_iter()
+                .flatten()
+                .map(move |key| format!("groups[{i}].{key}"))
+        })
+        .collect();
+    if limited.is_empty() {
+        return warnings;
+    }
+    let (whose, found) = match PidFile::inspect(&pidfile(&config.state_dir)) {
+        PidFileState::Running(pid) if pid > 0 => (
+            format!("the running supervisor (pid {pid})"),
+            supervisor_os::cgroup::detect_pid(pid),
+        ),
+        _ => ("this process".to_string(), supervisor_os::cgroup::detect()),
+    };
+    if let Err(why) = found {
+        warnings.push(format!(
+            "{} will not be enforced: cgroups are not in use for {whose}: {why}",
+            limited.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// Whether the supervisor `pid` can give jobs cgroups of their own, for `status`.
+fn cgroups_of(pid: Option<u32>) -> (Value, String) {
+    let found = match pid {
+        Some(pid) if pid > 0 => supervisor_os::cgroup::detect_pid(pid),
+        _ => Err("the supervisor is not running".to_string()),
+    };
+    match found {
+        Ok(delegated) => {
+            let dir = delegated.dir().display().to_string();
+            let text = format!("in use ({dir}): memory_max_bytes and cpu_max are enforced");
+            (json!({"in_use": true, "dir": dir, "reason": null}), text)
+        }
+        Err(why) => {
+            let text = format!("not in use (memory_max_bytes and cpu_max are not enforced): {why}");
+            (json!({"in_use": false, "dir": null, "reason": why}), text)
         }
     }
 }
@@ -793,6 +864,7 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
         .map(u64::from)
         .or(r.supervisor_pid)
         .or(stale_pid.map(u64::from));
+    let cgroups = cgroups_of(running_pid);
     let mut children: Vec<Value> = r.children.values().cloned().collect();
     if running_pid.is_none() {
         // Whatever the events last said of them, children die with their supervisor
@@ -829,6 +901,7 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
             "children": children,
             "jobs": counts,
             "outcomes_waiting": waiting,
+            "cgroups": cgroups.0,
         });
         say!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
@@ -840,7 +913,10 @@ pub fn status(path: &Path, as_json: bool) -> Result<i32> {
         format!("{} ({} ago)", local_time(t, true), format_duration(now - t))
     });
     match (running_pid, &ending) {
-        (Some(p), _) => writeln!(out, "supervisor: running (pid {p})")?,
+        (Some(p), _) => {
+            writeln!(out, "supervisor: running (pid {p})")?;
+            writeln!(out, "cgroups: {}", cgroups.1)?;
+        }
         (None, None | Some(Ending::NeverStarted)) => writeln!(
             out,
             "supervisor: not running: never started here (no events in {})",

@@ -865,6 +865,12 @@ impl Supervisor {
                     self.send(child, ToChild::Ping);
                 }
                 Action::StartJob { child, job } => {
+                    // The core starts jobs only on workers of groups of the current
+                    // config; never start one without its group's user and limits.
+                    let Some(group) = self.config.group(&job.group) else {
+                        log::error!("job {} has no group {}; cannot start it", job.id, job.group);
+                        continue;
+                    };
                     let payload = match self.claims.get(&job.id) {
                         Some(c) => JobPayload {
                             id: c.id,
@@ -872,6 +878,7 @@ impl Supervisor {
                             command: c.command.clone(),
                             env: c.env.clone(),
                             cwd: c.cwd.clone(),
+                            process: Box::new(group.process.clone()),
                         },
                         None => {
                             log::error!("job {} has no payload; cannot start it", job.id);

@@ -114,6 +114,9 @@ pub struct JobPayload {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<String>,
+    /// How its group's config sets up the job's process (user, limits), as loaded by
+    /// the supervisor's current config.
+    pub process: Box<supervisor_config::JobProcess>,
 }
 
 /// How a process ended, on the wire.

@@ -469,6 +469,7 @@ fn job_payload() -> impl Strategy<Value = JobPayload> {
             command,
             env,
             cwd,
+            process: Default::default(),
         })
 }
 

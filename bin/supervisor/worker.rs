@@ -14,6 +14,17 @@
 //! below the worker gets SIGTERM and, [`STRAGGLER_GRACE`] later, SIGKILL; only when none
 //! is left does the worker report the attempt's end (and take the next job). One
 //! `waitpid` tells that none is left, so a job that leaves nothing costs nothing more.
+//!
+//! The worker keeps the supervisor's privileges; the job drops them. A group's `user`
+//! is switched to in the job's own process, just before `exec` (with its `rlimits` and
+//! `nice`, see `supervisor_os::JobSetup`), so that the worker can still signal and reap
+//! everything the job leaves behind, whoever it runs as, and open the job's log in the
+//! private state dir. The log is handed to the job as fds 1 and 2 and given to the
+//! job's user, so that the job can also reopen it (`echo >/dev/stderr`); the user still
+//! cannot reach it by its path (`logs/` is the supervisor's, `0700`). Where the
+//! supervisor has a delegated cgroup v2 (`supervisor_os::cgroup`), a job whose group
+//! sets `memory_max_bytes` or `cpu_max` runs in a cgroup of its own, removed once the
+//! job's processes are gone; a job the OOM killer took down has it said in its log.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -25,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use ipc_channel::ipc::IpcSender;
-use supervisor_os::{Ended, JobCommand, Sig, Spawner};
+use supervisor_config::JobProcess;
+use supervisor_os::cgroup::{Delegated, JobCgroup};
+use supervisor_os::{Ended, JobCommand, JobSetup, Sig, Spawner};
 
 use crate::ipc;
 use crate::wire::{FromChild, JobPayload, ToChild};
@@ -72,6 +85,19 @@ struct Running {
     pgid: u32,
     log: File,
     log_path: PathBuf,
+    /// The log was given to the job's user (to be taken back if it becomes the spare).
+    log_given: bool,
+    /// The job's own cgroup, with its `memory_max_bytes`.
+    cgroup: Option<(JobCgroup, Option<u64>)>,
+}
+
+/// Whether this worker can give jobs cgroups of their own: found out at the first job
+/// that asks for one.
+enum Cgroups {
+    Unknown,
+    Usable(Delegated),
+    /// Why not; said once.
+    Unusable,
 }
 
 /// The job logs of one worker, with its spare: an empty log file kept open for reuse.
@@ -115,15 +141,31 @@ impl Logs {
         Ok((file, path))
     }
 
-    /// The job is over: a log it left empty becomes the spare.
-    fn done(&mut self, log: File, path: &Path) {
+    /// The job is over: a log it left empty becomes the spare (ours again, if it was
+    /// given to the job's user).
+    fn done(&mut self, log: File, path: &Path, given: bool) {
         if self.spare.is_some() || !log.metadata().is_ok_and(|m| m.len() == 0) {
+            return;
+        }
+        if given
+            && give(
+                &log,
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+            .is_err()
+        {
             return;
         }
         if std::fs::rename(path, &self.spare_path).is_ok() {
             self.spare = Some(log);
         }
     }
+}
+
+/// Make `file` belong to `uid`/`gid`.
+fn give(file: &File, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
 }
 
 /// What every job's environment starts from: the worker's own, minus our names.
@@ -244,6 +286,9 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
         devnull,
         env: base_env(),
         logs: Logs::new(logs, group, slot),
+        group: group.to_string(),
+        cgroups: Cgroups::Unknown,
+        spent_cgroups: Vec::new(),
     };
     let mut running: Option<Running> = None;
     let mut cleanup: Option<Cleanup> = None;
@@ -308,9 +353,13 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                 ended,
                 ran_for,
             } => {
-                if let Some(r) = running.take() {
+                if let Some(mut r) = running.take() {
                     JOB_PGID.store(0, Ordering::SeqCst);
-                    w.logs.done(r.log, &r.log_path);
+                    if let Some((cgroup, memory_max)) = r.cgroup.take() {
+                        note_oom(&mut r.log, &cgroup, memory_max);
+                        w.spent_cgroups.push(cgroup);
+                    }
+                    w.logs.done(r.log, &r.log_path, r.log_given);
                 }
                 // Whatever the job left behind, in its process group or not, goes with
                 // it: SIGTERM now, SIGKILL after the grace.
@@ -347,10 +396,14 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
         }
     }
     // The supervisor is gone: so is the job, and all it started.
-    if let Some(r) = running {
+    if let Some(mut r) = running {
         let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
+        if let Some((cgroup, _)) = r.cgroup.take() {
+            w.spent_cgroups.push(cgroup);
+        }
     }
     supervisor_os::kill_descendants(100);
+    w.remove_cgroups();
     0
 }
 
@@ -369,11 +422,32 @@ struct Worker {
     devnull: File,
     env: Vec<(OsString, OsString)>,
     logs: Logs,
+    group: String,
+    cgroups: Cgroups,
+    /// Cgroups of attempts that ended, to remove once their processes are gone (and
+    /// again later, if one still held a process then).
+    spent_cgroups: Vec<JobCgroup>,
+}
+
+/// Say in the job's log that the OOM killer acted in its cgroup.
+fn note_oom(log: &mut File, cgroup: &JobCgroup, memory_max: Option<u64>) {
+    let kills = cgroup.oom_kills();
+    if kills > 0 {
+        let limit = memory_max.map_or(String::new(), |b| format!(" (memory_max_bytes {b})"));
+        let _ = writeln!(
+            log,
+            "supervisor: the job was killed for its memory limit{limit}: the OOM killer acted \
+             {kills} time(s) in its cgroup {}",
+            cgroup.dir().display()
+        );
+    }
 }
 
 impl Worker {
-    /// Tell the supervisor the attempt is over; false if it is gone.
-    fn report_end(&self, job: i64, ended: Ended, ran_for: Duration) -> bool {
+    /// Tell the supervisor the attempt is over (every process of it is gone: so can its
+    /// cgroup be); false if it is gone.
+    fn report_end(&mut self, job: i64, ended: Ended, ran_for: Duration) -> bool {
+        self.remove_cgroups();
         self.tx
             .send(FromChild::JobEnded {
                 job,
@@ -407,17 +481,69 @@ impl Worker {
             Ok(x) => x,
             Err(e) => return fail(self, None, format!("cannot open its log: {e}")),
         };
+        let process = &job.process;
+        let run_as = process.run_as.as_ref();
+        // The job's user may write its log through fds 1 and 2 in any case; owning it,
+        // it may also reopen it (`/dev/stderr`).
+        let log_given = match run_as {
+            Some(u) => match give(&log, u.uid, u.gid) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!(
+                        "worker: cannot give job {}'s log to {}: {e}",
+                        job.id,
+                        u.user
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
         let mut env = self.env.clone();
         let ours = [
             ("SUPERVISOR_JOB_ID".to_string(), job.id.to_string()),
             ("SUPERVISOR_ATTEMPT".to_string(), job.attempt.to_string()),
         ];
-        for (k, v) in job.env.iter().chain(ours.iter().map(|(k, v)| (k, v))) {
+        // The user's own (a job's `--env` still wins), then the job's, then ours.
+        let user_env: Vec<(String, String)> = run_as
+            .map(|u| {
+                [("HOME", &u.home), ("USER", &u.user), ("LOGNAME", &u.user)]
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .to_vec()
+            })
+            .unwrap_or_default();
+        for (k, v) in user_env
+            .iter()
+            .map(|(k, v)| (k, v))
+            .chain(job.env.iter())
+            .chain(ours.iter().map(|(k, v)| (k, v)))
+        {
             match env.iter_mut().find(|(ek, _)| ek == k.as_str()) {
                 Some(slot) => slot.1 = v.into(),
                 None => env.push((k.into(), v.into())),
             }
         }
+        let cgroup = match self.job_cgroup(job.id, job.attempt, process) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                if log_given {
+                    let _ = give(
+                        &log,
+                        nix::unistd::geteuid().as_raw(),
+                        nix::unistd::getegid().as_raw(),
+                    );
+                }
+                return fail(self, Some(&mut log), format!("cannot make its cgroup: {e}"));
+            }
+        };
+        let limits = process.limits();
+        let credentials = run_as.map(supervisor_config::RunAs::credentials);
+        let setup = JobSetup {
+            cgroup_procs: cgroup.as_ref().map(JobCgroup::procs),
+            limits: &limits,
+            nice: process.nice,
+            credentials: credentials.as_ref(),
+        };
         let cmd = JobCommand {
             argv: &job.command,
             env,
@@ -431,7 +557,7 @@ impl Worker {
             umask: job_umask(),
         };
         let since = Instant::now();
-        match self.spawner.spawn(&cmd) {
+        match self.spawner.spawn_with(&cmd, &setup) {
             Ok(pid) => {
                 JOB_PGID.store(pid, Ordering::SeqCst);
                 let _ = self.tx.send(FromChild::JobStarted { job: job.id, pid });
@@ -448,9 +574,66 @@ impl Worker {
                     pgid: pid,
                     log,
                     log_path,
+                    log_given,
+                    cgroup: cgroup.map(|c| (c, process.memory_max_bytes)),
                 })
             }
-            Err(e) => fail(self, Some(&mut log), e.to_string()),
+            Err(e) => {
+                if let Some(c) = cgroup {
+                    self.spent_cgroups.push(c);
+                    self.remove_cgroups();
+                }
+                fail(self, Some(&mut log), e.to_string())
+            }
+        }
+    }
+
+    /// The cgroup of one attempt of a job whose group sets `memory_max_bytes` or
+    /// `cpu_max`, where this supervisor has a delegated cgroup; none otherwise (said
+    /// once per worker when the limits cannot be enforced).
+    fn job_cgroup(
+        &mut self,
+        job: i64,
+        attempt: u32,
+        process: &JobProcess,
+    ) -> std::io::Result<Option<JobCgroup>> {
+        let limits = process.cgroup_limits();
+        if !limits.any() {
+            return Ok(None);
+        }
+        if matches!(self.cgroups, Cgroups::Unknown) {
+            self.cgroups = match supervisor_os::cgroup::detect().and_then(|d| {
+                d.enable_controllers()
+                    .map(|()| d)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(delegated) => Cgroups::Usable(delegated),
+                Err(why) => {
+                    log::warn!(
+                        "worker {}: cgroups are not in use, memory_max_bytes and cpu_max \
+                         are not enforced: {why}",
+                        self.group
+                    );
+                    Cgroups::Unusable
+                }
+            };
+        }
+        match &self.cgroups {
+            Cgroups::Usable(delegated) => delegated
+                .create_job(&format!("job-{job}-{attempt}"), &limits)
+                .map(Some),
+            Cgroups::Unknown | Cgroups::Unusable => Ok(None),
+        }
+    }
+
+    /// Remove the cgroups of ended attempts; one that still holds a process (it left
+    /// the worker's reach) has it killed and is tried again next time.
+    fn remove_cgroups(&mut self) {
+        for cgroup in std::mem::take(&mut self.spent_cgroups) {
+            if let Err((cgroup, e)) = cgroup.remove() {
+                log::warn!("worker: cannot remove a job's cgroup yet: {e}");
+                self.spent_cgroups.push(cgroup);
+            }
         }
     }
 }

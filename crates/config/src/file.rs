@@ -24,6 +24,36 @@ pub const MAX_ATTEMPTS: u32 = supervisor_core::bounds::MAX_ATTEMPTS;
 /// The smallest `events.rotate_bytes` accepted.
 pub const MIN_ROTATE_BYTES: u64 = 4096;
 
+/// The fewest file descriptors `rlimits.nofile` allows: a job's stdin, stdout and stderr.
+pub const MIN_NOFILE: u64 = 3;
+
+/// The most file descriptors `rlimits.nofile` allows: Linux's default `fs.nr_open`, past
+/// which the kernel refuses the limit.
+pub const MAX_NOFILE: u64 = 1_048_576;
+
+/// The most processes `rlimits.nproc` allows: Linux's largest pid (`PID_MAX_LIMIT`).
+pub const MAX_NPROC: u64 = 4_194_304;
+
+/// The most bytes any byte limit (`rlimits.core`, `rlimits.as_bytes`,
+/// `memory_max_bytes`) takes: 1 PiB, beyond any machine's memory.
+pub const MAX_LIMIT_BYTES: u64 = 1 << 50;
+
+/// The fewest bytes of memory or address space a limit allows (1 MiB): no program starts
+/// with less.
+pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
+
+/// The fewest CPUs `cpu_max` allows: the kernel's smallest quota (1 ms) per 100 ms.
+pub const MIN_CPU_MAX: f64 = 0.01;
+
+/// The most CPUs `cpu_max` allows.
+pub const MAX_CPU_MAX: f64 = 4096.0;
+
+/// The most seconds `rlimits.cpu_s` allows: the bound of every `*_s` key.
+pub const MAX_CPU_S: u64 = supervisor_core::bounds::MAX_SECONDS as u64;
+
+/// The lowest and highest niceness (`nice`).
+pub const NICE_RANGE: (i32, i32) = (-20, 19);
+
 /// The config file of `supervisor`, a multi-process job supervisor.
 ///
 /// Only `groups` is required; every other key has a default. Unknown keys are errors.
@@ -300,6 +330,78 @@ pub struct Group {
     /// How crashed workers are restarted, and when to give up.
     #[serde(default)]
     pub restart: Restart,
+
+    /// Run this group's jobs as this user (a name in the user database): its uid, its
+    /// primary group (or `group`), the supplementary groups `initgroups` gives it, and
+    /// `HOME`, `USER` and `LOGNAME` from its entry. Needs a supervisor running as root.
+    /// The name is looked up when the config is loaded (at start and on each reload).
+    /// Without it, jobs run as the supervisor's user (`supervisor check` warns when that
+    /// is root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", length(min = 1))]
+    pub user: Option<String>,
+
+    /// The primary group of this group's jobs (a name in the group database), instead of
+    /// `user`'s own; needs `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", length(min = 1))]
+    pub group: Option<String>,
+
+    /// Resource limits of each job, set before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Rlimits")]
+    pub rlimits: Option<Rlimits>,
+
+    /// The niceness each job starts with, from -20 (most favoured) to 19 (least); without
+    /// it, the supervisor's. Below the supervisor's own needs root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i32", range(min = NICE_RANGE.0, max = NICE_RANGE.1))]
+    pub nice: Option<i32>,
+
+    /// Bytes of memory each job may use, all its processes together (cgroup v2
+    /// `memory.max`); past it the kernel's OOM killer kills the job, and its log says so.
+    /// Enforced only where the supervisor has a delegated cgroup v2 (`supervisor status`
+    /// says whether it has; `supervisor check` warns where it has not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = MIN_MEMORY_BYTES, max = MAX_LIMIT_BYTES))]
+    pub memory_max_bytes: Option<u64>,
+
+    /// CPUs each job may use, all its processes together (cgroup v2 `cpu.max`, over
+    /// periods of 100 ms): 0.5 is half of one CPU, 2 is two. Enforced only where
+    /// `memory_max_bytes` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64", range(min = MIN_CPU_MAX, max = MAX_CPU_MAX))]
+    pub cpu_max: Option<f64>,
+}
+
+/// Resource limits of each job of a group (`setrlimit`), soft and hard limit alike, so
+/// that the job cannot raise them. A limit left out keeps the supervisor's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimits {
+    /// Open file descriptors of each process (`RLIMIT_NOFILE`): a file descriptor numbered
+    /// this or higher cannot be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = MIN_NOFILE, max = MAX_NOFILE))]
+    pub nofile: Option<u64>,
+    /// Processes the job's user may have, counted over the whole system (`RLIMIT_NPROC`):
+    /// a fork past it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = 1, max = MAX_NPROC))]
+    pub nproc: Option<u64>,
+    /// Bytes of a core dump (`RLIMIT_CORE`); 0 writes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = 0, max = MAX_LIMIT_BYTES))]
+    pub core: Option<u64>,
+    /// Bytes of address space of each process (`RLIMIT_AS`): an allocation past it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = MIN_MEMORY_BYTES, max = MAX_LIMIT_BYTES))]
+    pub as_bytes: Option<u64>,
+    /// Seconds of CPU time of each process (`RLIMIT_CPU`): past it, the kernel kills it
+    /// (SIGKILL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64", range(min = 1, max = MAX_CPU_S))]
+    pub cpu_s: Option<u64>,
 }
 
 fn default_max_workers() -> u32 {

@@ -13,11 +13,16 @@
 //! 1000000000, found -1`), or for JSON syntax the line and column
 //! (`supervisor.json:3:14: expected value`).
 //!
+//! A group's `user` and `group` are looked up in the system's user and group databases
+//! when the config is loaded ([`GroupConfig::process`] holds the ids), and are refused
+//! unless the process loading it runs as root.
+//!
 //! Paths in the file are relative to the folder holding it and are resolved to absolute
 //! paths. The job store and the events file default to `<state_dir>/jobs.db` and
 //! `<state_dir>/events.jsonl`, so moving `state_dir` moves them too.
 
 pub mod file;
+mod identity;
 mod json;
 mod validate;
 
@@ -144,6 +149,107 @@ pub struct GroupConfig {
     pub retry_backoff: Backoff,
     /// How crashed workers are restarted, and when to give up.
     pub restart: RestartPolicy,
+    /// How its jobs' processes are set up: user, limits, niceness, cgroup limits.
+    pub process: JobProcess,
+}
+
+/// How the process of each job of a group is set up before it runs its command: the user
+/// it runs as, its resource limits and niceness, and the limits of its cgroup. The
+/// default changes nothing. It travels to the worker with each job.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobProcess {
+    /// The user (`user`, `group`), as resolved when the config was loaded.
+    pub run_as: Option<RunAs>,
+    /// `rlimits`.
+    pub rlimits: RlimitsConfig,
+    /// `nice`.
+    pub nice: Option<i32>,
+    /// `memory_max_bytes`.
+    pub memory_max_bytes: Option<u64>,
+    /// `cpu_max`.
+    pub cpu_max: Option<f64>,
+}
+
+/// A group's `rlimits`: each `None` keeps the supervisor's limit. (Its own type, not
+/// [`file::Rlimits`]: that one skips absent keys when serialized, which a format that
+/// does not describe itself, like the IPC's, cannot read back.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RlimitsConfig {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+    pub as_bytes: Option<u64>,
+    pub cpu_s: Option<u64>,
+}
+
+impl From<file::Rlimits> for RlimitsConfig {
+    fn from(r: file::Rlimits) -> RlimitsConfig {
+        RlimitsConfig {
+            nofile: r.nofile,
+            nproc: r.nproc,
+            core: r.core,
+            as_bytes: r.as_bytes,
+            cpu_s: r.cpu_s,
+        }
+    }
+}
+
+/// A user jobs run as: its entry in the user database, with the primary group the config
+/// chose and the supplementary groups `initgroups` would set.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunAs {
+    /// The user's name (`USER`, `LOGNAME`).
+    pub user: String,
+    pub uid: u32,
+    /// The primary group: the config's `group`, else the user's own.
+    pub gid: u32,
+    /// The supplementary groups (the primary one among them).
+    pub groups: Vec<u32>,
+    /// The home directory (`HOME`).
+    pub home: String,
+}
+
+impl RunAs {
+    /// The spawner's form of it.
+    pub fn credentials(&self) -> supervisor_os::Credentials {
+        supervisor_os::Credentials {
+            user: self.user.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+impl JobProcess {
+    /// The resource limits, as the spawner sets them.
+    pub fn limits(&self) -> Vec<supervisor_os::Limit> {
+        use supervisor_os::Resource;
+        let r = &self.rlimits;
+        [
+            (Resource::OpenFiles, r.nofile),
+            (Resource::Processes, r.nproc),
+            (Resource::CoreBytes, r.core),
+            (Resource::AddressSpace, r.as_bytes),
+            (Resource::CpuSeconds, r.cpu_s),
+        ]
+        .into_iter()
+        .filter_map(|(resource, value)| {
+            Some(supervisor_os::Limit {
+                resource,
+                value: value?,
+            })
+        })
+        .collect()
+    }
+
+    /// The limits of a job's own cgroup (none set: it needs none).
+    pub fn cgroup_limits(&self) -> supervisor_os::cgroup::CgroupLimits {
+        supervisor_os::cgroup::CgroupLimits {
+            memory_max_bytes: self.memory_max_bytes,
+            cpu_max: self.cpu_max,
+        }
+    }
 }
 
 impl GroupConfig {
@@ -370,12 +476,20 @@ fn text_key(
 }
 
 /// Validates config `text` as if read from `path` (which names the file in errors, and
-/// whose folder relative paths are resolved against).
+/// whose folder relative paths are resolved against), for this process.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_as(text, path, supervisor_os::users::effective_uid())
+}
+
+/// [`parse`] for a process whose effective uid is `euid`: only root (0) may run jobs as
+/// another user.
+pub fn parse_as(text: &str, path: &Path, euid: u32) -> Result<Config, ConfigError> {
     let name = path.display();
     let value = json::parse(text)
         .map_err(|e| ConfigError::one(format!("{name}:{}:{}: {}", e.line, e.column, e.message)))?;
-    let problems = validate::check(&value, schema());
+    let mut problems = validate::check(&value, schema());
+    let (mut users, user_problems) = identity::resolve(&value, euid);
+    problems.extend(user_problems);
     if !problems.is_empty() {
         return Err(ConfigError {
             errors: problems
@@ -396,7 +510,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             "{name}: cannot resolve the config file's path: {e}"
         ))
     })?;
-    Ok(Config::from_file(typed, absolute))
+    Ok(Config::from_file(typed, absolute, &mut users))
 }
 
 /// The JSON Schema of the config file (draft 2020-12), generated from the typed structs
@@ -422,8 +536,9 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 impl Config {
-    /// Builds the resolved config from a validated file at the absolute `path`.
-    fn from_file(f: file::ConfigFile, path: PathBuf) -> Config {
+    /// Builds the resolved config from a validated file at the absolute `path`, with the
+    /// users its groups name (by group index).
+    fn from_file(f: file::ConfigFile, path: PathBuf, users: &mut BTreeMap<usize, RunAs>) -> Config {
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let state_dir = resolve(&base, &f.state_dir);
         let store = match f.store {
@@ -438,7 +553,8 @@ impl Config {
         let groups = f
             .groups
             .into_iter()
-            .map(|g| GroupConfig {
+            .enumerate()
+            .map(|(i, g)| GroupConfig {
                 name: g.name,
                 max_workers: g.max_workers,
                 matches: g.matches.map(|m| {
@@ -457,6 +573,13 @@ impl Config {
                         file::OnExhausted::Exit => OnExhausted::Exit,
                         file::OnExhausted::Disable => OnExhausted::Disable,
                     },
+                },
+                process: JobProcess {
+                    run_as: users.remove(&i),
+                    rlimits: g.rlimits.map(RlimitsConfig::from).unwrap_or_default(),
+                    nice: g.nice,
+                    memory_max_bytes: g.memory_max_bytes,
+                    cpu_max: g.cpu_max,
                 },
             })
             .collect();
@@ -617,6 +740,38 @@ pub fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_process_writes_every_field_so_that_the_ipc_can_read_it_back() {
+        // The IPC's postcard does not describe itself: a field skipped when absent
+        // (`skip_serializing_if`) could not be read back. Every field must be written.
+        let process = JobProcess {
+            run_as: Some(RunAs {
+                user: "nobody".into(),
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+                home: "/nonexistent".into(),
+            }),
+            rlimits: RlimitsConfig {
+                nofile: Some(64),
+                ..RlimitsConfig::default()
+            },
+            nice: Some(-3),
+            memory_max_bytes: None,
+            cpu_max: Some(0.5),
+        };
+        let mut bytes = Vec::new();
+        serde_json::to_writer(&mut bytes, &process).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        for key in ["nproc", "core", "as_bytes", "cpu_s", "memory_max_bytes"] {
+            assert!(
+                text.contains(&format!("\"{key}\":null")),
+                "{key} skipped: {text}"
+            );
+        }
+        assert_eq!(serde_json::from_str::<JobProcess>(&text).unwrap(), process);
+    }
 
     #[test]
     fn config_path_precedence_cli_then_env_then_default() {

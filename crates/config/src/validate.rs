@@ -1,7 +1,8 @@
 //! Complete error collection: the parsed JSON is walked against the JSON Schema generated
 //! from the typed structs (so the schema, the defaults and the checks cannot drift apart),
 //! then the few rules a schema cannot say are checked (a backoff's `max_s` against its
-//! `initial_s`, the heartbeat's timeout against its interval, unique group names).
+//! `initial_s`, the heartbeat's timeout against its interval, unique group names, a
+//! group's `group` only with its `user`).
 //!
 //! Every problem becomes a [`Problem`] with its key path (`groups[1].restart.max_s`); the
 //! walk never stops at the first one.
@@ -543,6 +544,12 @@ fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
             restart.max_s,
             problems,
         );
+        if group.get("group").is_some() && group.get("user").is_none() {
+            problems.push(Problem {
+                path: format!("{path}.group"),
+                message: "needs `user`: it is the primary group of the user jobs run as".into(),
+            });
+        }
         if let Some(Value::String(name)) = group.get("name") {
             if let Some(first) = seen.get(name.as_str()) {
                 problems.push(Problem {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use supervisor_config::{load, parse, Config, StoreConfig};
+use supervisor_config::{load, parse, parse_as, Config, StoreConfig};
 use supervisor_core::backoff::Backoff;
 use supervisor_core::spec::{defaults, OnExhausted};
 
@@ -133,8 +133,9 @@ fn unknown_top_level_key() {
 fn unknown_nested_keys() {
     assert_eq!(
         error(&with("", r#""colour": "red""#)),
-        "groups[0].colour: unknown key (expected one of: job_timeout_s, match, max_attempts, \
-         max_workers, name, restart, retry_backoff)"
+        "groups[0].colour: unknown key (expected one of: cpu_max, group, job_timeout_s, match, \
+         max_attempts, max_workers, memory_max_bytes, name, nice, restart, retry_backoff, \
+         rlimits, user)"
     );
     assert_eq!(
         error(&with(r#""grabber": {"error_backoff": {"jiter": 0.5}}"#, "")),
@@ -473,7 +474,7 @@ fn every_problem_is_reported_at_once() {
         "groups[0].max_workers: expected an integer, found a string",
         "groups[0].restart.on_exhausted: expected one of \"exit\", \"disable\", found \"panic\"",
         "groups[1].name: required",
-        "groups[1].oops: unknown key (expected one of: job_timeout_s, match, max_attempts, max_workers, name, restart, retry_backoff)",
+        "groups[1].oops: unknown key (expected one of: cpu_max, group, job_timeout_s, match, max_attempts, max_workers, memory_max_bytes, name, nice, restart, retry_backoff, rlimits, user)",
         "groups[2].name: duplicate group name \"a\" (also groups[0])",
         "groups[2].retry_backoff.max_s: must be at least initial_s (9), found 3",
         "events.rotate_bytes: must be >= 4096, found 1",
@@ -549,9 +550,17 @@ fn partial_objects_keep_the_other_defaults() {
 
 #[test]
 fn contract_example_reads_as_written() {
-    let config = load(&repo_root().join("examples/full.json")).unwrap();
+    // As a supervisor running as root reads it: its first group runs jobs as `nobody`.
+    let path = repo_root().join("examples/full.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = parse_as(&text, &path, 0).unwrap();
     let group = config.group("x86_64").unwrap();
     assert_eq!(group.max_workers, 4);
+    let run_as = group.process.run_as.as_ref().unwrap();
+    assert_eq!(run_as.user, "nobody");
+    assert_eq!(group.process.rlimits.nofile, Some(4096));
+    assert_eq!(group.process.nice, Some(5));
+    assert_eq!(group.process.cpu_max, Some(2.0));
     assert_eq!(
         group.matches,
         Some(BTreeMap::from([(
@@ -750,4 +759,150 @@ fn routing_by_name_then_first_matching_group() {
     assert_eq!(route(None, &[("arch", "x86_64")]), Some("any-x86"));
     assert_eq!(route(None, &[("arch", "riscv")]), Some("catch-all"));
     assert!(!config.groups[0].matches_tags(&tags(&[])));
+}
+
+// ---- least privilege: users, limits ----
+
+/// A group `a` with `keys`, read as a root supervisor would.
+fn as_root(keys: &str) -> Result<Config, Vec<String>> {
+    parse_as(&with("", keys), Path::new(FILE), 0).map_err(|e| e.errors)
+}
+
+/// The one error of [`as_root`], without the file name.
+fn root_error(keys: &str) -> String {
+    let errors = as_root(keys).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors[0]
+        .strip_prefix(&format!("{FILE}: "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_user_is_resolved_when_the_config_is_loaded() {
+    let config = as_root(r#""user": "root""#).unwrap();
+    let run_as = config.groups[0].process.run_as.clone().unwrap();
+    assert_eq!(
+        (run_as.user.as_str(), run_as.uid, run_as.gid),
+        ("root", 0, 0)
+    );
+    assert!(run_as.groups.contains(&0), "{run_as:?}");
+    assert_eq!(run_as.home, "/root");
+    // Another primary group: its id, and among the supplementary ones.
+    let Some(nobody) = supervisor_os::users::lookup_user("nobody").unwrap() else {
+        eprintln!("skipped: this system has no user nobody");
+        return;
+    };
+    let config = as_root(r#""user": "nobody", "group": "root""#).unwrap();
+    let run_as = config.groups[0].process.run_as.clone().unwrap();
+    assert_eq!((run_as.uid, run_as.gid), (nobody.uid, 0));
+    assert!(run_as.groups.contains(&0), "{run_as:?}");
+    // Without `user`, jobs run as the supervisor's user.
+    assert_eq!(ok(&with("", "")).groups[0].process.run_as, None);
+}
+
+#[test]
+fn unknown_users_and_groups_are_named_with_their_key() {
+    assert_eq!(
+        root_error(r#""user": "no-such-user-4242""#),
+        r#"groups[0].user: no such user "no-such-user-4242""#
+    );
+    assert_eq!(
+        root_error(r#""user": "root", "group": "no-such-group-4242""#),
+        r#"groups[0].group: no such group "no-such-group-4242""#
+    );
+    let long = "x".repeat(300);
+    assert!(root_error(&format!(r#""user": "{long}""#)).starts_with("groups[0].user: \""));
+    // Reported with every other problem, in the group where it is.
+    let text =
+        r#"{"groups": [{"name": "a"}, {"name": "b", "user": "no-such-user-4242", "nice": 40}]}"#;
+    let mut got = parse_as(text, Path::new(FILE), 0).unwrap_err().errors;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!("{FILE}: groups[1].nice: must be >= -20 and <= 19, found 40"),
+            format!("{FILE}: groups[1].user: no such user \"no-such-user-4242\""),
+        ]
+    );
+}
+
+#[test]
+fn a_user_needs_a_supervisor_running_as_root() {
+    let errors = parse_as(&with("", r#""user": "root""#), Path::new(FILE), 1000)
+        .unwrap_err()
+        .errors;
+    assert_eq!(
+        errors,
+        [format!(
+            "{FILE}: groups[0].user: running jobs as \"root\" needs a supervisor running as \
+             root (this process runs as uid 1000)"
+        )]
+    );
+    assert_eq!(
+        root_error(r#""group": "root""#),
+        "groups[0].group: needs `user`: it is the primary group of the user jobs run as"
+    );
+}
+
+#[test]
+fn limits_read_as_written() {
+    let config = ok(&with(
+        "",
+        r#""rlimits": {"nofile": 64, "nproc": 100, "core": 0, "as_bytes": 1073741824, "cpu_s": 60},
+           "nice": -5, "memory_max_bytes": 268435456, "cpu_max": 0.5"#,
+    ));
+    let process = &config.groups[0].process;
+    let limits: Vec<(&str, u64)> = process
+        .limits()
+        .iter()
+        .map(|l| (l.resource.key(), l.value))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("nofile", 64),
+            ("nproc", 100),
+            ("core", 0),
+            ("as_bytes", 1 << 30),
+            ("cpu_s", 60)
+        ]
+    );
+    assert_eq!(process.nice, Some(-5));
+    let cgroup = process.cgroup_limits();
+    assert_eq!(cgroup.memory_max_bytes, Some(256 << 20));
+    assert_eq!(cgroup.cpu_max, Some(0.5));
+    // Only what is given.
+    let config = ok(&with("", r#""rlimits": {"nofile": 10}"#));
+    assert_eq!(config.groups[0].process.limits().len(), 1);
+    assert!(!config.groups[0].process.cgroup_limits().any());
+}
+
+#[test]
+fn bad_limits_are_named_with_their_range() {
+    let cases = [
+        (r#""rlimits": {"nofile": 2}"#, "groups[0].rlimits.nofile: must be >= 3 and <= 1048576, found 2"),
+        (r#""rlimits": {"nofile": 1048577}"#, "groups[0].rlimits.nofile: must be >= 3 and <= 1048576, found 1048577"),
+        (r#""rlimits": {"nofile": 1.5}"#, "groups[0].rlimits.nofile: expected an integer, found 1.5"),
+        (r#""rlimits": {"nofile": "lots"}"#, "groups[0].rlimits.nofile: expected an integer, found a string"),
+        (r#""rlimits": {"nofile": null}"#, "groups[0].rlimits.nofile: expected an integer, found null"),
+        (r#""rlimits": {"nproc": 0}"#, "groups[0].rlimits.nproc: must be >= 1 and <= 4194304, found 0"),
+        (r#""rlimits": {"core": -1}"#, "groups[0].rlimits.core: must be >= 0 and <= 1125899906842624, found -1"),
+        (r#""rlimits": {"as_bytes": 4096}"#, "groups[0].rlimits.as_bytes: must be >= 1048576 and <= 1125899906842624, found 4096"),
+        (r#""rlimits": {"cpu_s": 0}"#, "groups[0].rlimits.cpu_s: must be >= 1 and <= 1000000000, found 0"),
+        (r#""rlimits": {"cpu_s": 1e300}"#, "groups[0].rlimits.cpu_s: expected an integer, found 1e+300"),
+        (r#""rlimits": {"stack": 1}"#, "groups[0].rlimits.stack: unknown key (expected one of: as_bytes, core, cpu_s, nofile, nproc)"),
+        (r#""rlimits": null"#, "groups[0].rlimits: expected an object, found null"),
+        (r#""nice": -21"#, "groups[0].nice: must be >= -20 and <= 19, found -21"),
+        (r#""nice": 20"#, "groups[0].nice: must be >= -20 and <= 19, found 20"),
+        (r#""memory_max_bytes": 1"#, "groups[0].memory_max_bytes: must be >= 1048576 and <= 1125899906842624, found 1"),
+        (r#""cpu_max": 0"#, "groups[0].cpu_max: must be >= 0.01 and <= 4096, found 0"),
+        (r#""cpu_max": 5000"#, "groups[0].cpu_max: must be >= 0.01 and <= 4096, found 5000"),
+        (r#""user": """#, "groups[0].user: must not be empty"),
+        (r#""user": null"#, "groups[0].user: expected a string, found null"),
+        (r#""user": 0"#, "groups[0].user: expected a string, found 0"),
+    ];
+    for (keys, want) in cases {
+        assert_eq!(root_error(keys), want, "{keys}");
+    }
 }

@@ -34,7 +34,9 @@ fn committed_schema_is_up_to_date() {
 fn example_configs_are_valid() {
     for name in ["supervisor.json", "full.json"] {
         let path = repo_root().join("examples").join(name);
-        if let Err(e) = supervisor_config::load(&path) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // As a supervisor running as root reads them (full.json runs jobs as a user).
+        if let Err(e) = supervisor_config::parse_as(&text, &path, 0) {
             panic!("{e}");
         }
     }
