@@ -1,6 +1,11 @@
 //! A TCP proxy on loopback in front of the test PostgreSQL server (which listens on a
-//! unix socket), that a test can cut: every connection through it reset and new ones
+//! unix socket), that a test can cut: every connection through it closed and new ones
 //! refused, as when the server restarts, until it is restored.
+//!
+//! A cut closes: the client gets a FIN on each connection (and an RST for whatever it
+//! sends after), and each new connection is accepted and closed at once, so every call
+//! fails fast. It is not a partition that drops packets: this proxy cannot be one, since
+//! its kernel acknowledges whatever the client sends. `partition.rs` makes that one.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -61,7 +66,7 @@ impl Proxy {
         )
     }
 
-    /// As a server restart: every connection reset, new ones refused until [`restore`].
+    /// As a server restart: every connection closed, new ones refused until [`restore`].
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
@@ -84,7 +89,7 @@ impl Drop for Proxy {
 
 /// Copies `from` to `to` on a thread of its own until either side closes, then closes
 /// both (in one direction; a connection has two of these).
-fn pump<A, B>(mut from: A, mut to: B)
+pub fn pump<A, B>(mut from: A, mut to: B)
 where
     A: Read + Close + Send + 'static,
     B: Write + Close + Send + 'static,
@@ -102,7 +107,7 @@ where
 }
 
 /// Both ends of a socket, shut.
-trait Close {
+pub trait Close {
     fn close(&self);
 }
 
