@@ -553,3 +553,51 @@ fn status_says_whether_cgroups_are_in_use_and_a_job_with_cgroup_limits_runs() {
         json!({"in_use": false, "dir": null, "reason": "the supervisor is not running"})
     );
 }
+
+/// `ps` shows every user each process's command line: a child's says what it is and
+/// nothing else (its arguments, the store's URL among them, come on a pipe), and a job
+/// started by a worker is not taken for a child.
+#[test]
+fn a_child_s_command_line_says_what_it_is_and_nothing_more() {
+    let sb = Sandbox::new(&json!({
+        "heartbeat": {"interval_s": 0.2, "timeout_s": 2},
+        "shutdown_grace_s": 1,
+        "groups": [{"name": "build", "max_workers": 2}],
+    }));
+    let mut sv = sb.start(&[]);
+    sv.wait_started();
+    let ready = sv.wait_events(LONG, 3, |e| e["event"] == "child_started");
+    let mut titles: Vec<String> = ready
+        .iter()
+        .map(|e| {
+            let pid = e["pid"].as_u64().unwrap();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            String::from_utf8_lossy(&cmdline).into_owned()
+        })
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "supervisor: grabber\0",
+            "supervisor: worker build/0\0",
+            "supervisor: worker build/1\0"
+        ],
+        "children's command lines"
+    );
+    // A job sees neither the marker nor the arguments, and a `supervisor` it runs is a
+    // verb like any other.
+    let id = sb.submit(&[
+        "--group",
+        "build",
+        "--",
+        "sh",
+        "-c",
+        "env | grep -c '^SUPERVISOR_CHILD=' ; \"$0\" --version",
+        bin().to_str().unwrap(),
+    ]);
+    let job = sb.wait_job(id, &["succeeded", "failed", "dead"], LONG);
+    let log = read_log(&sb, id);
+    assert!(log.starts_with("0\nsupervisor "), "{job}: {log}");
+    sv.stop_cleanly();
+}

@@ -21,6 +21,13 @@ use supervisor_os::{JobCommand, Spawner};
 
 use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
 
+/// Set in a child's environment: its arguments (a [`ChildArgs`] as JSON) are on its
+/// stdin. Jobs never see it.
+pub const CHILD_VAR: &str = "SUPERVISOR_CHILD";
+
+/// The most a child reads of its arguments.
+pub const MAX_CHILD_ARGS: u64 = 1 << 20;
+
 /// Messages a child may have waiting before it counts as wedged.
 const WRITE_QUEUE: usize = 1024;
 
@@ -62,8 +69,6 @@ pub struct Hub {
     instance_marker: String,
     /// Starts the children.
     spawner: Spawner,
-    /// Their stdin.
-    devnull: std::fs::File,
 }
 
 impl Hub {
@@ -127,7 +132,6 @@ impl Hub {
             add,
             instance_marker,
             spawner: Spawner::new(),
-            devnull: std::fs::File::open("/dev/null")?,
         })
     }
 
@@ -149,21 +153,28 @@ impl Hub {
             ChildRole::Worker { .. } => supervisor_os::Sig::SIGTERM,
             ChildRole::Grabber { .. } => supervisor_os::Sig::SIGKILL,
         };
-        let argv = ["supervisor".to_string(), "__child".to_string(), json];
+        // The command line says what the child is and nothing else (`ps` shows it to
+        // every user); its arguments, the store's URL with any password among them, come
+        // on its stdin, a pipe that only it reads.
+        let argv = [args.role.title()];
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
             // systemd hears from the supervisor alone
-            .filter(|(k, _)| k != "NOTIFY_SOCKET" && k != crate::shared::INSTANCE_VAR)
+            .filter(|(k, _)| {
+                k != "NOTIFY_SOCKET" && k != crate::shared::INSTANCE_VAR && k != CHILD_VAR
+            })
             .collect();
         env.push((
             crate::shared::INSTANCE_VAR.into(),
             self.instance_marker.clone().into(),
         ));
+        env.push((CHILD_VAR.into(), "stdin".into()));
+        let (role_in, mut role_out) = std::io::pipe()?;
         let stderr = std::io::stderr();
         let cmd = JobCommand {
             argv: &argv,
             env,
             cwd: None,
-            stdin: self.devnull.as_fd(),
+            stdin: role_in.as_fd(),
             output: stderr.as_fd(),
             // /proc/self/exe, not current_exe(): it still works after the binary was
             // replaced on disk, and only the running image speaks our message format.
@@ -178,10 +189,20 @@ impl Hub {
             .spawner
             .spawn(&cmd)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        drop(role_in);
         let add = self.add.clone();
         thread::Builder::new()
             .name(format!("accept-{child}"))
             .spawn(move || {
+                // Here, not on the loop's thread: a pipe holds 64 KiB, and a child that
+                // died before reading gets EPIPE, which its handshake's failure reports.
+                {
+                    use std::io::Write;
+                    if let Err(e) = role_out.write_all(json.as_bytes()) {
+                        log::debug!("cannot hand child {child} its arguments: {e}");
+                    }
+                    drop(role_out);
+                }
                 let accepted = decoding(|| server.accept()).unwrap_or_else(|panic| {
                     Err(ipc_channel::IpcError::Io(std::io::Error::other(panic)))
                 });

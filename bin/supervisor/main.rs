@@ -146,29 +146,19 @@ enum Verb {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Internal: a child process of a running supervisor.
-    #[command(name = "__child", hide = true)]
-    Child {
-        /// The child's arguments, as JSON.
-        args: String,
-    },
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
-    // A child of a running supervisor: no command line to parse but its one argument
-    // (clap would build every verb's definition first; 1,000 workers start at once).
-    let mut args = std::env::args_os().skip(1);
-    if let (Some(verb), Some(json), None) = (args.next(), args.next(), args.next()) {
-        if verb == "__child" {
-            let code = match json.to_str() {
-                Some(json) => child(json),
-                None => run::EXIT_USAGE,
-            };
-            return ExitCode::from(code as u8);
-        }
+    // A child of a running supervisor (its arguments on stdin, see `ipc::CHILD_VAR`): no
+    // command line to parse (clap would build every verb's definition first; 1,000
+    // workers start at once).
+    if std::env::var_os(ipc::CHILD_VAR).is_some_and(|v| v == "stdin")
+        && std::env::args_os().len() == 1
+    {
+        return ExitCode::from(child() as u8);
     }
     let cli = Cli::parse();
     // Whatever a verb or the supervisor creates under the state dir (the store, logs,
@@ -181,7 +171,7 @@ fn main() -> ExitCode {
     // A verb whose output is closed early (`supervisor jobs | head`) ends quietly, killed
     // by SIGPIPE like any Unix tool. The supervisor and its children keep SIGPIPE
     // ignored (Rust's default): a closed pipe must never take them down.
-    if !matches!(cli.command, Verb::Run { .. } | Verb::Child { .. }) {
+    if !matches!(cli.command, Verb::Run { .. }) {
         if let Err(e) = supervisor_os::default_sigpipe() {
             log::debug!("cannot restore SIGPIPE's default action: {e}");
         }
@@ -210,7 +200,6 @@ fn main() -> ExitCode {
             commands::signal(&config.path(), commands::Control::Stop { wait })
         }
         Verb::Check { config } => commands::check(&config.path()),
-        Verb::Child { args } => Ok(child(&args)),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
@@ -222,11 +211,21 @@ fn main() -> ExitCode {
 }
 
 /// Run as a child of a supervisor, in the role its arguments name.
-fn child(args: &str) -> i32 {
-    let args: wire::ChildArgs = match serde_json::from_str(args) {
+fn child() -> i32 {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin()
+        .lock()
+        .take(ipc::MAX_CHILD_ARGS)
+        .read_to_string(&mut text)
+    {
+        eprintln!("supervisor: cannot read child arguments on stdin: {e}");
+        return run::EXIT_USAGE;
+    }
+    let args: wire::ChildArgs = match serde_json::from_str(&text) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("supervisor: bad child arguments: {e}");
+            eprintln!("supervisor: bad child arguments on stdin: {e}");
             return run::EXIT_USAGE;
         }
     };

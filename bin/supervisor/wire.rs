@@ -176,6 +176,16 @@ pub enum ChildRole {
     },
 }
 
+impl ChildRole {
+    /// What `ps` shows of a child: `supervisor: grabber`, `supervisor: worker G/N`.
+    pub fn title(&self) -> String {
+        match self {
+            ChildRole::Grabber { .. } => "supervisor: grabber".to_string(),
+            ChildRole::Worker { group, slot, .. } => format!("supervisor: worker {group}/{slot}"),
+        }
+    }
+}
+
 /// Where the store is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreArg {

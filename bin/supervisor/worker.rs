@@ -172,7 +172,10 @@ fn give(file: &File, uid: u32, gid: u32) -> std::io::Result<()> {
 fn base_env() -> Vec<(OsString, OsString)> {
     std::env::vars_os()
         .filter(|(k, _)| {
-            k != "SUPERVISOR_JOB_ID" && k != "SUPERVISOR_ATTEMPT" && k != "SUPERVISOR_JOB_UMASK"
+            k != "SUPERVISOR_JOB_ID"
+                && k != "SUPERVISOR_ATTEMPT"
+                && k != "SUPERVISOR_JOB_UMASK"
+                && k != crate::ipc::CHILD_VAR
         })
         .collect()
 }
