@@ -85,6 +85,7 @@ mod tests {
                 exit_code: Some(3),
                 signal: None,
                 start_error: None,
+                reason: None,
             },
             next: supervisor_store::Next::Retry { at: 12.5 },
             events: vec![(

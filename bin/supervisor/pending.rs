@@ -164,6 +164,7 @@ mod tests {
                 exit_code: Some(0),
                 signal: None,
                 start_error: None,
+                reason: None,
             },
             next: supervisor_store::Next::Done,
             events: vec![],

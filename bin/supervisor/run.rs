@@ -727,12 +727,14 @@ impl Supervisor {
                 end,
                 ran_for_s,
                 start_error,
+                reason,
             } => Input::JobEnded {
                 child,
                 job,
                 end: end.map(Into::into),
                 ran_for: ran_for_s.map(supervisor_core::bounds::duration),
-                start_error,
+                start_error: start_error.map(supervisor_core::bounds::note),
+                reason: reason.map(supervisor_core::bounds::note),
             },
             FromChild::Refused {
                 job,
@@ -916,8 +918,10 @@ impl Supervisor {
                     end,
                     next,
                     start_error,
+                    reason,
                 } => {
-                    self.record(job, attempt, outcome, end, next, start_error);
+                    let o = stored_outcome(outcome, end, start_error, reason);
+                    self.record(job, attempt, o, next);
                 }
                 Action::Release { job, attempt } => {
                     self.claims.remove(&job);
@@ -964,28 +968,8 @@ impl Supervisor {
         back
     }
 
-    fn record(
-        &mut self,
-        job: i64,
-        attempt: u32,
-        outcome: Outcome,
-        end: Option<supervisor_core::supervision::ProcessEnd>,
-        next: Next,
-        start_error: Option<String>,
-    ) {
+    fn record(&mut self, job: i64, attempt: u32, o: supervisor_store::Outcome, next: Next) {
         self.claims.remove(&job);
-        let o = supervisor_store::Outcome {
-            kind: match outcome {
-                Outcome::Succeeded => supervisor_store::OutcomeKind::Succeeded,
-                Outcome::Failed => supervisor_store::OutcomeKind::Failed,
-                Outcome::TimedOut => supervisor_store::OutcomeKind::TimedOut,
-                Outcome::Lost => supervisor_store::OutcomeKind::Lost,
-                Outcome::Canceled => supervisor_store::OutcomeKind::Canceled,
-            },
-            exit_code: end.and_then(|e| e.code()),
-            signal: end.and_then(|e| e.signal()),
-            start_error,
-        };
         let now = wall_now();
         let next = match next {
             Next::Done => supervisor_store::Next::Done,
@@ -1326,5 +1310,27 @@ fn unchangeable(old: &Config, new: &Config) -> Option<String> {
             new.path.display(),
             what.join(", ")
         ))
+    }
+}
+
+/// The store's record of an attempt's outcome.
+fn stored_outcome(
+    outcome: Outcome,
+    end: Option<supervisor_core::supervision::ProcessEnd>,
+    start_error: Option<String>,
+    reason: Option<String>,
+) -> supervisor_store::Outcome {
+    supervisor_store::Outcome {
+        kind: match outcome {
+            Outcome::Succeeded => supervisor_store::OutcomeKind::Succeeded,
+            Outcome::Failed => supervisor_store::OutcomeKind::Failed,
+            Outcome::TimedOut => supervisor_store::OutcomeKind::TimedOut,
+            Outcome::Lost => supervisor_store::OutcomeKind::Lost,
+            Outcome::Canceled => supervisor_store::OutcomeKind::Canceled,
+        },
+        exit_code: end.and_then(|e| e.code()),
+        signal: end.and_then(|e| e.signal()),
+        start_error,
+        reason,
     }
 }

@@ -45,6 +45,8 @@ pub enum FromChild {
         end: Option<WireEnd>,
         ran_for_s: Option<f64>,
         start_error: Option<String>,
+        /// Why it ended as it did, beyond its exit status (the OOM killer), if known.
+        reason: Option<String>,
     },
     /// The grabber found a job it cannot run (its stored row is damaged); the store
     /// ended it `dead` with `reason`.
@@ -323,6 +325,7 @@ pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
             end,
             duration,
             start_error,
+            reason,
         } => {
             m.insert("job_id".into(), json!(job_id));
             m.insert("group".into(), json!(group));
@@ -331,6 +334,9 @@ pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
             end_fields(&mut m, *end);
             m.insert("duration_s".into(), json!(duration.as_secs_f64()));
             m.insert("start_error".into(), json!(start_error));
+            if let Some(reason) = reason {
+                m.insert("reason".into(), json!(reason));
+            }
             "job_finished"
         }
         Event::JobRetryScheduled {

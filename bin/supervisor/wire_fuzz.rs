@@ -241,6 +241,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
             end,
             ran_for_s,
             start_error,
+            reason,
         } => {
             let end = end.map(ProcessEnd::from);
             let ran_for = ran_for_s.map(seconds).transpose()?;
@@ -255,6 +256,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
                 end,
                 duration: ran_for.unwrap_or_default(),
                 start_error: start_error.clone(),
+                reason: reason.clone(),
             })?;
             record(&Event::ChildExited {
                 role: Role::Worker {
@@ -516,15 +518,17 @@ fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
             prop::option::of(wire_end()),
             prop::option::of(float()),
             prop::option::of(string()),
+            prop::option::of(string()),
         )
-            .prop_map(
-                |(job, end, ran_for_s, start_error)| encode(&FromChild::JobEnded {
+            .prop_map(|(job, end, ran_for_s, start_error, reason)| encode(
+                &FromChild::JobEnded {
                     job,
                     end,
                     ran_for_s,
                     start_error,
-                })
-            ),
+                    reason,
+                }
+            )),
         (any::<i64>(), any::<u32>(), string()).prop_map(|(job, attempts, reason)| encode(
             &FromChild::Refused {
                 job,

@@ -76,6 +76,8 @@ struct Cleanup {
     job: i64,
     ended: Ended,
     ran_for: Duration,
+    /// Why it ended, beyond its exit status (the OOM killer), if known.
+    reason: Option<String>,
     /// When the stragglers get SIGKILL (they got SIGTERM when this began).
     kill_at: Instant,
 }
@@ -336,6 +338,7 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                         end: None,
                         ran_for_s: None,
                         start_error: Some("its worker was busy".into()),
+                        reason: None,
                     });
                     continue;
                 }
@@ -356,10 +359,11 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                 ended,
                 ran_for,
             } => {
+                let mut reason = None;
                 if let Some(mut r) = running.take() {
                     JOB_PGID.store(0, Ordering::SeqCst);
                     if let Some((cgroup, memory_max)) = r.cgroup.take() {
-                        note_oom(&mut r.log, &cgroup, memory_max);
+                        reason = note_oom(&mut r.log, &cgroup, memory_max);
                         w.spent_cgroups.push(cgroup);
                     }
                     w.logs.done(r.log, &r.log_path, r.log_given);
@@ -375,11 +379,12 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                         job,
                         ended,
                         ran_for,
+                        reason,
                         kill_at: Instant::now() + STRAGGLER_GRACE,
                     });
                     continue;
                 }
-                if !w.report_end(job, ended, ran_for) {
+                if !w.report_end(job, ended, ran_for, reason) {
                     break;
                 }
                 if stop_when_idle {
@@ -388,7 +393,7 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
             }
             WorkerEv::AllReaped => {
                 let Some(c) = cleanup.take() else { continue };
-                if !w.report_end(c.job, c.ended, c.ran_for) {
+                if !w.report_end(c.job, c.ended, c.ran_for, c.reason) {
                     break;
                 }
                 if stop_when_idle {
@@ -432,24 +437,33 @@ struct Worker {
     spent_cgroups: Vec<JobCgroup>,
 }
 
-/// Say in the job's log that the OOM killer acted in its cgroup.
-fn note_oom(log: &mut File, cgroup: &JobCgroup, memory_max: Option<u64>) {
+/// Say in the job's log that the OOM killer acted in its cgroup, and return it as the
+/// attempt's reason (the job's `reason`, and `job_finished`'s).
+fn note_oom(log: &mut File, cgroup: &JobCgroup, memory_max: Option<u64>) -> Option<String> {
     let kills = cgroup.oom_kills();
-    if kills > 0 {
-        let limit = memory_max.map_or(String::new(), |b| format!(" (memory_max_bytes {b})"));
-        let _ = writeln!(
-            log,
-            "supervisor: the job was killed for its memory limit{limit}: the OOM killer acted \
-             {kills} time(s) in its cgroup {}",
-            cgroup.dir().display()
-        );
+    if kills == 0 {
+        return None;
     }
+    let limit = memory_max.map_or(String::new(), |b| format!(" (memory_max_bytes {b})"));
+    let reason = format!(
+        "killed for its memory limit{limit}: the OOM killer acted {kills} time(s) in its \
+         cgroup {}",
+        cgroup.dir().display()
+    );
+    let _ = writeln!(log, "supervisor: the job was {reason}");
+    Some(reason)
 }
 
 impl Worker {
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its
     /// cgroup be); false if it is gone.
-    fn report_end(&mut self, job: i64, ended: Ended, ran_for: Duration) -> bool {
+    fn report_end(
+        &mut self,
+        job: i64,
+        ended: Ended,
+        ran_for: Duration,
+        reason: Option<String>,
+    ) -> bool {
         self.remove_cgroups();
         self.tx
             .send(FromChild::JobEnded {
@@ -457,6 +471,7 @@ impl Worker {
                 end: Some(ended.into()),
                 ran_for_s: Some(ran_for.as_secs_f64()),
                 start_error: None,
+                reason,
             })
             .is_ok()
     }
@@ -477,6 +492,7 @@ impl Worker {
                 end: None,
                 ran_for_s: None,
                 start_error: Some(format!("cannot start `{what}`: {why}")),
+                reason: None,
             });
             None
         };

@@ -47,6 +47,22 @@ pub fn check_attempts(n: i64) -> Result<(), String> {
     }
 }
 
+/// The most bytes a message kept for the operator (a start error, a reason) keeps.
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// `text` cut to at most [`MAX_NOTE_BYTES`], on a character boundary, marked when cut.
+pub fn note(mut text: String) -> String {
+    if text.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// Seconds as a duration, for a value that may not have been checked: NaN and negative
 /// values give zero, anything past [`MAX_SECONDS`] (infinity too) gives [`MAX_SECONDS`].
 /// Never panics, unlike [`Duration::from_secs_f64`].
@@ -148,5 +164,23 @@ mod tests {
             e.starts_with("command[10]:") && e.contains("together"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+
+    #[test]
+    fn a_note_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(note("short".into()), "short");
+        let long = "é".repeat(MAX_NOTE_BYTES);
+        let cut = note(long);
+        assert!(
+            cut.len() <= MAX_NOTE_BYTES && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'é'));
     }
 }

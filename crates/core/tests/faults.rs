@@ -658,6 +658,7 @@ impl Sim {
                         end: Some(end),
                         ran_for: None,
                         start_error: None,
+                        reason: None,
                     },
                 );
             }
@@ -1041,6 +1042,7 @@ impl Sim {
                     end: None,
                     ran_for: None,
                     start_error: Some("No such file or directory".into()),
+                    reason: None,
                 },
             );
             return;

@@ -543,6 +543,7 @@ fn a_silent_child_is_killed_and_handled_as_a_crash() {
                 end: None,
                 next: Next::Retry { delay: secs(1.0) },
                 start_error: None,
+                reason: None,
             },
         ]
     );
@@ -592,6 +593,7 @@ fn a_job_that_exits_0_succeeds() {
             end: OK,
             duration: secs(2.0),
             start_error: None,
+            reason: None,
         }]
     );
 }
@@ -609,6 +611,7 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         end: Some(ProcessEnd::Exited(3)),
         ran_for: Some(Duration::from_millis(250)),
         start_error: None,
+        reason: None,
     });
     let finished = events(&acts);
     assert!(
@@ -623,6 +626,7 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         end: None,
         ran_for: None,
         start_error: Some("cannot run `nosuch`: No such file or directory".into()),
+        reason: None,
     });
     assert!(
         acts.iter().any(|a| matches!(a,
@@ -635,9 +639,38 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         Event::JobFinished {
             job_id: 2,
             start_error: Some(_),
+            reason: None,
             ..
         }
     )));
+}
+
+/// A worker that knows why its job ended (the OOM killer acted on the group's memory
+/// limit) says so; the reason goes into the stored outcome and `job_finished`.
+#[test]
+fn a_reason_the_worker_gives_is_kept_in_the_record_and_the_event() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    s.at(1.0);
+    let (w, _) = s.start(1, "a");
+    let acts = s.feed(Input::JobEnded {
+        child: w,
+        job: 1,
+        end: Some(ProcessEnd::Signaled(9)),
+        ran_for: None,
+        start_error: None,
+        reason: Some("killed for its memory limit (memory_max_bytes 1048576)".into()),
+    });
+    assert!(
+        acts.iter().any(|a| matches!(a,
+            Action::RecordOutcome { job: 1, outcome: Outcome::Failed, reason: Some(r), .. }
+                if r.contains("memory limit"))),
+        "{acts:?}"
+    );
+    assert!(
+        events(&acts).iter().any(|e| matches!(e,
+            Event::JobFinished { job_id: 1, reason: Some(r), .. } if r.contains("memory limit"))),
+        "{acts:?}"
+    );
 }
 
 #[test]
@@ -831,6 +864,7 @@ fn a_worker_dying_under_its_job_loses_the_job_at_once() {
         end: None,
         duration: secs(2.0),
         start_error: None,
+        reason: None,
     }));
     assert_eq!(restart_scheduled(&acts).len(), 1);
 }
@@ -1159,6 +1193,7 @@ fn a_job_reported_dead_after_a_second_interrupt_is_requeued_not_failed() {
         end: Some(SIGKILL),
         ran_for: None,
         start_error: None,
+        reason: None,
     });
     assert_eq!(releases(&acts), [(1, 1)]);
     assert!(!acts

@@ -438,6 +438,10 @@ pub struct Outcome {
     /// Why the command could not be started, if it could not.
     #[serde(default)]
     pub start_error: Option<String>,
+    /// Why the attempt ended as it did, beyond its exit status (the OOM killer acted on
+    /// its memory limit), if known: becomes the job's `reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What becomes of a job after an attempt: decided by the caller, applied by the store.

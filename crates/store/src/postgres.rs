@@ -1505,7 +1505,7 @@ impl JobStore for PostgresStore {
                          THEN 'canceled' ELSE $1::text END, \
                  not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
                  owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
-                 finished_at = $6, start_error = $10 \
+                 finished_at = $6, start_error = $10, reason = $11 \
              WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9",
             &[
                 &state.as_str(),
@@ -1518,6 +1518,7 @@ impl JobStore for PostgresStore {
                 &i64::from(attempt),
                 &owner,
                 &outcome.start_error,
+                &outcome.reason,
             ],
             "record an outcome",
         )

@@ -1013,7 +1013,7 @@ impl JobStore for SqliteStore {
                          ELSE ?1 END, \
                  not_before = CASE WHEN cancel_requested THEN NULL ELSE ?2 END, \
                  owner = NULL, exit_code = ?3, signal = ?4, last_outcome = ?5, \
-                 finished_at = ?6, start_error = ?10 \
+                 finished_at = ?6, start_error = ?10, reason = ?11 \
                  WHERE id = ?7 AND state = 'running' AND attempts = ?8 AND owner = ?9",
             )
             .and_then(|mut stmt| {
@@ -1027,7 +1027,8 @@ impl JobStore for SqliteStore {
                     id,
                     attempt,
                     owner,
-                    outcome.start_error
+                    outcome.start_error,
+                    outcome.reason
                 ])
             })
             .ctx("record an outcome")?;
@@ -1311,6 +1312,7 @@ mod tests {
                 exit_code: Some(0),
                 signal: None,
                 start_error: None,
+                reason: None,
             };
             assert!(store
                 .record_outcome(j.id, j.attempt, me, &outcome, Next::Done, 3.0)

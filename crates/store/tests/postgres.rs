@@ -356,6 +356,7 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
         exit_code: Some(0),
         signal: None,
         start_error: None,
+        reason: None,
     };
     assert!(!b
         .record_outcome(ids[0], 1, ib, &ok, supervisor_store::Next::Done, 133.0)

@@ -89,6 +89,8 @@ pub enum Event {
         duration: Duration,
         /// Why the command could not be started, if it could not.
         start_error: Option<String>,
+        /// Why it ended as it did, beyond its exit status (the OOM killer), if known.
+        reason: Option<String>,
     },
     /// The job will be queued again after `delay`.
     JobRetryScheduled {

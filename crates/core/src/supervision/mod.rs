@@ -113,6 +113,9 @@ pub enum Input {
         end: Option<ProcessEnd>,
         ran_for: Option<Duration>,
         start_error: Option<String>,
+        /// Why the attempt ended as it did, when the worker knows more than the exit
+        /// status says (the OOM killer acted on its memory limit).
+        reason: Option<String>,
     },
     /// `supervisor cancel` asked for a running job to be stopped.
     CancelRequested { job: JobId },
@@ -171,6 +174,8 @@ pub enum Action {
         next: Next,
         /// Why the command could not be started, if it could not.
         start_error: Option<String>,
+        /// Why the attempt ended as it did, beyond its exit status, if known.
+        reason: Option<String>,
     },
     /// Put a claimed job back in the queue without using up an attempt.
     Release { job: JobId, attempt: u32 },
@@ -190,6 +195,8 @@ struct Facts {
     ran_for: Option<Duration>,
     /// Why the command could not be started.
     start_error: Option<String>,
+    /// Why it ended as it did, beyond its exit status.
+    reason: Option<String>,
 }
 
 /// One row of the child table, for `status` and the events file's snapshots.
@@ -541,10 +548,12 @@ impl Core {
                 end,
                 ran_for,
                 start_error,
+                reason,
             } => {
                 let facts = Facts {
                     ran_for,
                     start_error,
+                    reason,
                 };
                 self.job_ended(now, child, job, end, facts)
             }
@@ -1289,6 +1298,7 @@ impl Core {
             end,
             next,
             start_error: facts.start_error.clone(),
+            reason: facts.reason.clone(),
         });
         self.out.push(Action::Emit(Event::JobFinished {
             job_id: job.id,
@@ -1298,6 +1308,7 @@ impl Core {
             end,
             duration,
             start_error: facts.start_error,
+            reason: facts.reason,
         }));
         match next {
             Next::Done => {}

@@ -245,6 +245,7 @@ impl Story {
             end,
             ran_for: None,
             start_error: end.is_none().then(|| "cannot start".to_string()),
+            reason: None,
         })
     }
 

@@ -20,6 +20,7 @@ pub fn outcome(kind: OutcomeKind) -> Outcome {
             _ => None,
         },
         start_error: None,
+        reason: None,
     }
 }
 
@@ -1191,12 +1192,15 @@ pub fn extreme_numbers_round_trip(new: Factory) {
         exit_code: Some(i32::MIN),
         signal: Some(i32::MAX),
         start_error: None,
+        reason: Some("killed for its memory limit".into()),
     };
     assert!(s
         .record_outcome(id, 1, me, &outcome, Next::Done, 1e12 + 0.5)
         .unwrap());
     let j = s.get(id, 1e13).unwrap().unwrap();
     assert_eq!((j.exit_code, j.signal), (Some(i32::MIN), Some(i32::MAX)));
+    // Why the attempt ended as it did, as its worker said, is the job's reason.
+    assert_eq!(j.reason.as_deref(), Some("killed for its memory limit"));
     assert_eq!((j.created_at, j.finished_at), (1.25, Some(1e12 + 0.5)));
 }
 
@@ -1237,6 +1241,7 @@ pub fn handles_claiming_at_once_never_double_claim(new: Factory, threads: u32, t
                                 exit_code: Some(0),
                                 signal: None,
                                 start_error: None,
+                                reason: None,
                             };
                             assert!(s
                                 .record_outcome(c.id, c.attempt, me, &ok, Next::Done, 3.0)

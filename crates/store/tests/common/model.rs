@@ -246,6 +246,7 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     exit_code: None,
                     signal: None,
                     start_error: None,
+                    reason: None,
                 };
                 let applied = s
                     .record_outcome(m.id, attempt, owner, &outcome, next, now)
