@@ -365,6 +365,7 @@ fn other_users_cannot_read_the_store_the_logs_or_the_events() {
         vec!["job", &id_arg, "--json", "-c", config_arg],
         vec!["events", "--json", "-c", config_arg],
         vec!["jobs", "--json", "-c", config_arg],
+        vec!["submit", "-c", config_arg, "--", "true"],
     ] {
         let out = as_nobody(&runuser, &sv_bin.path, &args);
         let printed = String::from_utf8_lossy(&out.stdout);
@@ -375,7 +376,16 @@ fn other_users_cannot_read_the_store_the_logs_or_the_events() {
             "{args:?}: {}",
             stderr_of(&out)
         );
+        assert!(
+            stderr_of(&out).contains("ermission denied"),
+            "{args:?}: a clear error: {}",
+            stderr_of(&out)
+        );
     }
+    // Nobody's submit left no job, not even half of one.
+    let jobs = sb.run(&["jobs", "--json"]);
+    let jobs: Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
 }
 
 // ----- config errors and warnings --------------------------------------------------------

@@ -16,6 +16,16 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// The database file or its folder cannot be reached (permissions, a missing
+    /// folder): what the OS said, which SQLite's "unable to open database file" hides.
+    #[error("cannot open job store {}: {error}", path.display())]
+    Access {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+
     /// The database was written by a newer version of `supervisor`.
     #[error(
         "job store {} has schema version {found}, but this supervisor knows versions up to \

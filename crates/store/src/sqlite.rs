@@ -171,7 +171,22 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
-        let mut conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(|e| {
+            // SQLite says only "unable to open database file"; the OS says why.
+            let why = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path);
+            match why {
+                Err(error) => StoreError::Access {
+                    path: path.to_owned(),
+                    error,
+                },
+                Ok(_) => open_err(e),
+            }
+        })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // SQLite's own busy handler sleeps in steps of whole milliseconds; the grabber
         // and the supervisor take the write lock for tens of microseconds each, so
