@@ -901,3 +901,98 @@ fn a_partition_longer_than_dead_after_fences_the_cut_off_supervisor_and_its_jobs
         assert_eq!(leftovers(&sb.path().join("state")), Vec::<String>::new());
     }
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
+fn a_black_hole_shorter_than_dead_after_reruns_nothing() {
+    let db = PgDatabase::new();
+    let (socket_dir, port) = server_socket();
+    let hostname = format!("blackholed-{}", std::process::id());
+    let socket = Path::new(&socket_dir).join(format!(".s.PGSQL.{port}"));
+    let net = match partition::Network::new(&socket, &hostname) {
+        Ok(net) => net,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    // The default timings everywhere (liveness, heartbeats): 10 s unheard is well under
+    // the 23 s after which `a` would fence itself. `a` alone has group `only_a`.
+    let config = |url: &str, groups: Value| {
+        json!({
+            "store": {"postgres": {"url": url}},
+            "groups": groups,
+            "grabber": {"poll_interval_s": 0.5},
+            "shutdown_grace_s": 1
+        })
+    };
+    let a = Sandbox::new(&config(
+        &net.url(&db.name),
+        json!([{"name": "a", "max_workers": 2}, {"name": "only_a", "max_workers": 1}]),
+    ));
+    let b = Sandbox::new(&config(&db.url, json!([{"name": "a", "max_workers": 2}])));
+    let dir = b.path();
+    fs::create_dir(dir.join("locks")).unwrap();
+    let go = dir.join("go");
+    let sv_a = start_on(&net, &a);
+    // A job that runs on `a` through the black hole, until `go` exists.
+    let wait_go = format!("while [ ! -e {} ]; do sleep 0.1; done", go.display());
+    let held = submit_all(&b, std::iter::once(traced(dir, &wait_go)));
+    sv_a.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == held[0]);
+    let sv_b = b.start(&[]);
+    let short = submit_all(&b, (0..30).map(|_| traced(dir, "sleep 0.5")));
+    let is_short = |e: &Value| {
+        e["event"] == "job_started" && short.contains(&e["job_id"].as_i64().unwrap_or(0))
+    };
+    sv_a.wait_event(T, is_short);
+    sv_b.wait_event(T, is_short);
+
+    // 10 s (by the clock) in which every packet between `a` and the server is lost: its
+    // calls hang, and fail only when TCP gives up on them.
+    net.cut();
+    let cut_at = Instant::now();
+    wait_until(Duration::from_secs(15), || {
+        cut_at.elapsed() >= Duration::from_secs(10)
+    })
+    .unwrap();
+    net.heal();
+    let healed_ts = wall();
+    fs::write(&go, "").unwrap();
+    // `a` comes back: its held job's outcome lands, and it claims again (a job only it
+    // can run).
+    let mut only_a = traced(dir, "true");
+    only_a["group"] = json!("only_a");
+    let after = submit_all(&b, std::iter::once(only_a));
+    let all: Vec<i64> = held.iter().chain(&short).chain(&after).copied().collect();
+    let dump = || format!("{}\n{}", sv_a.dump(), sv_b.dump());
+    wait_all_succeeded(&b, &all, Duration::from_secs(60), dump);
+    let started = sv_a.wait_event(T, |e| {
+        e["event"] == "job_started" && e["job_id"] == after[0]
+    });
+    assert!(started["ts"].as_f64().unwrap() > healed_ts);
+
+    // Nothing rerun, nothing fenced, nothing lost; store and events agree.
+    assert!(
+        !sv_a
+            .events()
+            .iter()
+            .any(|e| e["event"] == "supervisor_stopping"),
+        "{}",
+        dump()
+    );
+    let runs = runs_of(dir);
+    assert_eq!(runs.len(), all.len());
+    for (job, rs) in &runs {
+        assert_eq!(rs.len(), 1, "job {job} ran again: {rs:?}\n{}", dump());
+        assert!(rs[0].end.is_some(), "job {job}: {rs:?}");
+    }
+    let mut events = sv_a.events();
+    events.extend(sv_b.events());
+    assert_store_and_events_agree(&b, &all, &events);
+    assert!(jobs(&b).values().all(|j| j["attempts"] == 1));
+    stop(sv_a);
+    stop(sv_b);
+    for sb in [&a, &b] {
+        assert_eq!(leftovers(&sb.path().join("state")), Vec::<String>::new());
+    }
+}
