@@ -603,6 +603,8 @@ fn leftovers(state: &Path) -> Vec<String> {
         .collect()
 }
 
+/// kill -9 of the postmaster while two supervisors run jobs, then crash recovery: no job
+/// lost, none run twice (nor twice at once), store and events agree, nothing left.
 #[test]
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_server_killed_mid_run_loses_no_job_and_runs_none_twice() {
@@ -691,10 +693,15 @@ fn wall() -> f64 {
         .as_secs_f64()
 }
 
+/// Two supervisors on one queue, `a` on another host; every packet between `a` and the
+/// server dropped for 60 s, with the default timings (dead after 30 s). `a` must fence
+/// itself (stop, kill its jobs) before `b` may take it for dead, and be gone by one touch
+/// interval after the heal, exit 1 and say so; `b` runs `a`'s jobs again, never while
+/// `a`'s run is alive (a lock per job, and the runs' times); no job lost; store and
+/// events agree; nothing left.
 #[test]
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
-fn a_partition_longer_than_dead_after_fences_the_cut_off_supervisor_and_its_jobs_run_elsewhere_never_at_once(
-) {
+fn a_60_s_partition_fences_the_cut_off_supervisor_and_its_jobs_run_elsewhere_never_at_once() {
     let db = PgDatabase::new();
     let (socket_dir, port) = server_socket();
     let hostname = format!("partitioned-{}", std::process::id());
@@ -708,6 +715,7 @@ fn a_partition_longer_than_dead_after_fences_the_cut_off_supervisor_and_its_jobs
     };
     // The default liveness timings: a touch every 5 s, dead after 30 s unheard, so a
     // supervisor that cannot touch fences itself after 30 - 5 - 2 = 23 s.
+    const TOUCH_EVERY_S: u64 = 5;
     const DEAD_AFTER_S: f64 = 30.0;
     // `a` on the other host, through the network that will fail; `b` here.
     let mut ca = config(&db, 3, 0.5);
@@ -826,7 +834,7 @@ fn a_partition_longer_than_dead_after_fences_the_cut_off_supervisor_and_its_jobs
     // exited 1, and its events say so; nothing of it is left.
     let child = sv_a.child.as_mut().unwrap();
     let mut status = None;
-    let _ = wait_until(Duration::from_secs(5), || {
+    let _ = wait_until(Duration::from_secs(TOUCH_EVERY_S), || {
         status = child.try_wait().unwrap();
         status.is_some()
     });
@@ -902,6 +910,8 @@ fn a_partition_longer_than_dead_after_fences_the_cut_off_supervisor_and_its_jobs
     }
 }
 
+/// The same network, cut for 10 s (under the 23 s after which `a` would fence itself):
+/// `a`'s calls hang, then go on; nothing is run again, nothing fenced.
 #[test]
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_black_hole_shorter_than_dead_after_reruns_nothing() {
