@@ -54,6 +54,9 @@ pub enum Ev {
     BadMessage { child: ChildId, error: String },
     /// The store's doorbell rang on some host (PostgreSQL's NOTIFY): wake the grabber.
     Doorbell,
+    /// The lease in a shared store is lost (see `lease.rs`); every process below us is
+    /// being killed.
+    Fenced { reason: String },
     /// A thread of the supervisor other than the loop's panicked.
     Panicked {
         message: String,

@@ -8,6 +8,7 @@ mod events_file;
 mod grabber;
 mod ipc;
 mod journal;
+mod lease;
 mod notify;
 mod pending;
 mod retention;

@@ -63,13 +63,9 @@ struct Supervisor {
     reloads: Doorbell<&'static str>,
     sigints: u32,
     exit_code: Option<i32>,
-    /// Set when this supervisor must exit with failure whatever the core says.
-    failed: bool,
-    me: Me,
-    /// Shared (PostgreSQL) store: when to touch our instance and look for dead ones.
-    touch_at: Option<Instant>,
-    /// Shared store: when our instance was last marked alive.
-    touched: Instant,
+    /// Shared (PostgreSQL) store: our lease there, renewed and watched by threads of
+    /// its own (see `lease.rs`).
+    lease: Option<crate::lease::Lease>,
     /// A failed claim pass began at this (wall) time: its claims may have committed with
     /// their answer lost; given back once the store answers.
     lost_claims: Option<f64>,
@@ -169,7 +165,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     install_panic_hook();
 
     let store_arg = crate::store::arg(&config.store);
-    let mut store = crate::store::open_hot(&store_arg)
+    let mut store = crate::store::open_for_loop(&store_arg)
         .with_context(|| format!("cannot open the job store {}", config.store.describe()))?;
     let checkpointer = match &config.store {
         StoreConfig::Sqlite { path } => Some(Checkpointer::start(path)?),
@@ -244,11 +240,25 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     start_signal_thread(queue_tx.clone())?;
     // A store shared across hosts: keep our instance alive there, find dead ones, and
     // hear the doorbell of `submit` on any host.
-    let touch_at = match &config.store {
+    let lease = match &config.store {
         StoreConfig::Postgres { url } => {
             crate::shared::start_listener(url.clone(), queue_tx.clone())
                 .context("cannot start the store doorbell thread")?;
-            Some(Instant::now() + config.instances.touch_every)
+            let timings = crate::lease::Timings {
+                touch_every: config.instances.touch_every,
+                fence_after: config.instances.fence_after(),
+                dead_after: config.instances.dead_after,
+            };
+            Some(
+                crate::lease::Lease::start(
+                    store_arg.clone(),
+                    instance,
+                    me,
+                    timings,
+                    queue_tx.clone(),
+                )
+                .context("cannot start the lease threads")?,
+            )
         }
         StoreConfig::Sqlite { .. } => None,
     };
@@ -286,10 +296,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         reloads,
         sigints: 0,
         exit_code: None,
-        failed: false,
-        me,
-        touch_at,
-        touched: Instant::now(),
+        lease,
         lost_claims: None,
         pending_was: None,
         notifier: Notifier::from_env(),
@@ -418,15 +425,17 @@ impl Supervisor {
     fn event_loop(&mut self, rx: &Receiver<Ev>) -> i32 {
         loop {
             if let Some(code) = self.exit_code {
-                self.flush_pending();
-                return if self.failed { EXIT_FAILURE } else { code };
+                if !self.fenced() {
+                    // A fenced supervisor's store is not its to write: the journal keeps
+                    // what waits, for the next run.
+                    self.flush_pending();
+                }
+                return code;
             }
             let deadline = [
                 self.core.next_deadline(),
                 self.reloads.next_deadline(),
                 self.close_wait_deadline(),
-                self.touch_at
-                    .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
                 self.pending
                     .deadline()
                     .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
@@ -467,9 +476,6 @@ impl Supervisor {
                 self.notifier.stopping();
             }
             let now = self.now();
-            if self.touch_at.is_some_and(|t| t <= Instant::now()) {
-                self.touch();
-            }
             if let Some(pass) = self.reloads.poll(now) {
                 let results: Vec<_> = pass.ids.into_iter().map(|k| (k, self.reload())).collect();
                 self.reloads.finish(self.now(), results);
@@ -514,6 +520,7 @@ impl Supervisor {
                 }
                 self.reloads.ring();
             }
+            Ev::Fenced { reason } => self.feed(Input::Fenced { reason }),
             Ev::Signal(SIGUSR1) | Ev::Doorbell => {
                 // The doorbell of `submit` and `cancel` (SIGUSR1 on this host, NOTIFY
                 // from any host): the grabber looks at the store now.
@@ -583,7 +590,8 @@ impl Supervisor {
     /// Try the outcomes that wait for the store, if it is time; write the events of
     /// those stored. A connection that broke is opened again for the next try.
     fn retry_pending(&mut self) {
-        if self.pending.is_empty() {
+        // Fenced: the store is not ours to write to; the journal keeps what waits.
+        if self.pending.is_empty() || self.fenced() {
             return;
         }
         let was = self.pending.len();
@@ -614,7 +622,7 @@ impl Supervisor {
             }
         }
         if self.pending.failures() > 0 {
-            if let Ok(fresh) = crate::store::open_hot(&self.store_arg) {
+            if let Ok(fresh) = crate::store::open_for_loop(&self.store_arg) {
                 self.store = fresh;
             }
         }
@@ -1126,67 +1134,9 @@ impl Supervisor {
         self.emit(name, f);
     }
 
-    /// Shared store: say we are alive, and take back the jobs of dead supervisors. A
-    /// supervisor that could not say so for `instances.fence_after()` fences itself.
-    fn touch(&mut self) {
-        self.touch_at = Some(Instant::now() + self.config.instances.touch_every);
-        let now = wall_now();
-        match self.store.touch_instance(self.instance, now) {
-            Ok(true) => self.touched = Instant::now(),
-            Ok(false) => {
-                // Another supervisor took us for dead (a stall longer than the stale
-                // timeout, or a clock far off) and requeued our jobs, which may be
-                // running elsewhere already: stop at once rather than run them twice.
-                log::error!(
-                    "this supervisor was taken for dead by another and its jobs were \
-                     requeued; stopping at once"
-                );
-                self.failed = true;
-                self.feed(Input::Shutdown {
-                    reason: "taken for dead by another supervisor".into(),
-                    immediate: true,
-                });
-                return;
-            }
-            Err(e) => {
-                log::warn!("cannot touch our instance in the store: {e}");
-                self.reopen_store();
-                let silent = self.touched.elapsed();
-                if silent >= self.config.instances.fence_after() && !self.core.is_stopping() {
-                    // Soon the others take us for dead and run our jobs again: stop them
-                    // first, and go, so that no job runs on two hosts at once.
-                    log::error!(
-                        "fenced: the store has not heard from this supervisor for {:.0} s \
-                         (dead_after_s {}); killing its jobs and stopping",
-                        silent.as_secs_f64(),
-                        self.config.instances.dead_after.as_secs_f64()
-                    );
-                    self.failed = true;
-                    self.feed(Input::Shutdown {
-                        reason: format!(
-                            "fenced: the store unreachable for {:.0} s",
-                            silent.as_secs_f64()
-                        ),
-                        immediate: true,
-                    });
-                }
-                return;
-            }
-        }
-        let me = self.me.clone();
-        match self
-            .store
-            .requeue_orphans(self.instance, &|i| me.is_dead(i, now), now)
-        {
-            Ok(ids) if !ids.is_empty() => {
-                log::warn!("requeued jobs {ids:?} held by a dead supervisor");
-                if let Some(g) = self.core.grabber() {
-                    self.send(g, ToChild::Wake);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("cannot look for dead supervisors: {e}"),
-        }
+    /// Whether this supervisor fenced itself (see `lease.rs`).
+    fn fenced(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.fenced())
     }
 
     /// Give back the jobs running under us in the store that the grabber claimed in a
@@ -1195,7 +1145,15 @@ impl Supervisor {
         let Some(before) = self.lost_claims else {
             return;
         };
-        let known: Vec<i64> = self.claims.keys().copied().collect();
+        // Known: the jobs we run, and those whose outcome waits for the store (their
+        // rows still say running under us; giving them back would run them again and
+        // get their outcome refused as stale).
+        let known: Vec<i64> = self
+            .claims
+            .keys()
+            .copied()
+            .chain(self.pending.waiting().map(|w| w.job))
+            .collect();
         match self
             .store
             .release_strays(self.instance, &known, Some(before), wall_now())
@@ -1219,7 +1177,7 @@ impl Supervisor {
     /// Open the store again (its connection may be what broke); keep the old handle if
     /// that fails too.
     fn reopen_store(&mut self) {
-        match crate::store::open_hot(&self.store_arg) {
+        match crate::store::open_for_loop(&self.store_arg) {
             Ok(fresh) => self.store = fresh,
             Err(e) => log::warn!("cannot reopen the job store: {e:#}"),
         }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use supervisor_config::StoreConfig;
-use supervisor_store::{JobStore, PostgresStore, SqliteStore};
+use supervisor_store::{JobStore, Patience, PostgresStore, SqliteStore};
 
 use crate::wire::StoreArg;
 
@@ -50,17 +50,23 @@ pub fn arg(cfg: &StoreConfig) -> StoreArg {
 
 /// Open a store from a child's argument.
 pub fn open_arg(arg: &StoreArg) -> Result<Store> {
-    open_kind(arg, true)
+    open_kind(arg, true, Patience::Normal)
 }
 
 /// Open the store for the supervisor's loop or the grabber, whose every millisecond
 /// counts: an SQLite store leaves its checkpoints (which fsync) to the supervisor's
 /// checkpointer thread.
 pub fn open_hot(arg: &StoreArg) -> Result<Store> {
-    open_kind(arg, false)
+    open_kind(arg, false, Patience::Normal)
 }
 
-fn open_kind(arg: &StoreArg, autocheckpoint: bool) -> Result<Store> {
+/// Open the store for the supervisor's loop and its lease: as [`open_hot`], and a
+/// server gone silent fails a call in 3 s, not 10 (see [`Patience::Short`]).
+pub fn open_for_loop(arg: &StoreArg) -> Result<Store> {
+    open_kind(arg, false, Patience::Short)
+}
+
+fn open_kind(arg: &StoreArg, autocheckpoint: bool, patience: Patience) -> Result<Store> {
     match arg {
         StoreArg::Sqlite(path) => {
             if let Some(dir) = path.parent() {
@@ -73,6 +79,6 @@ fn open_kind(arg: &StoreArg, autocheckpoint: bool) -> Result<Store> {
             }
             Ok(Box::new(store))
         }
-        StoreArg::Postgres(url) => Ok(Box::new(PostgresStore::connect(url)?)),
+        StoreArg::Postgres(url) => Ok(Box::new(PostgresStore::connect_with(url, patience)?)),
     }
 }

@@ -1174,6 +1174,50 @@ fn a_second_interrupt_kills_every_child_and_job_at_once() {
     assert_eq!(exit_code(&acts), Some(0));
 }
 
+/// A supervisor that lost its lease in a shared store stops at once with exit code 1,
+/// which `supervisor_stopped` says too, and gives back nothing: its jobs are the others'
+/// to requeue, and the store is not ours to write to any more.
+#[test]
+fn a_fenced_supervisor_kills_everything_gives_back_nothing_and_stops_with_code_1() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
+    let (w, _) = s.start(1, "a");
+    let (w2, _) = s.start(2, "a");
+    let acts = s.feed(Input::Fenced {
+        reason: "fenced: the store unreachable for 23 s".into(),
+    });
+    assert!(acts.contains(&Action::KillJobGroup { pgid: job_pid(1) }));
+    assert!(acts.contains(&Action::KillJobGroup { pgid: job_pid(2) }));
+    assert_eq!(killed(&acts).len(), 3, "{acts:?}");
+    // One worker reports its job's death first; the other dies with it.
+    let acts = s.feed(Input::JobEnded {
+        child: w,
+        job: 1,
+        end: Some(SIGKILL),
+        ran_for: None,
+        start_error: None,
+        reason: None,
+    });
+    assert!(
+        releases(&acts).is_empty() && outcomes(&acts).is_empty(),
+        "{acts:?}"
+    );
+    s.reap(s.grabber(), SIGKILL);
+    s.reap(w, SIGKILL);
+    let acts = s.reap(w2, SIGKILL);
+    assert!(
+        releases(&acts).is_empty() && outcomes(&acts).is_empty(),
+        "{acts:?}"
+    );
+    assert!(events(&acts).contains(&Event::SupervisorStopped { code: 1 }));
+    assert_eq!(exit_code(&acts), Some(1));
+    // A SIGTERM after it changes nothing.
+    assert!(exit_code(&s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    }))
+    .is_none());
+}
+
 #[test]
 fn a_job_reported_dead_after_a_second_interrupt_is_requeued_not_failed() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));

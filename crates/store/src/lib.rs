@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
 pub use jsonl::parse_jobs_jsonl;
-pub use postgres::{Listener, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
+pub use postgres::{Listener, Patience, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// The id of a job: a plain positive number, printed as such.

@@ -59,11 +59,27 @@ const MIGRATION_LOCK: i64 = 0x7375_7065_7276_6973;
 /// "sv" in ASCII.
 const KEY_LOCK_CLASS: i32 = 0x7376;
 
-/// How long connecting waits when the URL sets no `connect_timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection waits for a server that does not answer: to connect, when the
+/// URL sets no `connect_timeout`, and for data sent to be acknowledged (TCP's user
+/// timeout; a slow query is not that: the server's kernel acknowledges at once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patience {
+    /// 10 s: verbs, the grabber, the doorbell's listener.
+    Normal,
+    /// 3 s: the supervisor's own loop and its lease, which must never stall long
+    /// behind a server gone silent (a partition): its children's heartbeats, and the
+    /// events that say it fenced itself, wait for it.
+    Short,
+}
 
-/// How long data sent to the server may stay unacknowledged before the connection fails.
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+impl Patience {
+    fn timeout(self) -> Duration {
+        match self {
+            Patience::Normal => Duration::from_secs(10),
+            Patience::Short => Duration::from_secs(3),
+        }
+    }
+}
 
 /// How many times `submit` is tried when PostgreSQL aborts it to break a deadlock (which
 /// the key locks should rule out), and how many times a key is looked up and inserted
@@ -223,7 +239,7 @@ const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
 
 /// Opens a connection with our defaults: a connect timeout and an application name, when
 /// the URL sets none.
-fn open_client(url: &str, shown: &str) -> Result<Client> {
+fn open_client(url: &str, shown: &str, patience: Patience) -> Result<Client> {
     let connect_err = |source| StoreError::Connect {
         url: shown.to_owned(),
         source,
@@ -235,17 +251,17 @@ fn open_client(url: &str, shown: &str) -> Result<Client> {
     let (url, tls) = tls_settings(url).map_err(tls_err)?;
     let mut config = Config::from_str(&url).map_err(connect_err)?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(patience.timeout());
     }
     if config.get_application_name().is_none() {
         config.application_name("supervisor");
     }
     // A server that vanished without closing the connection (a partition dropping
     // packets, a host gone) must turn into an error in seconds, not in TCP's quarter of
-    // an hour: unacknowledged data fails the connection after TCP_USER_TIMEOUT, and an
+    // an hour: unacknowledged data fails the connection after its patience, and an
     // idle one is probed.
     if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        config.tcp_user_timeout(patience.timeout());
     }
     if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
         config
@@ -254,6 +270,19 @@ fn open_client(url: &str, shown: &str) -> Result<Client> {
         config.keepalives_interval(Duration::from_secs(2));
         config.keepalives_retries(3);
     }
+    // And the server's side of it: a partition that falls in the middle of one of our
+    // transactions must not leave its row locks (our instance's among them, which
+    // another supervisor's takeover waits for) held until the server's TCP gives up,
+    // two hours by default. The server ends such a session after 10 s idle in its
+    // transaction, and probes an idle connection as we do.
+    let server_side = "-c idle_in_transaction_session_timeout=10000 \
+                       -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
+                       -c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{server_side} {theirs}"),
+        _ => server_side.to_owned(),
+    };
+    config.options(&options);
     match tls {
         Tls::Disable => config
             .ssl_mode(postgres::config::SslMode::Disable)
@@ -510,8 +539,13 @@ impl PostgresStore {
     /// name the URL without its password. Fails with [`StoreError::PgSchemaTooNew`] if the
     /// database was set up by a newer version.
     pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Patience::Normal)
+    }
+
+    /// As [`connect`](Self::connect), with the given patience for a silent server.
+    pub fn connect_with(url: &str, patience: Patience) -> Result<Self> {
         let shown = redact_password(url);
-        let client = open_client(url, &shown)?;
+        let client = open_client(url, &shown, patience)?;
         let mut store = PostgresStore {
             client,
             stmts: Statements::default(),
@@ -525,7 +559,7 @@ impl PostgresStore {
     /// or canceled through any [`PostgresStore`] on that database, from any host.
     pub fn listen(url: &str) -> Result<Listener> {
         let shown = redact_password(url);
-        let mut client = open_client(url, &shown)?;
+        let mut client = open_client(url, &shown, Patience::Normal)?;
         client
             .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .map_err(|source| StoreError::Connect {

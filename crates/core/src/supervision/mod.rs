@@ -130,6 +130,12 @@ pub enum Input {
     Reload(Spec),
     /// SIGTERM/SIGINT (`immediate: false`), or a second SIGINT (`immediate: true`).
     Shutdown { reason: String, immediate: bool },
+    /// This supervisor lost its lease in a shared store: the store has not heard from it
+    /// for longer than is safe (it fenced itself), or another supervisor already took it
+    /// for dead and requeued its jobs. Its jobs may run elsewhere at any moment, and
+    /// the shell has already killed them: stop at once, with exit code 1, and give
+    /// nothing back to the store (the others requeue what was ours).
+    Fenced { reason: String },
 }
 
 /// What the core asks the shell to do, in order.
@@ -306,6 +312,8 @@ pub struct Core {
     /// group removed by a reload and added back by a later one must not start at 0
     /// again (its grants would be ignored and the group would starve).
     epochs: u64,
+    /// The lease is lost ([`Input::Fenced`]): the store is no longer ours to write to.
+    fenced: bool,
     out: Vec<Action>,
 }
 
@@ -336,6 +344,7 @@ impl Core {
             source_epoch: 0,
             empty_at: None,
             epochs: 0,
+            fenced: false,
             out: Vec::new(),
         };
         for g in spec.groups {
@@ -569,6 +578,10 @@ impl Core {
             })),
             Input::Reload(spec) => self.reload(now, spec),
             Input::Shutdown { reason, immediate } => self.shutdown(now, reason, immediate, 0),
+            Input::Fenced { reason } => {
+                self.fenced = true;
+                self.shutdown(now, reason, true, 1);
+            }
         }
         self.check_until_empty(now);
         self.check_stopped();
@@ -1039,6 +1052,10 @@ impl Core {
     /// Put a claimed job back in the queue without using an attempt. The queue grew, so
     /// an earlier report of an empty source no longer holds.
     fn release(&mut self, job: ClaimedJob) {
+        if self.fenced {
+            // Not ours to give back: the supervisor that takes us for dead requeues it.
+            return;
+        }
         self.out.push(Action::Release {
             job: job.id,
             attempt: job.attempt,
