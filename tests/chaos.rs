@@ -1218,14 +1218,50 @@ struct JobEvents {
     dead: Vec<u32>,
 }
 
+/// What [`Chaos::verify_store`] counted, for the summary.
+struct Tally {
+    states: BTreeMap<String, usize>,
+    outcomes: BTreeMap<String, usize>,
+    reruns: usize,
+    gaps: Vec<String>,
+}
+
 impl Chaos {
     /// Every invariant, checked once everything has stopped: the violations found, and
     /// a summary.
     fn verify(&self) -> (Vec<String>, String) {
         let mut v: Vec<String> = vec![];
+        let events = self.verify_events_files(&mut v);
+        let by_job = self.verify_one_job_per_worker(&events, &mut v);
+        let store: BTreeMap<i64, Value> = self
+            .jobs()
+            .into_iter()
+            .map(|j| (j["id"].as_i64().unwrap(), j))
+            .collect();
+        let Tally {
+            states,
+            outcomes,
+            reruns,
+            gaps,
+        } = self.verify_store(&store, &events, &by_job, &mut v);
+        self.verify_keys(&store, &mut v);
+        let summary = format!(
+            "{} jobs, states {states:?}; job_finished outcomes {outcomes:?}; {} runs of \
+             the supervisor ({} SIGKILLed); {} cancels; {} successful runs \
+             run again (at least once); {} outcome events lost to a SIGKILL",
+            store.len(),
+            self.runs,
+            self.sv_kills,
+            self.cancels.len(),
+            reruns,
+            gaps.len()
+        );
+        (v, summary)
+    }
 
-        // --- the events files: each begins with a snapshot; seq rises by one across
-        // every file of every run.
+    /// The events files: each begins with a snapshot; seq rises by one across every
+    /// file of every run. Returns every event, in order.
+    fn verify_events_files(&self, v: &mut Vec<String>) -> Vec<Value> {
         let files = all_event_files(&self.sb.events_path());
         let mut events: Vec<Value> = vec![];
         for (path, evs) in &files {
@@ -1254,12 +1290,20 @@ impl Chaos {
                 self.runs
             ));
         }
+        events
+    }
 
-        // --- one job per worker and one worker per job at a time; routing.
+    /// One job per worker and one worker per job at a time; routing. Returns what the
+    /// events say of each job.
+    fn verify_one_job_per_worker(
+        &self,
+        events: &[Value],
+        v: &mut Vec<String>,
+    ) -> BTreeMap<i64, JobEvents> {
         let mut by_job: BTreeMap<i64, JobEvents> = BTreeMap::new();
         let mut worker_job: BTreeMap<u32, i64> = BTreeMap::new();
         let mut job_worker: BTreeMap<i64, u32> = BTreeMap::new();
-        for e in &events {
+        for e in events {
             let job = e["job_id"].as_i64();
             match e["event"].as_str().unwrap_or("") {
                 "supervisor_started" => {
@@ -1340,13 +1384,17 @@ impl Chaos {
                 _ => {}
             }
         }
+        by_job
+    }
 
-        // --- the store, job by job, against the events and the jobs' own log.
-        let store: BTreeMap<i64, Value> = self
-            .jobs()
-            .into_iter()
-            .map(|j| (j["id"].as_i64().unwrap(), j))
-            .collect();
+    /// The store, job by job, against the events and the jobs' own log.
+    fn verify_store(
+        &self,
+        store: &BTreeMap<i64, Value>,
+        events: &[Value],
+        by_job: &BTreeMap<i64, JobEvents>,
+        v: &mut Vec<String>,
+    ) -> Tally {
         let stored: BTreeSet<i64> = store.keys().copied().collect();
         let submitted: BTreeSet<i64> = self.specs.keys().copied().collect();
         if stored != submitted {
@@ -1374,7 +1422,7 @@ impl Chaos {
         let mut states: BTreeMap<String, usize> = BTreeMap::new();
         let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
         let mut reruns = 0;
-        for (&id, job) in &store {
+        for (&id, job) in store {
             let Some(spec) = self.specs.get(&id) else {
                 continue;
             };
@@ -1648,8 +1696,16 @@ impl Chaos {
                 self.sv_kills
             ));
         }
+        Tally {
+            states,
+            outcomes,
+            reruns,
+            gaps,
+        }
+    }
 
-        // --- keys: a key gives the live job's id, and a new job once it finished.
+    /// Keys: a key gives the live job's id, and a new job once it finished.
+    fn verify_keys(&self, store: &BTreeMap<i64, Value>, v: &mut Vec<String>) {
         for (key, recs) in &self.keys {
             for w in recs.windows(2) {
                 let (prev, cur) = (&w[0], &w[1]);
@@ -1673,19 +1729,6 @@ impl Chaos {
                 }
             }
         }
-
-        let summary = format!(
-            "{} jobs, states {states:?}; job_finished outcomes {outcomes:?}; {} runs of \
-             the supervisor ({} SIGKILLed); {} cancels; {} successful runs \
-             run again (at least once); {} outcome events lost to a SIGKILL",
-            store.len(),
-            self.runs,
-            self.sv_kills,
-            self.cancels.len(),
-            reruns,
-            gaps.len()
-        );
-        (v, summary)
     }
 }
 
