@@ -492,10 +492,6 @@ fn all_event_files(events: &Path) -> Vec<(PathBuf, Vec<Value>)> {
         .collect()
 }
 
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().unwrap_or(0)
-}
-
 /// Live workers (group, slot, pid) of the run whose events these are, by (group, slot).
 fn live_workers(events: &[Value]) -> Vec<(String, u64, u32)> {
     let mut m: BTreeMap<(String, u64), u32> = BTreeMap::new();

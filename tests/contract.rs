@@ -25,28 +25,6 @@ const T: Duration = Duration::from_secs(10);
 
 // ----- helpers -----------------------------------------------------------------------
 
-/// A group taking only jobs that name it, with fast retries and restarts.
-fn group(name: &str, workers: u32) -> Value {
-    json!({
-        "name": name,
-        "max_workers": workers,
-        "retry_backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
-        "restart": {
-            "backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
-            "max_restarts": 10,
-            "period_s": 60,
-        },
-    })
-}
-
-fn config(groups: Vec<Value>) -> Value {
-    json!({ "groups": groups })
-}
-
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().expect("every event has a seq")
-}
-
 fn wall_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -214,7 +192,7 @@ fn check_text(sb: &Sandbox, text: &str) -> (Option<i32>, String, String) {
 /// (`reload` / `stop` without one are in `operate.rs`).
 #[test]
 fn every_verb_exits_as_documented() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut problems = vec![];
     let mut expect = |args: &[&str], want: i32, what: &str| {
         let (code, stdout, stderr) = parts(sb.run(args));
@@ -283,7 +261,7 @@ fn every_verb_exits_as_documented() {
 
 #[test]
 fn check_accepts_the_contract_s_example_and_requires_only_groups() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     // The example of the contract, verbatim.
     let example = r#"{
   "state_dir": "state",
@@ -401,7 +379,7 @@ fn check_accepts_the_contract_s_example_and_requires_only_groups() {
 
 #[test]
 fn a_json_syntax_error_names_the_file_line_and_column() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     // The unexpected `"` is on line 3, column 18.
     let text = "{\n  \"groups\": [\n    {\"name\": \"a\" \"max_workers\": 2}\n  ]\n}\n";
     let (code, _, stderr) = check_text(&sb, text);
@@ -422,19 +400,19 @@ fn a_json_syntax_error_names_the_file_line_and_column() {
 
 #[test]
 fn the_config_is_c_then_supervisor_config_then_dot_supervisor_json() {
-    let sb = Sandbox::new(&config(vec![group("from_c", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("from_c", 1)]));
     let env_dir = sb.path().join("envcfg");
     let cwd = sb.path().join("cwd");
     let empty = sb.path().join("empty");
     for d in [&env_dir, &cwd, &empty] {
         fs::create_dir(d).unwrap();
     }
-    let mut env_cfg = config(vec![group("from_env", 1)]);
+    let mut env_cfg = config_of(vec![group("from_env", 1)]);
     env_cfg["state_dir"] = json!("st");
     fs::write(env_dir.join("env.json"), env_cfg.to_string()).unwrap();
     fs::write(
         cwd.join("supervisor.json"),
-        config(vec![group("from_cwd", 1)]).to_string(),
+        config_of(vec![group("from_cwd", 1)]).to_string(),
     )
     .unwrap();
     // Relative to the current directory, as an operator would write it.
@@ -495,14 +473,14 @@ fn the_config_is_c_then_supervisor_config_then_dot_supervisor_json() {
 
 #[test]
 fn run_finds_its_config_through_the_environment_and_the_current_directory() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let cfg_dir = sb.path().join("conf");
     let elsewhere = sb.path().join("elsewhere");
     fs::create_dir(&cfg_dir).unwrap();
     fs::create_dir(&elsewhere).unwrap();
     fs::write(
         cfg_dir.join("env.json"),
-        config(vec![group("viaenv", 1)]).to_string(),
+        config_of(vec![group("viaenv", 1)]).to_string(),
     )
     .unwrap();
     let env = "../conf/env.json";
@@ -545,14 +523,14 @@ fn run_finds_its_config_through_the_environment_and_the_current_directory() {
 
 #[test]
 fn paths_are_relative_to_the_config_file_s_folder() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let conf = sb.path().join("conf");
     let defaults = sb.path().join("defaults");
     let cwd = sb.path().join("cwd");
     for d in [&conf, &defaults, &cwd] {
         fs::create_dir(d).unwrap();
     }
-    let mut explicit = config(vec![group("a", 1)]);
+    let mut explicit = config_of(vec![group("a", 1)]);
     explicit["state_dir"] = json!("var/st");
     explicit["store"] = json!({"sqlite": {"path": "db/q.db"}});
     explicit["events"] = json!({"path": "ev/e.jsonl"});
@@ -703,7 +681,7 @@ fn default_restart_policy_gives_up_after_5_restarts_in_60s_and_exits_3() {
 
 #[test]
 fn max_workers_0_starts_no_worker_and_its_jobs_wait() {
-    let sb = Sandbox::new(&config(vec![group("a", 1), group("z", 0)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1), group("z", 0)]));
     let mut sv = sb.start(&[]);
     let waiting = sb.submit(&["--group", "z", "--", "true"]);
     let other = sb.submit(&["--group", "a", "--", "true"]);
@@ -736,7 +714,7 @@ fn match_needs_every_key_and_the_first_matching_group_wins() {
     g2["match"] = json!({"arch": ["x86_64", "i386"]});
     let mut g3 = group("g3", 1);
     g3["match"] = json!({"arch": ["x86_64"]});
-    let sb = Sandbox::new(&config(vec![g1, g2, g3]));
+    let sb = Sandbox::new(&config_of(vec![g1, g2, g3]));
     // Unroutable first: claims go in id order, so every later claim went past it.
     let none = sb.submit(&["--tag", "os=linux", "--", "true"]);
     let cases = [
@@ -781,7 +759,7 @@ fn a_job_s_timeout_and_max_attempts_override_its_group_s() {
     let mut g = group("a", 4);
     g["job_timeout_s"] = json!(0.3);
     g["max_attempts"] = json!(1);
-    let sb = Sandbox::new(&config(vec![g]));
+    let sb = Sandbox::new(&config_of(vec![g]));
     let mut sv = sb.start(&[]);
     // The group's timeout and attempts.
     let by_group = sb.submit(&["--group", "a", "--", "sleep", "30"]);
@@ -829,7 +807,7 @@ fn a_job_s_timeout_and_max_attempts_override_its_group_s() {
 fn jitter_0_doubles_the_retry_delay_up_to_max_s_and_no_retry_comes_early() {
     let mut g = group("a", 1);
     g["retry_backoff"] = json!({"initial_s": 0.05, "max_s": 0.15, "jitter": 0});
-    let sb = Sandbox::new(&config(vec![g]));
+    let sb = Sandbox::new(&config_of(vec![g]));
     let mut sv = sb.start(&[]);
     let id = sb.submit(&["--group", "a", "--max-attempts", "4", "--", "false"]);
     sb.wait_job(id, &["dead"], T);
@@ -863,7 +841,7 @@ fn jitter_0_doubles_the_retry_delay_up_to_max_s_and_no_retry_comes_early() {
 fn a_jobs_file_line_takes_every_field_of_a_job() {
     let mut tagged = group("tagged", 1);
     tagged["match"] = json!({"arch": ["x86_64"]});
-    let sb = Sandbox::new(&config(vec![group("a", 1), tagged]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1), tagged]));
     let work = sb.path().join("work");
     fs::create_dir(&work).unwrap();
     let lines = [
@@ -911,7 +889,7 @@ fn a_jobs_file_line_takes_every_field_of_a_job() {
 
 #[test]
 fn a_key_is_idempotent_through_a_jobs_file_and_free_again_once_canceled() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let first = sb.submit(&["--group", "a", "--key", "k", "--", "true"]);
     let file = sb.path().join("jobs.jsonl");
     fs::write(
@@ -943,7 +921,7 @@ fn a_key_is_idempotent_through_a_jobs_file_and_free_again_once_canceled() {
 
 #[test]
 fn job_and_jobs_json_have_the_contract_s_fields_in_every_state() {
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let fields = [
         "id",
         "state",
@@ -1062,7 +1040,7 @@ fn job_and_jobs_json_have_the_contract_s_fields_in_every_state() {
 
 #[test]
 fn job_and_jobs_as_text_show_state_attempts_exit_times_and_log() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let failed = sb.submit(&[
         "--group",
@@ -1131,7 +1109,7 @@ fn job_and_jobs_as_text_show_state_attempts_exit_times_and_log() {
 
 #[test]
 fn cancel_of_a_running_job_sends_sigterm_to_its_group_and_it_ends_canceled() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let term = sb.path().join("got-term");
     let pid_file = sb.path().join("job.pid");
@@ -1172,7 +1150,7 @@ fn cancel_of_a_running_job_sends_sigterm_to_its_group_and_it_ends_canceled() {
 
 #[test]
 fn events_carry_the_contract_s_fields_through_a_job_s_life() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let t0 = wall_now() - 1.0;
     let mut sv = sb.start(&[]);
     let ok = sb.submit(&["--group", "a", "--", "true"]);
@@ -1339,7 +1317,7 @@ fn events_carry_the_contract_s_fields_through_a_job_s_life() {
 
 #[test]
 fn a_worker_killed_under_its_job_loses_the_attempt_at_once_and_the_job_reruns() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let held = sb.submit_held("held", &["--group", "a", "--max-attempts", "2"]);
     let started = sv.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == held.id);
@@ -1414,7 +1392,7 @@ fn a_worker_killed_under_its_job_loses_the_attempt_at_once_and_the_job_reruns() 
 
 #[test]
 fn a_lost_last_attempt_makes_the_job_dead() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let held = sb.submit_held("held", &["--group", "a", "--max-attempts", "1"]);
     let started = sv.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == held.id);
@@ -1437,7 +1415,7 @@ fn a_lost_last_attempt_makes_the_job_dead() {
 
 #[test]
 fn a_silent_busy_worker_is_killed_as_a_crash_and_its_job_lost() {
-    let mut cfg = config(vec![group("a", 1)]);
+    let mut cfg = config_of(vec![group("a", 1)]);
     cfg["heartbeat"] = json!({"interval_s": 0.2, "timeout_s": 1});
     let sb = Sandbox::new(&cfg);
     let mut sv = sb.start(&[]);
@@ -1470,7 +1448,7 @@ fn a_silent_busy_worker_is_killed_as_a_crash_and_its_job_lost() {
 
 #[test]
 fn the_grabber_s_events_have_null_group_and_slot() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let ready = sv.wait_event(T, |e| e["event"] == "child_ready" && e["role"] == "grabber");
     let pid = ready["pid"].as_u64().unwrap() as u32;
@@ -1496,7 +1474,7 @@ fn the_grabber_s_events_have_null_group_and_slot() {
 
 #[test]
 fn seq_goes_on_across_restarts_and_each_file_begins_with_a_snapshot() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     // A clean stop, then a kill, then a clean stop.
     for round in 0..3 {
         let mut sv = sb.start(&[]);
@@ -1538,7 +1516,7 @@ fn seq_goes_on_across_restarts_and_each_file_begins_with_a_snapshot() {
 #[test]
 fn events_keep_defaults_to_5_rotated_files_and_seq_goes_on() {
     // Each start rotates the previous run's file away; `keep` is left at its default.
-    let sb = Sandbox::new(&config(vec![group("a", 0)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 0)]));
     for _ in 0..7 {
         let mut sv = sb.start(&["--until-empty"]);
         sv.wait_started();
@@ -1565,7 +1543,7 @@ fn events_keep_defaults_to_5_rotated_files_and_seq_goes_on() {
 
 #[test]
 fn children_are_the_supervisor_s_own_executable_and_jobs_their_own_group() {
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let mut sv = sb.start(&[]);
     let ready = sv.wait_events(T, 3, |e| e["event"] == "child_ready");
     let exe = |pid: u32| {
@@ -1595,7 +1573,7 @@ fn children_are_the_supervisor_s_own_executable_and_jobs_their_own_group() {
 
 #[test]
 fn a_pool_runs_at_most_max_workers_jobs_at_once_one_per_worker() {
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let mut sv = sb.start(&[]);
     let held: Vec<Held> = (0..4)
         .map(|i| sb.submit_held(&format!("h{i}"), &["--group", "a"]))
@@ -1640,7 +1618,7 @@ fn a_pool_runs_at_most_max_workers_jobs_at_once_one_per_worker() {
 
 #[test]
 fn sigint_stops_gracefully_with_exit_0() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     sv.wait_events(T, 2, |e| e["event"] == "child_ready");
     sv.signal(Signal::SIGINT);
@@ -1662,7 +1640,7 @@ fn sigint_stops_gracefully_with_exit_0() {
 #[test]
 fn sigterm_stops_claiming_and_lets_the_running_job_finish() {
     // shutdown_grace_s is left at its default (30 s).
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let mut sv = sb.start(&[]);
     let held = sb.submit_held("held", &["--group", "a"]);
     sv.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == held.id);
@@ -1694,7 +1672,7 @@ fn sigterm_stops_claiming_and_lets_the_running_job_finish() {
 fn until_empty_waits_for_retries_and_exits_0_at_once_when_nothing_is_left() {
     let mut g = group("a", 1);
     g["retry_backoff"] = json!({"initial_s": 0.2, "max_s": 0.2, "jitter": 0});
-    let sb = Sandbox::new(&config(vec![g]));
+    let sb = Sandbox::new(&config_of(vec![g]));
     let flaky = sb.submit(&[
         "--group",
         "a",
@@ -1736,7 +1714,7 @@ fn until_empty_waits_for_retries_and_exits_0_at_once_when_nothing_is_left() {
 #[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run --run-ignored only"]
 fn a_postgres_store_runs_jobs() {
     let db = supervisor_store::testing::PgDatabase::new();
-    let mut cfg = config(vec![group("a", 1)]);
+    let mut cfg = config_of(vec![group("a", 1)]);
     cfg["store"] = json!({"postgres": {"url": db.url}});
     let sb = Sandbox::new(&cfg);
     let id = sb.submit(&["--group", "a", "--", "true"]);

@@ -16,24 +16,11 @@ use crate::common::*;
 
 const T: Duration = Duration::from_secs(10);
 
-/// A group with a short retry backoff, taking only jobs that name it.
-fn group(name: &str, workers: u32) -> Value {
-    json!({
-        "name": name,
-        "max_workers": workers,
-        "retry_backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
-    })
-}
-
 /// The same, taking jobs whose tag `arch` is one of `arches`.
 fn arch_group(name: &str, workers: u32, arches: &[&str]) -> Value {
     let mut g = group(name, workers);
     g["match"] = json!({ "arch": arches });
     g
-}
-
-fn config(groups: Vec<Value>) -> Value {
-    json!({ "groups": groups })
 }
 
 /// Events of kind `name` about job `id`.
@@ -122,7 +109,7 @@ fn submit_file(sb: &Sandbox, file: &str) -> Vec<i64> {
 
 #[test]
 fn routing_by_group_and_by_tags() {
-    let sb = Sandbox::new(&config(vec![
+    let sb = Sandbox::new(&config_of(vec![
         arch_group("x86", 1, &["x86_64", "i386"]),
         arch_group("arm", 1, &["aarch64"]),
         group("plain", 1),
@@ -155,7 +142,7 @@ fn routing_by_group_and_by_tags() {
 
 #[test]
 fn logs_and_environment() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let _sv = sb.start(&[]);
     fs::create_dir(sb.path().join("work dir")).unwrap();
     let id = sb.submit(&[
@@ -191,7 +178,7 @@ fn logs_and_environment() {
 
 #[test]
 fn fd_and_stdin_hygiene() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let _sv = sb.start(&[]);
     let id = sb.submit(&[
         "--group",
@@ -231,7 +218,7 @@ fn fd_and_stdin_hygiene() {
 
 #[test]
 fn timeout_kills_a_job_that_forked_a_background_child() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let sv = sb.start(&[]);
     let id = sb.submit(&[
         "--group",
@@ -259,7 +246,7 @@ fn timeout_kills_a_job_that_forked_a_background_child() {
 
 #[test]
 fn cancel_a_queued_job_and_a_running_job() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let sv = sb.start(&[]);
     let running = sb.submit(&[
         "--group",
@@ -301,7 +288,7 @@ fn cancel_a_queued_job_and_a_running_job() {
 
 #[test]
 fn retries_then_dead() {
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let sv = sb.start(&[]);
     let doomed = sb.submit(&["--group", "a", "--max-attempts", "3", "--", "false"]);
     fs::create_dir(sb.path().join("flaky")).unwrap();
@@ -352,7 +339,7 @@ fn retries_then_dead() {
 
 #[test]
 fn idempotent_keys() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let hold = [
         "--group",
         "a",
@@ -392,7 +379,7 @@ fn idempotent_keys() {
 
 #[test]
 fn a_partly_bad_file_queues_nothing() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let bad = sb.path().join("bad.jsonl");
     fs::write(
         &bad,
@@ -444,7 +431,7 @@ fn a_partly_bad_file_queues_nothing() {
 
 #[test]
 fn bad_submit_input_exits_2_and_names_the_problem() {
-    let sb = Sandbox::new(&config(vec![group("a", 1)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let cases: [(&[&str], &[&str]); 6] = [
         (&["--tag", "noequals", "--", "true"], &["--tag"]),
         (&["--env", "noequals", "--", "true"], &["--env"]),
@@ -525,7 +512,7 @@ fn sigkill_random_workers_during_hundreds_of_jobs_loses_none() {
         "backoff": {"initial_s": 0.01, "max_s": 0.02, "jitter": 0},
         "max_restarts": 1000, "period_s": 60,
     });
-    let sb = Sandbox::new(&config(vec![g]));
+    let sb = Sandbox::new(&config_of(vec![g]));
     let file = jobs_file(
         &sb,
         "many.jsonl",
@@ -655,7 +642,7 @@ fn sigkill_random_workers_during_hundreds_of_jobs_loses_none() {
 #[test]
 fn sigkill_of_the_supervisor_mid_run_then_restart_runs_every_job() {
     const N: usize = 50;
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let file = jobs_file(&sb, "jobs.jsonl", N, "a", &["sleep", "0.1"]);
     let ids = submit_file(&sb, &file);
     let mut first = sb.start(&[]);
@@ -690,7 +677,7 @@ fn sigkill_of_the_supervisor_mid_run_then_restart_runs_every_job() {
 
 #[test]
 fn graceful_stop_requeues_unfinished_jobs() {
-    let mut cfg = config(vec![group("a", 1)]);
+    let mut cfg = config_of(vec![group("a", 1)]);
     cfg["shutdown_grace_s"] = json!(0.2);
     let sb = Sandbox::new(&cfg);
     let mut sv = sb.start(&[]);
@@ -721,7 +708,7 @@ fn graceful_stop_requeues_unfinished_jobs() {
 
 #[test]
 fn until_empty_exits_when_nothing_is_left() {
-    let sb = Sandbox::new(&config(vec![group("a", 2)]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
     let ids: Vec<i64> = (0..5)
         .map(|_| sb.submit(&["--group", "a", "--", "true"]))
         .collect();
@@ -732,7 +719,7 @@ fn until_empty_exits_when_nothing_is_left() {
     }
     sv.assert_nothing_left(Duration::from_secs(2));
 
-    let sb = Sandbox::new(&config(vec![arch_group("x86", 1, &["x86_64"])]));
+    let sb = Sandbox::new(&config_of(vec![arch_group("x86", 1, &["x86_64"])]));
     let nowhere = sb.submit(&["--tag", "arch=mips", "--", "true"]);
     let good = sb.submit(&["--tag", "arch=x86_64", "--", "true"]);
     let mut sv = sb.start(&["--until-empty"]);
@@ -743,7 +730,7 @@ fn until_empty_exits_when_nothing_is_left() {
 
     // A job for a group without workers cannot run either: it does not keep the run
     // going, whether the group matches it by name or first by tags.
-    let sb = Sandbox::new(&config(vec![
+    let sb = Sandbox::new(&config_of(vec![
         arch_group("parked", 0, &["x86_64"]),
         group("a", 1),
     ]));
@@ -760,7 +747,7 @@ fn until_empty_exits_when_nothing_is_left() {
 
 #[test]
 fn doorbell_starts_a_job_fast_with_a_30s_poll() {
-    let mut cfg = config(vec![group("a", 2)]);
+    let mut cfg = config_of(vec![group("a", 2)]);
     cfg["grabber"] = json!({"poll_interval_s": 30});
     let sb = Sandbox::new(&cfg);
     let sv = sb.start(&[]);
@@ -788,7 +775,7 @@ fn doorbell_starts_a_job_fast_with_a_30s_poll() {
 fn status_counts_jobs_per_state() {
     let mut slow = group("slow", 2);
     slow["retry_backoff"] = json!({"initial_s": 60, "max_s": 60, "jitter": 0});
-    let sb = Sandbox::new(&config(vec![group("a", 2), slow]));
+    let sb = Sandbox::new(&config_of(vec![group("a", 2), slow]));
     let sv = sb.start(&[]);
     let succeeded = sb.submit(&["--group", "a", "--", "true"]);
     let dead = sb.submit(&["--group", "a", "--max-attempts", "1", "--", "false"]);

@@ -34,10 +34,6 @@ fn config(workers: u32) -> Value {
     })
 }
 
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().expect("every event has a seq")
-}
-
 /// Wait until the grabber and `workers` workers are ready.
 fn wait_ready(sv: &Supervisor, workers: usize) {
     sv.wait_events(T, workers + 1, |e| e["event"] == "child_ready");

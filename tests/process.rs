@@ -64,10 +64,6 @@ fn wall_now() -> f64 {
         .as_secs_f64()
 }
 
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().expect("every event has a seq")
-}
-
 fn pid_of(e: &Value) -> u32 {
     e["pid"].as_u64().expect("event has a pid") as u32
 }

@@ -23,16 +23,11 @@ const T: Duration = Duration::from_secs(10);
 
 /// A group taking only jobs that name it, with fast retries and restarts.
 fn group(name: &str, workers: u32) -> Value {
-    json!({
-        "name": name,
-        "max_workers": workers,
-        "retry_backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
-        "restart": {
-            "backoff": {"initial_s": 0.05, "max_s": 0.2, "jitter": 0},
-            "max_restarts": 5,
-            "period_s": 60,
-        },
-    })
+    // The common group, giving up sooner (after 5 restarts) and backing off longer.
+    let mut g = crate::common::group(name, workers);
+    g["restart"]["max_restarts"] = json!(5);
+    g["restart"]["backoff"]["max_s"] = json!(0.2);
+    g
 }
 
 /// The same, taking jobs whose tag `arch` is one of `arches`.
@@ -53,10 +48,6 @@ enum Via {
     Sighup,
     /// `supervisor reload`, which finds the supervisor by its pidfile.
     Cli,
-}
-
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().expect("every event has a seq")
 }
 
 fn is_config_event(e: &Value) -> bool {

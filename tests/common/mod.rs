@@ -11,7 +11,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// A group named `name` with `workers` workers and quick, jitter-free backoffs (retries
+/// after 0.05 s to 0.1 s, restarts after 0.05 s to 0.1 s, at most 10 a minute), so that
+/// tests wait on conditions, not on delays. Tests change what they need of it.
+pub fn group(name: &str, workers: u32) -> Value {
+    json!({
+        "name": name,
+        "max_workers": workers,
+        "retry_backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
+        "restart": {
+            "backoff": {"initial_s": 0.05, "max_s": 0.1, "jitter": 0},
+            "max_restarts": 10,
+            "period_s": 60,
+        },
+    })
+}
+
+/// A config of just these groups (every other key at its default).
+pub fn config_of(groups: Vec<Value>) -> Value {
+    json!({ "groups": groups })
+}
+
+/// An event's `seq`.
+pub fn seq(e: &Value) -> u64 {
+    e["seq"].as_u64().expect("every event has a seq")
+}
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
