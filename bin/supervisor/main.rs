@@ -7,6 +7,7 @@ mod commands;
 mod events_file;
 mod grabber;
 mod ipc;
+mod joblog;
 mod journal;
 mod lease;
 mod notify;

@@ -87,10 +87,8 @@ fn run(
         match s.purge_finished(before, limits.max_count, BATCH) {
             Ok(ids) => {
                 for id in &ids {
-                    match std::fs::remove_file(logs.join(format!("{id}.log"))) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => log::warn!("retention: cannot delete the log of job {id}: {e}"),
+                    if let Err(e) = crate::joblog::remove(&logs, *id) {
+                        log::warn!("retention: cannot delete the log of job {id}: {e}");
                     }
                 }
                 if !ids.is_empty() {

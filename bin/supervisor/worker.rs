@@ -127,8 +127,8 @@ impl Logs {
 
     /// The log of `job`, opened for appending: the earlier attempts' log if there is
     /// one, else the spare renamed to it, else a new file.
-    fn open(&mut self, job: i64) -> std::io::Result<(File, PathBuf)> {
-        let path = self.dir.join(format!("{job}.log"));
+    fn open(&mut self, job: i64, attempt: u32) -> std::io::Result<(File, PathBuf)> {
+        let path = crate::joblog::log_path(&self.dir, job);
         if self.spare.is_some() {
             match supervisor_os::rename_noreplace(&self.spare_path, &path) {
                 Ok(true) => return Ok((self.spare.take().expect("checked"), path)),
@@ -140,6 +140,9 @@ impl Logs {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A retry appends to the earlier attempts' output: say where this one begins.
+        let offset = file.metadata()?.len();
+        crate::joblog::note_attempt_start(&self.dir, job, attempt, offset)?;
         Ok((file, path))
     }
 
@@ -496,7 +499,7 @@ impl Worker {
             });
             None
         };
-        let (mut log, log_path) = match self.logs.open(job.id) {
+        let (mut log, log_path) = match self.logs.open(job.id, job.attempt) {
             Ok(x) => x,
             Err(e) => return fail(self, None, format!("cannot open its log: {e}")),
         };
