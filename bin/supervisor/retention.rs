@@ -87,7 +87,7 @@ fn run(
         match s.purge_finished(before, limits.max_count, BATCH) {
             Ok(ids) => {
                 for id in &ids {
-                    if let Err(e) = crate::joblog::remove(&logs, *id) {
+                    if let Err(e) = crate::joblog::remove(logs, *id) {
                         log::warn!("retention: cannot delete the log of job {id}: {e}");
                     }
                 }
