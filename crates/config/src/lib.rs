@@ -17,6 +17,9 @@
 //! when the config is loaded ([`GroupConfig::process`] holds the ids), and are refused
 //! unless the process loading it runs as root.
 //!
+//! [`route`] is the rule that sends a job to a group, over the [`Route`]s of
+//! [`Config::routes`]; the store's claims apply it.
+//!
 //! Paths in the file are relative to the folder holding it and are resolved to absolute
 //! paths. The job store and the events file default to `<state_dir>/jobs.db` and
 //! `<state_dir>/events.jsonl`, so moving `state_dir` moves them too.
@@ -253,15 +256,12 @@ impl JobProcess {
 }
 
 impl GroupConfig {
-    /// Whether this group's `match` selects a job with these tags: every key of `match`
-    /// is among the tags with one of its values. Always false without a `match`; always
-    /// true for an empty one.
-    pub fn matches_tags(&self, tags: &BTreeMap<String, String>) -> bool {
-        self.matches.as_ref().is_some_and(|matches| {
-            matches
-                .iter()
-                .all(|(key, values)| tags.get(key).is_some_and(|tag| values.contains(tag)))
-        })
+    /// This group as far as routing is concerned.
+    pub fn to_route(&self) -> Route {
+        Route {
+            group: self.name.clone(),
+            matches: self.matches.clone(),
+        }
     }
 
     /// The core's view of this group.
@@ -652,17 +652,10 @@ impl Config {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// The group a job goes to: the one it names (if that exists), else, for a job that
-    /// names none, the first group in config order whose `match` selects its tags.
-    pub fn route(
-        &self,
-        group: Option<&str>,
-        tags: &BTreeMap<String, String>,
-    ) -> Option<&GroupConfig> {
-        match group {
-            Some(name) => self.group(name),
-            None => self.groups.iter().find(|g| g.matches_tags(tags)),
-        }
+    /// The routing table of the grabber's claims: the groups in config order, as [`route`]
+    /// takes them.
+    pub fn routes(&self) -> Vec<Route> {
+        self.groups.iter().map(GroupConfig::to_route).collect()
     }
 
     /// Workers of all groups together.
@@ -694,6 +687,47 @@ impl Config {
             self.store.describe()
         )
     }
+}
+
+/// A group that jobs are routed to, as far as routing is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Route {
+    /// The group's name.
+    pub group: String,
+    /// Tag selector: `Some(m)` takes an untargeted job whose tags hold, for every key of
+    /// `m`, one of its values (an empty map takes every untargeted job); `None` takes only
+    /// jobs that name the group.
+    pub matches: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl Route {
+    /// Whether this route takes an untargeted job with these tags.
+    fn selects(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.matches.as_ref().is_some_and(|matches| {
+            matches
+                .iter()
+                .all(|(key, values)| tags.get(key).is_some_and(|v| values.contains(v)))
+        })
+    }
+}
+
+/// The group a job goes to, if any: the one rule of routing, which the store's claims
+/// apply to [`Config::routes`].
+///
+/// A job naming a `group` goes to that group if a route of that name exists, and nowhere
+/// otherwise. An untargeted job goes to the first route (in order) whose `matches` selects
+/// its tags. `None` means the job stays queued (that is not an error: a reload may add a
+/// group for it).
+pub fn route<'a>(
+    routes: &'a [Route],
+    group: Option<&str>,
+    tags: &BTreeMap<String, String>,
+) -> Option<&'a str> {
+    match group {
+        Some(name) => routes.iter().find(|r| r.group == name),
+        None => routes.iter().find(|r| r.selects(tags)),
+    }
+    .map(|r| r.group.as_str())
 }
 
 /// Hides the password of a PostgreSQL connection string (URL or `key=value` form), for

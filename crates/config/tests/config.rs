@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use supervisor_config::{load, parse, parse_as, Config, StoreConfig};
+use supervisor_config::{load, parse, parse_as, route, Config, Route, StoreConfig};
 use supervisor_core::backoff::Backoff;
 use supervisor_core::spec::{defaults, OnExhausted};
 
@@ -738,15 +738,8 @@ fn routing_by_name_then_first_matching_group() {
         {"name": "any-x86", "match": {"arch": "x86_64"}},
         {"name": "catch-all", "match": {}}
     ]}"#);
-    let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let route = |group: Option<&str>, t: &[(&str, &str)]| {
-        config.route(group, &tags(t)).map(|g| g.name.as_str())
-    };
+    let routes = config.routes();
+    let route = |group: Option<&str>, t: &[(&str, &str)]| route(&routes, group, &tags(t));
     assert_eq!(
         route(Some("named-only"), &[("arch", "i386")]),
         Some("named-only")
@@ -758,7 +751,97 @@ fn routing_by_name_then_first_matching_group() {
     );
     assert_eq!(route(None, &[("arch", "x86_64")]), Some("any-x86"));
     assert_eq!(route(None, &[("arch", "riscv")]), Some("catch-all"));
-    assert!(!config.groups[0].matches_tags(&tags(&[])));
+    assert_eq!(
+        route(None, &[]),
+        Some("catch-all"),
+        "named-only takes no tagged job"
+    );
+}
+
+fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn rt(group: &str, matches: Option<&[(&str, &[&str])]>) -> Route {
+    Route {
+        group: group.into(),
+        matches: matches.map(|m| {
+            m.iter()
+                .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+                .collect()
+        }),
+    }
+}
+
+#[test]
+fn a_named_group_goes_to_that_group_only_if_it_exists() {
+    let routes = [rt("a", Some(&[])), rt("b", None)];
+    assert_eq!(route(&routes, Some("b"), &tags(&[])), Some("b"));
+    assert_eq!(route(&routes, Some("a"), &tags(&[])), Some("a"));
+    assert_eq!(route(&routes, Some("zz"), &tags(&[])), None);
+    // Naming a group bypasses tag matching.
+    assert_eq!(route(&routes, Some("zz"), &tags(&[("x", "y")])), None);
+}
+
+#[test]
+fn tags_go_to_the_first_matching_route_in_order() {
+    let routes = [
+        rt("x86", Some(&[("arch", &["x86_64", "i386"])])),
+        rt(
+            "fast-x86",
+            Some(&[("arch", &["x86_64"]), ("speed", &["fast"])]),
+        ),
+        rt("any", Some(&[])),
+    ];
+    assert_eq!(
+        route(&routes, None, &tags(&[("arch", "i386")])),
+        Some("x86")
+    );
+    // Multi-value match: either value works.
+    assert_eq!(
+        route(
+            &routes,
+            None,
+            &tags(&[("arch", "x86_64"), ("speed", "fast")])
+        ),
+        Some("x86")
+    );
+    // No value match, falls through to the catch-all.
+    assert_eq!(route(&routes, None, &tags(&[("arch", "arm")])), Some("any"));
+    // Missing key: falls through too.
+    assert_eq!(route(&routes, None, &tags(&[])), Some("any"));
+}
+
+#[test]
+fn every_key_of_a_match_must_hold() {
+    let routes = [rt("g", Some(&[("arch", &["x86_64"]), ("os", &["linux"])]))];
+    assert_eq!(
+        route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "linux")])),
+        Some("g")
+    );
+    assert_eq!(route(&routes, None, &tags(&[("arch", "x86_64")])), None);
+    assert_eq!(
+        route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "bsd")])),
+        None
+    );
+    // An empty value list matches nothing.
+    let routes = [rt("g", Some(&[("arch", &[])]))];
+    assert_eq!(route(&routes, None, &tags(&[("arch", "x")])), None);
+}
+
+#[test]
+fn a_route_without_match_takes_only_jobs_that_name_it() {
+    let routes = [rt("named-only", None)];
+    assert_eq!(route(&routes, None, &tags(&[])), None);
+    assert_eq!(route(&routes, None, &tags(&[("a", "b")])), None);
+    assert_eq!(
+        route(&routes, Some("named-only"), &tags(&[])),
+        Some("named-only")
+    );
+    assert_eq!(route(&[], None, &tags(&[])), None);
 }
 
 // ---- least privilege: users, limits ----

@@ -1,4 +1,4 @@
-//! The durable job store of `supervisor`: the [`JobStore`] interface, its types and the routing rule.
+//! The durable job store of `supervisor`: the [`JobStore`] interface and its types.
 //!
 //! One interface, [`JobStore`], hides where jobs live. [`SqliteStore`] is the embedded
 //! default; [`PostgresStore`] lets several supervisors on several hosts share one queue,
@@ -39,8 +39,8 @@ pub use jsonl::parse_jobs_jsonl;
 pub use postgres::{Listener, Patience, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
-/// The id of a job: a plain positive number, printed as such.
-pub type JobId = i64;
+pub use supervisor_config::{route, Route};
+pub use supervisor_core::supervision::JobId;
 
 /// The id of a registered supervisor instance (the owner of claims).
 pub type InstanceId = i64;
@@ -209,47 +209,6 @@ pub struct Instance {
     /// [`JobStore::touch_instance`]): how a supervisor on another host tells a dead
     /// instance, whose pid it cannot check.
     pub last_seen: f64,
-}
-
-/// A group that jobs are routed to, as far as routing is concerned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    /// The group's name.
-    pub group: String,
-    /// Tag selector: `Some(m)` takes an untargeted job whose tags hold, for every key of
-    /// `m`, one of its values (an empty map takes every untargeted job); `None` takes only
-    /// jobs that name the group.
-    pub matches: Option<BTreeMap<String, Vec<String>>>,
-}
-
-/// The group a job goes to, if any.
-///
-/// A job naming a `group` goes to that group if a route of that name exists, and nowhere
-/// otherwise. An untargeted job goes to the first route (in order) whose `matches` selects
-/// its tags. `None` means the job stays queued (that is not an error: a reload may add a
-/// group for it).
-pub fn route<'a>(
-    routes: &'a [Route],
-    group: Option<&str>,
-    tags: &BTreeMap<String, String>,
-) -> Option<&'a str> {
-    match group {
-        Some(name) => routes
-            .iter()
-            .find(|r| r.group == name)
-            .map(|r| r.group.as_str()),
-        None => routes
-            .iter()
-            .find(|r| r.matches.as_ref().is_some_and(|m| selects(m, tags)))
-            .map(|r| r.group.as_str()),
-    }
-}
-
-/// Whether a `matches` map selects these tags.
-fn selects(matches: &BTreeMap<String, Vec<String>>, tags: &BTreeMap<String, String>) -> bool {
-    matches
-        .iter()
-        .all(|(key, values)| tags.get(key).is_some_and(|v| values.contains(v)))
 }
 
 /// A finished job, in SQL: one that will never run again.
@@ -663,92 +622,6 @@ pub trait JobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn rt(group: &str, matches: Option<&[(&str, &[&str])]>) -> Route {
-        Route {
-            group: group.into(),
-            matches: matches.map(|m| {
-                m.iter()
-                    .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
-                    .collect()
-            }),
-        }
-    }
-
-    #[test]
-    fn named_group_goes_to_that_group_only_if_it_exists() {
-        let routes = [rt("a", Some(&[])), rt("b", None)];
-        assert_eq!(route(&routes, Some("b"), &tags(&[])), Some("b"));
-        assert_eq!(route(&routes, Some("a"), &tags(&[])), Some("a"));
-        assert_eq!(route(&routes, Some("zz"), &tags(&[])), None);
-        // Naming a group bypasses tag matching.
-        assert_eq!(route(&routes, Some("zz"), &tags(&[("x", "y")])), None);
-    }
-
-    #[test]
-    fn tags_first_match_wins_in_order() {
-        let routes = [
-            rt("x86", Some(&[("arch", &["x86_64", "i386"])])),
-            rt(
-                "fast-x86",
-                Some(&[("arch", &["x86_64"]), ("speed", &["fast"])]),
-            ),
-            rt("any", Some(&[])),
-        ];
-        assert_eq!(
-            route(&routes, None, &tags(&[("arch", "i386")])),
-            Some("x86")
-        );
-        // Multi-value match: either value works.
-        assert_eq!(
-            route(
-                &routes,
-                None,
-                &tags(&[("arch", "x86_64"), ("speed", "fast")])
-            ),
-            Some("x86")
-        );
-        // No value match, falls through to the catch-all.
-        assert_eq!(route(&routes, None, &tags(&[("arch", "arm")])), Some("any"));
-        // Missing key: falls through too.
-        assert_eq!(route(&routes, None, &tags(&[])), Some("any"));
-    }
-
-    #[test]
-    fn every_key_must_match() {
-        let routes = [rt("g", Some(&[("arch", &["x86_64"]), ("os", &["linux"])]))];
-        assert_eq!(
-            route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "linux")])),
-            Some("g")
-        );
-        assert_eq!(route(&routes, None, &tags(&[("arch", "x86_64")])), None);
-        assert_eq!(
-            route(&routes, None, &tags(&[("arch", "x86_64"), ("os", "bsd")])),
-            None
-        );
-        // An empty value list matches nothing.
-        let routes = [rt("g", Some(&[("arch", &[])]))];
-        assert_eq!(route(&routes, None, &tags(&[("arch", "x")])), None);
-    }
-
-    #[test]
-    fn none_route_takes_only_named_jobs() {
-        let routes = [rt("named-only", None)];
-        assert_eq!(route(&routes, None, &tags(&[])), None);
-        assert_eq!(route(&routes, None, &tags(&[("a", "b")])), None);
-        assert_eq!(
-            route(&routes, Some("named-only"), &tags(&[])),
-            Some("named-only")
-        );
-        assert_eq!(route(&[], None, &tags(&[])), None);
-    }
 
     #[test]
     fn state_names_round_trip() {
