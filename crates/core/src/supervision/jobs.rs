@@ -1,0 +1,266 @@
+//! Jobs in flight: claims, starts, ends and their outcomes, cancels and timeouts.
+
+use crate::time::Time;
+
+use super::child::{JobRun, JobStop, StopReason};
+use super::{
+    Action, ChildId, ChildState, ClaimedJob, Core, Event, Facts, JobId, Next, Outcome, Phase,
+    ProcessEnd, Role, Signal,
+};
+
+impl Core {
+    pub(super) fn claimed(&mut self, now: Time, job: ClaimedJob) {
+        let idle = self.idle_workers(&job.group);
+        let Some(g) = self.groups.get_mut(&job.group) else {
+            // Routed to a group a reload just removed: back to the queue.
+            self.release(job);
+            return;
+        };
+        let current = job.epoch == g.epoch;
+        if current {
+            g.granted = g.granted.saturating_sub(1);
+        }
+        if !g.accepting() || self.phase != Phase::Running {
+            self.release(job);
+            return;
+        }
+        // A claim made with a revoked credit (it raced the Revoke) has no free worker
+        // behind it unless an idle worker is neither granted nor promised to a pending
+        // job. Keeping it anyway would hold more jobs than the pool can run (the
+        // prefetch the dispatch rule forbids), so it goes back to the queue.
+        if !current && idle <= g.granted + g.pending.len() as u32 {
+            self.release(job);
+            return;
+        }
+        let name = job.group.clone();
+        g.pending.push_back(job);
+        self.dispatch(now, &name);
+    }
+
+    pub(super) fn job_started(&mut self, now: Time, child: ChildId, job: JobId, pid: u32) {
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        c.last_seen = now;
+        let worker_pid = c.pid.unwrap_or(0);
+        let Role::Worker { group, slot } = c.role.clone() else {
+            return;
+        };
+        let Some(run) = c.job.as_mut().filter(|r| r.job.id == job) else {
+            return;
+        };
+        run.started_at = Some(now);
+        run.job_pid = Some(pid);
+        let attempt = run.job.attempt;
+        self.out.push(Action::Emit(Event::JobStarted {
+            job_id: job,
+            group,
+            slot,
+            worker_pid,
+            attempt,
+        }));
+    }
+
+    pub(super) fn job_ended(
+        &mut self,
+        now: Time,
+        child: ChildId,
+        job: JobId,
+        end: Option<ProcessEnd>,
+        facts: Facts,
+    ) {
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        c.last_seen = now;
+        if c.job_id() != Some(job) {
+            return;
+        }
+        let run = c.job.take().expect("checked above");
+        let group = c.role.group().unwrap_or_default().to_string();
+        if c.state == ChildState::Busy {
+            c.set_state(ChildState::Idle);
+        }
+        let stop = run.stop.map(|s| s.reason);
+        if stop == Some(StopReason::Shutdown) {
+            self.release(run.job);
+        } else {
+            let outcome = match (stop, end) {
+                (Some(StopReason::Timeout), _) => Outcome::TimedOut,
+                (Some(StopReason::Cancel), _) => Outcome::Canceled,
+                (_, Some(e)) if e.success() => Outcome::Succeeded,
+                _ => Outcome::Failed,
+            };
+            self.finish_job(now, run, outcome, end, facts);
+        }
+        self.source_changed();
+        self.worker_idle(now, child, &group);
+    }
+
+    /// Decide what follows an attempt and record it: done, retry, or dead.
+    pub(super) fn finish_job(
+        &mut self,
+        now: Time,
+        run: JobRun,
+        outcome: Outcome,
+        end: Option<ProcessEnd>,
+        facts: Facts,
+    ) {
+        let job = &run.job;
+        let next = if !outcome.retryable() {
+            Next::Done
+        } else if job.attempt >= run.max_attempts {
+            Next::Dead
+        } else {
+            let backoff = self
+                .groups
+                .get(&job.group)
+                .map_or(crate::spec::defaults::retry_backoff(), |g| {
+                    g.spec.retry_backoff
+                });
+            Next::Retry {
+                delay: backoff.nth_delay(job.attempt.saturating_sub(1), &mut *self.rng),
+            }
+        };
+        let duration = facts
+            .ran_for
+            .unwrap_or_else(|| now.saturating_since(run.started_at.unwrap_or(run.assigned_at)));
+        self.out.push(Action::RecordOutcome {
+            job: job.id,
+            attempt: job.attempt,
+            outcome,
+            end,
+            next,
+            start_error: facts.start_error.clone(),
+            reason: facts.reason.clone(),
+        });
+        self.out.push(Action::Emit(Event::JobFinished {
+            job_id: job.id,
+            group: job.group.clone(),
+            attempt: job.attempt,
+            outcome,
+            end,
+            duration,
+            start_error: facts.start_error,
+            reason: facts.reason,
+        }));
+        match next {
+            Next::Done => {}
+            Next::Retry { delay } => self.out.push(Action::Emit(Event::JobRetryScheduled {
+                job_id: job.id,
+                attempt: job.attempt,
+                delay,
+            })),
+            Next::Dead => self.out.push(Action::Emit(Event::JobDead {
+                job_id: job.id,
+                attempts: job.attempt,
+                reason: None,
+            })),
+        }
+    }
+
+    pub(super) fn cancel(&mut self, now: Time, job: JobId) {
+        let kill_grace = self.spec.kill_grace;
+        // A claimed job still waiting for a worker: settle it without running it.
+        for g in self.groups.values_mut() {
+            if let Some(i) = g.pending.iter().position(|j| j.id == job) {
+                let j = g.pending.remove(i).expect("position found");
+                let run = JobRun {
+                    max_attempts: j.max_attempts.unwrap_or(g.spec.max_attempts),
+                    job: j,
+                    assigned_at: now,
+                    started_at: None,
+                    job_pid: None,
+                    deadline: None,
+                    stop: None,
+                };
+                let name = run.job.group.clone();
+                self.finish_job(now, run, Outcome::Canceled, None, Facts::default());
+                self.refill(&name);
+                return;
+            }
+        }
+        for (&id, c) in self.children.iter_mut() {
+            let Some(run) = c.job.as_mut().filter(|r| r.job.id == job) else {
+                continue;
+            };
+            match &mut run.stop {
+                None => {
+                    run.stop = Some(JobStop {
+                        reason: StopReason::Cancel,
+                        kill_at: Some(now + kill_grace),
+                        abandon_at: None,
+                    });
+                    self.out.push(Action::SignalJob {
+                        child: id,
+                        job,
+                        signal: Signal::Term,
+                    });
+                }
+                Some(stop) => {
+                    // Already being stopped (timeout, shutdown): that TERM/KILL goes
+                    // on, but the operator's word decides the outcome: `canceled`, not
+                    // a retry nor a requeue.
+                    stop.reason = StopReason::Cancel;
+                }
+            }
+            return;
+        }
+    }
+
+    pub(super) fn job_timers(&mut self, now: Time) {
+        let kill_grace = self.spec.kill_grace;
+        for (&id, c) in self.children.iter_mut() {
+            if c.killed {
+                // Its worker is being killed; the job is settled when it is reaped.
+                continue;
+            }
+            let Some(run) = c.job.as_mut() else { continue };
+            match &mut run.stop {
+                None => {
+                    if run.deadline.is_some_and(|d| d <= now) {
+                        run.stop = Some(JobStop {
+                            reason: StopReason::Timeout,
+                            kill_at: Some(now + kill_grace),
+                            abandon_at: None,
+                        });
+                        self.out.push(Action::SignalJob {
+                            child: id,
+                            job: run.job.id,
+                            signal: Signal::Term,
+                        });
+                    }
+                }
+                Some(stop) => {
+                    if stop.kill_at.is_some_and(|k| k <= now) {
+                        stop.kill_at = None;
+                        stop.abandon_at = Some(now + kill_grace);
+                        self.out.push(Action::SignalJob {
+                            child: id,
+                            job: run.job.id,
+                            signal: Signal::Kill,
+                        });
+                    } else if stop.abandon_at.is_some_and(|k| k <= now) {
+                        // SIGKILL went out a grace ago and the worker still says
+                        // nothing of its job: the worker is broken; kill it.
+                        stop.abandon_at = None;
+                        if let Some(pid) = c.pid {
+                            log::warn!(
+                                "{} (pid {pid}) did not report the end of job {} after \
+                                 SIGKILL; killing it",
+                                c.role,
+                                run.job.id
+                            );
+                            c.killed = true;
+                            self.out.push(Action::KillChild {
+                                child: id,
+                                pid,
+                                signal: Signal::Kill,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Children: starting them, their handshake, their exits, restarts with backoff and
+//! the restart limit, heartbeats and stop deadlines.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::random::Random;
+use crate::spec::{OnExhausted, RestartPolicy};
+use crate::time::Time;
+
+use super::child::{Child, StopReason};
+use super::{
+    Action, ChildId, ChildState, Core, Event, Facts, GroupStatus, Outcome, Phase, ProcessEnd, Role,
+    Signal, Slot, EXIT_GAVE_UP,
+};
+
+impl Core {
+    pub(super) fn start(&mut self, now: Time) {
+        if self.phase != Phase::Created {
+            return;
+        }
+        self.phase = Phase::Running;
+        self.ping_at = Some(now + self.spec.heartbeat.interval);
+        self.spawn_grabber(now);
+        for name in self.order.clone() {
+            let slots: Vec<u32> = self.groups[&name].slots.keys().copied().collect();
+            for slot in slots {
+                self.spawn_worker(now, &name, slot);
+            }
+        }
+    }
+
+    fn new_child(&mut self, now: Time, role: Role) -> ChildId {
+        let id = self.next_child;
+        self.next_child += 1;
+        self.children.insert(
+            id,
+            Child {
+                role: role.clone(),
+                pid: None,
+                state: ChildState::Starting,
+                spawned_at: now,
+                ready_at: None,
+                last_seen: now,
+                job: None,
+                killed: false,
+                stop_deadline: None,
+            },
+        );
+        self.out.push(Action::Spawn { child: id, role });
+        id
+    }
+
+    fn spawn_grabber(&mut self, now: Time) {
+        self.grabber.restart_at = None;
+        let id = self.new_child(now, Role::Grabber);
+        self.grabber.child = Some(id);
+    }
+
+    pub(super) fn spawn_worker(&mut self, now: Time, group: &str, slot: u32) {
+        let id = self.new_child(
+            now,
+            Role::Worker {
+                group: group.to_string(),
+                slot,
+            },
+        );
+        let s = self
+            .groups
+            .get_mut(group)
+            .and_then(|g| g.slots.get_mut(&slot))
+            .expect("spawning a worker for a slot that exists");
+        s.restart_at = None;
+        s.child = Some(id);
+    }
+
+    pub(super) fn spawned(&mut self, now: Time, child: ChildId, pid: u32) {
+        let immediate = matches!(
+            self.phase,
+            Phase::Stopping {
+                immediate: true,
+                ..
+            }
+        );
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        c.pid = Some(pid);
+        self.out.push(Action::Emit(Event::ChildStarted {
+            role: c.role.clone(),
+            pid,
+        }));
+        // An immediate stop could not kill this child while its pid was unknown, and a
+        // graceful one may have let its stop deadline pass: kill it now, or it would
+        // outlive the stop.
+        let overdue = c.stop_deadline.is_some_and(|t| t <= now);
+        if (immediate || overdue) && !c.killed {
+            c.killed = true;
+            c.stop_deadline = None;
+            self.out.push(Action::KillChild {
+                child,
+                pid,
+                signal: Signal::Kill,
+            });
+        }
+    }
+
+    pub(super) fn spawn_failed(&mut self, now: Time, child: ChildId, error: String) {
+        let Some(c) = self.children.remove(&child) else {
+            return;
+        };
+        self.out.push(Action::Emit(Event::ChildExited {
+            role: c.role.clone(),
+            pid: None,
+            end: None,
+            expected: false,
+            job_id: None,
+            reason: Some(error),
+        }));
+        self.child_gone(now, child, c, false);
+    }
+
+    pub(super) fn ready(&mut self, now: Time, child: ChildId) {
+        let stopping = self.is_stopping();
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        c.last_seen = now;
+        if c.state != ChildState::Starting {
+            return;
+        }
+        c.ready_at = Some(now);
+        match c.role.clone() {
+            Role::Grabber => {
+                c.set_state(ChildState::Ready);
+                if stopping {
+                    self.stop_child(now, child);
+                    return;
+                }
+                // A new grabber holds no credits: grant every group's free slots.
+                for g in self.groups.values_mut() {
+                    g.granted = 0;
+                }
+                for name in self.order.clone() {
+                    self.refill(&name);
+                }
+                self.poll_source();
+            }
+            Role::Worker { group, .. } => {
+                c.set_state(ChildState::Idle);
+                self.worker_idle(now, child, &group);
+            }
+        }
+    }
+
+    pub(super) fn exited(&mut self, now: Time, pid: u32, end: ProcessEnd) {
+        let Some((&id, _)) = self.children.iter().find(|(_, c)| c.pid == Some(pid)) else {
+            // A job's orphaned grandchild, reaped because we are the subreaper.
+            return;
+        };
+        let c = self.children.remove(&id).expect("found above");
+        let expected = c.state == ChildState::Stopping || self.is_stopping();
+        let reason = if c.killed && !expected {
+            Some("did not answer in time".to_string())
+        } else {
+            None
+        };
+        self.out.push(Action::Emit(Event::ChildExited {
+            role: c.role.clone(),
+            pid: c.pid,
+            end: Some(end),
+            expected,
+            job_id: c.job_id(),
+            reason,
+        }));
+        self.child_gone(now, id, c, expected);
+    }
+
+    /// A child is gone (reaped or never spawned): settle its job, then restart, retire
+    /// or forget its slot.
+    fn child_gone(&mut self, now: Time, id: ChildId, mut c: Child, expected: bool) {
+        if let Some(run) = c.job.take() {
+            if let Some(pgid) = run.job_pid {
+                // Whatever the job left in its process group must not outlive the worker.
+                self.out.push(Action::KillJobGroup { pgid });
+            }
+            // Why the job was being stopped decides, as in `job_ended`: a canceled job
+            // stays canceled (and a timed out one timed out) even when its worker dies
+            // during a stop; only a job that was running on, or stopped for the
+            // shutdown, goes back to the queue without using an attempt.
+            match run.stop.map(|s| s.reason) {
+                Some(StopReason::Cancel) => {
+                    self.finish_job(now, run, Outcome::Canceled, None, Facts::default())
+                }
+                Some(StopReason::Timeout) => {
+                    self.finish_job(now, run, Outcome::TimedOut, None, Facts::default())
+                }
+                Some(StopReason::Shutdown) => self.release(run.job),
+                None if self.is_stopping() => self.release(run.job),
+                None => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
+            }
+            // A lost job may be queued again: a report of an empty source made while it
+            // ran must not end an until-empty run.
+            self.source_changed();
+        }
+        match c.role.clone() {
+            Role::Grabber => {
+                if self.grabber.child == Some(id) {
+                    self.grabber.child = None;
+                }
+                for g in self.groups.values_mut() {
+                    g.granted = 0;
+                }
+                self.out.push(Action::ReleaseStrays {
+                    known: self.jobs_in_flight(),
+                });
+                // The strays go back to the queue: an earlier "empty" no longer holds.
+                self.source_changed();
+                if !expected && !self.is_stopping() {
+                    self.schedule_grabber_restart(now, &c);
+                }
+            }
+            Role::Worker { group, slot } => {
+                let stopping = self.is_stopping();
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                let Some(s) = g.slots.get_mut(&slot) else {
+                    return;
+                };
+                if s.child == Some(id) {
+                    s.child = None;
+                }
+                let keep = !s.retiring && g.accepting() && !stopping;
+                if !keep {
+                    g.slots.remove(&slot);
+                    self.forget_group_if_drained(&group);
+                    return;
+                }
+                if expected {
+                    // Asked to stop while still wanted (cannot happen today); start again.
+                    self.spawn_worker(now, &group, slot);
+                    return;
+                }
+                self.schedule_worker_restart(now, &group, slot, &c);
+                // Its credit may now have no worker behind it; claimed jobs wait in
+                // `pending` for the next idle worker of the group.
+            }
+        }
+    }
+
+    fn schedule_grabber_restart(&mut self, now: Time, c: &Child) {
+        let policy = self.spec.grabber_restart.clone();
+        match intensity(&mut self.grabber_window, &policy, now) {
+            Err(restarts) => self.give_up(now, None, restarts, &policy),
+            Ok(in_period) => {
+                let delay = next_backoff(&mut self.grabber, &policy, c, now, &mut *self.rng);
+                self.grabber.restarts += 1;
+                self.grabber.restart_at = Some(now + delay);
+                self.out.push(Action::Emit(Event::ChildRestartScheduled {
+                    role: Role::Grabber,
+                    delay,
+                    restarts_in_period: in_period,
+                }));
+            }
+        }
+    }
+
+    fn schedule_worker_restart(&mut self, now: Time, group: &str, slot: u32, c: &Child) {
+        let g = self.groups.get_mut(group).expect("caller checked");
+        let policy = g.spec.restart.clone();
+        match intensity(&mut g.window, &policy, now) {
+            Err(restarts) => self.give_up(now, Some(group.to_string()), restarts, &policy),
+            Ok(in_period) => {
+                let s = g.slots.get_mut(&slot).expect("caller checked");
+                let delay = next_backoff(s, &policy, c, now, &mut *self.rng);
+                s.restarts += 1;
+                s.restart_at = Some(now + delay);
+                self.out.push(Action::Emit(Event::ChildRestartScheduled {
+                    role: c.role.clone(),
+                    delay,
+                    restarts_in_period: in_period,
+                }));
+            }
+        }
+    }
+
+    fn give_up(&mut self, now: Time, group: Option<String>, restarts: u32, policy: &RestartPolicy) {
+        self.out.push(Action::Emit(Event::GroupGaveUp {
+            group: group.clone(),
+            restarts,
+            period: policy.period,
+            action: policy.on_exhausted,
+        }));
+        match (policy.on_exhausted, group) {
+            (OnExhausted::Disable, Some(name)) => self.disable_group(now, &name),
+            (OnExhausted::Disable, None) => {
+                // Nothing could claim jobs any more; a supervisor without a grabber is
+                // no supervisor. The config crate never builds this; stop regardless.
+                self.shutdown(now, "the grabber gave up".into(), false, EXIT_GAVE_UP)
+            }
+            (OnExhausted::Exit, g) => {
+                let who = g.map_or("the grabber".to_string(), |g| format!("group {g}"));
+                self.shutdown(now, format!("{who} gave up"), false, EXIT_GAVE_UP)
+            }
+        }
+    }
+
+    /// Stop a group for good (until a reload): no claims, idle workers stop, busy ones
+    /// finish their job first, pending jobs go back to the queue.
+    fn disable_group(&mut self, now: Time, name: &str) {
+        self.close_group(now, name, GroupStatus::Disabled);
+    }
+
+    pub(super) fn stop_child(&mut self, now: Time, id: ChildId) {
+        let grace = self.spec.kill_grace;
+        let Some(c) = self.children.get_mut(&id) else {
+            return;
+        };
+        if c.state == ChildState::Stopping {
+            return;
+        }
+        c.set_state(ChildState::Stopping);
+        c.stop_deadline = Some(now + grace);
+        self.out.push(Action::StopChild { child: id });
+    }
+
+    pub(super) fn heartbeats(&mut self, now: Time) {
+        let Some(at) = self.ping_at else { return };
+        let hb = self.spec.heartbeat;
+        let start_timeout = self.spec.start_timeout;
+        let mut kill = Vec::new();
+        for (&id, c) in &self.children {
+            if c.killed || c.pid.is_none() {
+                continue;
+            }
+            let silent = match c.state {
+                ChildState::Starting => now.saturating_since(c.spawned_at) >= start_timeout,
+                ChildState::Exited => false,
+                _ => now.saturating_since(c.last_seen) >= hb.timeout,
+            };
+            if silent {
+                kill.push(id);
+            } else if now >= at && c.state != ChildState::Starting {
+                self.out.push(Action::Ping { child: id });
+            }
+        }
+        for id in kill {
+            let c = self.children.get_mut(&id).expect("listed above");
+            c.killed = true;
+            log::warn!(
+                "{} (pid {:?}) did not answer in time; killing it",
+                c.role,
+                c.pid
+            );
+            self.out.push(Action::KillChild {
+                child: id,
+                pid: c.pid.expect("checked above"),
+                signal: Signal::Kill,
+            });
+        }
+        if now >= at {
+            self.ping_at = Some(now + hb.interval);
+        }
+    }
+
+    pub(super) fn restarts_due(&mut self, now: Time) {
+        if self.is_stopping() {
+            return;
+        }
+        if self.grabber.restart_at.is_some_and(|t| t <= now) {
+            self.spawn_grabber(now);
+        }
+        let mut due = Vec::new();
+        for (name, g) in &self.groups {
+            for (&slot, s) in &g.slots {
+                if s.restart_at.is_some_and(|t| t <= now) {
+                    due.push((name.clone(), slot));
+                }
+            }
+        }
+        for (name, slot) in due {
+            self.spawn_worker(now, &name, slot);
+        }
+    }
+
+    pub(super) fn stop_deadlines(&mut self, now: Time) {
+        for (&id, c) in self.children.iter_mut() {
+            if c.killed {
+                // Killed already (say by the heartbeat): the deadline has nothing left
+                // to do; left set, it would stay in `next_deadline` forever.
+                c.stop_deadline = None;
+                continue;
+            }
+            // Without a pid the deadline stays: `spawned` kills it once it is known
+            // (clearing it here would let a child that ignores StopChild live on).
+            let Some(pid) = c.pid else { continue };
+            if c.stop_deadline.is_some_and(|t| t <= now) {
+                c.stop_deadline = None;
+                c.killed = true;
+                self.out.push(Action::KillChild {
+                    child: id,
+                    pid,
+                    signal: Signal::Kill,
+                });
+            }
+        }
+    }
+}
+
+/// Count a restart against the sliding window: `Ok(restarts in the period, this one
+/// included)`, or `Err(restarts)` when the limit is exceeded.
+fn intensity(window: &mut VecDeque<Time>, policy: &RestartPolicy, now: Time) -> Result<u32, u32> {
+    while window
+        .front()
+        .is_some_and(|&t| now.saturating_since(t) >= policy.period)
+    {
+        window.pop_front();
+    }
+    if window.len() as u32 >= policy.max_restarts {
+        return Err(window.len() as u32 + 1);
+    }
+    window.push_back(now);
+    Ok(window.len() as u32)
+}
+
+/// The delay before restarting a slot; the backoff starts over after a stable run.
+fn next_backoff(
+    slot: &mut Slot,
+    policy: &RestartPolicy,
+    c: &Child,
+    now: Time,
+    rng: &mut dyn Random,
+) -> Duration {
+    if c.ready_at
+        .is_some_and(|t| now.saturating_since(t) >= policy.stable_after())
+    {
+        slot.backoff.reset();
+    }
+    slot.backoff.next(&policy.backoff, rng)
+}

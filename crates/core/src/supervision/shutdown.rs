@@ -1,0 +1,139 @@
+//! Stopping: graceful (grace, then TERM, then KILL for running jobs), immediate, or
+//! fenced; `--until-empty`; the end of the run.
+
+use crate::time::Time;
+
+use super::child::{JobStop, StopReason};
+use super::{Action, ChildId, ClaimedJob, Core, Event, Phase, Signal};
+
+impl Core {
+    pub(super) fn shutdown(&mut self, now: Time, reason: String, immediate: bool, code: i32) {
+        match self.phase {
+            Phase::Stopped => return,
+            Phase::Stopping {
+                immediate: true, ..
+            } => return,
+            Phase::Stopping { code: old, .. } => {
+                if !immediate {
+                    return;
+                }
+                self.phase = Phase::Stopping {
+                    code: old.max(code),
+                    grace_deadline: now,
+                    immediate: true,
+                };
+            }
+            Phase::Created | Phase::Running => {
+                self.phase = Phase::Stopping {
+                    code,
+                    grace_deadline: now + self.spec.shutdown_grace,
+                    immediate,
+                };
+            }
+        }
+        self.out
+            .push(Action::Emit(Event::SupervisorStopping { reason }));
+        self.grabber.restart_at = None;
+        for name in self.order.clone() {
+            let g = self.groups.get_mut(&name).expect("ordered groups exist");
+            for s in g.slots.values_mut() {
+                s.restart_at = None;
+            }
+            g.slots.retain(|_, s| s.child.is_some());
+            let pending: Vec<ClaimedJob> = g.pending.drain(..).collect();
+            for job in pending {
+                self.release(job);
+            }
+            self.revoke(&name);
+        }
+        let ids: Vec<ChildId> = self.children.keys().copied().collect();
+        for id in ids {
+            let c = &self.children[&id];
+            if immediate {
+                if let Some(pgid) = c.job.as_ref().and_then(|r| r.job_pid) {
+                    self.out.push(Action::KillJobGroup { pgid });
+                }
+                // The worker may still report its job's death before it dies itself: the
+                // job was stopped by the shutdown, so it goes back to the queue (a cancel
+                // or timeout already under way keeps its own reason).
+                if let Some(run) = self.children.get_mut(&id).and_then(|c| c.job.as_mut()) {
+                    if run.stop.is_none() {
+                        run.stop = Some(JobStop {
+                            reason: StopReason::Shutdown,
+                            kill_at: None,
+                            abandon_at: None,
+                        });
+                    }
+                }
+                let c = &self.children[&id];
+                if let (Some(pid), false) = (c.pid, c.killed) {
+                    self.children.get_mut(&id).expect("listed").killed = true;
+                    self.out.push(Action::KillChild {
+                        child: id,
+                        pid,
+                        signal: Signal::Kill,
+                    });
+                }
+            } else if c.job.is_none() {
+                self.stop_child(now, id);
+            }
+        }
+        self.grace_due(now);
+    }
+
+    /// Past the grace, stop every job still running: TERM now, KILL after `kill_grace`.
+    pub(super) fn grace_due(&mut self, now: Time) {
+        let Phase::Stopping {
+            grace_deadline,
+            immediate: false,
+            ..
+        } = self.phase
+        else {
+            return;
+        };
+        if now < grace_deadline {
+            return;
+        }
+        let kill_grace = self.spec.kill_grace;
+        for (&id, c) in self.children.iter_mut() {
+            let Some(run) = c.job.as_mut() else { continue };
+            if run.stop.is_some() {
+                // Already being stopped (timeout, cancel): that stop goes on.
+                continue;
+            }
+            run.stop = Some(JobStop {
+                reason: StopReason::Shutdown,
+                kill_at: Some(now + kill_grace),
+                abandon_at: None,
+            });
+            self.out.push(Action::SignalJob {
+                child: id,
+                job: run.job.id,
+                signal: Signal::Term,
+            });
+        }
+    }
+
+    pub(super) fn check_until_empty(&mut self, now: Time) {
+        if !self.spec.until_empty || self.phase != Phase::Running {
+            return;
+        }
+        let idle = self.empty_at == Some(self.source_epoch)
+            && self.children.values().all(|c| c.job.is_none())
+            && self.groups.values().all(|g| g.pending.is_empty());
+        if idle {
+            self.shutdown(now, "until-empty: no job left".into(), false, 0);
+        }
+    }
+
+    pub(super) fn check_stopped(&mut self) {
+        if let Phase::Stopping { code, .. } = self.phase {
+            if self.children.is_empty() {
+                self.phase = Phase::Stopped;
+                self.out
+                    .push(Action::Emit(Event::SupervisorStopped { code }));
+                self.out.push(Action::Exit { code });
+            }
+        }
+    }
+}
