@@ -582,18 +582,49 @@ fn a_child_s_command_line_says_what_it_is_and_nothing_more() {
         .map(|e| {
             let pid = e["pid"].as_u64().unwrap();
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-            String::from_utf8_lossy(&cmdline).into_owned()
+            // A worker keeps room after its title for the job it runs.
+            String::from_utf8_lossy(&cmdline)
+                .trim_end_matches(['\0', ' '])
+                .to_string()
         })
         .collect();
     titles.sort();
     assert_eq!(
         titles,
         [
-            "supervisor: grabber\0",
-            "supervisor: worker build/0\0",
-            "supervisor: worker build/1\0"
+            "supervisor: grabber",
+            "supervisor: worker build/0",
+            "supervisor: worker build/1"
         ],
         "children's command lines"
+    );
+    // A busy worker says which job it runs, and stops saying so once it is over.
+    let busy = sb.submit(&["--group", "build", "--", "sleep", "30"]);
+    let started = sv.wait_event(LONG, |e| e["event"] == "job_started" && e["job_id"] == busy);
+    let worker = started["worker_pid"].as_u64().unwrap();
+    let title = || {
+        let raw = std::fs::read(format!("/proc/{worker}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&raw)
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    };
+    let slot = started["slot"].as_u64().unwrap();
+    let want = format!("supervisor: worker build/{slot} job {busy}");
+    assert!(
+        crate::common::wait_until(LONG, || title() == want).is_ok(),
+        "{} instead of {want}",
+        title()
+    );
+    assert_eq!(
+        sb.run(&["cancel", &busy.to_string()]).status.code(),
+        Some(0)
+    );
+    sb.wait_job(busy, &["canceled"], LONG);
+    let idle = format!("supervisor: worker build/{slot}");
+    assert!(
+        crate::common::wait_until(LONG, || title() == idle).is_ok(),
+        "{} instead of {idle}",
+        title()
     );
     // A job sees neither the marker nor the arguments, and a `supervisor` it runs is a
     // verb like any other.

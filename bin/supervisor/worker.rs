@@ -297,7 +297,11 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
         group: group.to_string(),
         cgroups: Cgroups::Unknown,
         spent_cgroups: Vec::new(),
+        // Started with room to spare after the title (see `ipc::spawn`).
+        title: supervisor_os::Title::of_this_process().ok(),
+        idle_title: format!("supervisor: worker {group}/{slot}"),
     };
+    w.show(None);
     let mut running: Option<Running> = None;
     let mut cleanup: Option<Cleanup> = None;
     let mut stop_when_idle = false;
@@ -346,6 +350,9 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
                     continue;
                 }
                 running = w.start(&job);
+                if running.is_some() {
+                    w.show(Some(job.id));
+                }
             }
             WorkerEv::Msg(ToChild::SignalJob { job, kill }) => {
                 let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
@@ -438,6 +445,21 @@ struct Worker {
     /// Cgroups of attempts that ended, to remove once their processes are gone (and
     /// again later, if one still held a process then).
     spent_cgroups: Vec<JobCgroup>,
+    /// What `ps` shows of us: `supervisor: worker G/N`, and ` job ID` while busy.
+    title: Option<supervisor_os::Title>,
+    idle_title: String,
+}
+
+impl Worker {
+    /// Say in our title which job we run (`None`: idle).
+    fn show(&self, job: Option<i64>) {
+        if let Some(t) = &self.title {
+            match job {
+                Some(id) => t.set(&format!("{} job {id}", self.idle_title)),
+                None => t.set(&self.idle_title),
+            }
+        }
+    }
 }
 
 /// Say in the job's log that the OOM killer acted in its cgroup, and return it as the
@@ -468,6 +490,7 @@ impl Worker {
         reason: Option<String>,
     ) -> bool {
         self.remove_cgroups();
+        self.show(None);
         self.tx
             .send(FromChild::JobEnded {
                 job,

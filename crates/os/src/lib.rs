@@ -1,8 +1,9 @@
 //! The small OS layer of `supervisor`: spawning with a clean slate, reaping, signalling
 //! process groups, and the pidfile lock.
 //!
-//! This is the only crate of the workspace that may use `unsafe`, and it does so in two
-//! places: the hook that runs between `fork` and `exec` of the supervisor's own children
+//! This is the only crate of the workspace that may use `unsafe`, and it does so in three
+//! places: a process's title ([`Title`], written in place over its arguments), the hook
+//! that runs between `fork` and `exec` of the supervisor's own children
 //! ([`spawn_clean`]), and the vfork-style start of a job's process ([`Spawner`], in
 //! `spawn.rs`), which also moves a job into its cgroup, sets its limits and switches it
 //! to its user. Everything else goes through nix's safe wrappers: user lookups
@@ -22,11 +23,13 @@ use nix::unistd::Pid;
 
 pub mod cgroup;
 mod spawn;
+mod title;
 mod tree;
 pub mod users;
 pub use spawn::{
     wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
 };
+pub use title::Title;
 pub use tree::{children, descendants, kill_descendants, reap_leaving_any, reap_until_none};
 
 /// How a process ended: an exit code or a signal, never squashed into one number.
