@@ -22,6 +22,7 @@
 //! its [`Job::finished_at`] left unset as the claim left it (the attempt never ended); or,
 //! if a cancel was requested, it becomes `canceled` with `finished_at` the `now` given.
 
+mod claim;
 mod error;
 mod job;
 mod jsonl;
@@ -33,6 +34,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use claim::{unrunnable_reason, StoredRun};
 pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
 pub use jsonl::parse_jobs_jsonl;
@@ -223,70 +225,6 @@ pub const SUPERVISOR_DEATHS: u32 = 3;
 /// The `reason` of a job quarantined after [`SUPERVISOR_DEATHS`] deaths of its supervisor.
 pub fn quarantine_reason() -> String {
     format!("its supervisor died while running it {SUPERVISOR_DEATHS} times")
-}
-
-/// The fields of a stored job that a claim needs, each as read from its column: `Err` holds
-/// what is wrong with the column ("not valid JSON: ..."), for a row written by hand or by
-/// another version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRun {
-    pub command: std::result::Result<Vec<String>, String>,
-    pub env: std::result::Result<BTreeMap<String, String>, String>,
-    pub cwd: std::result::Result<Option<String>, String>,
-    pub timeout_s: std::result::Result<Option<f64>, String>,
-    pub max_attempts: std::result::Result<Option<i64>, String>,
-    pub attempts: std::result::Result<i64, String>,
-}
-
-impl StoredRun {
-    /// The next attempt of job `id` in `group`, or why the row cannot be run, naming the
-    /// field: the same checks as [`NewJob::validate`] applies at submit.
-    pub fn into_claim(self, id: JobId, group: &str) -> std::result::Result<Claimed, String> {
-        fn field(name: &'static str) -> impl Fn(String) -> String {
-            move |e| format!("{name}: {e}")
-        }
-        let max_attempts = match self.max_attempts.map_err(field("max_attempts"))? {
-            None => None,
-            Some(n) => {
-                supervisor_core::bounds::check_attempts(n).map_err(field("max_attempts"))?;
-                Some(u32::try_from(n).map_err(|_| format!("max_attempts: out of range: {n}"))?)
-            }
-        };
-        let attempts = self.attempts.map_err(field("attempts"))?;
-        let attempt = u32::try_from(attempts)
-            .ok()
-            .and_then(|a| a.checked_add(1))
-            .ok_or_else(|| {
-                format!(
-                    "attempts: must be from 0 to {}, not {attempts}",
-                    u32::MAX - 1
-                )
-            })?;
-        let job = NewJob {
-            command: self.command.map_err(field("command"))?,
-            env: self.env.map_err(field("env"))?,
-            cwd: self.cwd.map_err(field("cwd"))?,
-            timeout_s: self.timeout_s.map_err(field("timeout_s"))?,
-            max_attempts,
-            ..NewJob::default()
-        };
-        job.validate()?;
-        Ok(Claimed {
-            id,
-            group: group.to_owned(),
-            command: job.command,
-            env: job.env,
-            cwd: job.cwd,
-            timeout_s: job.timeout_s,
-            max_attempts: job.max_attempts,
-            attempt,
-        })
-    }
-}
-
-/// The `reason` of a job whose stored row cannot be run.
-pub fn unrunnable_reason(what: &str) -> String {
-    format!("the stored job cannot be run: {what}")
 }
 
 /// A job just claimed: what a worker needs to run one attempt of it.

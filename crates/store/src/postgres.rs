@@ -40,12 +40,12 @@ use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 
 use supervisor_config::redact_password;
 
+use crate::claim::{self, Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::outcome_state;
 use crate::{
-    route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
-    JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
-    FINISHED,
+    CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState, JobStore,
+    NewJob, Next, Outcome, Result, Route, StoreError, StoredRun, FINISHED,
 };
 
 /// The channel that `submit` and `cancel` notify and a [`Listener`] listens on.
@@ -883,10 +883,6 @@ fn read_instance(row: &Row) -> Result<Instance> {
     })
 }
 
-/// How many unrouted jobs a claim routes at most (the rest: at the next claim, which the
-/// backlog then asks for at once).
-const ROUTE_BATCH: i64 = 2000;
-
 /// Jobs whose group is not decided yet, oldest first, at most `$1`; rows another claimer
 /// holds are left to it.
 const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE NOT routed \
@@ -922,52 +918,101 @@ const BACKLOG: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' 
          AND ((state = 'queued' AND not_before > $1) OR state IN ('failed', 'timed_out')) \
          AND route = ANY($2::text[]))";
 
-/// The group [`route`] sends a stored job to: the one it names, whatever the routes of
-/// the moment, else the first whose `match` selects its tags.
-fn routed_to(
-    routes: &[Route],
-    named: Option<&str>,
-    tags: &BTreeMap<String, String>,
-) -> Option<String> {
-    match named {
-        Some(g) => Some(g.to_owned()),
-        None => route(routes, None, tags).map(str::to_owned),
-    }
+/// The jobs queued or waiting for a retry, with their group now, locked.
+const LIVE_ROUTES: &str = "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
+     OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out')) FOR UPDATE";
+
+/// A job as routing reads it, from a row of `id, named_group, tags`, routed to `route`.
+fn to_route(row: &Row, route: Option<String>, op: &'static str) -> Result<ToRoute> {
+    Ok(ToRoute {
+        id: row.try_get(0).ctx(op)?,
+        named: row.try_get(1).ok().flatten(),
+        // Damaged tags are no tags.
+        tags: row
+            .try_get::<_, Json<BTreeMap<String, String>>>(2)
+            .map(|Json(t)| t)
+            .unwrap_or_default(),
+        route,
+    })
 }
 
-/// The tags of a row (column `index`); damaged ones are no tags.
-fn tags_of(row: &Row, index: usize) -> BTreeMap<String, String> {
-    row.try_get::<_, Json<BTreeMap<String, String>>>(index)
-        .map(|Json(t)| t)
-        .unwrap_or_default()
+/// A claim's (or a reroute's) SQL, inside its transaction: the candidates of every group
+/// are picked and marked running in one statement ([`CLAIM`]).
+struct ClaimTx<'a, 'b> {
+    stmts: &'a mut Statements,
+    tx: &'a mut postgres::Transaction<'b>,
 }
 
-/// Decides the group of the jobs not routed yet, at most [`ROUTE_BATCH`]. Returns true
-/// if more are left.
-fn route_new(
-    stmts: &mut Statements,
-    client: &mut impl GenericClient,
-    routes: &[Route],
-) -> Result<bool> {
-    let rows = query(stmts, client, UNROUTED, &[&ROUTE_BATCH], "route new jobs")?;
-    if rows.is_empty() {
-        return Ok(false);
+impl ClaimSql for ClaimTx<'_, '_> {
+    fn unrouted(&mut self, limit: i64) -> Result<Vec<ToRoute>> {
+        let op = "route new jobs";
+        let rows = query(self.stmts, self.tx, UNROUTED, &[&limit], op)?;
+        rows.iter().map(|row| to_route(row, None, op)).collect()
     }
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut groups = Vec::with_capacity(rows.len());
-    for row in &rows {
-        ids.push(row.try_get::<_, JobId>(0).ctx("route new jobs")?);
-        let named: Option<String> = row.try_get(1).ok().flatten();
-        groups.push(routed_to(routes, named.as_deref(), &tags_of(row, 2)));
+
+    fn live(&mut self) -> Result<Vec<ToRoute>> {
+        let op = "reroute";
+        let rows = query(self.stmts, self.tx, LIVE_ROUTES, &[], op)?;
+        rows.iter()
+            .map(|row| to_route(row, row.try_get(3).ok().flatten(), op))
+            .collect()
     }
-    execute(
-        stmts,
-        client,
-        SET_ROUTES,
-        &[&ids, &groups],
-        "route new jobs",
-    )?;
-    Ok(rows.len() as i64 == ROUTE_BATCH)
+
+    fn set_routes(&mut self, routes: &[(JobId, Option<String>)], op: &'static str) -> Result<()> {
+        let (ids, groups): (Vec<JobId>, Vec<Option<String>>) = routes.iter().cloned().unzip();
+        execute(self.stmts, self.tx, SET_ROUTES, &[&ids, &groups], op).map(|_| ())
+    }
+
+    fn pick(&mut self, me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>> {
+        let (groups, limits): (Vec<&str>, Vec<i64>) =
+            want.iter().map(|(g, n)| (*g, i64::from(*n))).unzip();
+        let rows = query(
+            self.stmts,
+            self.tx,
+            CLAIM,
+            &[&me, &now, &groups, &limits],
+            "claim",
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(Candidate {
+                    id: row.try_get(0).ctx("claim: read a job")?,
+                    group: row.try_get(1).ctx("claim: read a job")?,
+                    run: stored_run(row),
+                })
+            })
+            .collect()
+    }
+
+    fn start(&mut self, _me: InstanceId, _job: &Claimed, _now: f64) -> Result<bool> {
+        Ok(true) // CLAIM did
+    }
+
+    fn refuse(&mut self, id: JobId, reason: &str, now: f64) -> Result<()> {
+        execute(
+            self.stmts,
+            self.tx,
+            "UPDATE jobs SET state = 'dead', reason = $2, finished_at = $3, \
+             not_before = NULL, owner = NULL, attempts = attempts - 1 \
+             WHERE id = $1 AND state = 'running'",
+            &[&id, &reason, &now],
+            "end a job that cannot be run",
+        )
+        .map(|_| ())
+    }
+
+    fn backlog(&mut self, groups: &[&str], now: f64) -> Result<(bool, Option<f64>)> {
+        let rows = query(
+            self.stmts,
+            self.tx,
+            BACKLOG,
+            &[&now, &groups],
+            "claim: look for the backlog",
+        )?;
+        let runnable: bool = rows[0].try_get(0).ctx("claim: look for runnable jobs")?;
+        let waiting: Option<f64> = rows[0].try_get(1).ctx("claim: look for waiting jobs")?;
+        Ok((runnable, waiting))
+    }
 }
 
 /// Takes back the running jobs of `instance` at `now`. Returns their ids, in order.
@@ -1331,111 +1376,16 @@ impl JobStore for PostgresStore {
         credits: &mut BTreeMap<String, u32>,
         now: f64,
     ) -> Result<ClaimResult> {
-        let stmts = &mut self.stmts;
         let mut tx = self.client.transaction().ctx("claim")?;
         tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
-        materialise(stmts, &mut tx, now)?;
-        let more_to_route = route_new(stmts, &mut tx, routes)?;
-        // The groups some route names, each once, with their credit.
-        let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        let mut claimed = Vec::new();
-        let mut refused = Vec::new();
-        // Rows refused (damaged) do not use a credit: claim again for what is left.
-        loop {
-            let (want, limits): (Vec<&str>, Vec<i64>) = groups
-                .iter()
-                .filter_map(|g| {
-                    let n = credits.get(*g).copied().unwrap_or(0);
-                    (n > 0).then_some((*g, i64::from(n)))
-                })
-                .unzip();
-            if want.is_empty() {
-                break;
-            }
-            let rows = query(stmts, &mut tx, CLAIM, &[&me, &now, &want, &limits], "claim")?;
-            let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
-            let mut bad = 0;
-            for row in &rows {
-                let id: JobId = row.try_get(0).ctx("claim: read a job")?;
-                let group: String = row.try_get(1).ctx("claim: read a job")?;
-                if let Some(g) = want.iter().find(|g| **g == group) {
-                    *taken.entry(g).or_default() += 1;
-                }
-                // A row damaged by hand or by another version is refused, field by
-                // field, without failing the claim.
-                match stored_run(row).into_claim(id, &group) {
-                    Ok(run) => {
-                        if let Some(c) = credits.get_mut(&group) {
-                            *c = c.saturating_sub(1);
-                        }
-                        claimed.push(run);
-                    }
-                    Err(what) => {
-                        bad += 1;
-                        let reason = unrunnable_reason(&what);
-                        log::warn!("job {id}: {reason}");
-                        let attempts = row
-                            .try_get::<_, i64>(8)
-                            .ok()
-                            .and_then(|n| u32::try_from(n).ok())
-                            .unwrap_or(0);
-                        execute(
-                            stmts,
-                            &mut tx,
-                            "UPDATE jobs SET state = 'dead', reason = $2, finished_at = $3, \
-                             not_before = NULL, owner = NULL, attempts = attempts - 1 \
-                             WHERE id = $1 AND state = 'running'",
-                            &[&id, &reason, &now],
-                            "end a job that cannot be run",
-                        )?;
-                        refused.push(Refused {
-                            id,
-                            attempts,
-                            reason,
-                        });
-                    }
-                }
-            }
-            // Again only if some group got all it asked for and a row of it was bad.
-            let full = want
-                .iter()
-                .zip(&limits)
-                .any(|(g, n)| taken.get(g).copied().unwrap_or(0) >= *n);
-            if bad == 0 || !full {
-                break;
-            }
-        }
-        let any: Vec<&str> = groups
-            .iter()
-            .copied()
-            .filter(|g| credits.contains_key(*g))
-            .collect();
-        let (runnable, waiting_until) = if any.is_empty() {
-            (more_to_route, None)
-        } else {
-            let rows = query(
-                stmts,
-                &mut tx,
-                BACKLOG,
-                &[&now, &any],
-                "claim: look for the backlog",
-            )?;
-            let runnable: bool = rows[0].try_get(0).ctx("claim: look for runnable jobs")?;
-            let waiting: Option<f64> = rows[0].try_get(1).ctx("claim: look for waiting jobs")?;
-            (runnable || more_to_route, waiting)
+        materialise(&mut self.stmts, &mut tx, now)?;
+        let mut sql = ClaimTx {
+            stmts: &mut self.stmts,
+            tx: &mut tx,
         };
+        let result = claim::claim(&mut sql, me, routes, credits, now)?;
         tx.commit().ctx("claim")?;
-        claimed.sort_by_key(|c| c.id);
-        Ok(ClaimResult {
-            jobs: claimed,
-            refused,
-            more: Backlog {
-                runnable,
-                waiting_until,
-            },
-        })
+        Ok(result)
     }
 
     fn purge_finished(
@@ -1492,31 +1442,13 @@ impl JobStore for PostgresStore {
         // by a nested loop over a table without statistics yet (100,000 queued jobs
         // took minutes that way).
         tx.batch_execute(CLAIM_PLANNER).ctx(op)?;
-        let rows = query(
-            &mut self.stmts,
-            &mut tx,
-            "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
-             OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out')) FOR UPDATE",
-            &[],
-            op,
-        )?;
-        let mut ids = Vec::new();
-        let mut groups = Vec::new();
-        for row in &rows {
-            let id: JobId = row.try_get(0).ctx(op)?;
-            let named: Option<String> = row.try_get(1).ok().flatten();
-            let was: Option<String> = row.try_get(3).ok().flatten();
-            let now_to = routed_to(routes, named.as_deref(), &tags_of(row, 2));
-            if now_to != was {
-                ids.push(id);
-                groups.push(now_to);
-            }
-        }
-        if !ids.is_empty() {
-            execute(&mut self.stmts, &mut tx, SET_ROUTES, &[&ids, &groups], op)?;
-        }
+        let mut sql = ClaimTx {
+            stmts: &mut self.stmts,
+            tx: &mut tx,
+        };
+        let changed = claim::reroute(&mut sql, routes)?;
         tx.commit().ctx(op)?;
-        Ok(ids.len())
+        Ok(changed)
     }
 
     fn record_outcome(

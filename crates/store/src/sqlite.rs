@@ -18,12 +18,12 @@ use std::time::Duration;
 use rusqlite::types::{FromSql, Value};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use crate::claim::{self, Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::outcome_state;
 use crate::{
-    route, unrunnable_reason, Backlog, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId,
-    JobState, JobStore, NewJob, Next, Outcome, Refused, Result, Route, StoreError, StoredRun,
-    FINISHED,
+    CancelResult, ClaimResult, Claimed, Instance, InstanceId, Job, JobId, JobState, JobStore,
+    NewJob, Next, Outcome, Result, Route, StoreError, StoredRun, FINISHED,
 };
 
 /// How long an operation waits for another process's write lock before failing.
@@ -467,11 +467,6 @@ fn stored_run(row: &[Value]) -> StoredRun {
     }
 }
 
-/// How many unrouted jobs a claim routes at most (the rest wait for the next claim, which
-/// the backlog then asks for at once): a burst of tagged submits is routed in steps
-/// rather than in one long hold of the write lock.
-const ROUTE_BATCH: i64 = 2000;
-
 /// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most
 /// `?4`: an index range scan on (route, id). Columns as [`stored_run`] reads them.
 const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
@@ -512,60 +507,159 @@ fn waiting_sql(n: usize) -> String {
     )
 }
 
-/// Ends a queued job whose row cannot be run: `dead`, with a reason naming the field.
-fn refuse(conn: &Connection, id: JobId, row: &[Value], what: &str, now: f64) -> Result<Refused> {
-    let reason = unrunnable_reason(what);
-    log::warn!("job {id}: {reason}");
-    let attempts = match row[8] {
-        Value::Integer(n) => u32::try_from(n).unwrap_or(0),
-        _ => 0,
-    };
-    conn.prepare_cached(
-        "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, not_before = NULL \
-         WHERE id = ?1 AND state = 'queued'",
-    )
-    .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
-    .ctx("end a job that cannot be run")?;
-    Ok(Refused {
-        id,
-        attempts,
-        reason,
-    })
-}
+/// The jobs queued or waiting for a retry, with their group now.
+const LIVE_ROUTES: &str = "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
+     UNION ALL SELECT id, named_group, tags, route FROM jobs \
+     WHERE not_before IS NOT NULL AND state IN ('failed', 'timed_out')";
 
-/// Decides the group of the jobs not routed yet, at most [`ROUTE_BATCH`] of them (inside
-/// a transaction). Returns true if more are left.
-fn route_new(conn: &Connection, routes: &[Route]) -> Result<bool> {
-    let rows: Vec<(JobId, Value, Value)> = conn
-        .prepare_cached(UNROUTED)
-        .and_then(|mut stmt| {
-            stmt.query_map([ROUTE_BATCH], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?
-            .collect()
-        })
-        .ctx("route new jobs")?;
-    let mut set = conn
-        .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
-        .ctx("route new jobs")?;
-    for (id, named, tags) in &rows {
-        let group = routed_to(routes, named, tags);
-        set.execute(params![id, group]).ctx("route new jobs")?;
-    }
-    Ok(rows.len() as i64 == ROUTE_BATCH)
-}
-
-/// The group [`route`] sends a stored job to. A damaged `tags` column is no tags.
-fn routed_to(routes: &[Route], named: &Value, tags: &Value) -> Option<String> {
-    let named = match named {
-        Value::Text(g) => Some(g.as_str()),
+/// A job as routing reads it, from its columns as stored.
+fn to_route(id: JobId, named: Value, tags: &Value, route: Value) -> ToRoute {
+    let text = |value| match value {
+        Value::Text(t) => Some(t),
         _ => None,
     };
-    let tags: BTreeMap<String, String> = stored_json(tags).unwrap_or_default();
-    match named {
-        // A job naming its group goes there, whatever the routes of the moment.
-        Some(g) => Some(g.to_owned()),
-        None => route(routes, None, &tags).map(str::to_owned),
+    ToRoute {
+        id,
+        named: text(named),
+        tags: stored_json(tags).unwrap_or_default(),
+        route: text(route),
+    }
+}
+
+/// A claim's (or a reroute's) SQL, inside its `BEGIN IMMEDIATE` transaction: the write
+/// lock is held throughout, so candidates are picked first and each sound one is marked
+/// running after.
+struct ClaimTx<'a> {
+    conn: &'a Connection,
+    /// Per group, the last id picked: the group's next pick starts after it.
+    after: BTreeMap<String, JobId>,
+}
+
+impl<'a> ClaimTx<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        ClaimTx {
+            conn,
+            after: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClaimSql for ClaimTx<'_> {
+    fn unrouted(&mut self, limit: i64) -> Result<Vec<ToRoute>> {
+        self.conn
+            .prepare_cached(UNROUTED)
+            .and_then(|mut stmt| {
+                stmt.query_map([limit], |row| {
+                    Ok(to_route(
+                        row.get(0)?,
+                        row.get(1)?,
+                        &row.get(2)?,
+                        Value::Null,
+                    ))
+                })?
+                .collect()
+            })
+            .ctx("route new jobs")
+    }
+
+    fn live(&mut self) -> Result<Vec<ToRoute>> {
+        self.conn
+            .prepare_cached(LIVE_ROUTES)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok(to_route(
+                        row.get(0)?,
+                        row.get(1)?,
+                        &row.get(2)?,
+                        row.get(3)?,
+                    ))
+                })?
+                .collect()
+            })
+            .ctx("reroute")
+    }
+
+    fn set_routes(&mut self, routes: &[(JobId, Option<String>)], op: &'static str) -> Result<()> {
+        let mut set = self
+            .conn
+            .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
+            .ctx(op)?;
+        for (id, group) in routes {
+            set.execute(params![id, group]).ctx(op)?;
+        }
+        Ok(())
+    }
+
+    fn pick(&mut self, _me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>> {
+        let mut picked = Vec::new();
+        for &(group, n) in want {
+            let after = self.after.get(group).copied().unwrap_or(0);
+            // Every column as it is stored: the planner checks them field by field.
+            let rows: Vec<(JobId, Vec<Value>)> = self
+                .conn
+                .prepare_cached(CANDIDATES)
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![group, after, now, n], |row| {
+                        let values = (0..9)
+                            .map(|i| row.get::<_, Value>(i))
+                            .collect::<rusqlite::Result<Vec<Value>>>()?;
+                        Ok((row.get(0)?, values))
+                    })?
+                    .collect()
+                })
+                .ctx("claim: find runnable jobs")?;
+            for (id, row) in rows {
+                self.after.insert(group.to_owned(), id);
+                picked.push(Candidate {
+                    id,
+                    group: group.to_owned(),
+                    run: stored_run(&row),
+                });
+            }
+        }
+        Ok(picked)
+    }
+
+    fn start(&mut self, me: InstanceId, job: &Claimed, now: f64) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'running', owner = ?1, \
+                 attempts = attempts + 1, started_at = ?2, finished_at = NULL, \
+                 exit_code = NULL, signal = NULL, not_before = NULL, \
+                 run_group = ?3, start_error = NULL \
+                 WHERE id = ?4 AND state = 'queued'",
+            )
+            .and_then(|mut stmt| stmt.execute(params![me, now, job.group, job.id]))
+            .map(|changed| changed == 1)
+            .ctx("claim a job")
+    }
+
+    fn refuse(&mut self, id: JobId, reason: &str, now: f64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, \
+                 not_before = NULL WHERE id = ?1 AND state = 'queued'",
+            )
+            .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
+            .map(|_| ())
+            .ctx("end a job that cannot be run")
+    }
+
+    fn backlog(&mut self, groups: &[&str], now: f64) -> Result<(bool, Option<f64>)> {
+        let mut args: Vec<Value> = vec![Value::Real(now)];
+        args.extend(groups.iter().map(|g| Value::Text((*g).to_owned())));
+        let n = groups.len();
+        let runnable = self
+            .conn
+            .prepare_cached(&runnable_sql(n))
+            .and_then(|mut stmt| stmt.exists(params_from_iter(args.iter())))
+            .ctx("claim: look for runnable jobs")?;
+        let waiting_until: Option<f64> = self
+            .conn
+            .prepare_cached(&waiting_sql(n))
+            .and_then(|mut stmt| stmt.query_row(params_from_iter(args.iter()), |row| row.get(0)))
+            .ctx("claim: look for waiting jobs")?;
+        Ok((runnable, waiting_until))
     }
 }
 
@@ -813,100 +907,9 @@ impl JobStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("claim")?;
         materialise(&tx, now)?;
-        let more_to_route = route_new(&tx, routes)?;
-        // The groups some route names, each once, in name order.
-        let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        let mut claimed = Vec::new();
-        let mut refused = Vec::new();
-        for &group in &groups {
-            let mut after: JobId = 0;
-            loop {
-                let credit = credits.get(group).copied().unwrap_or(0);
-                if credit == 0 {
-                    break;
-                }
-                // Every column as it is stored: a row damaged by hand or by another
-                // version is refused below, field by field, without failing the claim.
-                let candidates: Vec<(JobId, Vec<Value>)> = tx
-                    .prepare_cached(CANDIDATES)
-                    .and_then(|mut stmt| {
-                        stmt.query_map(params![group, after, now, credit], |row| {
-                            let values = (0..9)
-                                .map(|i| row.get::<_, Value>(i))
-                                .collect::<rusqlite::Result<Vec<Value>>>()?;
-                            Ok((row.get(0)?, values))
-                        })?
-                        .collect()
-                    })
-                    .ctx("claim: find runnable jobs")?;
-                let fetched = candidates.len();
-                for (id, row) in candidates {
-                    after = id;
-                    let run = match stored_run(&row).into_claim(id, group) {
-                        Ok(run) => run,
-                        Err(what) => {
-                            refused.push(refuse(&tx, id, &row, &what, now)?);
-                            continue;
-                        }
-                    };
-                    let changed = tx
-                        .prepare_cached(
-                            "UPDATE jobs SET state = 'running', owner = ?1, \
-                             attempts = attempts + 1, started_at = ?2, finished_at = NULL, \
-                             exit_code = NULL, signal = NULL, not_before = NULL, \
-                             run_group = ?3, start_error = NULL \
-                             WHERE id = ?4 AND state = 'queued'",
-                        )
-                        .and_then(|mut stmt| stmt.execute(params![me, now, group, id]))
-                        .ctx("claim a job")?;
-                    if changed != 1 {
-                        log::warn!("job {id}: taken by another claimer");
-                        continue;
-                    }
-                    if let Some(c) = credits.get_mut(group) {
-                        *c -= 1;
-                    }
-                    claimed.push(run);
-                }
-                if fetched < credit as usize {
-                    break; // every runnable job of the group was seen
-                }
-            }
-        }
-        claimed.sort_by_key(|c| c.id);
-
-        // What is left, among jobs routed to a group that can run them.
-        let mut any: Vec<Value> = groups
-            .iter()
-            .filter(|g| credits.contains_key(**g))
-            .map(|g| Value::Text((*g).to_owned()))
-            .collect();
-        let (runnable, waiting_until) = if any.is_empty() {
-            (more_to_route, None)
-        } else {
-            let n = any.len();
-            any.insert(0, Value::Real(now));
-            let runnable = tx
-                .prepare_cached(&runnable_sql(n))
-                .and_then(|mut stmt| stmt.exists(params_from_iter(any.iter())))
-                .ctx("claim: look for runnable jobs")?;
-            let waiting_until: Option<f64> = tx
-                .prepare_cached(&waiting_sql(n))
-                .and_then(|mut stmt| stmt.query_row(params_from_iter(any.iter()), |row| row.get(0)))
-                .ctx("claim: look for waiting jobs")?;
-            (runnable || more_to_route, waiting_until)
-        };
+        let result = claim::claim(&mut ClaimTx::new(&tx), me, routes, credits, now)?;
         tx.commit().ctx("claim")?;
-        Ok(ClaimResult {
-            jobs: claimed,
-            refused,
-            more: Backlog {
-                runnable,
-                waiting_until,
-            },
-        })
+        Ok(result)
     }
 
     fn purge_finished(
@@ -974,36 +977,7 @@ impl JobStore for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("reroute")?;
-        let rows: Vec<(JobId, Value, Value, Option<String>)> = tx
-            .prepare_cached(
-                "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
-                 UNION ALL SELECT id, named_group, tags, route FROM jobs \
-                 WHERE not_before IS NOT NULL AND state IN ('failed', 'timed_out')",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([], |row| {
-                    let route = match row.get::<_, Value>(3)? {
-                        Value::Text(t) => Some(t),
-                        _ => None,
-                    };
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, route))
-                })?
-                .collect()
-            })
-            .ctx("reroute")?;
-        let mut changed = 0;
-        {
-            let mut set = tx
-                .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
-                .ctx("reroute")?;
-            for (id, named, tags, was) in rows {
-                let now_to = routed_to(routes, &named, &tags);
-                if now_to != was {
-                    set.execute(params![id, now_to]).ctx("reroute")?;
-                    changed += 1;
-                }
-            }
-        }
+        let changed = claim::reroute(&mut ClaimTx::new(&tx), routes)?;
         tx.commit().ctx("reroute")?;
         Ok(changed)
     }
