@@ -1,6 +1,7 @@
-//! `supervisor`: a multi-process job supervisor. This file is the command line; each
-//! verb lives in its own module (`run`, `commands`), each child role in its own
-//! (`grabber`, `worker`).
+//! `supervisor`: a multi-process job supervisor. This file is the command line and the
+//! one place where a verb's error becomes an exit code; `run` lives in its own module,
+//! every other verb in a file of its own under `commands/`, each child role in its own
+//! module (`grabber`, `worker`).
 
 mod checkpointer;
 mod commands;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use commands::CommandError;
 
 /// A multi-process job supervisor: a grabber claims jobs from a durable store, worker
 /// pools run them, and everything that happens goes to an events file.
@@ -182,7 +184,11 @@ fn main() -> ExitCode {
         Verb::Run {
             config,
             until_empty,
-        } => run::run(&config.path(), until_empty),
+        } => match run::run(&config.path(), until_empty) {
+            // `run` ends with the contract's codes of its own (3: a group gave up).
+            Ok(code) => return ExitCode::from(code as u8),
+            Err(e) => Err(CommandError::Failed(e)),
+        },
         Verb::Submit(args) => commands::submit(args),
         Verb::Status { config, json } => commands::status(&config.path(), json),
         Verb::Jobs {
@@ -204,11 +210,23 @@ fn main() -> ExitCode {
         Verb::Check { config } => commands::check(&config.path()),
     };
     match result {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("supervisor: {e:#}");
-            ExitCode::from(run::EXIT_FAILURE as u8)
+            eprintln!("{e}");
+            ExitCode::from(exit_code(&e) as u8)
         }
+    }
+}
+
+/// The contract's exit code for a verb's error: 2 for what the operator can correct in
+/// the command line or the config, 1 when no supervisor runs or anything else failed.
+fn exit_code(e: &CommandError) -> i32 {
+    match e {
+        CommandError::Config(_)
+        | CommandError::Usage(_)
+        | CommandError::JobFile { .. }
+        | CommandError::UnknownJob(_) => run::EXIT_USAGE,
+        CommandError::NotRunning(_) | CommandError::Failed(_) => run::EXIT_FAILURE,
     }
 }
 

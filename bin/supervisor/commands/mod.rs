@@ -1,0 +1,83 @@
+//! The operator's verbs other than `run`, one file each: `submit`, `status`, `jobs`
+//! (`jobs` and `job`), `cancel`, `events`, `signal` (`reload` and `stop`) and `check`.
+//! Each reads the config, the store, the events file or the pidfile; none of them talks
+//! to the supervisor except by a signal.
+//!
+//! `status`, `events`, `reload` and `stop` reach a running supervisor even when its
+//! config file has errors on disk (they need only to find its state, see
+//! [`config::locate`]), with a warning; the others refuse such a file.
+//!
+//! A verb returns `Ok(())` for exit 0, or a [`CommandError`], which says on stderr what
+//! went wrong and means one of the contract's exit codes (mapped in `main`).
+
+use std::path::{Path, PathBuf};
+
+use supervisor_config::{Config, StoreConfig};
+use supervisor_os::{PidFile, PidFileState, Sig};
+
+/// `println!` that returns the write's error instead of panicking on it (a full disk; a
+/// closed pipe, should SIGPIPE be ignored after all: see `main`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
+mod cancel;
+mod check;
+mod config;
+mod error;
+mod events;
+mod format;
+mod jobs;
+mod signal;
+mod status;
+mod submit;
+
+pub use cancel::cancel;
+pub use check::check;
+pub use error::CommandError;
+pub use events::events;
+pub use jobs::{job, jobs};
+pub use signal::{signal, Control};
+pub use status::status;
+pub use submit::{submit, SubmitArgs};
+
+fn open_store(store: &StoreConfig) -> anyhow::Result<crate::store::Store> {
+    crate::store::open(store)
+}
+
+/// The store, if it exists: a SQLite file not created yet is `None` (`status` creates
+/// nothing).
+fn open_existing_store(store: &StoreConfig) -> anyhow::Result<Option<crate::store::Store>> {
+    if let StoreConfig::Sqlite { path } = store {
+        if !path.exists() {
+            return Ok(None);
+        }
+    }
+    open_store(store).map(Some)
+}
+
+fn pidfile(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.pid")
+}
+
+/// The log of job `id`.
+fn log_path(config: &Config, id: i64) -> PathBuf {
+    config.state_dir.join("logs").join(format!("{id}.log"))
+}
+
+/// Ring the running supervisor's doorbell, if one runs: its grabber looks at the store now.
+fn ring(config: &Config) {
+    if let PidFileState::Running(pid) = PidFile::inspect(&pidfile(&config.state_dir)) {
+        if pid > 0 {
+            let _ = supervisor_os::signal_pid(pid, Sig::SIGUSR1);
+        }
+    }
+}
+
+/// A job id given on the command line.
+fn parse_id(id: &str) -> Result<i64, CommandError> {
+    id.parse::<i64>()
+        .map_err(|_| CommandError::Usage(format!("`{id}` is not a job id (a number)")))
+}

@@ -1,0 +1,178 @@
+//! `supervisor submit`: queue one job given by flags, or a file of JSON lines (all or
+//! nothing), print their ids, and ring the running supervisor's doorbell.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use supervisor_store::{NewJob, StoreError};
+
+use super::{config, open_store, ring, CommandError};
+use crate::events_file::wall_now;
+use crate::ConfigArg;
+
+/// `supervisor submit`'s arguments.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The group to run it in (else its tags are matched against each group's `match`).
+    #[arg(long)]
+    group: Option<String>,
+    /// A tag for routing, KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "K=V")]
+    tags: Vec<String>,
+    /// Seconds before the attempt is stopped (overrides the group's job_timeout_s).
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    timeout: Option<f64>,
+    /// Attempts before the job is dead (overrides the group's max_attempts).
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Idempotency key: submitting a key of an unfinished job returns that job's id.
+    #[arg(long)]
+    key: Option<String>,
+    /// An environment variable for the job, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// The job's working directory [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Queue one job per line of this JSON-lines file (all or nothing).
+    #[arg(long, value_name = "JOBS.jsonl", conflicts_with_all = ["group", "tags", "timeout", "max_attempts", "key", "env", "cwd", "command"])]
+    file: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// `supervisor submit`.
+pub fn submit(args: SubmitArgs) -> Result<(), CommandError> {
+    let config = config::load(&args.config.path())?;
+    let here = std::env::current_dir().ok();
+    let jobs = match &args.file {
+        Some(file) => jobs_of_file(file, here.as_deref())?,
+        None => vec![job_of_flags(&args, here.as_deref())?],
+    };
+    if let Some(name) = jobs
+        .iter()
+        .filter_map(|j| j.group.as_deref())
+        .find(|g| config.group(g).is_none())
+    {
+        log::warn!(
+            "no group named {name:?} in {}: such jobs wait for a reload that adds it",
+            config.path.display()
+        );
+    }
+    let mut store = open_store(&config.store)?;
+    let ids = match store.submit(&jobs, wall_now()) {
+        Ok(ids) => ids,
+        Err(e @ StoreError::InvalidJob { .. }) => return Err(CommandError::Usage(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot queue the job").into()),
+    };
+    // The doorbell first: the jobs are queued whatever becomes of our output.
+    ring(&config);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    for id in ids {
+        writeln!(out, "{id}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The jobs of `submit --file`, each line a job, each `cwd` resolved against `here`.
+fn jobs_of_file(file: &Path, here: Option<&Path>) -> Result<Vec<NewJob>, CommandError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CommandError::Usage(format!("{}: cannot read: {e}", file.display())))?;
+    let bad_lines = |errors| CommandError::JobFile {
+        file: file.to_path_buf(),
+        errors,
+    };
+    let mut jobs = supervisor_store::parse_jobs_jsonl(&text).map_err(bad_lines)?;
+    for (n, j) in jobs.iter_mut().enumerate() {
+        j.cwd = resolve_cwd(j.cwd.as_deref().map(Path::new), here)
+            .map_err(|e| bad_lines(vec![format!("job {}: {e}", n + 1)]))?;
+    }
+    if jobs.is_empty() {
+        return Err(CommandError::Usage(format!(
+            "{}: no jobs in the file",
+            file.display()
+        )));
+    }
+    Ok(jobs)
+}
+
+/// The job that `submit`'s flags describe, checked as the store checks it.
+fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, CommandError> {
+    let tags = pairs("--tag", &args.tags).map_err(CommandError::Usage)?;
+    let env = pairs("--env", &args.env).map_err(CommandError::Usage)?;
+    if args.command.is_empty() {
+        return Err(CommandError::Usage(
+            "submit: no command given (put it after `--`), or use --file".into(),
+        ));
+    }
+    let cwd = resolve_cwd(args.cwd.as_deref(), here)
+        .map_err(|e| CommandError::Usage(format!("submit: {e}")))?;
+    let job = NewJob {
+        command: args.command.clone(),
+        group: args.group.clone(),
+        tags,
+        env,
+        cwd,
+        timeout_s: args.timeout,
+        max_attempts: args.max_attempts,
+        key: args.key.clone(),
+    };
+    job.validate()
+        .map_err(|e| CommandError::Usage(format!("submit: {}", as_flag(&e))))?;
+    Ok(job)
+}
+
+/// `--tag` or `--env` values, `KEY=VALUE` each.
+fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => return Err(format!("{flag}: expected KEY=VALUE, got `{item}`")),
+        }
+    }
+    Ok(out)
+}
+
+/// A validation error of a job given by flags, with the flag's name for the field's.
+fn as_flag(e: &str) -> String {
+    const FLAGS: [(&str, &str); 5] = [
+        ("timeout_s:", "--timeout"),
+        ("max_attempts:", "--max-attempts"),
+        ("cwd:", "--cwd"),
+        ("key:", "--key"),
+        ("group:", "--group"),
+    ];
+    for (field, flag) in FLAGS {
+        if let Some(rest) = e.strip_prefix(field) {
+            return format!("{flag}:{rest}");
+        }
+    }
+    e.to_owned()
+}
+
+/// The job's working directory: `cwd` against the directory `submit` runs in, or that
+/// directory. A path that is not UTF-8 cannot be stored: refused, never mangled.
+fn resolve_cwd(cwd: Option<&Path>, here: Option<&Path>) -> Result<Option<String>, String> {
+    let full = match (cwd, here) {
+        (Some(c), Some(h)) => h.join(c),
+        (Some(c), None) => c.to_path_buf(),
+        (None, Some(h)) => h.to_path_buf(),
+        (None, None) => return Ok(None),
+    };
+    match full.into_os_string().into_string() {
+        Ok(s) => Ok(Some(s)),
+        Err(bad) => Err(format!(
+            "--cwd: {} is not valid UTF-8, which a job's directory must be",
+            Path::new(&bad).display()
+        )),
+    }
+}
