@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use supervisor_core::spec::OnExhausted;
 use supervisor_core::supervision::{
-    Action, ChildState, ChildView, ClaimedJob, Event, Input, Next, Outcome, ProcessEnd, Role,
-    Signal,
+    Action, ChildView, ClaimedJob, Event, Input, Next, Outcome, ProcessEnd, Role, Signal, StateKind,
 };
 use supervisor_core::Time;
 use world::*;
@@ -94,7 +93,7 @@ fn startup_spawns_the_grabber_and_every_pool() {
         .core
         .children()
         .iter()
-        .all(|r| r.state == ChildState::Starting));
+        .all(|r| r.state == StateKind::Starting));
 
     // A worker's Ready makes it idle; the grabber is not up yet, so no credits.
     for (g, slot) in [("a", 0), ("a", 1), ("b", 0)] {
@@ -104,7 +103,7 @@ fn startup_spawns_the_grabber_and_every_pool() {
         assert!(grants(&acts).is_empty(), "{acts:?}");
         assert_eq!(
             view(&s.core.children(), &worker(g, slot)).state,
-            ChildState::Idle
+            StateKind::Idle
         );
     }
 
@@ -128,7 +127,7 @@ fn startup_spawns_the_grabber_and_every_pool() {
     );
     assert_eq!(
         view(&s.core.children(), &Role::Grabber).state,
-        ChildState::Ready
+        StateKind::Ready
     );
 }
 
@@ -1434,7 +1433,7 @@ fn the_child_table_shows_restarts_jobs_and_slots_waiting_for_a_restart() {
         ChildView {
             role: Role::Grabber,
             pid: Some(100),
-            state: ChildState::Ready,
+            state: StateKind::Ready,
             restarts: 0,
             job_id: None
         }
@@ -1444,7 +1443,7 @@ fn the_child_table_shows_restarts_jobs_and_slots_waiting_for_a_restart() {
         ChildView {
             role: worker("a", 0),
             pid: Some(101),
-            state: ChildState::Busy,
+            state: StateKind::Busy,
             restarts: 0,
             job_id: Some(4)
         }
@@ -1454,7 +1453,7 @@ fn the_child_table_shows_restarts_jobs_and_slots_waiting_for_a_restart() {
         ChildView {
             role: worker("a", 1),
             pid: None,
-            state: ChildState::Exited,
+            state: StateKind::Exited,
             restarts: 1,
             job_id: None
         }

@@ -3,8 +3,8 @@
 
 use crate::time::Time;
 
-use super::child::JobRun;
-use super::{Action, ChildId, ChildState, ClaimedJob, Core, Role};
+use super::child::{ChildState, JobRun};
+use super::{Action, ChildId, ClaimedJob, Core, Role};
 
 impl Core {
     /// Put a claimed job back in the queue without using an attempt. The queue grew, so
@@ -83,6 +83,7 @@ impl Core {
         self.empty_at = None;
         self.poll_source();
     }
+
     /// Workers of `group` up and without a job (never a retiring one: those are
     /// stopped as soon as they are idle).
     pub(super) fn idle_workers(&self, group: &str) -> u32 {
@@ -116,15 +117,15 @@ impl Core {
             let timeout = job.timeout.or(g.spec.job_timeout);
             let max_attempts = job.max_attempts.unwrap_or(g.spec.max_attempts).max(1);
             let c = self.children.get_mut(&worker).expect("checked above");
-            c.set_state(ChildState::Busy);
-            c.job = Some(JobRun {
-                job: job.clone(),
-                max_attempts,
-                assigned_at: now,
-                started_at: None,
-                job_pid: None,
-                deadline: timeout.map(|t| now + t),
-                stop: None,
+            c.set_state(ChildState::Busy {
+                job: JobRun {
+                    claim: job.clone(),
+                    max_attempts,
+                    assigned_at: now,
+                    started: None,
+                    deadline: timeout.map(|t| now + t),
+                    stop: None,
+                },
             });
             self.out.push(Action::StartJob { child: worker, job });
         }

@@ -2,10 +2,10 @@
 
 use crate::time::Time;
 
-use super::child::{JobRun, JobStop, StopReason};
+use super::child::{ChildState, JobRun, JobStop, Started, StopReason, StopStep};
 use super::{
-    Action, ChildId, ChildState, ClaimedJob, Core, Event, Facts, JobId, Next, Outcome, Phase,
-    ProcessEnd, Role, Signal,
+    Action, ChildId, ClaimedJob, Core, Event, Facts, JobId, Next, Outcome, Phase, ProcessEnd, Role,
+    Signal,
 };
 
 impl Core {
@@ -46,12 +46,11 @@ impl Core {
         let Role::Worker { group, slot } = c.role.clone() else {
             return;
         };
-        let Some(run) = c.job.as_mut().filter(|r| r.job.id == job) else {
+        let Some(run) = c.job_mut().filter(|r| r.claim.id == job) else {
             return;
         };
-        run.started_at = Some(now);
-        run.job_pid = Some(pid);
-        let attempt = run.job.attempt;
+        run.started = Some(Started { at: now, pgid: pid });
+        let attempt = run.claim.attempt;
         self.out.push(Action::Emit(Event::JobStarted {
             job_id: job,
             group,
@@ -76,14 +75,11 @@ impl Core {
         if c.job_id() != Some(job) {
             return;
         }
-        let run = c.job.take().expect("checked above");
+        let run = c.end_job().expect("checked above");
         let group = c.role.group().unwrap_or_default().to_string();
-        if c.state == ChildState::Busy {
-            c.set_state(ChildState::Idle);
-        }
         let stop = run.stop.map(|s| s.reason);
         if stop == Some(StopReason::Shutdown) {
-            self.release(run.job);
+            self.release(run.claim);
         } else {
             let outcome = match (stop, end) {
                 (Some(StopReason::Timeout), _) => Outcome::TimedOut,
@@ -106,7 +102,7 @@ impl Core {
         end: Option<ProcessEnd>,
         facts: Facts,
     ) {
-        let job = &run.job;
+        let job = &run.claim;
         let next = if !outcome.retryable() {
             Next::Done
         } else if job.attempt >= run.max_attempts {
@@ -124,7 +120,7 @@ impl Core {
         };
         let duration = facts
             .ran_for
-            .unwrap_or_else(|| now.saturating_since(run.started_at.unwrap_or(run.assigned_at)));
+            .unwrap_or_else(|| now.saturating_since(run.started.map_or(run.assigned_at, |s| s.at)));
         self.out.push(Action::RecordOutcome {
             job: job.id,
             attempt: job.attempt,
@@ -167,29 +163,29 @@ impl Core {
                 let j = g.pending.remove(i).expect("position found");
                 let run = JobRun {
                     max_attempts: j.max_attempts.unwrap_or(g.spec.max_attempts),
-                    job: j,
+                    claim: j,
                     assigned_at: now,
-                    started_at: None,
-                    job_pid: None,
+                    started: None,
                     deadline: None,
                     stop: None,
                 };
-                let name = run.job.group.clone();
+                let name = run.claim.group.clone();
                 self.finish_job(now, run, Outcome::Canceled, None, Facts::default());
                 self.refill(&name);
                 return;
             }
         }
         for (&id, c) in self.children.iter_mut() {
-            let Some(run) = c.job.as_mut().filter(|r| r.job.id == job) else {
+            let Some(run) = c.job_mut().filter(|r| r.claim.id == job) else {
                 continue;
             };
             match &mut run.stop {
                 None => {
                     run.stop = Some(JobStop {
                         reason: StopReason::Cancel,
-                        kill_at: Some(now + kill_grace),
-                        abandon_at: None,
+                        step: StopStep::Term {
+                            kill_at: now + kill_grace,
+                        },
                     });
                     self.out.push(Action::SignalJob {
                         child: id,
@@ -215,41 +211,46 @@ impl Core {
                 // Its worker is being killed; the job is settled when it is reaped.
                 continue;
             }
-            let Some(run) = c.job.as_mut() else { continue };
+            let ChildState::Busy { job: run } = &mut c.state else {
+                continue;
+            };
             match &mut run.stop {
                 None => {
                     if run.deadline.is_some_and(|d| d <= now) {
                         run.stop = Some(JobStop {
                             reason: StopReason::Timeout,
-                            kill_at: Some(now + kill_grace),
-                            abandon_at: None,
+                            step: StopStep::Term {
+                                kill_at: now + kill_grace,
+                            },
                         });
                         self.out.push(Action::SignalJob {
                             child: id,
-                            job: run.job.id,
+                            job: run.claim.id,
                             signal: Signal::Term,
                         });
                     }
                 }
-                Some(stop) => {
-                    if stop.kill_at.is_some_and(|k| k <= now) {
-                        stop.kill_at = None;
-                        stop.abandon_at = Some(now + kill_grace);
+                Some(stop) => match stop.step {
+                    StopStep::Term { kill_at } if kill_at <= now => {
+                        stop.step = StopStep::Kill {
+                            abandon_at: now + kill_grace,
+                        };
                         self.out.push(Action::SignalJob {
                             child: id,
-                            job: run.job.id,
+                            job: run.claim.id,
                             signal: Signal::Kill,
                         });
-                    } else if stop.abandon_at.is_some_and(|k| k <= now) {
+                    }
+                    StopStep::Kill { abandon_at } if abandon_at <= now => {
                         // SIGKILL went out a grace ago and the worker still says
                         // nothing of its job: the worker is broken; kill it.
-                        stop.abandon_at = None;
+                        stop.step = StopStep::Done;
                         if let Some(pid) = c.pid {
                             log::warn!(
                                 "{} (pid {pid}) did not report the end of job {} after \
                                  SIGKILL; killing it",
                                 c.role,
-                                run.job.id
+                                run.claim.id
                             );
                             c.killed = true;
                             self.out.push(Action::KillChild {
@@ -259,7 +260,8 @@ impl Core {
                             });
                         }
                     }
-                }
+                    StopStep::Term { .. } | StopStep::Kill { .. } | StopStep::Done => {}
+                },
             }
         }
     }

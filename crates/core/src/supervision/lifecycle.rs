@@ -8,10 +8,10 @@ use crate::random::Random;
 use crate::spec::{OnExhausted, RestartPolicy};
 use crate::time::Time;
 
-use super::child::{Child, StopReason};
+use super::child::{Child, ChildState, StateKind, StopReason};
 use super::{
-    Action, ChildId, ChildState, Core, Event, Facts, GroupStatus, Outcome, Phase, ProcessEnd, Role,
-    Signal, Slot, EXIT_GAVE_UP,
+    Action, ChildId, Core, Event, Facts, GroupStatus, Outcome, Phase, ProcessEnd, Role, Signal,
+    Slot, EXIT_GAVE_UP,
 };
 
 impl Core {
@@ -42,9 +42,7 @@ impl Core {
                 spawned_at: now,
                 ready_at: None,
                 last_seen: now,
-                job: None,
                 killed: false,
-                stop_deadline: None,
             },
         );
         self.out.push(Action::Spawn { child: id, role });
@@ -93,10 +91,9 @@ impl Core {
         // An immediate stop could not kill this child while its pid was unknown, and a
         // graceful one may have let its stop deadline pass: kill it now, or it would
         // outlive the stop.
-        let overdue = c.stop_deadline.is_some_and(|t| t <= now);
+        let overdue = matches!(c.state, ChildState::Stopping { deadline } if deadline <= now);
         if (immediate || overdue) && !c.killed {
             c.killed = true;
-            c.stop_deadline = None;
             self.out.push(Action::KillChild {
                 child,
                 pid,
@@ -159,7 +156,7 @@ impl Core {
             return;
         };
         let c = self.children.remove(&id).expect("found above");
-        let expected = c.state == ChildState::Stopping || self.is_stopping();
+        let expected = c.state.kind() == StateKind::Stopping || self.is_stopping();
         let reason = if c.killed && !expected {
             Some("did not answer in time".to_string())
         } else {
@@ -178,9 +175,10 @@ impl Core {
 
     /// A child is gone (reaped or never spawned): settle its job, then restart, retire
     /// or forget its slot.
-    fn child_gone(&mut self, now: Time, id: ChildId, mut c: Child, expected: bool) {
-        if let Some(run) = c.job.take() {
-            if let Some(pgid) = run.job_pid {
+    fn child_gone(&mut self, now: Time, id: ChildId, c: Child, expected: bool) {
+        let (role, ready_at) = (c.role.clone(), c.ready_at);
+        if let Some(run) = c.exit() {
+            if let Some(pgid) = run.started.map(|s| s.pgid) {
                 // Whatever the job left in its process group must not outlive the worker.
                 self.out.push(Action::KillJobGroup { pgid });
             }
@@ -195,15 +193,15 @@ impl Core {
                 Some(StopReason::Timeout) => {
                     self.finish_job(now, run, Outcome::TimedOut, None, Facts::default())
                 }
-                Some(StopReason::Shutdown) => self.release(run.job),
-                None if self.is_stopping() => self.release(run.job),
+                Some(StopReason::Shutdown) => self.release(run.claim),
+                None if self.is_stopping() => self.release(run.claim),
                 None => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
             }
             // A lost job may be queued again: a report of an empty source made while it
             // ran must not end an until-empty run.
             self.source_changed();
         }
-        match c.role.clone() {
+        match role {
             Role::Grabber => {
                 if self.grabber.child == Some(id) {
                     self.grabber.child = None;
@@ -217,7 +215,7 @@ impl Core {
                 // The strays go back to the queue: an earlier "empty" no longer holds.
                 self.source_changed();
                 if !expected && !self.is_stopping() {
-                    self.schedule_grabber_restart(now, &c);
+                    self.schedule_grabber_restart(now, ready_at);
                 }
             }
             Role::Worker { group, slot } => {
@@ -242,19 +240,19 @@ impl Core {
                     self.spawn_worker(now, &group, slot);
                     return;
                 }
-                self.schedule_worker_restart(now, &group, slot, &c);
+                self.schedule_worker_restart(now, &group, slot, ready_at);
                 // Its credit may now have no worker behind it; claimed jobs wait in
                 // `pending` for the next idle worker of the group.
             }
         }
     }
 
-    fn schedule_grabber_restart(&mut self, now: Time, c: &Child) {
+    fn schedule_grabber_restart(&mut self, now: Time, ready_at: Option<Time>) {
         let policy = self.spec.grabber_restart.clone();
         match intensity(&mut self.grabber_window, &policy, now) {
             Err(restarts) => self.give_up(now, None, restarts, &policy),
             Ok(in_period) => {
-                let delay = next_backoff(&mut self.grabber, &policy, c, now, &mut *self.rng);
+                let delay = next_backoff(&mut self.grabber, &policy, ready_at, now, &mut *self.rng);
                 self.grabber.restarts += 1;
                 self.grabber.restart_at = Some(now + delay);
                 self.out.push(Action::Emit(Event::ChildRestartScheduled {
@@ -266,18 +264,27 @@ impl Core {
         }
     }
 
-    fn schedule_worker_restart(&mut self, now: Time, group: &str, slot: u32, c: &Child) {
+    fn schedule_worker_restart(
+        &mut self,
+        now: Time,
+        group: &str,
+        slot: u32,
+        ready_at: Option<Time>,
+    ) {
         let g = self.groups.get_mut(group).expect("caller checked");
         let policy = g.spec.restart.clone();
         match intensity(&mut g.window, &policy, now) {
             Err(restarts) => self.give_up(now, Some(group.to_string()), restarts, &policy),
             Ok(in_period) => {
                 let s = g.slots.get_mut(&slot).expect("caller checked");
-                let delay = next_backoff(s, &policy, c, now, &mut *self.rng);
+                let delay = next_backoff(s, &policy, ready_at, now, &mut *self.rng);
                 s.restarts += 1;
                 s.restart_at = Some(now + delay);
                 self.out.push(Action::Emit(Event::ChildRestartScheduled {
-                    role: c.role.clone(),
+                    role: Role::Worker {
+                        group: group.to_string(),
+                        slot,
+                    },
                     delay,
                     restarts_in_period: in_period,
                 }));
@@ -317,11 +324,12 @@ impl Core {
         let Some(c) = self.children.get_mut(&id) else {
             return;
         };
-        if c.state == ChildState::Stopping {
+        if c.state.kind() == StateKind::Stopping {
             return;
         }
-        c.set_state(ChildState::Stopping);
-        c.stop_deadline = Some(now + grace);
+        c.set_state(ChildState::Stopping {
+            deadline: now + grace,
+        });
         self.out.push(Action::StopChild { child: id });
     }
 
@@ -336,7 +344,6 @@ impl Core {
             }
             let silent = match c.state {
                 ChildState::Starting => now.saturating_since(c.spawned_at) >= start_timeout,
-                ChildState::Exited => false,
                 _ => now.saturating_since(c.last_seen) >= hb.timeout,
             };
             if silent {
@@ -388,15 +395,12 @@ impl Core {
         for (&id, c) in self.children.iter_mut() {
             if c.killed {
                 // Killed already (say by the heartbeat): the deadline has nothing left
-                // to do; left set, it would stay in `next_deadline` forever.
-                c.stop_deadline = None;
+                // to do.
                 continue;
             }
-            // Without a pid the deadline stays: `spawned` kills it once it is known
-            // (clearing it here would let a child that ignores StopChild live on).
+            // Without a pid the deadline waits: `spawned` kills it once it is known.
             let Some(pid) = c.pid else { continue };
-            if c.stop_deadline.is_some_and(|t| t <= now) {
-                c.stop_deadline = None;
+            if matches!(c.state, ChildState::Stopping { deadline } if deadline <= now) {
                 c.killed = true;
                 self.out.push(Action::KillChild {
                     child: id,
@@ -428,13 +432,11 @@ fn intensity(window: &mut VecDeque<Time>, policy: &RestartPolicy, now: Time) -> 
 fn next_backoff(
     slot: &mut Slot,
     policy: &RestartPolicy,
-    c: &Child,
+    ready_at: Option<Time>,
     now: Time,
     rng: &mut dyn Random,
 ) -> Duration {
-    if c.ready_at
-        .is_some_and(|t| now.saturating_since(t) >= policy.stable_after())
-    {
+    if ready_at.is_some_and(|t| now.saturating_since(t) >= policy.stable_after()) {
         slot.backoff.reset();
     }
     slot.backoff.next(&policy.backoff, rng)

@@ -32,10 +32,10 @@ use crate::random::Random;
 use crate::spec::{GroupSpec, Spec};
 use crate::time::Time;
 
-pub use child::{ChildState, ProcessEnd, Role, ALLOWED_TRANSITIONS};
+pub use child::{ProcessEnd, Role, StateKind, ALLOWED_TRANSITIONS};
 pub use event::{Event, Outcome};
 
-use child::Child;
+use child::{Child, ChildState};
 
 /// A job's id in the store.
 pub type JobId = i64;
@@ -223,7 +223,7 @@ pub struct ChildView {
     /// The process, once spawned.
     pub pid: Option<u32>,
     /// Lifecycle state; `exited` for a slot waiting for its restart.
-    pub state: ChildState,
+    pub state: StateKind,
     /// Restarts of this slot so far.
     pub restarts: u32,
     /// The job it runs, if busy.
@@ -397,14 +397,14 @@ impl Core {
             Some(c) => ChildView {
                 role,
                 pid: c.pid,
-                state: c.state,
+                state: c.state.kind(),
                 restarts: slot.restarts,
                 job_id: c.job_id(),
             },
             None => ChildView {
                 role,
                 pid: None,
-                state: ChildState::Exited,
+                state: StateKind::Exited,
                 restarts: slot.restarts,
                 job_id: None,
             },
@@ -441,7 +441,7 @@ impl Core {
     pub fn busy_workers(&self, group: &str) -> usize {
         self.children
             .values()
-            .filter(|c| c.role.group() == Some(group) && c.job.is_some())
+            .filter(|c| c.role.group() == Some(group) && c.job().is_some())
             .count()
     }
 
@@ -495,15 +495,14 @@ impl Core {
             if c.pid.is_none() || c.killed {
                 continue;
             }
-            at(c.stop_deadline);
-            if c.state == ChildState::Starting {
-                at(Some(c.spawned_at + self.spec.start_timeout));
-            }
-            if let Some(run) = &c.job {
-                match run.stop {
-                    Some(stop) => at(stop.kill_at.or(stop.abandon_at)),
-                    None => at(run.deadline),
-                }
+            match &c.state {
+                ChildState::Starting => at(Some(c.spawned_at + self.spec.start_timeout)),
+                ChildState::Stopping { deadline } => at(Some(*deadline)),
+                ChildState::Busy { job } => match job.stop {
+                    Some(stop) => at(stop.step.due()),
+                    None => at(job.deadline),
+                },
+                ChildState::Ready | ChildState::Idle => {}
             }
         }
         if let Phase::Stopping {
@@ -515,7 +514,7 @@ impl Core {
             if self
                 .children
                 .values()
-                .any(|c| c.job.as_ref().is_some_and(|r| r.stop.is_none()))
+                .any(|c| c.job().is_some_and(|r| r.stop.is_none()))
             {
                 at(Some(grace_deadline));
             }

@@ -4,7 +4,8 @@
 use crate::spec::Spec;
 use crate::time::Time;
 
-use super::{ChildId, ChildState, ClaimedJob, Core, Group, GroupStatus, Phase, Slot};
+use super::child::ChildState;
+use super::{ChildId, ClaimedJob, Core, Group, GroupStatus, Phase, Slot};
 
 impl Core {
     /// Apply a new config generation without interrupting any running job.
@@ -109,10 +110,10 @@ impl Core {
             Some(c) => match c.state {
                 // Already on its way out (a retiring worker a grow kept): retiring it
                 // again costs nothing.
-                ChildState::Stopping | ChildState::Exited => 0,
+                ChildState::Stopping { .. } => 0,
                 ChildState::Starting => 1,
                 ChildState::Idle => 2,
-                ChildState::Ready | ChildState::Busy => 3,
+                ChildState::Ready | ChildState::Busy { .. } => 3,
             },
         };
         let mut order: Vec<(u8, std::cmp::Reverse<u32>)> = live
@@ -151,7 +152,7 @@ impl Core {
             .filter(|s| {
                 s.child
                     .and_then(|c| self.children.get(&c))
-                    .is_none_or(|c| c.job.is_none())
+                    .is_none_or(|c| c.job().is_none())
             })
             .count();
         let excess: Vec<ClaimedJob> = if g.pending.len() > room {

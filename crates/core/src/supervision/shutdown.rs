@@ -3,7 +3,7 @@
 
 use crate::time::Time;
 
-use super::child::{JobStop, StopReason};
+use super::child::{JobStop, StopReason, StopStep};
 use super::{Action, ChildId, ClaimedJob, Core, Event, Phase, Signal};
 
 impl Core {
@@ -50,18 +50,17 @@ impl Core {
         for id in ids {
             let c = &self.children[&id];
             if immediate {
-                if let Some(pgid) = c.job.as_ref().and_then(|r| r.job_pid) {
+                if let Some(pgid) = c.job().and_then(|r| r.started).map(|s| s.pgid) {
                     self.out.push(Action::KillJobGroup { pgid });
                 }
                 // The worker may still report its job's death before it dies itself: the
                 // job was stopped by the shutdown, so it goes back to the queue (a cancel
                 // or timeout already under way keeps its own reason).
-                if let Some(run) = self.children.get_mut(&id).and_then(|c| c.job.as_mut()) {
+                if let Some(run) = self.children.get_mut(&id).and_then(|c| c.job_mut()) {
                     if run.stop.is_none() {
                         run.stop = Some(JobStop {
                             reason: StopReason::Shutdown,
-                            kill_at: None,
-                            abandon_at: None,
+                            step: StopStep::Done,
                         });
                     }
                 }
@@ -74,7 +73,7 @@ impl Core {
                         signal: Signal::Kill,
                     });
                 }
-            } else if c.job.is_none() {
+            } else if c.job().is_none() {
                 self.stop_child(now, id);
             }
         }
@@ -96,19 +95,20 @@ impl Core {
         }
         let kill_grace = self.spec.kill_grace;
         for (&id, c) in self.children.iter_mut() {
-            let Some(run) = c.job.as_mut() else { continue };
+            let Some(run) = c.job_mut() else { continue };
             if run.stop.is_some() {
                 // Already being stopped (timeout, cancel): that stop goes on.
                 continue;
             }
             run.stop = Some(JobStop {
                 reason: StopReason::Shutdown,
-                kill_at: Some(now + kill_grace),
-                abandon_at: None,
+                step: StopStep::Term {
+                    kill_at: now + kill_grace,
+                },
             });
             self.out.push(Action::SignalJob {
                 child: id,
-                job: run.job.id,
+                job: run.claim.id,
                 signal: Signal::Term,
             });
         }
@@ -119,7 +119,7 @@ impl Core {
             return;
         }
         let idle = self.empty_at == Some(self.source_epoch)
-            && self.children.values().all(|c| c.job.is_none())
+            && self.children.values().all(|c| c.job().is_none())
             && self.groups.values().all(|g| g.pending.is_empty());
         if idle {
             self.shutdown(now, "until-empty: no job left".into(), false, 0);
