@@ -1,0 +1,209 @@
+//! The SQLite store's claim: the SQL behind [`ClaimSql`], each group's queue an index range
+//! scan on `(route, id)`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection};
+
+use super::rows::{stored_json, stored_run};
+use crate::claim::{Candidate, ClaimSql, ToRoute};
+use crate::error::Context;
+use crate::{Claimed, InstanceId, JobId, Result};
+
+/// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most
+/// `?4`: an index range scan on (route, id). Columns as [`stored_run`] reads them.
+pub(super) const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
+     max_attempts, attempts FROM jobs \
+     WHERE state = 'queued' AND route = ?1 AND id > ?2 \
+     AND (not_before IS NULL OR not_before <= ?3) ORDER BY id LIMIT ?4";
+
+/// Jobs whose group is not decided yet, oldest first, at most `?1`.
+pub(super) const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE routed = 0 \
+     ORDER BY id LIMIT ?1";
+
+/// `?1`, `?2`, ... for `n` values, after `first - 1` others.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a job routed to one of the `n` groups `?2`... is runnable at `?1`.
+pub(super) fn runnable_sql(n: usize) -> String {
+    format!(
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND route IN ({}) \
+         AND (not_before IS NULL OR not_before <= ?1) LIMIT 1",
+        placeholders(2, n)
+    )
+}
+
+/// The earliest time a job routed to one of the `n` groups `?2`... becomes runnable
+/// (`?1`: now).
+pub(super) fn waiting_sql(n: usize) -> String {
+    format!(
+        "SELECT MIN(not_before) FROM jobs \
+         WHERE not_before IS NOT NULL \
+         AND ((state = 'queued' AND not_before > ?1) OR state IN ('failed', 'timed_out')) \
+         AND route IN ({})",
+        placeholders(2, n)
+    )
+}
+
+/// The jobs queued or waiting for a retry, with their group now.
+pub(super) const LIVE_ROUTES: &str =
+    "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
+     UNION ALL SELECT id, named_group, tags, route FROM jobs \
+     WHERE not_before IS NOT NULL AND state IN ('failed', 'timed_out')";
+
+/// A job as routing reads it, from its columns as stored.
+fn to_route(id: JobId, named: Value, tags: &Value, route: Value) -> ToRoute {
+    let text = |value| match value {
+        Value::Text(t) => Some(t),
+        _ => None,
+    };
+    ToRoute {
+        id,
+        named: text(named),
+        tags: stored_json(tags).unwrap_or_default(),
+        route: text(route),
+    }
+}
+
+/// A claim's (or a reroute's) SQL, inside its `BEGIN IMMEDIATE` transaction: the write
+/// lock is held throughout, so candidates are picked first and each sound one is marked
+/// running after.
+pub(super) struct ClaimTx<'a> {
+    conn: &'a Connection,
+    /// Per group, the last id picked: the group's next pick starts after it.
+    after: BTreeMap<String, JobId>,
+}
+
+impl<'a> ClaimTx<'a> {
+    pub(super) fn new(conn: &'a Connection) -> Self {
+        ClaimTx {
+            conn,
+            after: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClaimSql for ClaimTx<'_> {
+    fn unrouted(&mut self, limit: i64) -> Result<Vec<ToRoute>> {
+        self.conn
+            .prepare_cached(UNROUTED)
+            .and_then(|mut stmt| {
+                stmt.query_map([limit], |row| {
+                    Ok(to_route(
+                        row.get(0)?,
+                        row.get(1)?,
+                        &row.get(2)?,
+                        Value::Null,
+                    ))
+                })?
+                .collect()
+            })
+            .ctx("route new jobs")
+    }
+
+    fn live(&mut self) -> Result<Vec<ToRoute>> {
+        self.conn
+            .prepare_cached(LIVE_ROUTES)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok(to_route(
+                        row.get(0)?,
+                        row.get(1)?,
+                        &row.get(2)?,
+                        row.get(3)?,
+                    ))
+                })?
+                .collect()
+            })
+            .ctx("reroute")
+    }
+
+    fn set_routes(&mut self, routes: &[(JobId, Option<String>)], op: &'static str) -> Result<()> {
+        let mut set = self
+            .conn
+            .prepare_cached("UPDATE jobs SET route = ?2, routed = 1 WHERE id = ?1")
+            .ctx(op)?;
+        for (id, group) in routes {
+            set.execute(params![id, group]).ctx(op)?;
+        }
+        Ok(())
+    }
+
+    fn pick(&mut self, _me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>> {
+        let mut picked = Vec::new();
+        for &(group, n) in want {
+            let after = self.after.get(group).copied().unwrap_or(0);
+            // Every column as it is stored: the planner checks them field by field.
+            let rows: Vec<(JobId, Vec<Value>)> = self
+                .conn
+                .prepare_cached(CANDIDATES)
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![group, after, now, n], |row| {
+                        let values = (0..9)
+                            .map(|i| row.get::<_, Value>(i))
+                            .collect::<rusqlite::Result<Vec<Value>>>()?;
+                        Ok((row.get(0)?, values))
+                    })?
+                    .collect()
+                })
+                .ctx("claim: find runnable jobs")?;
+            for (id, row) in rows {
+                self.after.insert(group.to_owned(), id);
+                picked.push(Candidate {
+                    id,
+                    group: group.to_owned(),
+                    run: stored_run(&row),
+                });
+            }
+        }
+        Ok(picked)
+    }
+
+    fn start(&mut self, me: InstanceId, job: &Claimed, now: f64) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'running', owner = ?1, \
+                 attempts = attempts + 1, started_at = ?2, finished_at = NULL, \
+                 exit_code = NULL, signal = NULL, not_before = NULL, \
+                 run_group = ?3, start_error = NULL \
+                 WHERE id = ?4 AND state = 'queued'",
+            )
+            .and_then(|mut stmt| stmt.execute(params![me, now, job.group, job.id]))
+            .map(|changed| changed == 1)
+            .ctx("claim a job")
+    }
+
+    fn refuse(&mut self, id: JobId, reason: &str, now: f64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'dead', reason = ?2, finished_at = ?3, \
+                 not_before = NULL WHERE id = ?1 AND state = 'queued'",
+            )
+            .and_then(|mut stmt| stmt.execute(params![id, reason, now]))
+            .map(|_| ())
+            .ctx("end a job that cannot be run")
+    }
+
+    fn backlog(&mut self, groups: &[&str], now: f64) -> Result<(bool, Option<f64>)> {
+        let mut args: Vec<Value> = vec![Value::Real(now)];
+        args.extend(groups.iter().map(|g| Value::Text((*g).to_owned())));
+        let n = groups.len();
+        let runnable = self
+            .conn
+            .prepare_cached(&runnable_sql(n))
+            .and_then(|mut stmt| stmt.exists(params_from_iter(args.iter())))
+            .ctx("claim: look for runnable jobs")?;
+        let waiting_until: Option<f64> = self
+            .conn
+            .prepare_cached(&waiting_sql(n))
+            .and_then(|mut stmt| stmt.query_row(params_from_iter(args.iter()), |row| row.get(0)))
+            .ctx("claim: look for waiting jobs")?;
+        Ok((runnable, waiting_until))
+    }
+}

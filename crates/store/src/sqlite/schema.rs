@@ -1,0 +1,156 @@
+//! The SQLite store's schema: its migrations, and how a file is brought up to date.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::SqliteStore;
+use crate::{Result, StoreError};
+
+/// Schema migrations, applied in order: migration `i` takes the schema from version `i`
+/// to version `i + 1` (`PRAGMA user_version`). Never edit one that has shipped: append.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    r#"
+    CREATE TABLE instances (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        host        TEXT    NOT NULL,
+        pid         INTEGER NOT NULL,
+        token       TEXT    NOT NULL,
+        started_at  REAL    NOT NULL
+    );
+
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        state            TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'succeeded',
+                                 'failed', 'timed_out', 'dead', 'canceled')),
+        -- The group the job names (routing input), and the group it was last routed to.
+        named_group      TEXT,
+        run_group        TEXT,
+        command          TEXT    NOT NULL,  -- JSON array of strings
+        tags             TEXT    NOT NULL,  -- JSON object of strings
+        env              TEXT    NOT NULL,  -- JSON object of strings
+        cwd              TEXT,
+        timeout_s        REAL,
+        max_attempts     INTEGER,
+        idem_key         TEXT,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        exit_code        INTEGER,
+        signal           INTEGER,
+        last_outcome     TEXT,
+        created_at       REAL    NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        -- queued: not claimable before; failed/timed_out: retry time (NULL: finished).
+        not_before       REAL,
+        owner            INTEGER REFERENCES instances (id),
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        CHECK ((state = 'running') = (owner IS NOT NULL))
+    );
+
+    -- Claims: queued jobs in id order (an index on state is ordered by (state, id)).
+    CREATE INDEX jobs_by_state ON jobs (state);
+    -- Retries falling due, and the earliest waiting job.
+    CREATE INDEX jobs_by_state_time ON jobs (state, not_before, id);
+    CREATE INDEX jobs_by_owner ON jobs (owner);
+    -- At most one unfinished job per idempotency key.
+    CREATE UNIQUE INDEX jobs_live_key ON jobs (idem_key)
+        WHERE idem_key IS NOT NULL
+          AND (state IN ('queued', 'running')
+               OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL));
+    "#,
+    // Version 2: partial indexes that hold live jobs only. Each index entry a claim or
+    // an outcome moves is a page written to the log: with the three full indexes of
+    // version 1 a claim wrote about seven pages and an outcome as many; now three and
+    // two. Finished jobs, the bulk of a long-lived store, are in no index but the key's.
+    r#"
+    DROP INDEX jobs_by_state;
+    DROP INDEX jobs_by_state_time;
+    DROP INDEX jobs_by_owner;
+    -- Claims: queued jobs in id order.
+    CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued';
+    -- Each instance's running jobs (releases, cancels, orphans).
+    CREATE INDEX jobs_running ON jobs (owner) WHERE state = 'running';
+    -- Jobs waiting for a retry time: due retries, and the earliest one.
+    CREATE INDEX jobs_waiting ON jobs (not_before) WHERE not_before IS NOT NULL;
+    "#,
+    // Version 3: when each instance last said it was alive, so that a supervisor can
+    // tell a dead instance on a host whose processes it cannot see.
+    r#"
+    ALTER TABLE instances ADD COLUMN last_seen REAL NOT NULL DEFAULT 0;
+    UPDATE instances SET last_seen = started_at;
+    "#,
+    // Version 4: why a job ended as it did (a row that cannot be run, a supervisor that
+    // died under it too often), why its last attempt could not start, and how many of
+    // its supervisors died while it ran.
+    r#"
+    ALTER TABLE jobs ADD COLUMN reason TEXT;
+    ALTER TABLE jobs ADD COLUMN start_error TEXT;
+    ALTER TABLE jobs ADD COLUMN supervisor_deaths INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // Version 5: a job's group is decided once, not at every claim. `route` is the group
+    // it goes to (NULL: none takes it); `routed` is 0 until that is decided (jobs that
+    // name their group are routed at submit, tagged ones by the next claim). Claims and
+    // the backlog are then index range scans on (route, id) whatever the queue's depth.
+    r#"
+    ALTER TABLE jobs ADD COLUMN route TEXT;
+    ALTER TABLE jobs ADD COLUMN routed INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET route = named_group, routed = 1 WHERE named_group IS NOT NULL;
+    DROP INDEX jobs_queued;
+    CREATE INDEX jobs_claimable ON jobs (route, id) WHERE state = 'queued';
+    CREATE INDEX jobs_unrouted ON jobs (id) WHERE routed = 0;
+    "#,
+];
+
+/// The newest schema version this code knows (`PRAGMA user_version` of a current file).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+impl SqliteStore {
+    /// Applies the migrations the file lacks, all in one transaction.
+    pub(super) fn migrate(&mut self) -> Result<()> {
+        let too_new = |found| StoreError::SchemaTooNew {
+            path: self.path.clone(),
+            found,
+            supported: SCHEMA_VERSION,
+        };
+        let open_err = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let found = user_version(&self.conn).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(found));
+        }
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        // Another process may have migrated while we waited for the lock.
+        let found = user_version(&tx).map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(too_new(found));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = index as u32 + 1;
+            let migration_err = |source| StoreError::Migration {
+                path: self.path.clone(),
+                version,
+                source,
+            };
+            tx.execute_batch(sql).map_err(migration_err)?;
+            tx.pragma_update(None, "user_version", version)
+                .map_err(migration_err)?;
+            log::info!(
+                "job store {}: migrated to schema version {version}",
+                self.path.display()
+            );
+        }
+        tx.commit().map_err(open_err)
+    }
+}
+
+/// `PRAGMA user_version`.
+pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}

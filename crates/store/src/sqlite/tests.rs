@@ -1,0 +1,142 @@
+//! Unit tests of the SQLite store: the plans of its hot queries, and the pages a claim and an
+//! outcome write.
+
+use super::claim_sql::{runnable_sql, waiting_sql, CANDIDATES, UNROUTED};
+use super::*;
+use crate::OutcomeKind;
+
+/// The query plan of `sql`, one step a line.
+fn plan(store: &SqliteStore, sql: &str, params: &[Value]) -> String {
+    let mut stmt = store
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap();
+    let steps: Vec<String> = stmt
+        .query_map(params_from_iter(params), |row| row.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    steps.join("\n")
+}
+
+#[test]
+fn hot_queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+    let now = Value::Real(1.0);
+    let groups = [Value::Text("g".into()), Value::Text("t".into())];
+    let no_full_scan = |p: &str| !p.lines().any(|l| l.trim_end() == "SCAN jobs");
+
+    // A claim of one group: a range of (route, id), in id order, whatever the depth.
+    let p = plan(
+        &store,
+        CANDIDATES,
+        &[
+            Value::Text("g".into()),
+            Value::Integer(0),
+            now.clone(),
+            Value::Integer(5),
+        ],
+    );
+    assert!(
+        p.contains("USING INDEX jobs_claimable (route=? AND id>?)"),
+        "{p}"
+    );
+    assert!(!p.contains("TEMP B-TREE") && no_full_scan(&p), "{p}");
+
+    // The backlog: runnable jobs and the earliest waiting one, for these groups.
+    let args = [std::slice::from_ref(&now), &groups[..]].concat();
+    let p = plan(&store, &runnable_sql(2), &args);
+    assert!(p.contains("USING INDEX jobs_claimable (route=?)"), "{p}");
+    assert!(no_full_scan(&p), "{p}");
+    let p = plan(&store, &waiting_sql(2), &args);
+    assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
+    assert!(no_full_scan(&p), "{p}");
+
+    // The jobs not routed yet.
+    let p = plan(&store, UNROUTED, &[Value::Integer(5)]);
+    assert!(p.contains("USING INDEX jobs_unrouted"), "{p}");
+    assert!(no_full_scan(&p), "{p}");
+
+    let p = plan(&store, MATERIALISE_RETRIES, std::slice::from_ref(&now));
+    assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
+
+    let owner_now = [Value::Integer(1), now.clone()];
+    let p = plan(&store, &format!("{TAKE_BACK} RETURNING id"), &owner_now);
+    assert!(p.contains("INDEX jobs_running (owner=?)"), "{p}");
+    let p = plan(
+        &store,
+        &release_sql(),
+        &[
+            owner_now.as_slice(),
+            &[Value::Integer(7), Value::Integer(1)],
+        ]
+        .concat(),
+    );
+    assert!(p.contains("USING INTEGER PRIMARY KEY (rowid=?)"), "{p}");
+
+    for sql in [
+        "SELECT id, attempts FROM jobs WHERE state = 'running' AND owner = ?1",
+        "SELECT id FROM jobs WHERE owner = ?1 AND state = 'running' AND cancel_requested \
+         ORDER BY id",
+    ] {
+        let p = plan(&store, sql, &[Value::Integer(1)]);
+        assert!(
+            p.contains("USING INDEX jobs_running (owner=?)"),
+            "{sql}: {p}"
+        );
+    }
+}
+
+/// Claims and outcomes touch few pages: only live jobs are indexed. Counted as the
+/// frames each adds to the write-ahead log.
+#[test]
+fn a_claim_and_an_outcome_write_few_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+    store.disable_autocheckpoint().unwrap();
+    let job: NewJob = serde_json::from_str(r#"{"command": ["true"], "group": "g"}"#).unwrap();
+    store.submit(&vec![job; 500], 1.0).unwrap();
+    let me = store.register_instance("h", 1, "t", 1.0).unwrap();
+    let routes = [Route {
+        group: "g".into(),
+        matches: None,
+    }];
+    // Nothing checkpoints, so the log only grows: its size counts the frames.
+    let wal = dir.path().join("jobs.db-wal");
+    let frames = |_: &SqliteStore| std::fs::metadata(&wal).unwrap().len() / (4096 + 24);
+    // Warm up past the first pages of each index, then measure.
+    let mut claim_frames = 0;
+    let mut record_frames = 0;
+    for i in 0..200 {
+        let before = frames(&store);
+        let mut credits = BTreeMap::from([("g".to_string(), 1)]);
+        let claimed = store.claim(me, &routes, &mut credits, 2.0).unwrap().jobs;
+        let mid = frames(&store);
+        let j = &claimed[0];
+        let outcome = Outcome {
+            kind: OutcomeKind::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            start_error: None,
+            reason: None,
+        };
+        assert!(store
+            .record_outcome(j.id, j.attempt, me, &outcome, Next::Done, 3.0)
+            .unwrap());
+        let after = frames(&store);
+        if i >= 100 {
+            claim_frames += mid - before;
+            record_frames += after - mid;
+        }
+    }
+    // Version 1 wrote about 7 and 7.
+    assert!(
+        claim_frames <= 350,
+        "claims wrote {claim_frames} pages per 100"
+    );
+    assert!(
+        record_frames <= 250,
+        "outcomes wrote {record_frames} pages per 100"
+    );
+}
