@@ -111,7 +111,10 @@ mod tests {
     fn noting_and_removing_round_trip_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         note_attempt_start(dir.path(), 7, 1, 0).unwrap();
-        assert!(!attempts_path(dir.path(), 7).exists(), "an empty log is implied");
+        assert!(
+            !attempts_path(dir.path(), 7).exists(),
+            "an empty log is implied"
+        );
         note_attempt_start(dir.path(), 7, 2, 12).unwrap();
         note_attempt_start(dir.path(), 7, 3, 30).unwrap();
         let text = std::fs::read_to_string(attempts_path(dir.path(), 7)).unwrap();
