@@ -5,11 +5,12 @@
 //! new config rings it; rings coalesce into one pass; each pass asks to be woken at the
 //! next poll interval (or the next retry time, or after an oslo-style error backoff).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use supervisor_core::backoff::{Backoff, BackoffState};
 use supervisor_core::doorbell::{Doorbell, Outcome};
+use supervisor_core::ledger::Ledger;
 use supervisor_core::{SplitMix64, Time};
 use supervisor_store::Route;
 
@@ -27,13 +28,8 @@ struct Grabber {
     errors: BackoffState,
     rng: SplitMix64,
     routes: Vec<Route>,
-    /// The groups that can run jobs (`None`: every routed group, until told).
-    runnable: Option<BTreeSet<String>>,
-    credits: BTreeMap<String, u32>,
-    epochs: BTreeMap<String, u64>,
-    /// The latest epoch the supervisor asked us to poll at.
-    epoch: u64,
-    last_report: Option<(u64, bool)>,
+    /// What the supervisor granted, revoked and asked for.
+    ledger: Ledger,
     cancels_sent: BTreeSet<i64>,
     /// Look for cancel requests in the next pass: set by the doorbell (`cancel` rings
     /// it) and by the poll timer, not by every returned credit.
@@ -42,9 +38,6 @@ struct Grabber {
     /// The routes changed (or this grabber just started): decide the group of every job
     /// in the queue again, once, before the next claim.
     reroute: bool,
-    /// Outcomes wait for the store: running more jobs whose results cannot be recorded
-    /// is pointless, so nothing is claimed.
-    held: bool,
     /// The wall time the current (or last) pass began: a claim it made that was lost
     /// with the connection is no later than this.
     pass_began: f64,
@@ -76,16 +69,11 @@ pub fn main(
         errors: BackoffState::default(),
         rng: SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64),
         routes,
-        runnable: None,
-        credits: BTreeMap::new(),
-        epochs: BTreeMap::new(),
-        epoch: 0,
-        last_report: None,
+        ledger: Ledger::new(),
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
         started: Instant::now(),
         reroute: true,
-        held: false,
         pass_began: 0.0,
     };
     if g.tx.send(FromChild::Ready).is_err() {
@@ -131,28 +119,18 @@ pub fn main(
                         g.reroute = true;
                     }
                     g.routes = s.routes;
-                    g.runnable = Some(s.runnable.into_iter().collect());
+                    g.ledger.set_runnable(s.runnable);
                     g.poll_interval = supervisor_core::bounds::duration(s.poll_interval_s);
                     g.error_backoff = s.error_backoff.into();
                     bell.ring();
                 }
                 ToChild::Grant { group, n, epoch } => {
-                    let e = g.epochs.entry(group.clone()).or_insert(0);
-                    let c = g.credits.entry(group).or_insert(0);
-                    if epoch > *e {
-                        *e = epoch;
-                        *c = n;
-                    } else if epoch == *e {
-                        *c += n;
-                    }
+                    g.ledger.grant(&group, n, epoch);
                     bell.ring();
                 }
-                ToChild::Revoke { group, epoch } => {
-                    g.epochs.insert(group.clone(), epoch);
-                    g.credits.insert(group, 0);
-                }
+                ToChild::Revoke { group, epoch } => g.ledger.revoke(&group, epoch),
                 ToChild::Poll { epoch } => {
-                    g.epoch = g.epoch.max(epoch);
+                    g.ledger.poll(epoch);
                     bell.ring();
                 }
                 ToChild::Wake => {
@@ -160,7 +138,7 @@ pub fn main(
                     bell.ring();
                 }
                 ToChild::Hold(on) => {
-                    g.held = on;
+                    g.ledger.hold(on);
                     bell.ring();
                 }
                 ToChild::Run(_) | ToChild::SignalJob { .. } => {
@@ -197,7 +175,7 @@ impl Grabber {
                 });
                 // Reconnect on the next try: the connection itself may be what broke.
                 self.store = None;
-                self.last_report = None;
+                self.ledger.forget_report();
                 Ok(Some(self.now() + delay))
             }
         }
@@ -209,9 +187,10 @@ impl Grabber {
         }
         self.pass_began = wall_now();
         let store = self.store.as_mut().expect("opened above");
-        if self.held {
-            return Ok(self.now() + self.poll_interval);
-        }
+        let routed = self.routes.iter().map(|r| r.group.as_str());
+        let Some(mut credits) = self.ledger.to_claim(routed) else {
+            return Ok(self.now() + self.poll_interval); // held
+        };
         if self.reroute {
             let changed = store.reroute(&self.routes)?;
             if changed > 0 {
@@ -220,27 +199,7 @@ impl Grabber {
             self.reroute = false;
         }
         let wall = wall_now();
-        // Every group that can run jobs, with its credit (maybe none left): the store
-        // counts the backlog of these groups only.
-        let mut credits: BTreeMap<String, u32> = self
-            .routes
-            .iter()
-            .filter(|r| {
-                self.runnable
-                    .as_ref()
-                    .is_none_or(|set| set.contains(&r.group))
-            })
-            .map(|r| {
-                (
-                    r.group.clone(),
-                    self.credits.get(&r.group).copied().unwrap_or(0),
-                )
-            })
-            .collect();
         let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
-        for (group, left) in &credits {
-            self.credits.insert(group.clone(), *left);
-        }
         for r in &result.refused {
             let refused = FromChild::Refused {
                 job: r.id,
@@ -258,7 +217,7 @@ impl Grabber {
                 attempt: job.attempt,
                 timeout_s: job.timeout_s,
                 max_attempts: job.max_attempts,
-                epoch: self.epochs.get(&job.group).copied().unwrap_or(0),
+                epoch: self.ledger.spend(&job.group),
                 command: job.command.clone(),
                 env: job.env.clone(),
                 cwd: job.cwd.clone(),
@@ -276,13 +235,8 @@ impl Grabber {
             self.cancels_sent = requested;
         }
         let empty = result.jobs.is_empty() && result.more.is_empty();
-        // Report only what is news, so an idle supervisor is not woken every poll.
-        if self.last_report != Some((self.epoch, empty)) {
-            self.last_report = Some((self.epoch, empty));
-            let _ = self.tx.send(FromChild::SourceReport {
-                epoch: self.epoch,
-                empty,
-            });
+        if let Some(epoch) = self.ledger.report(empty) {
+            let _ = self.tx.send(FromChild::SourceReport { epoch, empty });
         }
         let mut wake = self.now() + self.poll_interval;
         if let Some(at) = result.more.waiting_until {

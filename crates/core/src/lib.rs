@@ -8,6 +8,7 @@
 //!
 //! - [`supervision`]: children, pools, restarts, dispatch with credits, jobs in flight,
 //!   reload, shutdown: [`supervision::Core::handle`] and [`supervision::Core::next_deadline`].
+//! - [`ledger`]: the grabber's side of dispatch: credits, epochs, runnable groups.
 //! - [`backoff`]: oslo.service's exponential backoff with jitter.
 //! - [`looping`]: oslo.service's looping calls and retry helper, over a [`clock::Clock`].
 //! - [`doorbell`]: buildbot's doorbell loop.
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod bounds;
 pub mod clock;
 pub mod doorbell;
+pub mod ledger;
 pub mod looping;
 pub mod random;
 pub mod spec;

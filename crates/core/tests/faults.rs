@@ -4,8 +4,8 @@
 //! The world plays the shell, every child and the job store. It answers Spawn (now and
 //! then with SpawnFailed), sends Ready (now and then never), runs jobs that end with a
 //! random code or hang, crashes and hangs children at random times, sometimes ignores
-//! StopChild or a job's SIGTERM, plays a grabber that holds credits exactly as the
-//! protocol says and claims from a finite queue, reloads the config, cancels jobs, and
+//! StopChild or a job's SIGTERM, plays a grabber that keeps the grabber's own [`Ledger`]
+//! of credits and claims from a finite queue, reloads the config, cancels jobs, and
 //! finally stops the supervisor. Time jumps to the next world event or core deadline.
 //!
 //! Messages from one child arrive in the order it sent them, and the shell reports a
@@ -20,6 +20,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use supervisor_core::backoff::Backoff;
+use supervisor_core::ledger::Ledger;
 use supervisor_core::random::{Random, SplitMix64};
 use supervisor_core::spec::{GroupSpec, Heartbeat, OnExhausted, RestartPolicy, Spec};
 use supervisor_core::supervision::{
@@ -284,13 +285,9 @@ struct Sim {
     kids: BTreeMap<ChildId, Kid>,
     next_pid: u32,
     grabber: Option<ChildId>,
-    /// The grabber's credits per group: (epoch, count).
-    credits: BTreeMap<String, (u64, u32)>,
+    /// The grabber's ledger: its credits per group, and the source epoch it reports on.
+    ledger: Ledger,
     tick_gen: u64,
-    /// The grabber's view of the source: the newest epoch it was asked to poll at, and
-    /// its last report (it reports again only when either changes, like the real one).
-    poll_epoch: u64,
-    last_report: Option<(u64, bool)>,
     /// The newest credit epoch the core announced per group.
     epochs: BTreeMap<String, u64>,
     store: BTreeMap<JobId, SJob>,
@@ -337,10 +334,8 @@ impl Sim {
             kids: BTreeMap::new(),
             next_pid: 1000,
             grabber: None,
-            credits: BTreeMap::new(),
+            ledger: Ledger::new(),
             tick_gen: 0,
-            poll_epoch: 0,
-            last_report: None,
             epochs: BTreeMap::new(),
             store: BTreeMap::new(),
             procs: BTreeMap::new(),
@@ -628,7 +623,7 @@ impl Sim {
         let pid = k.pid.expect("reaped kids were spawned");
         if self.grabber == Some(child) {
             self.grabber = None;
-            self.credits.clear();
+            self.ledger = Ledger::new();
         }
         self.assigned.remove(&child);
         self.feed(Input::Exited { pid, end });
@@ -678,13 +673,12 @@ impl Sim {
         if k.gone || k.hung || !k.ready {
             return;
         }
-        let groups: Vec<String> = self.credits.keys().cloned().collect();
-        for group in groups {
-            loop {
-                let (epoch, n) = self.credits[&group];
-                if n == 0 {
-                    break;
-                }
+        let routed = self.spec.groups.iter().map(|g| g.name.as_str());
+        let Some(groups) = self.ledger.to_claim(routed) else {
+            return;
+        };
+        for group in groups.into_keys() {
+            while self.ledger.credits(&group) > 0 {
                 let now = self.now;
                 let Some((&id, j)) = self.store.iter_mut().find(|(_, j)| {
                     j.group == group
@@ -695,15 +689,15 @@ impl Sim {
                 };
                 let attempt = j.used + 1;
                 j.state = SState::Claimed(attempt);
+                let (timeout, max_attempts) = (j.timeout.map(secs), j.max_attempts);
                 let claim = ClaimedJob {
                     id,
                     group: group.clone(),
                     attempt,
-                    timeout: j.timeout.map(secs),
-                    max_attempts: j.max_attempts,
-                    epoch,
+                    timeout,
+                    max_attempts,
+                    epoch: self.ledger.spend(&group),
                 };
-                self.credits.insert(group.clone(), (epoch, n - 1));
                 if self.crashiness > 0 && self.chance(0.03) {
                     // Claimed in the store, then died before telling anyone: a stray.
                     self.log(format!("t={:.3} grabber dies holding job {id}", self.t()));
@@ -714,12 +708,13 @@ impl Sim {
                 self.send(g, d, Input::JobClaimed(claim));
             }
         }
-        self.report(false);
+        self.report();
         self.schedule_tick(1.0);
     }
 
-    /// The grabber tells whether any routable job is queued or waiting for a retry.
-    fn report(&mut self, asked: bool) {
+    /// The grabber tells whether any routable job is queued or waiting for a retry, when
+    /// that is news (like the real one).
+    fn report(&mut self) {
         let Some(g) = self.grabber else { return };
         if !self.kids[&g].ready {
             return;
@@ -729,17 +724,8 @@ impl Sim {
             .store
             .values()
             .any(|j| matches!(j.state, SState::Queued(_)) && groups.contains(j.group.as_str()));
-        let report = (self.poll_epoch, empty);
-        if asked || self.last_report != Some(report) {
-            self.last_report = Some(report);
-            self.send(
-                g,
-                0.05,
-                Input::SourceReport {
-                    epoch: report.0,
-                    empty,
-                },
-            );
+        if let Some(epoch) = self.ledger.report(empty) {
+            self.send(g, 0.05, Input::SourceReport { epoch, empty });
         }
     }
 
@@ -878,28 +864,19 @@ impl Sim {
                 self.ensure(self.grabber.is_some(), || "a Grant with no grabber".into());
                 let e = self.epochs.entry(group.clone()).or_insert(epoch);
                 *e = (*e).max(epoch);
-                match self.credits.get(&group).copied() {
-                    Some((e, c)) if e == epoch => {
-                        self.credits.insert(group, (e, c + n));
-                    }
-                    Some((e, _)) if e > epoch => {}
-                    _ => {
-                        self.credits.insert(group, (epoch, n));
-                    }
-                }
+                self.ledger.grant(&group, n, epoch);
                 self.schedule_tick(0.02);
             }
             Action::Revoke { group, epoch } => {
                 let e = self.epochs.entry(group.clone()).or_insert(epoch);
                 *e = (*e).max(epoch);
-                let held = self.credits.get(&group).map_or(0, |c| c.0);
-                if epoch >= held && self.grabber.is_some() {
-                    self.credits.insert(group, (epoch, 0));
+                if self.grabber.is_some() {
+                    self.ledger.revoke(&group, epoch);
                 }
             }
             Action::Poll { epoch } => {
-                self.poll_epoch = self.poll_epoch.max(epoch);
-                self.report(true);
+                self.ledger.poll(epoch);
+                self.report();
             }
             Action::RecordOutcome {
                 job,
@@ -966,9 +943,7 @@ impl Sim {
         );
         if role == Role::Grabber {
             self.grabber = Some(child);
-            self.credits.clear();
-            self.poll_epoch = 0;
-            self.last_report = None;
+            self.ledger = Ledger::new();
         }
         if self.chance(0.08) {
             self.after(
@@ -1245,8 +1220,8 @@ impl Sim {
             // way is exactly what the core thinks it granted; with the jobs waiting and
             // running, never more than the group's slots (no prefetch).
             let epoch = self.epochs.get(&g).copied();
-            let held = match (self.grabber, self.credits.get(&g)) {
-                (Some(_), Some(&(e, n))) if Some(e) == epoch => n,
+            let held = match self.grabber {
+                Some(_) if Some(self.ledger.epoch(&g)) == epoch => self.ledger.credits(&g),
                 _ => 0,
             };
             let on_the_way = self
