@@ -1,0 +1,672 @@
+//! [`PostgresStore`]: the [`JobStore`] in a PostgreSQL database, one queue shared by
+//! supervisors on several hosts; [`Listener`]: their doorbell.
+//!
+//! The schema mirrors [`SqliteStore`](crate::SqliteStore)'s (tags, env and command are
+//! JSONB) and so do the semantics, operation by operation. What differs is how claimers
+//! keep out of each other's way: SQLite has one writer at a time, PostgreSQL many.
+//!
+//! - A claim picks and marks the jobs of every group in one statement
+//!   (`claim_sql::CLAIM`: per group `SELECT ... ORDER BY id LIMIT n FOR UPDATE SKIP
+//!   LOCKED` through a `LATERAL` join, then `UPDATE ... RETURNING`): two claimers never
+//!   wait for each other and never see the same job, and a job another claimer has
+//!   locked is simply passed over (it is that claimer's). A job's group is decided before
+//!   and kept in its `route` column, as in SQLite; the [claim planner](crate::claim) is
+//!   the same.
+//! - Everything else that changes a job changes one row with a conditional `UPDATE`
+//!   (`... WHERE state = 'running' AND attempts = $2 AND owner = $3`), which PostgreSQL
+//!   re-evaluates against the row's latest version, or locks the row first.
+//! - Due retries are queued again (`failed` → `queued`) with `FOR UPDATE SKIP LOCKED` too,
+//!   so that two sessions doing it at once neither wait for nor deadlock each other.
+//! - Idempotency keys are backed by a unique partial index. A submit first takes an
+//!   advisory lock per key (in one global order, so that batches never deadlock), so two
+//!   submits of one key queue behind each other and the second returns the first's job;
+//!   `ON CONFLICT DO NOTHING` at the index covers anything else.
+//! - `submit` and `cancel` send `NOTIFY supervisor_jobs` inside their transaction, so a
+//!   [`Listener`] on any host wakes once they commit.
+//!
+//! Schema versions live in the table `supervisor_schema`; migrations run in one
+//! transaction under `pg_advisory_xact_lock`, so that supervisors starting at once migrate
+//! once. Tables go to the first schema of the connection's `search_path` (`options=-c
+//! search_path=NAME` in the URL picks another).
+//!
+//! Connections are TCP, with TLS as the URL's `sslmode` asks, or unix sockets.
+//!
+//! Its rooms: `connect` (a connection with our timeouts and keepalives) and `tls`
+//! (`sslmode`), `schema` (the migrations), `statements` (the prepared statements' cache),
+//! `rows` (reading rows), `submit`, `claim_sql` (the SQL of the claim planner),
+//! `listener`, and `tests`.
+
+use std::collections::BTreeMap;
+
+use postgres::{Client, GenericClient};
+
+use supervisor_config::redact_password;
+
+use crate::claim;
+use crate::error::Context;
+use crate::outcome_state;
+use crate::{
+    CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
+    Outcome, Result, Route, StoreError, FINISHED,
+};
+
+mod claim_sql;
+mod connect;
+mod listener;
+mod rows;
+mod schema;
+mod statements;
+mod submit;
+#[cfg(test)]
+mod tests;
+mod tls;
+
+use claim_sql::{ClaimTx, CLAIM_PLANNER};
+use connect::open_client;
+pub use connect::Patience;
+pub use listener::Listener;
+use rows::{column, count, ids_of, parse_state, read_instance, read_job, JOB_COLUMNS};
+use schema::read_schema_version;
+pub use schema::PG_SCHEMA_VERSION;
+use statements::{execute, query, Statements};
+use submit::{is_transient, submit_in, SUBMIT_TRIES};
+
+/// The channel that `submit` and `cancel` notify and a [`Listener`] listens on.
+pub const NOTIFY_CHANNEL: &str = "supervisor_jobs";
+
+/// Jobs whose retry time has come are queued again; rows another session has locked are
+/// left to it (parameter: now).
+const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' WHERE id IN (\
+     SELECT id FROM jobs WHERE state IN ('failed', 'timed_out') AND not_before <= $1 \
+     FOR UPDATE SKIP LOCKED)";
+
+/// Whether some retry is due (parameter: now).
+const RETRY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs \
+     WHERE state IN ('failed', 'timed_out') AND not_before <= $1)";
+
+/// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
+/// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a
+/// cancel was requested. Every way of taking a job back narrows this down.
+const TAKE_BACK: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested THEN $2::float8 ELSE finished_at END, \
+     owner = NULL \
+     WHERE owner = $1 AND state = 'running'";
+
+/// Takes back the running jobs of dead owner `$1` at time `$2` as [`TAKE_BACK`] does,
+/// counting one more death of their supervisor; a job at its
+/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `$3` (`$4`:
+/// the limit).
+const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' \
+                  WHEN supervisor_deaths + 1 >= $4 THEN 'dead' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN attempts \
+                     ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                         WHEN supervisor_deaths + 1 >= $4 THEN 'lost' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN $2::float8 \
+                        ELSE finished_at END, \
+     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= $4 THEN $3::text \
+                   ELSE reason END, \
+     supervisor_deaths = supervisor_deaths + 1, \
+     owner = NULL \
+     WHERE owner = $1 AND state = 'running' RETURNING id";
+
+/// The job store in a PostgreSQL database, shared by every supervisor that connects to it.
+pub struct PostgresStore {
+    client: Client,
+    stmts: Statements,
+    url: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .field("closed", &self.client.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or
+    /// `host=... dbname=...`; a `host` that is a path is a unix socket's directory) and
+    /// brings its schema up to date.
+    ///
+    /// Waits 10 s at most for the connection unless the URL sets `connect_timeout`. Errors
+    /// name the URL without its password. Fails with [`StoreError::PgSchemaTooNew`] if the
+    /// database was set up by a newer version.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, Patience::Normal)
+    }
+
+    /// As [`connect`](Self::connect), with the given patience for a silent server.
+    pub fn connect_with(url: &str, patience: Patience) -> Result<Self> {
+        let shown = redact_password(url);
+        let client = open_client(url, &shown, patience)?;
+        let mut store = PostgresStore {
+            client,
+            stmts: Statements::default(),
+            url: shown,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects a [`Listener`] to the database at `url`: it wakes when a job is submitted
+    /// or canceled through any [`PostgresStore`] on that database, from any host.
+    pub fn listen(url: &str) -> Result<Listener> {
+        let shown = redact_password(url);
+        let mut client = open_client(url, &shown, Patience::Normal)?;
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .map_err(|source| StoreError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        Ok(Listener { client, url: shown })
+    }
+
+    /// Whether this connection is encrypted (TLS), as the server sees it.
+    pub fn is_encrypted(&mut self) -> Result<bool> {
+        self.client
+            .query_one(
+                "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), \
+                 false)",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .ctx("look at the connection")
+    }
+
+    /// The connection string, its password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// True once the connection is known to be lost (every operation then fails): the
+    /// caller should connect again.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The schema version of the database (0 if it has none yet).
+    pub fn schema_version(&mut self) -> Result<u32> {
+        read_schema_version(&mut self.client)
+            .ctx("read the schema version")
+            .map(|v| v.unwrap_or(0))
+    }
+}
+
+/// Queues the jobs whose retry time has come (inside a transaction).
+fn materialise(stmts: &mut Statements, client: &mut impl GenericClient, now: f64) -> Result<()> {
+    execute(
+        stmts,
+        client,
+        MATERIALISE_RETRIES,
+        &[&now],
+        "queue due retries",
+    )
+    .map(|_| ())
+}
+
+/// Like [`materialise`], but writes only if some retry is due, so that read-only commands
+/// stay read-only most of the time.
+fn materialise_if_due(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    now: f64,
+) -> Result<()> {
+    let rows = query(stmts, client, RETRY_DUE, &[&now], "look for due retries")?;
+    let due: bool = rows[0].try_get(0).ctx("look for due retries")?;
+    if due {
+        materialise(stmts, client, now)?;
+    }
+    Ok(())
+}
+
+/// Takes back the running jobs of `instance` at `now`. Returns their ids, in order.
+fn take_back(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    instance: InstanceId,
+    now: f64,
+) -> Result<Vec<JobId>> {
+    let op = "take back an instance's jobs";
+    let rows = query(
+        stmts,
+        client,
+        &format!("{TAKE_BACK} RETURNING id"),
+        &[&instance, &now],
+        op,
+    )?;
+    ids_of(rows, op)
+}
+
+impl JobStore for PostgresStore {
+    fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>> {
+        for (index, job) in jobs.iter().enumerate() {
+            job.validate()
+                .map_err(|message| StoreError::InvalidJob { index, message })?;
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let attempt = (|| {
+                let mut tx = self.client.transaction().ctx("submit")?;
+                let (ids, queued) = submit_in(&mut self.stmts, &mut tx, jobs, now)?;
+                if queued {
+                    tx.batch_execute(&format!("NOTIFY {NOTIFY_CHANNEL}, 'submit'"))
+                        .ctx("submit: notify")?;
+                }
+                tx.commit().ctx("submit")?;
+                Ok(ids)
+            })();
+            match attempt {
+                Err(e) if tries < SUBMIT_TRIES && is_transient(&e) => {
+                    log::info!("submit: {e}; trying again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn register_instance(
+        &mut self,
+        host: &str,
+        pid: u32,
+        token: &str,
+        now: f64,
+    ) -> Result<InstanceId> {
+        let op = "register an instance";
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            "INSERT INTO instances (host, pid, token, started_at, last_seen) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING id",
+            &[&host, &i64::from(pid), &token, &now],
+            op,
+        )?;
+        rows[0].try_get(0).ctx(op)
+    }
+
+    fn unregister_instance(&mut self, id: InstanceId, now: f64) -> Result<Vec<JobId>> {
+        let op = "unregister an instance";
+        let mut tx = self.client.transaction().ctx(op)?;
+        let ids = take_back(&mut self.stmts, &mut tx, id, now)?;
+        execute(
+            &mut self.stmts,
+            &mut tx,
+            "DELETE FROM instances WHERE id = $1",
+            &[&id],
+            op,
+        )?;
+        tx.commit().ctx(op)?;
+        Ok(ids)
+    }
+
+    fn instances(&mut self) -> Result<Vec<Instance>> {
+        query(
+            &mut self.stmts,
+            &mut self.client,
+            "SELECT id, host, pid, token, started_at, last_seen FROM instances ORDER BY id",
+            &[],
+            "list instances",
+        )?
+        .iter()
+        .map(read_instance)
+        .collect()
+    }
+
+    fn touch_instance(&mut self, id: InstanceId, now: f64) -> Result<bool> {
+        execute(
+            &mut self.stmts,
+            &mut self.client,
+            "UPDATE instances SET last_seen = $2 WHERE id = $1",
+            &[&id, &now],
+            "touch an instance",
+        )
+        .map(|changed| changed == 1)
+    }
+
+    fn requeue_orphans(
+        &mut self,
+        me: InstanceId,
+        is_dead: &dyn Fn(&Instance) -> bool,
+        now: f64,
+    ) -> Result<Vec<JobId>> {
+        let op = "requeue orphans";
+        let dead: Vec<Instance> = self
+            .instances()?
+            .into_iter()
+            .filter(|instance| instance.id != me && is_dead(instance))
+            .collect();
+        if dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.client.transaction().ctx(op)?;
+        let mut ids = Vec::new();
+        for instance in dead {
+            // Only as it was judged: one that was touched since is alive, and one that is
+            // gone was taken care of by another supervisor.
+            let unchanged = query(
+                &mut self.stmts,
+                &mut tx,
+                "SELECT 1 FROM instances WHERE id = $1 AND last_seen = $2 FOR UPDATE",
+                &[&instance.id, &instance.last_seen],
+                op,
+            )?;
+            if unchanged.is_empty() {
+                continue;
+            }
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                TAKE_BACK_ORPHANS,
+                &[
+                    &instance.id,
+                    &now,
+                    &crate::quarantine_reason(),
+                    &i64::from(crate::SUPERVISOR_DEATHS),
+                ],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
+            execute(
+                &mut self.stmts,
+                &mut tx,
+                "DELETE FROM instances WHERE id = $1",
+                &[&instance.id],
+                op,
+            )?;
+        }
+        tx.commit().ctx(op)?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn claim(
+        &mut self,
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<ClaimResult> {
+        let mut tx = self.client.transaction().ctx("claim")?;
+        tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
+        materialise(&mut self.stmts, &mut tx, now)?;
+        let mut sql = ClaimTx {
+            stmts: &mut self.stmts,
+            tx: &mut tx,
+        };
+        let result = claim::claim(&mut sql, me, routes, credits, now)?;
+        tx.commit().ctx("claim")?;
+        Ok(result)
+    }
+
+    fn purge_finished(
+        &mut self,
+        finished_before: Option<f64>,
+        keep: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobId>> {
+        let op = "delete finished jobs";
+        let mut tx = self.client.transaction().ctx(op)?;
+        let mut ids = Vec::new();
+        let limit = i64::from(limit);
+        if let Some(before) = finished_before {
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                     AND finished_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&before, &limit],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
+        }
+        let left = limit - ids.len() as i64;
+        if let (Some(keep), true) = (keep, left > 0) {
+            let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+            let rows = query(
+                &mut self.stmts,
+                &mut tx,
+                &format!(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                     AND id <= (SELECT id FROM jobs WHERE {FINISHED} ORDER BY id DESC \
+                     LIMIT 1 OFFSET $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&keep, &left],
+                op,
+            )?;
+            ids.extend(ids_of(rows, op)?);
+        }
+        tx.commit().ctx(op)?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+        let op = "reroute";
+        let mut tx = self.client.transaction().ctx(op)?;
+        // The update joins the new routes to the jobs by id: by the primary key, never
+        // by a nested loop over a table without statistics yet (100,000 queued jobs
+        // took minutes that way).
+        tx.batch_execute(CLAIM_PLANNER).ctx(op)?;
+        let mut sql = ClaimTx {
+            stmts: &mut self.stmts,
+            tx: &mut tx,
+        };
+        let changed = claim::reroute(&mut sql, routes)?;
+        tx.commit().ctx(op)?;
+        Ok(changed)
+    }
+
+    fn record_outcome(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        owner: InstanceId,
+        outcome: &Outcome,
+        next: Next,
+        now: f64,
+    ) -> Result<bool> {
+        // A retry turns into `canceled` if a cancel was requested, which the UPDATE
+        // decides on the row's latest version.
+        let (state, not_before) = outcome_state(id, outcome, next)?;
+        execute(
+            &mut self.stmts,
+            &mut self.client,
+            "UPDATE jobs SET \
+                 state = CASE WHEN cancel_requested AND $2::float8 IS NOT NULL \
+                         THEN 'canceled' ELSE $1::text END, \
+                 not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
+                 owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
+                 finished_at = $6, start_error = $10, reason = $11 \
+             WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9",
+            &[
+                &state.as_str(),
+                &not_before,
+                &outcome.exit_code,
+                &outcome.signal,
+                &outcome.kind.as_str(),
+                &now,
+                &id,
+                &i64::from(attempt),
+                &owner,
+                &outcome.start_error,
+                &outcome.reason,
+            ],
+            "record an outcome",
+        )
+        .map(|changed| changed == 1)
+    }
+
+    fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {
+        execute(
+            &mut self.stmts,
+            &mut self.client,
+            &format!("{TAKE_BACK} AND id = $3 AND attempts = $4"),
+            &[&owner, &now, &id, &i64::from(attempt)],
+            "release a job",
+        )
+        .map(|changed| changed == 1)
+    }
+
+    fn release_strays(
+        &mut self,
+        owner: InstanceId,
+        known: &[JobId],
+        claimed_before: Option<f64>,
+        now: f64,
+    ) -> Result<Vec<JobId>> {
+        let op = "release strays";
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            &format!(
+                "{TAKE_BACK} AND NOT (id = ANY($3::bigint[])) \
+                 AND ($4::float8 IS NULL OR started_at <= $4) RETURNING id"
+            ),
+            &[&owner, &now, &known, &claimed_before],
+            op,
+        )?;
+        ids_of(rows, op)
+    }
+
+    fn cancel(&mut self, id: JobId, now: f64) -> Result<CancelResult> {
+        let op = "cancel";
+        let stmts = &mut self.stmts;
+        let mut tx = self.client.transaction().ctx(op)?;
+        let rows = query(
+            stmts,
+            &mut tx,
+            "SELECT state, not_before FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+            op,
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(CancelResult::Unknown);
+        };
+        let state: String = column(row, id, 0)?;
+        let not_before: Option<f64> = column(row, id, 1)?;
+        let state = parse_state(id, &state)?;
+        let result = match state {
+            JobState::Running => {
+                execute(
+                    stmts,
+                    &mut tx,
+                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'",
+                    &[&id],
+                    op,
+                )?;
+                CancelResult::Requested
+            }
+            JobState::Queued | JobState::Failed | JobState::TimedOut
+                if state == JobState::Queued || not_before.is_some() =>
+            {
+                execute(
+                    stmts,
+                    &mut tx,
+                    "UPDATE jobs SET state = 'canceled', finished_at = $2, not_before = NULL \
+                     WHERE id = $1 AND (state = 'queued' OR (state IN ('failed', 'timed_out') \
+                     AND not_before IS NOT NULL))",
+                    &[&id, &now],
+                    op,
+                )?;
+                CancelResult::Canceled
+            }
+            finished => return Ok(CancelResult::AlreadyFinished(finished)),
+        };
+        tx.batch_execute(&format!("NOTIFY {NOTIFY_CHANNEL}, 'cancel'"))
+            .ctx("cancel: notify")?;
+        tx.commit().ctx(op)?;
+        Ok(result)
+    }
+
+    fn cancel_requests(&mut self, owner: InstanceId) -> Result<Vec<(JobId, u32)>> {
+        let op = "list cancel requests";
+        query(
+            &mut self.stmts,
+            &mut self.client,
+            "SELECT id, attempts FROM jobs \
+             WHERE owner = $1 AND state = 'running' AND cancel_requested ORDER BY id",
+            &[&owner],
+            op,
+        )?
+        .iter()
+        .map(|row| {
+            let id: JobId = row.try_get(0).ctx(op)?;
+            Ok((id, count(row, id, 1)?))
+        })
+        .collect()
+    }
+
+    fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>> {
+        materialise_if_due(&mut self.stmts, &mut self.client, now)?;
+        query(
+            &mut self.stmts,
+            &mut self.client,
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+            &[&id],
+            "get a job",
+        )?
+        .first()
+        .map(read_job)
+        .transpose()
+    }
+
+    fn list(&mut self, state: Option<JobState>, now: f64) -> Result<Vec<Job>> {
+        materialise_if_due(&mut self.stmts, &mut self.client, now)?;
+        let rows = match state {
+            Some(state) => query(
+                &mut self.stmts,
+                &mut self.client,
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = $1 ORDER BY id"),
+                &[&state.as_str()],
+                "list jobs",
+            )?,
+            None => query(
+                &mut self.stmts,
+                &mut self.client,
+                &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"),
+                &[],
+                "list jobs",
+            )?,
+        };
+        rows.iter().map(read_job).collect()
+    }
+
+    fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>> {
+        let op = "count jobs";
+        materialise_if_due(&mut self.stmts, &mut self.client, now)?;
+        let mut counts: BTreeMap<JobState, u64> =
+            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+            &[],
+            op,
+        )?;
+        for row in rows {
+            let state: String = row.try_get(0).ctx(op)?;
+            let n: i64 = row.try_get(1).ctx(op)?;
+            let state = state
+                .parse::<JobState>()
+                .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?;
+            counts.insert(state, n.try_into().unwrap_or(0));
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,207 @@
+//! The PostgreSQL store's submit: batches inserted in one statement, idempotency keys
+//! under advisory locks in one global order, and the retry of a transaction PostgreSQL
+//! aborted.
+
+use std::collections::BTreeMap;
+
+use postgres::error::SqlState;
+use postgres::types::Json;
+use postgres::GenericClient;
+
+use super::rows::ids_of;
+use super::statements::{execute, query, Statements};
+use crate::error::Context;
+use crate::{JobId, NewJob, Result, StoreError};
+
+/// The advisory lock class of idempotency keys (`pg_advisory_xact_lock(class, hash)`):
+/// "sv" in ASCII.
+const KEY_LOCK_CLASS: i32 = 0x7376;
+
+/// How many times `submit` is tried when PostgreSQL aborts it to break a deadlock (which
+/// the key locks should rule out), and how many times a key is looked up and inserted
+/// when another submit of it wins the race.
+pub(super) const SUBMIT_TRIES: u32 = 5;
+
+/// The predicate of `jobs_live_key`: a job that is not finished.
+const LIVE: &str = "(state IN ('queued', 'running') \
+     OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL))";
+
+/// Whether PostgreSQL aborted a transaction that may simply be tried again.
+pub(super) fn is_transient(error: &StoreError) -> bool {
+    let source = match error {
+        StoreError::Postgres { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        source.code(),
+        Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// Inserts `jobs` (no keys among them) in one statement, with ids taken in order from the
+/// sequence. Returns their ids, in order.
+fn insert_unkeyed(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    jobs: &[&NewJob],
+    now: f64,
+) -> Result<Vec<JobId>> {
+    let op = "submit";
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = jobs.len() as i64;
+    let rows = query(
+        stmts,
+        client,
+        "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1::bigint)",
+        &[&n],
+        op,
+    )?;
+    let ids = ids_of(rows, op)?;
+    let groups: Vec<Option<&str>> = jobs.iter().map(|j| j.group.as_deref()).collect();
+    let commands: Vec<Json<&Vec<String>>> = jobs.iter().map(|j| Json(&j.command)).collect();
+    let tags: Vec<Json<&BTreeMap<String, String>>> = jobs.iter().map(|j| Json(&j.tags)).collect();
+    let envs: Vec<Json<&BTreeMap<String, String>>> = jobs.iter().map(|j| Json(&j.env)).collect();
+    let cwds: Vec<Option<&str>> = jobs.iter().map(|j| j.cwd.as_deref()).collect();
+    let timeouts: Vec<Option<f64>> = jobs.iter().map(|j| j.timeout_s).collect();
+    let max_attempts: Vec<Option<i64>> =
+        jobs.iter().map(|j| j.max_attempts.map(i64::from)).collect();
+    let inserted = execute(
+        stmts,
+        client,
+        "INSERT INTO jobs (id, state, named_group, command, tags, env, cwd, timeout_s, \
+             max_attempts, created_at, route, routed) \
+         SELECT u.id, 'queued', u.named_group, u.command, u.tags, u.env, u.cwd, u.timeout_s, \
+             u.max_attempts, $9, u.named_group, u.named_group IS NOT NULL \
+         FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], \
+             $6::text[], $7::float8[], $8::bigint[]) \
+             AS u (id, named_group, command, tags, env, cwd, timeout_s, max_attempts)",
+        &[
+            &ids,
+            &groups,
+            &commands,
+            &tags,
+            &envs,
+            &cwds,
+            &timeouts,
+            &max_attempts,
+            &now,
+        ],
+        op,
+    )?;
+    if inserted != n as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "submit inserted {inserted} of {n} jobs"
+        )));
+    }
+    Ok(ids)
+}
+
+/// Queues one job with an idempotency key, or finds the live job that has it.
+fn submit_keyed(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    job: &NewJob,
+    key: &str,
+    now: f64,
+) -> Result<(JobId, bool)> {
+    let op = "submit";
+    let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
+    let insert = format!(
+        "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
+             max_attempts, idem_key, created_at, route, routed) \
+         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL) \
+         ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL AND {LIVE} DO NOTHING \
+         RETURNING id"
+    );
+    // A concurrent submit of the same key may win the insert; its job is then found by
+    // the next look-up (or, if it finished meanwhile, the key is free again).
+    for _ in 0..SUBMIT_TRIES {
+        if let Some(row) = query(stmts, client, &find, &[&key], op)?.first() {
+            return Ok((row.try_get(0).ctx(op)?, false));
+        }
+        let rows = query(
+            stmts,
+            client,
+            &insert,
+            &[
+                &job.group,
+                &Json(&job.command),
+                &Json(&job.tags),
+                &Json(&job.env),
+                &job.cwd,
+                &job.timeout_s,
+                &job.max_attempts.map(i64::from),
+                &key,
+                &now,
+            ],
+            op,
+        )?;
+        if let Some(row) = rows.first() {
+            return Ok((row.try_get(0).ctx(op)?, true));
+        }
+    }
+    Err(StoreError::InvalidArgument(format!(
+        "submit: the idempotency key {key:?} is contended: try again"
+    )))
+}
+
+/// The advisory lock of an idempotency key: its FNV-1a hash, the same on every host and
+/// in every version (a change would only let two versions' submits deadlock, which the
+/// retry handles).
+fn key_lock(key: &str) -> i32 {
+    let hash = key.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    hash as i32
+}
+
+/// One try of [`JobStore::submit`], inside a transaction. Returns the ids and whether a
+/// job was queued.
+pub(super) fn submit_in(
+    stmts: &mut Statements,
+    tx: &mut postgres::Transaction<'_>,
+    jobs: &[NewJob],
+    now: f64,
+) -> Result<(Vec<JobId>, bool)> {
+    // Submits of the same keys take them in one order (of their hashes), so that two
+    // batches holding keys in opposite orders queue behind each other rather than
+    // deadlock at the unique index.
+    let mut locks: Vec<i32> = jobs
+        .iter()
+        .filter_map(|job| job.key.as_deref())
+        .map(key_lock)
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    if !locks.is_empty() {
+        execute(
+            stmts,
+            tx,
+            "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k",
+            &[&KEY_LOCK_CLASS, &locks],
+            "submit: lock keys",
+        )?;
+    }
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut queued = false;
+    let mut pending: Vec<&NewJob> = Vec::new();
+    for job in jobs {
+        let Some(key) = &job.key else {
+            pending.push(job);
+            continue;
+        };
+        // Unkeyed jobs before this one first, so that ids follow the batch's order.
+        queued |= !pending.is_empty();
+        ids.extend(insert_unkeyed(stmts, tx, &pending, now)?);
+        pending.clear();
+        let (id, new) = submit_keyed(stmts, tx, job, key, now)?;
+        queued |= new;
+        ids.push(id);
+    }
+    queued |= !pending.is_empty();
+    ids.extend(insert_unkeyed(stmts, tx, &pending, now)?);
+    Ok((ids, queued))
+}
