@@ -1,16 +1,22 @@
 //! The grabber child: claims jobs from the store against the credits the supervisor
 //! grants (one per free worker slot; no prefetch) and routes them to groups.
 //!
-//! Its polling is buildbot's doorbell loop: a submit, a cancel, a returned credit or a
-//! new config rings it; rings coalesce into one pass; each pass asks to be woken at the
-//! next poll interval (or the next retry time, or after an oslo-style error backoff).
+//! This file is plumbing around three pieces of the core: the credits, epochs and
+//! runnable groups the supervisor sends are kept in a [`Ledger`], which says what to claim;
+//! the loop is buildbot's doorbell loop ([`DoorbellLoop`], one pass over the store as its
+//! processing function): a submit, a cancel, a returned credit or a new config rings it,
+//! and rings coalesce into one pass; and each pass is woken again when oslo's backoff
+//! looping call ([`BackoffSchedule`]) says: at the next poll interval (sooner when a job's
+//! retry falls due), or after an error backoff that grows while the store fails.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use supervisor_core::backoff::{Backoff, BackoffState};
-use supervisor_core::doorbell::{Doorbell, Outcome};
+use supervisor_core::backoff::Backoff;
+use supervisor_core::doorbell::{Call, DoorbellLoop, Outcome};
 use supervisor_core::ledger::Ledger;
+use supervisor_core::looping::BackoffSchedule;
+use supervisor_core::time::Clock;
 use supervisor_core::{SplitMix64, Time};
 use supervisor_store::Route;
 
@@ -18,15 +24,24 @@ use crate::events_file::wall_now;
 use crate::ipc;
 use crate::wire::{Claim, FromChild, StoreArg, ToChild};
 
+/// The grabber's clock: time since it started.
+#[derive(Clone, Copy, Debug)]
+struct Monotonic(Instant);
+
+impl Clock for Monotonic {
+    fn now(&self) -> Time {
+        Time::from_origin(self.0.elapsed())
+    }
+}
+
 struct Grabber {
     tx: ipc_channel::ipc::IpcSender<FromChild>,
     store_arg: StoreArg,
     store: Option<crate::store::Store>,
     instance: i64,
-    poll_interval: Duration,
-    error_backoff: Backoff,
-    errors: BackoffState,
-    rng: SplitMix64,
+    clock: Monotonic,
+    /// When the next pass is due: the poll interval, or the error backoff.
+    schedule: BackoffSchedule<SplitMix64>,
     routes: Vec<Route>,
     /// What the supervisor granted, revoked and asked for.
     ledger: Ledger,
@@ -34,13 +49,22 @@ struct Grabber {
     /// Look for cancel requests in the next pass: set by the doorbell (`cancel` rings
     /// it) and by the poll timer, not by every returned credit.
     check_cancels: bool,
-    started: Instant,
     /// The routes changed (or this grabber just started): decide the group of every job
     /// in the queue again, once, before the next claim.
     reroute: bool,
     /// The wall time the current (or last) pass began: a claim it made that was lost
     /// with the connection is no later than this.
     pass_began: f64,
+}
+
+/// What a message from the supervisor asks of the loop.
+enum Flow {
+    /// Run a pass (a credit, a poll, a submit's doorbell).
+    Ring,
+    /// Nothing more.
+    Quiet,
+    /// Stop the grabber.
+    Stop,
 }
 
 /// Run the grabber until told to stop or the supervisor goes away.
@@ -59,42 +83,33 @@ pub fn main(
             return 1;
         }
     };
+    let clock = Monotonic(Instant::now());
+    let rng = SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64);
+    let poll_interval = supervisor_core::bounds::duration(poll_interval_s);
     let mut g = Grabber {
         tx,
         store_arg: store,
         store: None,
         instance,
-        poll_interval: supervisor_core::bounds::duration(poll_interval_s),
-        error_backoff,
-        errors: BackoffState::default(),
-        rng: SplitMix64::new(u64::from(std::process::id()) ^ (wall_now() * 1e6) as u64),
+        clock,
+        schedule: BackoffSchedule::new(poll_interval, error_backoff, rng),
         routes,
         ledger: Ledger::new(),
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
-        started: Instant::now(),
         reroute: true,
         pass_began: 0.0,
     };
     if g.tx.send(FromChild::Ready).is_err() {
         return 1;
     }
-    let mut bell = Doorbell::new(Duration::from_millis(1));
-    bell.add("poll");
+    let mut bell = DoorbellLoop::new(Duration::from_millis(1));
+    bell.add("claim", Grabber::pass);
     bell.ring();
     loop {
-        let now = g.now();
-        if let Some(pass) = bell.poll(now) {
-            if !pass.rung {
-                g.check_cancels = true; // the poll timer
-            }
-            let results: Vec<(&str, Outcome)> =
-                pass.ids.into_iter().map(|k| (k, g.pass())).collect();
-            bell.finish(g.now(), results);
-            continue;
-        }
+        bell.run_due(&clock, &mut g);
         let msg = match bell.next_deadline() {
-            Some(t) => match rx.try_recv_timeout(t.saturating_since(g.now())) {
+            Some(t) => match rx.try_recv_timeout(t.saturating_since(clock.now())) {
                 Ok(m) => Some(m),
                 Err(ipc_channel::TryRecvError::Empty) => None,
                 Err(_) => return 0, // the supervisor is gone
@@ -104,70 +119,81 @@ pub fn main(
                 Err(_) => return 0,
             },
         };
-        let Some(msg) = msg else { continue };
-        let mut next = Some(msg);
+        // Take everything already queued before running a pass: rings coalesce.
+        let mut next = msg;
         while let Some(msg) = next.take() {
-            match msg {
-                ToChild::Ping => {
-                    if g.tx.send(FromChild::Pong).is_err() {
-                        return 0;
-                    }
-                }
-                ToChild::Stop => return 0,
-                ToChild::Settings(s) => {
-                    if g.routes != s.routes {
-                        g.reroute = true;
-                    }
-                    g.routes = s.routes;
-                    g.ledger.set_runnable(s.runnable);
-                    g.poll_interval = supervisor_core::bounds::duration(s.poll_interval_s);
-                    g.error_backoff = s.error_backoff.into();
-                    bell.ring();
-                }
-                ToChild::Grant { group, n, epoch } => {
-                    g.ledger.grant(&group, n, epoch);
-                    bell.ring();
-                }
-                ToChild::Revoke { group, epoch } => g.ledger.revoke(&group, epoch),
-                ToChild::Poll { epoch } => {
-                    g.ledger.poll(epoch);
-                    bell.ring();
-                }
-                ToChild::Wake => {
-                    g.check_cancels = true;
-                    bell.ring();
-                }
-                ToChild::Hold(on) => {
-                    g.ledger.hold(on);
-                    bell.ring();
-                }
-                ToChild::Run(_) | ToChild::SignalJob { .. } => {
-                    log::error!("grabber: got a worker's message; ignoring it")
-                }
+            match g.on_message(msg) {
+                Flow::Ring => bell.ring(),
+                Flow::Quiet => {}
+                Flow::Stop => return 0,
             }
-            // Take everything already queued before running a pass: rings coalesce.
             next = rx.try_recv().ok();
         }
     }
 }
 
 impl Grabber {
-    fn now(&self) -> Time {
-        Time::from_origin(self.started.elapsed())
+    fn on_message(&mut self, msg: ToChild) -> Flow {
+        match msg {
+            ToChild::Ping => {
+                if self.tx.send(FromChild::Pong).is_err() {
+                    return Flow::Stop;
+                }
+                Flow::Quiet
+            }
+            ToChild::Stop => Flow::Stop,
+            ToChild::Settings(s) => {
+                if self.routes != s.routes {
+                    self.reroute = true;
+                }
+                self.routes = s.routes;
+                self.ledger.set_runnable(s.runnable);
+                let poll_interval = supervisor_core::bounds::duration(s.poll_interval_s);
+                self.schedule.set_interval(poll_interval);
+                self.schedule.set_backoff(s.error_backoff.into());
+                Flow::Ring
+            }
+            ToChild::Grant { group, n, epoch } => {
+                self.ledger.grant(&group, n, epoch);
+                Flow::Ring
+            }
+            ToChild::Revoke { group, epoch } => {
+                self.ledger.revoke(&group, epoch);
+                Flow::Quiet
+            }
+            ToChild::Poll { epoch } => {
+                self.ledger.poll(epoch);
+                Flow::Ring
+            }
+            ToChild::Wake => {
+                self.check_cancels = true;
+                Flow::Ring
+            }
+            ToChild::Hold(on) => {
+                self.ledger.hold(on);
+                Flow::Ring
+            }
+            ToChild::Run(_) | ToChild::SignalJob { .. } => {
+                log::error!("grabber: got a worker's message; ignoring it");
+                Flow::Quiet
+            }
+        }
     }
 
-    /// One pass: claim what the credits allow, pass on cancel requests, report.
-    fn pass(&mut self) -> Outcome {
-        match self.try_pass() {
-            Ok(wake) => {
-                self.errors.reset();
-                Ok(Some(wake))
-            }
+    /// One pass, the doorbell loop's processing function: claim what the credits allow,
+    /// pass on cancel requests, report; the schedule says when the next is due.
+    fn pass(&mut self, call: Call) -> Outcome {
+        if !call.rung {
+            self.check_cancels = true; // the poll timer
+        }
+        let next = match self.try_pass() {
+            Ok(asked) => self.schedule.succeeded(self.clock.now(), asked),
             Err(e) => {
-                let delay = self.errors.next(&self.error_backoff, &mut self.rng);
+                let now = self.clock.now();
+                let next = self.schedule.failed(now);
                 log::warn!(
                     "grabber: store error: {e:#}; next try in {:.2}s",
-                    delay.as_secs_f64()
+                    next.saturating_since(now).as_secs_f64()
                 );
                 let _ = self.tx.send(FromChild::SourceFailed {
                     error: format!("{e:#}"),
@@ -176,12 +202,15 @@ impl Grabber {
                 // Reconnect on the next try: the connection itself may be what broke.
                 self.store = None;
                 self.ledger.forget_report();
-                Ok(Some(self.now() + delay))
+                next
             }
-        }
+        };
+        Ok(Some(next))
     }
 
-    fn try_pass(&mut self) -> anyhow::Result<Time> {
+    /// Claim, pass on cancels and report; returns how soon the next pass is wanted when
+    /// that is before the poll interval (a job's retry falls due).
+    fn try_pass(&mut self) -> anyhow::Result<Option<Duration>> {
         if self.store.is_none() {
             self.store = Some(crate::store::open_hot(&self.store_arg)?);
         }
@@ -189,7 +218,7 @@ impl Grabber {
         let store = self.store.as_mut().expect("opened above");
         let routed = self.routes.iter().map(|r| r.group.as_str());
         let Some(mut credits) = self.ledger.to_claim(routed) else {
-            return Ok(self.now() + self.poll_interval); // held
+            return Ok(None); // held
         };
         if self.reroute {
             let changed = store.reroute(&self.routes)?;
@@ -238,11 +267,7 @@ impl Grabber {
         if let Some(epoch) = self.ledger.report(empty) {
             let _ = self.tx.send(FromChild::SourceReport { epoch, empty });
         }
-        let mut wake = self.now() + self.poll_interval;
-        if let Some(at) = result.more.waiting_until {
-            let until = supervisor_core::bounds::duration(at - wall);
-            wake = wake.min(self.now() + until);
-        }
-        Ok(wake)
+        let retry = result.more.waiting_until;
+        Ok(retry.map(|at| supervisor_core::bounds::duration(at - wall)))
     }
 }

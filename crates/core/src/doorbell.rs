@@ -1,6 +1,8 @@
 //! buildbot's doorbell loop (`buildbot/util/loop.py`, `LoopBase`): processing functions
 //! run one pass at a time when the doorbell rings or a function's own timer comes due,
 //! as a sans-IO [`Doorbell`] keyed by function ids plus a small [`DoorbellLoop`] driver.
+//! The grabber's loop is a [`DoorbellLoop`]; the supervisor's reloads use the bare
+//! [`Doorbell`] (a burst of SIGHUPs coalesces into one reload).
 //!
 //! The rules, as buildbot's:
 //! - [`ring`](Doorbell::ring) (buildbot's `trigger`) asks for a full pass: every
@@ -12,8 +14,9 @@
 //!   `OCD_MINIMUM_DELAY`, which stops a function that asks for "now" from spinning).
 //!   When timers come due, a pass runs just the due functions. A ring cancels all timers,
 //!   since the full pass it brings runs everyone anyway.
-//! - Functions are a set: one added twice runs once per pass. Removing one drops its
-//!   timer. [`add`](Doorbell::add) does not ring: ring if the newcomer should run soon.
+//! - Functions are a set: one added twice runs once per pass. [`add`](Doorbell::add)
+//!   does not ring: ring if the newcomer should run soon. (buildbot can also remove a
+//!   function; nothing here needs to.)
 //! - A failing function is logged (`log::error!`) and loses its timer; the other
 //!   functions and later passes are unaffected.
 
@@ -21,8 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use crate::clock::Clock;
-use crate::time::Time;
+use crate::time::{Clock, Time};
 
 /// What a processing function reports: an optional wakeup time, or an error to log.
 pub type Outcome = Result<Option<Time>, String>;
@@ -68,18 +70,6 @@ impl<K: Ord + Clone + fmt::Debug> Doorbell<K> {
     /// Register a function (again: no effect). It runs from the next full pass on.
     pub fn add(&mut self, k: K) {
         self.functions.insert(k);
-    }
-
-    /// Unregister a function and drop its timer; returns whether it was registered. If
-    /// it is in the running pass, its result will be ignored.
-    pub fn remove(&mut self, k: &K) -> bool {
-        self.timers.remove(k);
-        self.functions.remove(k)
-    }
-
-    /// Whether `k` is registered.
-    pub fn contains(&self, k: &K) -> bool {
-        self.functions.contains(k)
     }
 
     /// Ring the doorbell: a full pass will start after this call (at the next poll once
@@ -132,7 +122,7 @@ impl<K: Ord + Clone + fmt::Debug> Doorbell<K> {
         let earliest = now + self.min_delay;
         for (k, outcome) in results {
             match outcome {
-                // A function removed during the pass gets no timer.
+                // A result for a function never added sets no timer.
                 Ok(Some(t)) if self.functions.contains(&k) => {
                     self.timers.insert(k, t.max(earliest));
                 }
@@ -166,41 +156,60 @@ impl<K: Ord + Clone + fmt::Debug> Doorbell<K> {
     }
 }
 
-/// A processing function for [`DoorbellLoop`]: given the time it is called, it returns
-/// when it wants to run again, if ever, or an error to log.
-pub type ProcessingFn<'f> = Box<dyn FnMut(Time) -> Outcome + 'f>;
-
-/// A [`Doorbell`] that owns its processing functions and runs them over a [`Clock`].
-///
-/// ```
-/// use std::cell::RefCell;
-/// use std::time::Duration;
-/// use supervisor_core::clock::{Clock, FakeClock};
-/// use supervisor_core::doorbell::DoorbellLoop;
-/// use supervisor_core::Time;
-///
-/// let calls = RefCell::new(vec![]);
-/// let mut bell = DoorbellLoop::new(Duration::from_secs(1));
-/// bell.add("scheduler", |now: Time| {
-///     calls.borrow_mut().push(("scheduler", now.since_origin().as_secs()));
-///     Ok(Some(now + Duration::from_secs(60))) // wake me in a minute
-/// });
-/// bell.add("broken", |_| Err("db unreachable".to_string()));
-///
-/// let clock = FakeClock::new();
-/// bell.ring();
-/// bell.ring(); // coalesces with the first
-/// bell.run_until(&clock, Time::from_secs_f64(150.0));
-/// // Once for the ring, then on its own timer at 60 s and 120 s; "broken" is only logged.
-/// assert_eq!(*calls.borrow(), [("scheduler", 0), ("scheduler", 60), ("scheduler", 120)]);
-/// assert_eq!(clock.now(), Time::from_secs_f64(150.0));
-/// ```
-pub struct DoorbellLoop<'f, K> {
-    bell: Doorbell<K>,
-    functions: BTreeMap<K, ProcessingFn<'f>>,
+/// Why a processing function of a [`DoorbellLoop`] is called, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// The time of the call.
+    pub now: Time,
+    /// Whether the call answers a ring (every function runs), rather than the function's
+    /// own timer coming due.
+    pub rung: bool,
 }
 
-impl<K: fmt::Debug> fmt::Debug for DoorbellLoop<'_, K> {
+/// A processing function of a [`DoorbellLoop`] over a context `C`: it works on the
+/// context and returns when it wants to run again, if ever, or an error to log.
+pub type ProcessingFn<C> = fn(&mut C, Call) -> Outcome;
+
+/// A [`Doorbell`] with its processing functions, run over a [`Clock`] on a context `C`
+/// that the caller lends to each [`run_due`](Self::run_due) (the caller works on the
+/// same context between passes: it handles the messages that ring the doorbell).
+///
+/// The grabber is one: its pass over the store is the processing function, its state
+/// the context, and a message from the supervisor (a credit, a submit's doorbell) rings.
+///
+/// ```
+/// use std::time::Duration;
+/// use supervisor_core::doorbell::{DoorbellLoop, Call};
+/// use supervisor_core::time::Clock;
+/// use supervisor_core::Time;
+///
+/// struct At(Time);
+/// impl Clock for At {
+///     fn now(&self) -> Time {
+///         self.0
+///     }
+/// }
+///
+/// let mut bell = DoorbellLoop::new(Duration::from_secs(1));
+/// bell.add("scheduler", |calls: &mut Vec<(u64, bool)>, call: Call| {
+///     calls.push((call.now.since_origin().as_secs(), call.rung));
+///     Ok(Some(call.now + Duration::from_secs(60))) // wake me in a minute
+/// });
+/// let mut calls = vec![];
+/// bell.ring();
+/// bell.ring(); // coalesces with the first
+/// assert_eq!(bell.run_due(&At(Time::ZERO), &mut calls), 1);
+/// assert_eq!(bell.next_deadline(), Some(Time::from_secs_f64(60.0)));
+/// assert_eq!(bell.run_due(&At(Time::from_secs_f64(59.0)), &mut calls), 0);
+/// assert_eq!(bell.run_due(&At(Time::from_secs_f64(60.0)), &mut calls), 1);
+/// assert_eq!(calls, [(0, true), (60, false)]);
+/// ```
+pub struct DoorbellLoop<K, C> {
+    bell: Doorbell<K>,
+    functions: BTreeMap<K, ProcessingFn<C>>,
+}
+
+impl<K: fmt::Debug, C> fmt::Debug for DoorbellLoop<K, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DoorbellLoop")
             .field("bell", &self.bell)
@@ -208,7 +217,7 @@ impl<K: fmt::Debug> fmt::Debug for DoorbellLoop<'_, K> {
     }
 }
 
-impl<'f, K: Ord + Clone + fmt::Debug> DoorbellLoop<'f, K> {
+impl<K: Ord + Clone + fmt::Debug, C> DoorbellLoop<K, C> {
     /// An idle loop with no functions; see [`Doorbell::new`] for `min_delay`.
     pub fn new(min_delay: Duration) -> Self {
         DoorbellLoop {
@@ -218,15 +227,9 @@ impl<'f, K: Ord + Clone + fmt::Debug> DoorbellLoop<'f, K> {
     }
 
     /// Register `f` as function `k`, replacing any function already registered as `k`.
-    pub fn add(&mut self, k: K, f: impl FnMut(Time) -> Outcome + 'f) {
+    pub fn add(&mut self, k: K, f: ProcessingFn<C>) {
         self.bell.add(k.clone());
-        self.functions.insert(k, Box::new(f));
-    }
-
-    /// Unregister function `k` and drop its timer; returns whether it was registered.
-    pub fn remove(&mut self, k: &K) -> bool {
-        self.functions.remove(k);
-        self.bell.remove(k)
+        self.functions.insert(k, f);
     }
 
     /// Ring the doorbell: the next [`run_due`](Self::run_due) runs every function.
@@ -239,13 +242,9 @@ impl<'f, K: Ord + Clone + fmt::Debug> DoorbellLoop<'f, K> {
         self.bell.next_deadline()
     }
 
-    /// The state machine underneath, to inspect timers.
-    pub fn doorbell(&self) -> &Doorbell<K> {
-        &self.bell
-    }
-
-    /// Run the passes due now, one after the other; returns how many ran.
-    pub fn run_due(&mut self, clock: &dyn Clock) -> usize {
+    /// Run the passes due now on `context`, one after the other, each function of a
+    /// pass called at the time `clock` tells; returns how many passes ran.
+    pub fn run_due(&mut self, clock: &dyn Clock, context: &mut C) -> usize {
         let mut passes = 0;
         while let Some(pass) = self.bell.poll(clock.now()) {
             passes += 1;
@@ -253,25 +252,16 @@ impl<'f, K: Ord + Clone + fmt::Debug> DoorbellLoop<'f, K> {
                 .ids
                 .into_iter()
                 .filter_map(|k| {
-                    let f = self.functions.get_mut(&k)?;
-                    let outcome = f(clock.now());
-                    Some((k, outcome))
+                    let f = self.functions.get(&k)?;
+                    let call = Call {
+                        now: clock.now(),
+                        rung: pass.rung,
+                    };
+                    Some((k, f(context, call)))
                 })
                 .collect();
             self.bell.finish(clock.now(), results);
         }
-        passes
-    }
-
-    /// Run due passes and sleep on `clock` to each next deadline, until `until`; returns
-    /// how many passes ran.
-    pub fn run_until(&mut self, clock: &dyn Clock, until: Time) -> usize {
-        let mut passes = self.run_due(clock);
-        while let Some(t) = self.next_deadline().filter(|&t| t <= until) {
-            clock.sleep_until(t);
-            passes += self.run_due(clock);
-        }
-        clock.sleep_until(until);
         passes
     }
 }
@@ -279,9 +269,8 @@ impl<'f, K: Ord + Clone + fmt::Debug> DoorbellLoop<'f, K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
     use proptest::prelude::*;
-    use std::cell::RefCell;
+    use std::cell::Cell;
 
     fn at(secs: f64) -> Time {
         Time::from_secs_f64(secs)
@@ -429,24 +418,11 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_function_drops_its_timer() {
-        let mut b = bell(&[1, 2]);
-        b.ring();
-        b.poll(at(0.0)).unwrap();
-        b.finish(at(0.0), [(1, Ok(Some(at(10.0)))), (2, Ok(Some(at(20.0))))]);
-        assert!(b.remove(&1));
-        assert_eq!(b.timer(&1), None);
-        assert_eq!(b.next_deadline(), Some(at(20.0)));
-        assert_eq!(b.poll(at(15.0)), None);
-    }
-
-    #[test]
-    fn a_function_removed_during_its_pass_gets_no_timer() {
+    fn a_result_for_a_function_never_added_sets_no_timer() {
         let mut b = bell(&[1]);
         b.ring();
         b.poll(at(0.0)).unwrap();
-        b.remove(&1);
-        b.finish(at(0.0), [(1, Ok(Some(at(10.0))))]);
+        b.finish(at(0.0), [(9, Ok(Some(at(10.0))))]);
         assert_eq!(b.next_deadline(), None);
     }
 
@@ -468,43 +444,99 @@ mod tests {
         assert_eq!(b.next_deadline(), None);
     }
 
-    #[test]
-    fn an_erroring_function_does_not_stop_the_others_or_the_loop() {
-        let runs = RefCell::new(vec![]);
-        let mut l = DoorbellLoop::new(MIN);
-        for k in ["a", "bad", "c"] {
-            let runs = &runs;
-            l.add(k, move |_| {
-                runs.borrow_mut().push(k);
-                if k == "bad" {
-                    Err("boom".into())
-                } else {
-                    Ok(None)
-                }
-            });
+    /// A clock that moves only when a test (or a function it runs) says so.
+    struct TestClock(Cell<Time>);
+
+    impl Clock for TestClock {
+        fn now(&self) -> Time {
+            self.0.get()
         }
-        let clock = FakeClock::new();
-        l.ring();
-        assert_eq!(l.run_due(&clock), 1);
-        l.ring();
-        assert_eq!(l.run_due(&clock), 1);
-        assert_eq!(*runs.borrow(), ["a", "bad", "c", "a", "bad", "c"]);
+    }
+
+    impl TestClock {
+        fn at(secs: f64) -> TestClock {
+            TestClock(Cell::new(at(secs)))
+        }
+
+        fn advance(&self, d: Duration) {
+            self.0.set(self.0.get() + d);
+        }
     }
 
     #[test]
-    fn the_driver_sleeps_from_timer_to_timer() {
-        let clock = FakeClock::new();
-        let mut l = DoorbellLoop::new(MIN);
-        l.add(1, |now: Time| Ok(Some(now + Duration::from_secs(10))));
-        l.add(2, |now: Time| Ok(Some(now + Duration::from_secs(25))));
+    fn an_erroring_function_does_not_stop_the_others_or_the_loop() {
+        let mut l: DoorbellLoop<&str, Vec<&str>> = DoorbellLoop::new(MIN);
+        l.add("a", |runs, _| {
+            runs.push("a");
+            Ok(None)
+        });
+        l.add("bad", |runs, _| {
+            runs.push("bad");
+            Err("boom".into())
+        });
+        l.add("c", |runs, _| {
+            runs.push("c");
+            Ok(None)
+        });
+        let clock = TestClock::at(0.0);
+        let mut runs = vec![];
         l.ring();
-        let passes = l.run_until(&clock, at(30.0));
-        // The ring at 0; then 1 at 10 and 20, 2 at 25, 1 at 30; 1's next (40) is too late.
-        assert_eq!(passes, 5);
-        let secs: Vec<u64> = clock.sleeps().iter().map(Duration::as_secs).collect();
-        assert_eq!(secs, [10, 10, 5, 5, 0]);
-        assert!(l.remove(&2));
-        assert_eq!(l.doorbell().timer(&1), Some(at(40.0)));
+        assert_eq!(l.run_due(&clock, &mut runs), 1);
+        l.ring();
+        assert_eq!(l.run_due(&clock, &mut runs), 1);
+        assert_eq!(runs, ["a", "bad", "c", "a", "bad", "c"]);
+        assert_eq!(l.next_deadline(), None, "a failed function has no timer");
+    }
+
+    #[test]
+    fn due_timers_run_their_functions_alone_and_not_as_rung() {
+        let mut l: DoorbellLoop<u8, Vec<(u8, Call)>> = DoorbellLoop::new(MIN);
+        l.add(1, |calls, call| {
+            calls.push((1, call));
+            Ok(Some(call.now + Duration::from_secs(10)))
+        });
+        l.add(2, |calls, call| {
+            calls.push((2, call));
+            Ok(Some(call.now + Duration::from_secs(25)))
+        });
+        let mut calls = vec![];
+        l.ring();
+        assert_eq!(l.run_due(&TestClock::at(0.0), &mut calls), 1);
+        assert_eq!(l.next_deadline(), Some(at(10.0)));
+        assert_eq!(l.run_due(&TestClock::at(9.0), &mut calls), 0);
+        assert_eq!(l.run_due(&TestClock::at(10.0), &mut calls), 1);
+        // 1 is due again at 20, 2 at 25: one pass at 30 runs both.
+        assert_eq!(l.run_due(&TestClock::at(30.0), &mut calls), 1);
+        let call = |secs, rung| Call {
+            now: at(secs),
+            rung,
+        };
+        assert_eq!(
+            calls,
+            [
+                (1, call(0.0, true)),
+                (2, call(0.0, true)),
+                (1, call(10.0, false)),
+                (1, call(30.0, false)),
+                (2, call(30.0, false)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wakeup_counts_from_the_end_of_the_pass() {
+        struct Work<'c> {
+            clock: &'c TestClock,
+        }
+        let clock = TestClock::at(100.0);
+        let mut l: DoorbellLoop<u8, Work> = DoorbellLoop::new(MIN);
+        l.add(1, |w, call| {
+            w.clock.advance(Duration::from_secs(2)); // the pass takes 2 s
+            Ok(Some(call.now)) // "again at once"
+        });
+        l.ring();
+        assert_eq!(l.run_due(&clock, &mut Work { clock: &clock }), 1);
+        assert_eq!(l.next_deadline(), Some(at(102.0) + MIN));
     }
 
     #[derive(Clone, Debug)]
@@ -515,7 +547,6 @@ mod tests {
         /// Per function of the pass: 0 no timer, 2 an error, else a wakeup at now - 2 s + ms.
         Finish(Vec<(u8, u64)>),
         Add(u8),
-        Remove(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -525,7 +556,6 @@ mod tests {
             4 => Just(Op::Poll),
             3 => prop::collection::vec((0u8..4, 0u64..20_000), 4).prop_map(Op::Finish),
             1 => (0u8..4).prop_map(Op::Add),
-            1 => (0u8..4).prop_map(Op::Remove),
         ]
     }
 
@@ -552,11 +582,6 @@ mod tests {
                     Op::Add(k) => {
                         b.add(k);
                         registered.insert(k);
-                    }
-                    Op::Remove(k) => {
-                        b.remove(&k);
-                        registered.remove(&k);
-                        timers.remove(&k);
                     }
                     Op::Poll => match b.poll(now) {
                         Some(pass) => {

@@ -10,12 +10,12 @@
 //!   reload, shutdown: [`supervision::Core::handle`] and [`supervision::Core::next_deadline`].
 //! - [`ledger`]: the grabber's side of dispatch: credits, epochs, runnable groups.
 //! - [`backoff`]: oslo.service's exponential backoff with jitter.
-//! - [`looping`]: oslo.service's looping calls and retry helper, over a [`clock::Clock`].
-//! - [`doorbell`]: buildbot's doorbell loop.
+//! - [`looping`]: oslo.service's looping calls as schedules: a fixed interval (for the
+//!   heartbeats), the grabber's poll interval with its error backoff.
+//! - [`doorbell`]: buildbot's doorbell loop: the grabber's loop, the supervisor's reloads.
 
 pub mod backoff;
 pub mod bounds;
-pub mod clock;
 pub mod doorbell;
 pub mod ledger;
 pub mod looping;

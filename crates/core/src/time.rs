@@ -1,4 +1,5 @@
-//! Time as a value: the core never reads a clock; the shell passes `now` in.
+//! Time as a value: the core never reads a clock; the shell passes `now` in, or lends a
+//! [`Clock`] to a loop driver that must tell the time between calls.
 
 use std::ops::{Add, Sub};
 use std::time::Duration;
@@ -51,6 +52,14 @@ impl Sub<Duration> for Time {
     fn sub(self, d: Duration) -> Time {
         Time(self.0.saturating_sub(d))
     }
+}
+
+/// Tells the time: what a loop driver ([`crate::doorbell::DoorbellLoop`]) reads between
+/// the functions it calls, so that this crate never reads a real clock itself. The
+/// shell's clock counts from the moment its process started.
+pub trait Clock {
+    /// The current time.
+    fn now(&self) -> Time;
 }
 
 /// Seconds as `f64`, the unit of the config and the events file.
