@@ -21,6 +21,14 @@ pub enum Role {
 }
 
 impl Role {
+    /// Worker `slot` of `group`.
+    pub(crate) fn worker(group: &str, slot: u32) -> Role {
+        Role::Worker {
+            group: group.to_string(),
+            slot,
+        }
+    }
+
     /// `"grabber"` or `"worker"`, as in the events file.
     pub fn kind(&self) -> &'static str {
         match self {

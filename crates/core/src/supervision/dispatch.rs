@@ -127,6 +127,7 @@ impl Core {
                     stop: None,
                 },
             });
+            self.arm(worker);
             self.out.push(Action::StartJob { child: worker, job });
         }
     }

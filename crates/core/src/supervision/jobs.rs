@@ -77,6 +77,7 @@ impl Core {
         }
         let run = c.end_job().expect("checked above");
         let group = c.role.group().unwrap_or_default().to_string();
+        self.arm(child);
         let stop = run.stop.map(|s| s.reason);
         if stop == Some(StopReason::Shutdown) {
             self.release(run.claim);
@@ -175,94 +176,98 @@ impl Core {
                 return;
             }
         }
-        for (&id, c) in self.children.iter_mut() {
-            let Some(run) = c.job_mut().filter(|r| r.claim.id == job) else {
-                continue;
-            };
-            match &mut run.stop {
-                None => {
+        let Some((&id, c)) = (self.children.iter_mut()).find(|(_, c)| c.job_id() == Some(job))
+        else {
+            return;
+        };
+        let run = c.job_mut().expect("found busy with it");
+        match &mut run.stop {
+            None => {
+                run.stop = Some(JobStop {
+                    reason: StopReason::Cancel,
+                    step: StopStep::Term {
+                        kill_at: now + kill_grace,
+                    },
+                });
+                self.out.push(Action::SignalJob {
+                    child: id,
+                    job,
+                    signal: Signal::Term,
+                });
+                self.arm(id);
+            }
+            Some(stop) => {
+                // Already being stopped (timeout, shutdown): that TERM/KILL goes on, but
+                // the operator's word decides the outcome: `canceled`, not a retry nor a
+                // requeue.
+                stop.reason = StopReason::Cancel;
+            }
+        }
+    }
+
+    /// The next step of the job on `id` is due: its timeout (TERM), its KILL, or giving
+    /// up on a worker that does not report the job's end after it.
+    pub(super) fn job_timer(&mut self, now: Time, id: ChildId) {
+        let kill_grace = self.spec.kill_grace;
+        let Some(c) = self.children.get_mut(&id) else {
+            return;
+        };
+        if c.killed {
+            // Its worker is being killed; the job is settled when it is reaped.
+            return;
+        }
+        let ChildState::Busy { job: run } = &mut c.state else {
+            return;
+        };
+        match &mut run.stop {
+            None => {
+                if run.deadline.is_some_and(|d| d <= now) {
                     run.stop = Some(JobStop {
-                        reason: StopReason::Cancel,
+                        reason: StopReason::Timeout,
                         step: StopStep::Term {
                             kill_at: now + kill_grace,
                         },
                     });
                     self.out.push(Action::SignalJob {
                         child: id,
-                        job,
+                        job: run.claim.id,
                         signal: Signal::Term,
                     });
                 }
-                Some(stop) => {
-                    // Already being stopped (timeout, shutdown): that TERM/KILL goes
-                    // on, but the operator's word decides the outcome: `canceled`, not
-                    // a retry nor a requeue.
-                    stop.reason = StopReason::Cancel;
-                }
             }
-            return;
-        }
-    }
-
-    pub(super) fn job_timers(&mut self, now: Time) {
-        let kill_grace = self.spec.kill_grace;
-        for (&id, c) in self.children.iter_mut() {
-            if c.killed {
-                // Its worker is being killed; the job is settled when it is reaped.
-                continue;
-            }
-            let ChildState::Busy { job: run } = &mut c.state else {
-                continue;
-            };
-            match &mut run.stop {
-                None => {
-                    if run.deadline.is_some_and(|d| d <= now) {
-                        run.stop = Some(JobStop {
-                            reason: StopReason::Timeout,
-                            step: StopStep::Term {
-                                kill_at: now + kill_grace,
-                            },
-                        });
-                        self.out.push(Action::SignalJob {
-                            child: id,
-                            job: run.claim.id,
-                            signal: Signal::Term,
-                        });
-                    }
+            Some(stop) => match stop.step {
+                StopStep::Term { kill_at } if kill_at <= now => {
+                    stop.step = StopStep::Kill {
+                        abandon_at: now + kill_grace,
+                    };
+                    self.out.push(Action::SignalJob {
+                        child: id,
+                        job: run.claim.id,
+                        signal: Signal::Kill,
+                    });
                 }
-                Some(stop) => match stop.step {
-                    StopStep::Term { kill_at } if kill_at <= now => {
-                        stop.step = StopStep::Kill {
-                            abandon_at: now + kill_grace,
-                        };
-                        self.out.push(Action::SignalJob {
+                StopStep::Kill { abandon_at } if abandon_at <= now => {
+                    // SIGKILL went out a grace ago and the worker still says nothing of
+                    // its job: the worker is broken; kill it.
+                    stop.step = StopStep::Done;
+                    if let Some(pid) = c.pid {
+                        log::warn!(
+                            "{} (pid {pid}) did not report the end of job {} after SIGKILL; \
+                             killing it",
+                            c.role,
+                            run.claim.id
+                        );
+                        c.killed = true;
+                        self.out.push(Action::KillChild {
                             child: id,
-                            job: run.claim.id,
+                            pid,
                             signal: Signal::Kill,
                         });
                     }
-                    StopStep::Kill { abandon_at } if abandon_at <= now => {
-                        // SIGKILL went out a grace ago and the worker still says
-                        // nothing of its job: the worker is broken; kill it.
-                        stop.step = StopStep::Done;
-                        if let Some(pid) = c.pid {
-                            log::warn!(
-                                "{} (pid {pid}) did not report the end of job {} after \
-                                 SIGKILL; killing it",
-                                c.role,
-                                run.claim.id
-                            );
-                            c.killed = true;
-                            self.out.push(Action::KillChild {
-                                child: id,
-                                pid,
-                                signal: Signal::Kill,
-                            });
-                        }
-                    }
-                    StopStep::Term { .. } | StopStep::Kill { .. } | StopStep::Done => {}
-                },
-            }
+                }
+                StopStep::Term { .. } | StopStep::Kill { .. } | StopStep::Done => {}
+            },
         }
+        self.arm(id);
     }
 }

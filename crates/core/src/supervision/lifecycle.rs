@@ -9,6 +9,7 @@ use crate::spec::{OnExhausted, RestartPolicy};
 use crate::time::Time;
 
 use super::child::{Child, ChildState, StateKind, StopReason};
+use super::timers::Timer;
 use super::{
     Action, ChildId, Core, Event, Facts, GroupStatus, Outcome, Phase, ProcessEnd, Role, Signal,
     Slot, EXIT_GAVE_UP,
@@ -20,7 +21,8 @@ impl Core {
             return;
         }
         self.phase = Phase::Running;
-        self.ping_at = Some(now + self.spec.heartbeat.interval);
+        self.timers
+            .set(Timer::Ping, now + self.spec.heartbeat.interval);
         self.spawn_grabber(now);
         for name in self.order.clone() {
             let slots: Vec<u32> = self.groups[&name].slots.keys().copied().collect();
@@ -50,25 +52,23 @@ impl Core {
     }
 
     fn spawn_grabber(&mut self, now: Time) {
-        self.grabber.restart_at = None;
+        self.timers.stop(&Timer::Restart(Role::Grabber));
         let id = self.new_child(now, Role::Grabber);
         self.grabber.child = Some(id);
     }
 
     pub(super) fn spawn_worker(&mut self, now: Time, group: &str, slot: u32) {
-        let id = self.new_child(
-            now,
-            Role::Worker {
-                group: group.to_string(),
-                slot,
-            },
-        );
+        let role = Role::Worker {
+            group: group.to_string(),
+            slot,
+        };
+        self.timers.stop(&Timer::Restart(role.clone()));
+        let id = self.new_child(now, role);
         let s = self
             .groups
             .get_mut(group)
             .and_then(|g| g.slots.get_mut(&slot))
             .expect("spawning a worker for a slot that exists");
-        s.restart_at = None;
         s.child = Some(id);
     }
 
@@ -100,6 +100,7 @@ impl Core {
                 signal: Signal::Kill,
             });
         }
+        self.arm(child);
     }
 
     pub(super) fn spawn_failed(&mut self, now: Time, child: ChildId, error: String) {
@@ -114,6 +115,7 @@ impl Core {
             job_id: None,
             reason: Some(error),
         }));
+        self.arm(child);
         self.child_gone(now, child, c, false);
     }
 
@@ -130,6 +132,7 @@ impl Core {
         match c.role.clone() {
             Role::Grabber => {
                 c.set_state(ChildState::Ready);
+                self.arm(child);
                 if stopping {
                     self.stop_child(now, child);
                     return;
@@ -145,6 +148,7 @@ impl Core {
             }
             Role::Worker { group, .. } => {
                 c.set_state(ChildState::Idle);
+                self.arm(child);
                 self.worker_idle(now, child, &group);
             }
         }
@@ -156,6 +160,7 @@ impl Core {
             return;
         };
         let c = self.children.remove(&id).expect("found above");
+        self.arm(id);
         let expected = c.state.kind() == StateKind::Stopping || self.is_stopping();
         let reason = if c.killed && !expected {
             Some("did not answer in time".to_string())
@@ -254,7 +259,7 @@ impl Core {
             Ok(in_period) => {
                 let delay = next_backoff(&mut self.grabber, &policy, ready_at, now, &mut *self.rng);
                 self.grabber.restarts += 1;
-                self.grabber.restart_at = Some(now + delay);
+                self.timers.set(Timer::Restart(Role::Grabber), now + delay);
                 self.out.push(Action::Emit(Event::ChildRestartScheduled {
                     role: Role::Grabber,
                     delay,
@@ -279,12 +284,13 @@ impl Core {
                 let s = g.slots.get_mut(&slot).expect("caller checked");
                 let delay = next_backoff(s, &policy, ready_at, now, &mut *self.rng);
                 s.restarts += 1;
-                s.restart_at = Some(now + delay);
+                let role = Role::Worker {
+                    group: group.to_string(),
+                    slot,
+                };
+                self.timers.set(Timer::Restart(role.clone()), now + delay);
                 self.out.push(Action::Emit(Event::ChildRestartScheduled {
-                    role: Role::Worker {
-                        group: group.to_string(),
-                        slot,
-                    },
+                    role,
                     delay,
                     restarts_in_period: in_period,
                 }));
@@ -330,11 +336,17 @@ impl Core {
         c.set_state(ChildState::Stopping {
             deadline: now + grace,
         });
+        self.arm(id);
         self.out.push(Action::StopChild { child: id });
     }
 
-    pub(super) fn heartbeats(&mut self, now: Time) {
-        let Some(at) = self.ping_at else { return };
+    /// Kill every child silent for too long (a starting one: not Ready within the start
+    /// timeout), looked at on every wakeup; with `ping`, ping the others and set the next
+    /// round.
+    pub(super) fn heartbeats(&mut self, now: Time, ping: bool) {
+        if self.phase == Phase::Created {
+            return;
+        }
         let hb = self.spec.heartbeat;
         let start_timeout = self.spec.start_timeout;
         let mut kill = Vec::new();
@@ -348,7 +360,7 @@ impl Core {
             };
             if silent {
                 kill.push(id);
-            } else if now >= at && c.state != ChildState::Starting {
+            } else if ping && c.state != ChildState::Starting {
                 self.out.push(Action::Ping { child: id });
             }
         }
@@ -365,49 +377,48 @@ impl Core {
                 pid: c.pid.expect("checked above"),
                 signal: Signal::Kill,
             });
+            self.arm(id);
         }
-        if now >= at {
-            self.ping_at = Some(now + hb.interval);
+        if ping {
+            self.timers.set(Timer::Ping, now + hb.interval);
         }
     }
 
-    pub(super) fn restarts_due(&mut self, now: Time) {
+    /// The restart of `role`'s slot is due.
+    pub(super) fn restart_due(&mut self, now: Time, role: Role) {
         if self.is_stopping() {
             return;
         }
-        if self.grabber.restart_at.is_some_and(|t| t <= now) {
-            self.spawn_grabber(now);
-        }
-        let mut due = Vec::new();
-        for (name, g) in &self.groups {
-            for (&slot, s) in &g.slots {
-                if s.restart_at.is_some_and(|t| t <= now) {
-                    due.push((name.clone(), slot));
+        match role {
+            Role::Grabber => self.spawn_grabber(now),
+            Role::Worker { group, slot } => {
+                let waiting = (self.groups.get(&group))
+                    .and_then(|g| g.slots.get(&slot))
+                    .is_some_and(|s| s.child.is_none());
+                if waiting {
+                    self.spawn_worker(now, &group, slot);
                 }
             }
         }
-        for (name, slot) in due {
-            self.spawn_worker(now, &name, slot);
-        }
     }
 
-    pub(super) fn stop_deadlines(&mut self, now: Time) {
-        for (&id, c) in self.children.iter_mut() {
-            if c.killed {
-                // Killed already (say by the heartbeat): the deadline has nothing left
-                // to do.
-                continue;
-            }
-            // Without a pid the deadline waits: `spawned` kills it once it is known.
-            let Some(pid) = c.pid else { continue };
-            if matches!(c.state, ChildState::Stopping { deadline } if deadline <= now) {
-                c.killed = true;
-                self.out.push(Action::KillChild {
-                    child: id,
-                    pid,
-                    signal: Signal::Kill,
-                });
-            }
+    /// A stopping child's deadline passed: kill it.
+    pub(super) fn stop_deadline(&mut self, id: ChildId) {
+        let Some(c) = self.children.get_mut(&id) else {
+            return;
+        };
+        // A killed child or one without a pid has no such timer (see `arm`).
+        let (Some(pid), false) = (c.pid, c.killed) else {
+            return;
+        };
+        if matches!(c.state, ChildState::Stopping { .. }) {
+            c.killed = true;
+            self.out.push(Action::KillChild {
+                child: id,
+                pid,
+                signal: Signal::Kill,
+            });
+            self.arm(id);
         }
     }
 }

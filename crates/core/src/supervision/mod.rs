@@ -23,6 +23,7 @@ mod jobs;
 mod lifecycle;
 mod reload;
 mod shutdown;
+mod timers;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -34,8 +35,10 @@ use crate::time::Time;
 
 pub use child::{ProcessEnd, Role, StateKind, ALLOWED_TRANSITIONS};
 pub use event::{Event, Outcome};
+pub use timers::TimerTable;
 
-use child::{Child, ChildState};
+use child::Child;
+use timers::Timer;
 
 /// A job's id in the store.
 pub type JobId = i64;
@@ -234,9 +237,9 @@ pub struct ChildView {
 enum Phase {
     Created,
     Running,
+    /// Stopping, gracefully ([`Timer::Grace`] then ends the grace) or at once.
     Stopping {
         code: i32,
-        grace_deadline: Time,
         immediate: bool,
     },
     Stopped,
@@ -248,7 +251,6 @@ struct Slot {
     child: Option<ChildId>,
     restarts: u32,
     backoff: BackoffState,
-    restart_at: Option<Time>,
     /// Shrunk away: stop when idle, never restart.
     retiring: bool,
 }
@@ -312,7 +314,8 @@ pub struct Core {
     /// Groups by name; `order` keeps config order for display.
     groups: BTreeMap<String, Group>,
     order: Vec<String>,
-    ping_at: Option<Time>,
+    /// Every deadline of the core: `next_deadline` is its earliest.
+    timers: TimerTable<Timer>,
     /// Bumped whenever the set of runnable jobs may have grown (a job ended, a reload).
     source_epoch: u64,
     /// The last epoch the grabber reported empty at.
@@ -350,7 +353,7 @@ impl Core {
             grabber_window: VecDeque::new(),
             groups: BTreeMap::new(),
             order: Vec::new(),
-            ping_at: None,
+            timers: TimerTable::new(),
             source_epoch: 0,
             empty_at: None,
             epochs: 0,
@@ -393,6 +396,7 @@ impl Core {
     /// config order and slots in order.
     pub fn children(&self) -> Vec<ChildView> {
         let mut rows = Vec::new();
+        let waits = |role: &Role| self.timers.get(&Timer::Restart(role.clone())).is_some();
         let view = |slot: &Slot, role: Role| match slot.child.and_then(|c| self.children.get(&c)) {
             Some(c) => ChildView {
                 role,
@@ -409,17 +413,17 @@ impl Core {
                 job_id: None,
             },
         };
-        if self.grabber.child.is_some() || self.grabber.restart_at.is_some() {
+        if self.grabber.child.is_some() || waits(&Role::Grabber) {
             rows.push(view(&self.grabber, Role::Grabber));
         }
         for name in &self.order {
             let g = &self.groups[name];
             for (&slot, s) in &g.slots {
-                if s.child.is_some() || s.restart_at.is_some() {
-                    let role = Role::Worker {
-                        group: name.clone(),
-                        slot,
-                    };
+                let role = Role::Worker {
+                    group: name.clone(),
+                    slot,
+                };
+                if s.child.is_some() || waits(&role) {
                     rows.push(view(s, role));
                 }
             }
@@ -470,56 +474,10 @@ impl Core {
         self.groups.get(group).map_or(0, |g| g.pending.len())
     }
 
-    /// The earliest time at which [`Core::on_timeout`] has something to do.
+    /// The earliest time at which [`Core::on_timeout`] has something to do: the first
+    /// entry of the timer table.
     pub fn next_deadline(&self) -> Option<Time> {
-        let mut t: Option<Time> = None;
-        let mut at = |x: Option<Time>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t| t.min(x)));
-            }
-        };
-        if self.phase == Phase::Stopped {
-            return None;
-        }
-        at(self.ping_at);
-        at(self.grabber.restart_at);
-        for g in self.groups.values() {
-            for s in g.slots.values() {
-                at(s.restart_at);
-            }
-        }
-        for c in self.children.values() {
-            // Timers on a child act on its pid: until the shell reports it, or once
-            // SIGKILL went out, they have nothing to do, and a deadline that passes with
-            // nothing to do would make the shell call `on_timeout` in a busy loop.
-            if c.pid.is_none() || c.killed {
-                continue;
-            }
-            match &c.state {
-                ChildState::Starting => at(Some(c.spawned_at + self.spec.start_timeout)),
-                ChildState::Stopping { deadline } => at(Some(*deadline)),
-                ChildState::Busy { job } => match job.stop {
-                    Some(stop) => at(stop.step.due()),
-                    None => at(job.deadline),
-                },
-                ChildState::Ready | ChildState::Idle => {}
-            }
-        }
-        if let Phase::Stopping {
-            grace_deadline,
-            immediate: false,
-            ..
-        } = self.phase
-        {
-            if self
-                .children
-                .values()
-                .any(|c| c.job().is_some_and(|r| r.stop.is_none()))
-            {
-                at(Some(grace_deadline));
-            }
-        }
-        t
+        self.timers.next_deadline()
     }
 
     /// Feed one thing that happened at `now`; returns what to do, in order.
@@ -594,6 +552,9 @@ impl Core {
         }
         self.check_until_empty(now);
         self.check_stopped();
+        self.settle_grace();
+        #[cfg(debug_assertions)]
+        self.check_timers();
         std::mem::take(&mut self.out)
     }
 
@@ -603,18 +564,29 @@ impl Core {
         }
     }
 
-    /// Handle every timer due at `now`.
+    /// Handle every timer due at `now`, in the order of [`Timer`]'s variants.
     pub fn on_timeout(&mut self, now: Time) -> Vec<Action> {
         if self.phase == Phase::Stopped {
             return Vec::new();
         }
-        self.heartbeats(now);
-        self.restarts_due(now);
-        self.job_timers(now);
-        self.stop_deadlines(now);
-        self.grace_due(now);
+        let due = self.timers.expire(now);
+        // Every wakeup looks at every child's liveness; the ping timer says whether
+        // pings go out, and start timeouts are found by this look too.
+        self.heartbeats(now, due.contains(&Timer::Ping));
+        for timer in due {
+            match timer {
+                Timer::Ping | Timer::Start(_) => {}
+                Timer::Restart(role) => self.restart_due(now, role),
+                Timer::Job(child) => self.job_timer(now, child),
+                Timer::Stop(child) => self.stop_deadline(child),
+                Timer::Grace => self.grace_due(now),
+            }
+        }
         self.check_until_empty(now);
         self.check_stopped();
+        self.settle_grace();
+        #[cfg(debug_assertions)]
+        self.check_timers();
         std::mem::take(&mut self.out)
     }
 }

@@ -5,7 +5,8 @@ use crate::spec::Spec;
 use crate::time::Time;
 
 use super::child::ChildState;
-use super::{ChildId, ClaimedJob, Core, Group, GroupStatus, Phase, Slot};
+use super::timers::Timer;
+use super::{ChildId, ClaimedJob, Core, Group, GroupStatus, Phase, Role, Slot};
 
 impl Core {
     /// Apply a new config generation without interrupting any running job.
@@ -126,7 +127,7 @@ impl Core {
         for n in retire {
             let s = g.slots.get_mut(&n).expect("listed above");
             s.retiring = true;
-            s.restart_at = None;
+            self.timers.stop(&Timer::Restart(Role::worker(name, n)));
             match s.child {
                 None => {
                     g.slots.remove(&n);
@@ -178,9 +179,9 @@ impl Core {
         };
         g.status = status;
         let pending: Vec<ClaimedJob> = g.pending.drain(..).collect();
-        for s in g.slots.values_mut() {
+        for (&n, s) in g.slots.iter_mut() {
             s.retiring = true;
-            s.restart_at = None;
+            self.timers.stop(&Timer::Restart(Role::worker(name, n)));
         }
         g.slots.retain(|_, s| s.child.is_some());
         self.revoke(name);

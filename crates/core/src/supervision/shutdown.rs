@@ -4,7 +4,8 @@
 use crate::time::Time;
 
 use super::child::{JobStop, StopReason, StopStep};
-use super::{Action, ChildId, ClaimedJob, Core, Event, Phase, Signal};
+use super::timers::Timer;
+use super::{Action, ChildId, ClaimedJob, Core, Event, Phase, Role, Signal};
 
 impl Core {
     pub(super) fn shutdown(&mut self, now: Time, reason: String, immediate: bool, code: i32) {
@@ -19,25 +20,25 @@ impl Core {
                 }
                 self.phase = Phase::Stopping {
                     code: old.max(code),
-                    grace_deadline: now,
                     immediate: true,
                 };
+                self.timers.stop(&Timer::Grace);
             }
             Phase::Created | Phase::Running => {
-                self.phase = Phase::Stopping {
-                    code,
-                    grace_deadline: now + self.spec.shutdown_grace,
-                    immediate,
-                };
+                self.phase = Phase::Stopping { code, immediate };
+                if !immediate {
+                    let end = now + self.spec.shutdown_grace;
+                    self.timers.set(Timer::Grace, end);
+                }
             }
         }
         self.out
             .push(Action::Emit(Event::SupervisorStopping { reason }));
-        self.grabber.restart_at = None;
+        self.timers.stop(&Timer::Restart(Role::Grabber));
         for name in self.order.clone() {
             let g = self.groups.get_mut(&name).expect("ordered groups exist");
-            for s in g.slots.values_mut() {
-                s.restart_at = None;
+            for &n in g.slots.keys() {
+                self.timers.stop(&Timer::Restart(Role::worker(&name, n)));
             }
             g.slots.retain(|_, s| s.child.is_some());
             let pending: Vec<ClaimedJob> = g.pending.drain(..).collect();
@@ -73,27 +74,33 @@ impl Core {
                         signal: Signal::Kill,
                     });
                 }
+                self.arm(id);
             } else if c.job().is_none() {
                 self.stop_child(now, id);
             }
         }
-        self.grace_due(now);
+        // A grace of zero ends at once.
+        if self.timers.get(&Timer::Grace).is_some_and(|end| end <= now) {
+            self.timers.stop(&Timer::Grace);
+            self.grace_due(now);
+        }
     }
 
-    /// Past the grace, stop every job still running: TERM now, KILL after `kill_grace`.
+    /// The grace of a graceful stop ended: stop every job still running, TERM now, KILL
+    /// after `kill_grace`.
     pub(super) fn grace_due(&mut self, now: Time) {
-        let Phase::Stopping {
-            grace_deadline,
-            immediate: false,
-            ..
-        } = self.phase
-        else {
-            return;
-        };
-        if now < grace_deadline {
+        let graceful = matches!(
+            self.phase,
+            Phase::Stopping {
+                immediate: false,
+                ..
+            }
+        );
+        if !graceful {
             return;
         }
         let kill_grace = self.spec.kill_grace;
+        let mut stopped = Vec::new();
         for (&id, c) in self.children.iter_mut() {
             let Some(run) = c.job_mut() else { continue };
             if run.stop.is_some() {
@@ -111,6 +118,10 @@ impl Core {
                 job: run.claim.id,
                 signal: Signal::Term,
             });
+            stopped.push(id);
+        }
+        for id in stopped {
+            self.arm(id);
         }
     }
 
@@ -130,6 +141,8 @@ impl Core {
         if let Phase::Stopping { code, .. } = self.phase {
             if self.children.is_empty() {
                 self.phase = Phase::Stopped;
+                // Nothing is left to wake for.
+                self.timers.clear();
                 self.out
                     .push(Action::Emit(Event::SupervisorStopped { code }));
                 self.out.push(Action::Exit { code });
