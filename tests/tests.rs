@@ -4,6 +4,7 @@
 mod chaos;
 mod common;
 mod contract;
+mod control;
 mod down;
 mod jobs;
 mod notify;

@@ -7,10 +7,6 @@
 //! the common case to one file a job. So an attempt without a line began at 0, and every
 //! attempt ends where the next later one that has a line begins (or at the log's end).
 
-// `attempt_range` and what it reads are for `supervisor logs --attempt`, the verb being
-// written now; until it lands only the tests call them.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{self, Write};

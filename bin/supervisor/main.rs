@@ -35,6 +35,8 @@ use commands::CommandError;
 // `propagate_version`, `supervisor run --version` printed `supervisor-run 0.1.0`).
 #[command(name = "supervisor", version, about)]
 struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
     #[command(subcommand)]
     command: Verb,
 }
@@ -42,8 +44,9 @@ struct Cli {
 /// `-c FILE`, shared by every verb.
 #[derive(Debug, Args)]
 pub(crate) struct ConfigArg {
-    /// The config file [default: $SUPERVISOR_CONFIG, then ./supervisor.json]
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    /// The config file [default: $SUPERVISOR_CONFIG, then ./supervisor.json]; before or
+    /// after the verb.
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     pub(crate) config: Option<PathBuf>,
 }
 
@@ -59,8 +62,6 @@ enum Verb {
     ///
     /// Example: supervisor run -c supervisor.json --until-empty
     Run {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Exit (code 0) once no runnable job is queued and none is running.
         #[arg(long)]
         until_empty: bool,
@@ -73,8 +74,6 @@ enum Verb {
     ///
     /// Example: supervisor status --json
     Status {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -82,34 +81,34 @@ enum Verb {
     /// List jobs.
     ///
     /// Example: supervisor jobs --state failed
-    Jobs {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Only jobs in this state (queued, running, succeeded, failed, timed_out, dead, canceled).
-        #[arg(long)]
-        state: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Jobs(commands::JobsFilter),
     /// Show one job.
     ///
     /// Example: supervisor job 17 --json
     Job {
-        #[command(flatten)]
-        config: ConfigArg,
         /// The job's id.
         id: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Print a job's log: every attempt's output, or one attempt's.
+    ///
+    /// Example: supervisor logs 17 --follow
+    Logs {
+        /// The job's id.
+        id: String,
+        /// Keep printing as the job writes, until it is final (across its retries).
+        #[arg(long)]
+        follow: bool,
+        /// Only this attempt's output (1 is the first).
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
     /// Cancel a queued job at once, or stop a running one (SIGTERM, then SIGKILL).
     ///
     /// Example: supervisor cancel 17
     Cancel {
-        #[command(flatten)]
-        config: ConfigArg,
         /// The job's id.
         id: String,
     },
@@ -117,8 +116,6 @@ enum Verb {
     ///
     /// Example: supervisor events --follow --json
     Events {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Keep printing new events, across rotations.
         #[arg(long)]
         follow: bool,
@@ -129,16 +126,11 @@ enum Verb {
     /// Ask the running supervisor to reload its config (SIGHUP).
     ///
     /// Example: supervisor reload
-    Reload {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Reload,
     /// Ask the running supervisor to stop gracefully (SIGTERM).
     ///
     /// Example: supervisor stop --wait
     Stop {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Wait until it has exited.
         #[arg(long)]
         wait: bool,
@@ -146,10 +138,7 @@ enum Verb {
     /// Validate the config and print a summary.
     ///
     /// Example: supervisor check -c supervisor.json
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -180,34 +169,27 @@ fn main() -> ExitCode {
             log::debug!("cannot restore SIGPIPE's default action: {e}");
         }
     }
+    let config = cli.config.path();
     let result = match cli.command {
-        Verb::Run {
-            config,
-            until_empty,
-        } => match run::run(&config.path(), until_empty) {
+        Verb::Run { until_empty } => match run::run(&config, until_empty) {
             // `run` ends with the contract's codes of its own (3: a group gave up).
             Ok(code) => return ExitCode::from(code as u8),
             Err(e) => Err(CommandError::Failed(e)),
         },
-        Verb::Submit(args) => commands::submit(args),
-        Verb::Status { config, json } => commands::status(&config.path(), json),
-        Verb::Jobs {
-            config,
-            state,
-            json,
-        } => commands::jobs(&config.path(), state.as_deref(), json),
-        Verb::Job { config, id, json } => commands::job(&config.path(), &id, json),
-        Verb::Cancel { config, id } => commands::cancel(&config.path(), &id),
-        Verb::Events {
-            config,
+        Verb::Submit(args) => commands::submit(&config, args),
+        Verb::Status { json } => commands::status(&config, json),
+        Verb::Jobs(filter) => commands::jobs(&config, &filter),
+        Verb::Job { id, json } => commands::job(&config, &id, json),
+        Verb::Logs {
+            id,
             follow,
-            json,
-        } => commands::events(&config.path(), follow, json),
-        Verb::Reload { config } => commands::signal(&config.path(), commands::Control::Reload),
-        Verb::Stop { config, wait } => {
-            commands::signal(&config.path(), commands::Control::Stop { wait })
-        }
-        Verb::Check { config } => commands::check(&config.path()),
+            attempt,
+        } => commands::logs(&config, &id, follow, attempt),
+        Verb::Cancel { id } => commands::cancel(&config, &id),
+        Verb::Events { follow, json } => commands::events(&config, follow, json),
+        Verb::Reload => commands::signal(&config, commands::Control::Reload),
+        Verb::Stop { wait } => commands::signal(&config, commands::Control::Stop { wait }),
+        Verb::Check => commands::check(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+use clap::Args;
 use serde_json::{json, Value};
 use supervisor_config::Config;
 use supervisor_store::{Job, JobState};
@@ -12,17 +13,62 @@ use super::format::{format_duration, local_time, shell_words};
 use super::{config, log_path, open_store, parse_id, CommandError};
 use crate::events_file::wall_now;
 
+/// What `supervisor jobs` lists.
+#[derive(Debug, Args)]
+pub struct JobsFilter {
+    /// Only jobs in this state (queued, running, succeeded, failed, timed_out, dead, canceled).
+    #[arg(long)]
+    state: Option<String>,
+    /// Only jobs of this group (the one that ran them, else the one they name).
+    #[arg(long)]
+    group: Option<String>,
+    /// Only jobs whose last attempt ended so (succeeded, failed, timed_out, lost, canceled).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// At most this many, the newest.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The outcomes an attempt may end in, as `--outcome` takes them.
+const OUTCOMES: [&str; 5] = ["succeeded", "failed", "timed_out", "lost", "canceled"];
+
 /// `supervisor jobs`.
-pub fn jobs(path: &Path, state: Option<&str>, as_json: bool) -> Result<(), CommandError> {
+pub fn jobs(path: &Path, filter: &JobsFilter) -> Result<(), CommandError> {
     let config = config::load(path)?;
-    let state = state
+    let state = filter
+        .state
+        .as_deref()
         .map(str::parse::<JobState>)
         .transpose()
         .map_err(|e| CommandError::Usage(format!("--state: {e}")))?;
+    if let Some(o) = filter.outcome.as_deref().filter(|o| !OUTCOMES.contains(o)) {
+        return Err(CommandError::Usage(format!(
+            "--outcome: `{o}` is none of {}",
+            OUTCOMES.join(", ")
+        )));
+    }
     let mut store = open_store(&config.store)?;
-    let jobs = store.list(state, wall_now())?;
+    let mut jobs = store.list(state, wall_now())?;
+    jobs.retain(|j| {
+        filter
+            .group
+            .as_ref()
+            .is_none_or(|g| j.group.as_ref() == Some(g))
+            && filter
+                .outcome
+                .as_ref()
+                .is_none_or(|o| j.last_outcome.as_ref() == Some(o))
+    });
+    if let Some(n) = filter.limit {
+        // The newest n, still in id order.
+        jobs.drain(..jobs.len().saturating_sub(n));
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
-    if as_json {
+    if filter.json {
         let list: Vec<Value> = jobs.iter().map(|j| job_json(&config, j)).collect();
         serde_json::to_writer_pretty(&mut out, &list)?;
         writeln!(out)?;
@@ -88,6 +134,7 @@ fn job_json(config: &Config, j: &Job) -> Value {
         "created_at": j.created_at,
         "started_at": j.started_at,
         "finished_at": j.finished_at,
+        "not_before": j.not_before,
         "tags": j.tags,
         "key": j.key,
         "last_outcome": j.last_outcome,

@@ -10,13 +10,10 @@ use supervisor_store::{NewJob, StoreError};
 
 use super::{config, open_store, ring, CommandError};
 use crate::events_file::wall_now;
-use crate::ConfigArg;
 
 /// `supervisor submit`'s arguments.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    #[command(flatten)]
-    config: ConfigArg,
     /// The group to run it in (else its tags are matched against each group's `match`).
     #[arg(long)]
     group: Option<String>,
@@ -47,8 +44,8 @@ pub struct SubmitArgs {
 }
 
 /// `supervisor submit`.
-pub fn submit(args: SubmitArgs) -> Result<(), CommandError> {
-    let config = config::load(&args.config.path())?;
+pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
+    let config = config::load(path)?;
     let here = std::env::current_dir().ok();
     let jobs = match &args.file {
         Some(file) => jobs_of_file(file, here.as_deref())?,
