@@ -27,6 +27,7 @@ mod error;
 mod job;
 mod jsonl;
 mod postgres;
+mod sql;
 mod sqlite;
 pub mod testing;
 
@@ -213,10 +214,6 @@ pub struct Instance {
     pub last_seen: f64,
 }
 
-/// A finished job, in SQL: one that will never run again.
-pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
-     OR (state IN ('failed', 'timed_out') AND not_before IS NULL))";
-
 /// How many deaths of its supervisor a running job survives: taken back from a dead
 /// supervisor this many times, it ends `dead` (a job that kills its supervisor must not
 /// take every next one down too).
@@ -370,6 +367,39 @@ pub enum CancelResult {
     AlreadyFinished(JobState),
     /// No job has that id.
     Unknown,
+}
+
+/// What [`JobStore::cancel`] does to a job in `state` (`not_before`: its retry time, if
+/// any): ask its supervisor to stop it (`Requested`: it is running), cancel it at once
+/// (`Canceled`: it is queued or waiting for a retry), or nothing (it has finished).
+pub(crate) fn cancel_step(state: JobState, not_before: Option<f64>) -> CancelResult {
+    match state {
+        JobState::Running => CancelResult::Requested,
+        JobState::Queued => CancelResult::Canceled,
+        JobState::Failed | JobState::TimedOut if not_before.is_some() => CancelResult::Canceled,
+        finished => CancelResult::AlreadyFinished(finished),
+    }
+}
+
+/// Parses the state column of job `id`.
+pub(crate) fn parse_state(id: JobId, text: &str) -> Result<JobState> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
+}
+
+/// [`JobStore::counts`] from rows of `(state, number of jobs)`.
+pub(crate) fn state_counts(
+    rows: impl IntoIterator<Item = (String, i64)>,
+) -> Result<BTreeMap<JobState, u64>> {
+    let mut counts: BTreeMap<JobState, u64> =
+        JobState::ALL.into_iter().map(|state| (state, 0)).collect();
+    for (state, n) in rows {
+        let state = state
+            .parse::<JobState>()
+            .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?;
+        counts.insert(state, n.try_into().unwrap_or(0));
+    }
+    Ok(counts)
 }
 
 /// Where an attempt's outcome and what follows it take a running job, as

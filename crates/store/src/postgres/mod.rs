@@ -42,12 +42,15 @@ use postgres::{Client, GenericClient};
 
 use supervisor_config::redact_password;
 
-use crate::claim;
 use crate::error::Context;
-use crate::outcome_state;
+use crate::sql::{
+    CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL, TAKE_BACK,
+    TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
+};
+use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, Result, Route, StoreError, FINISHED,
+    Outcome, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -65,7 +68,7 @@ use claim_sql::{ClaimTx, CLAIM_PLANNER};
 use connect::open_client;
 pub use connect::Patience;
 pub use listener::Listener;
-use rows::{column, count, ids_of, parse_state, read_instance, read_job, JOB_COLUMNS};
+use rows::{column, count, ids_of, read_instance, read_job};
 use schema::read_schema_version;
 pub use schema::PG_SCHEMA_VERSION;
 use statements::{execute, query, Statements};
@@ -83,36 +86,6 @@ const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' WHERE id IN 
 /// Whether some retry is due (parameter: now).
 const RETRY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs \
      WHERE state IN ('failed', 'timed_out') AND not_before <= $1)";
-
-/// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
-/// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a
-/// cancel was requested. Every way of taking a job back narrows this down.
-const TAKE_BACK: &str = "UPDATE jobs SET \
-     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-     last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
-     finished_at = CASE WHEN cancel_requested THEN $2::float8 ELSE finished_at END, \
-     owner = NULL \
-     WHERE owner = $1 AND state = 'running'";
-
-/// Takes back the running jobs of dead owner `$1` at time `$2` as [`TAKE_BACK`] does,
-/// counting one more death of their supervisor; a job at its
-/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `$3` (`$4`:
-/// the limit).
-const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
-     state = CASE WHEN cancel_requested THEN 'canceled' \
-                  WHEN supervisor_deaths + 1 >= $4 THEN 'dead' ELSE 'queued' END, \
-     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN attempts \
-                     ELSE attempts - 1 END, \
-     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
-                         WHEN supervisor_deaths + 1 >= $4 THEN 'lost' ELSE last_outcome END, \
-     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN $2::float8 \
-                        ELSE finished_at END, \
-     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= $4 THEN $3::text \
-                   ELSE reason END, \
-     supervisor_deaths = supervisor_deaths + 1, \
-     owner = NULL \
-     WHERE owner = $1 AND state = 'running' RETURNING id";
 
 /// The job store in a PostgreSQL database, shared by every supervisor that connects to it.
 pub struct PostgresStore {
@@ -235,13 +208,7 @@ fn take_back(
     now: f64,
 ) -> Result<Vec<JobId>> {
     let op = "take back an instance's jobs";
-    let rows = query(
-        stmts,
-        client,
-        &format!("{TAKE_BACK} RETURNING id"),
-        &[&instance, &now],
-        op,
-    )?;
+    let rows = query(stmts, client, TAKE_BACK_ALL, &[&instance, &now], op)?;
     ids_of(rows, op)
 }
 
@@ -487,13 +454,7 @@ impl JobStore for PostgresStore {
         execute(
             &mut self.stmts,
             &mut self.client,
-            "UPDATE jobs SET \
-                 state = CASE WHEN cancel_requested AND $2::float8 IS NOT NULL \
-                         THEN 'canceled' ELSE $1::text END, \
-                 not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
-                 owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
-                 finished_at = $6, start_error = $10, reason = $11 \
-             WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9",
+            RECORD_OUTCOME,
             &[
                 &state.as_str(),
                 &not_before,
@@ -516,7 +477,7 @@ impl JobStore for PostgresStore {
         execute(
             &mut self.stmts,
             &mut self.client,
-            &format!("{TAKE_BACK} AND id = $3 AND attempts = $4"),
+            RELEASE,
             &[&owner, &now, &id, &i64::from(attempt)],
             "release a job",
         )
@@ -560,33 +521,11 @@ impl JobStore for PostgresStore {
         };
         let state: String = column(row, id, 0)?;
         let not_before: Option<f64> = column(row, id, 1)?;
-        let state = parse_state(id, &state)?;
-        let result = match state {
-            JobState::Running => {
-                execute(
-                    stmts,
-                    &mut tx,
-                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'",
-                    &[&id],
-                    op,
-                )?;
-                CancelResult::Requested
-            }
-            JobState::Queued | JobState::Failed | JobState::TimedOut
-                if state == JobState::Queued || not_before.is_some() =>
-            {
-                execute(
-                    stmts,
-                    &mut tx,
-                    "UPDATE jobs SET state = 'canceled', finished_at = $2, not_before = NULL \
-                     WHERE id = $1 AND (state = 'queued' OR (state IN ('failed', 'timed_out') \
-                     AND not_before IS NOT NULL))",
-                    &[&id, &now],
-                    op,
-                )?;
-                CancelResult::Canceled
-            }
-            finished => return Ok(CancelResult::AlreadyFinished(finished)),
+        let result = cancel_step(parse_state(id, &state)?, not_before);
+        match result {
+            CancelResult::Requested => execute(stmts, &mut tx, REQUEST_CANCEL, &[&id], op)?,
+            CancelResult::Canceled => execute(stmts, &mut tx, CANCEL_WAITING, &[&id, &now], op)?,
+            CancelResult::AlreadyFinished(_) | CancelResult::Unknown => return Ok(result),
         };
         tx.batch_execute(&format!("NOTIFY {NOTIFY_CHANNEL}, 'cancel'"))
             .ctx("cancel: notify")?;
@@ -650,8 +589,6 @@ impl JobStore for PostgresStore {
     fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>> {
         let op = "count jobs";
         materialise_if_due(&mut self.stmts, &mut self.client, now)?;
-        let mut counts: BTreeMap<JobState, u64> =
-            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
         let rows = query(
             &mut self.stmts,
             &mut self.client,
@@ -659,14 +596,10 @@ impl JobStore for PostgresStore {
             &[],
             op,
         )?;
-        for row in rows {
-            let state: String = row.try_get(0).ctx(op)?;
-            let n: i64 = row.try_get(1).ctx(op)?;
-            let state = state
-                .parse::<JobState>()
-                .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?;
-            counts.insert(state, n.try_into().unwrap_or(0));
-        }
-        Ok(counts)
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0).ctx(op)?, row.try_get(1).ctx(op)?)))
+            .collect::<Result<Vec<(String, i64)>>>()?;
+        state_counts(rows)
     }
 }

@@ -7,14 +7,8 @@ use postgres::types::Json;
 use postgres::Row;
 
 use crate::error::Context;
-use crate::{Instance, InstanceId, Job, JobId, JobState, Result, StoreError, StoredRun};
-
-/// The columns [`read_job`] expects, in order.
-pub(super) const JOB_COLUMNS: &str =
-    "id, state, COALESCE(run_group, named_group), command, tags, env, \
-     cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, last_outcome, \
-     created_at, started_at, finished_at, not_before, owner, cancel_requested, reason, \
-     start_error";
+use crate::parse_state;
+use crate::{Instance, InstanceId, Job, JobId, Result, StoreError, StoredRun};
 
 /// Column `index` of a row of job `id`; a value of the wrong type is reported as damage.
 pub(super) fn column<'a, T: postgres::types::FromSql<'a>>(
@@ -39,13 +33,7 @@ pub(super) fn count(row: &Row, id: JobId, index: usize) -> Result<u32> {
         .map_err(|_| StoreError::Corrupt(format!("job {id}: column {index} is {value}")))
 }
 
-/// Parses the state column of job `id`.
-pub(super) fn parse_state(id: JobId, text: &str) -> Result<JobState> {
-    text.parse()
-        .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
-}
-
-/// Reads a row selected with [`JOB_COLUMNS`].
+/// Reads a row selected with [`JOB_COLUMNS`](crate::sql::JOB_COLUMNS).
 ///
 /// Only the id and the state must be sound (the schema's CHECK keeps the state so): a
 /// JSON column of the wrong shape or a number out of range (damage by hand or by another

@@ -244,10 +244,7 @@ fn hot_queries_use_the_live_indexes() {
                 }
                 let owner = me.to_string();
                 for (sql, args) in [
-                    (
-                        format!("{TAKE_BACK} RETURNING id"),
-                        vec![owner.clone(), "5.0".into()],
-                    ),
+                    (TAKE_BACK_ALL.to_string(), vec![owner.clone(), "5.0".into()]),
                     (
                         "SELECT id, attempts FROM jobs WHERE owner = $1 \
                          AND state = 'running' AND cancel_requested ORDER BY id"

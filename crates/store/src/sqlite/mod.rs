@@ -16,17 +16,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::claim;
 use crate::error::Context;
-use crate::outcome_state;
+use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
+use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, Result, Route, StoreError, FINISHED,
+    Outcome, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -36,7 +37,7 @@ mod schema;
 mod tests;
 
 use claim_sql::ClaimTx;
-use rows::{parse_state, read_instance, read_job, JOB_COLUMNS};
+use rows::{read_instance, read_job};
 use schema::user_version;
 pub use schema::SCHEMA_VERSION;
 
@@ -193,46 +194,19 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("strings, vectors and string maps always serialise")
 }
 
-/// Gives back the running jobs of owner `?1` at time `?2`: queued without using up an
-/// attempt (`finished_at` left unset, as the claim left it), or canceled at `?2` if a
-/// cancel was requested. Every way of taking a job back narrows this down.
-const TAKE_BACK: &str = "UPDATE jobs SET \
-     state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
-     attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
-     last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
-     finished_at = CASE WHEN cancel_requested THEN ?2 ELSE finished_at END, \
-     owner = NULL \
-     WHERE owner = ?1 AND state = 'running'";
-
-/// Takes back the running jobs of dead owner `?1` at time `?2` as [`TAKE_BACK`] does,
-/// counting one more death of their supervisor; a job at its
-/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `?3` (`?4`:
-/// the limit).
-const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
-     state = CASE WHEN cancel_requested THEN 'canceled' \
-                  WHEN supervisor_deaths + 1 >= ?4 THEN 'dead' ELSE 'queued' END, \
-     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= ?4 THEN attempts \
-                     ELSE attempts - 1 END, \
-     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
-                         WHEN supervisor_deaths + 1 >= ?4 THEN 'lost' ELSE last_outcome END, \
-     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= ?4 THEN ?2 \
-                        ELSE finished_at END, \
-     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= ?4 THEN ?3 \
-                   ELSE reason END, \
-     supervisor_deaths = supervisor_deaths + 1, \
-     owner = NULL \
-     WHERE owner = ?1 AND state = 'running'";
-
-/// [`TAKE_BACK`] for one attempt (`?3`: the job, `?4`: the attempt).
-fn release_sql() -> String {
-    format!("{TAKE_BACK} AND id = ?3 AND attempts = ?4")
-}
+/// The [statements both stores run](crate::sql), in SQLite's placeholders.
+static TAKE_BACK_ALL: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::TAKE_BACK_ALL));
+static RELEASE: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RELEASE));
+static TAKE_BACK_ORPHANS: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::TAKE_BACK_ORPHANS));
+static RECORD_OUTCOME: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RECORD_OUTCOME));
+static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::REQUEST_CANCEL));
+static CANCEL_WAITING: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::CANCEL_WAITING));
 
 /// Takes back the running jobs of `instance`: queued again without using up an attempt,
 /// or canceled at `now` if a cancel was requested. Returns their ids.
 fn take_back(conn: &Connection, instance: InstanceId, now: f64) -> Result<Vec<JobId>> {
     let mut ids = conn
-        .prepare_cached(&format!("{TAKE_BACK} RETURNING id"))
+        .prepare_cached(&TAKE_BACK_ALL)
         .and_then(|mut stmt| {
             stmt.query_map(params![instance, now], |row| row.get::<_, JobId>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -374,7 +348,7 @@ impl JobStore for SqliteStore {
                 continue;
             }
             let taken = tx
-                .prepare_cached(&format!("{TAKE_BACK_ORPHANS} RETURNING id"))
+                .prepare_cached(&TAKE_BACK_ORPHANS)
                 .and_then(|mut stmt| {
                     stmt.query_map(
                         params![
@@ -498,15 +472,7 @@ impl JobStore for SqliteStore {
         // the row as it is when the write lock is held.
         let changed = self
             .conn
-            .prepare_cached(
-                "UPDATE jobs SET \
-                 state = CASE WHEN cancel_requested AND ?2 IS NOT NULL THEN 'canceled' \
-                         ELSE ?1 END, \
-                 not_before = CASE WHEN cancel_requested THEN NULL ELSE ?2 END, \
-                 owner = NULL, exit_code = ?3, signal = ?4, last_outcome = ?5, \
-                 finished_at = ?6, start_error = ?10, reason = ?11 \
-                 WHERE id = ?7 AND state = 'running' AND attempts = ?8 AND owner = ?9",
-            )
+            .prepare_cached(&RECORD_OUTCOME)
             .and_then(|mut stmt| {
                 stmt.execute(params![
                     state.as_str(),
@@ -528,7 +494,7 @@ impl JobStore for SqliteStore {
 
     fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {
         self.conn
-            .prepare_cached(&release_sql())
+            .prepare_cached(&RELEASE)
             .and_then(|mut stmt| stmt.execute(params![owner, now, id, attempt]))
             .map(|changed| changed == 1)
             .ctx("release a job")
@@ -561,7 +527,7 @@ impl JobStore for SqliteStore {
         let mut released = Vec::new();
         for (id, attempt) in running.into_iter().filter(|(id, _)| !known.contains(id)) {
             let changed = tx
-                .prepare_cached(&release_sql())
+                .prepare_cached(&RELEASE)
                 .and_then(|mut stmt| stmt.execute(params![owner, now, id, attempt]))
                 .ctx("release strays")?;
             if changed == 1 {
@@ -587,30 +553,20 @@ impl JobStore for SqliteStore {
         let Some((state, not_before)) = row else {
             return Ok(CancelResult::Unknown);
         };
-        let state = parse_state(id, &state)?;
-        let result = match state {
-            JobState::Running => {
-                tx.prepare_cached(
-                    "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
-                )
-                .and_then(|mut stmt| stmt.execute([id]))
-                .ctx("cancel")?;
-                CancelResult::Requested
+        let result = cancel_step(parse_state(id, &state)?, not_before);
+        match result {
+            CancelResult::Requested => {
+                tx.prepare_cached(&REQUEST_CANCEL)
+                    .and_then(|mut stmt| stmt.execute([id]))
+                    .ctx("cancel")?;
             }
-            JobState::Queued | JobState::Failed | JobState::TimedOut
-                if state == JobState::Queued || not_before.is_some() =>
-            {
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = 'canceled', finished_at = ?2, not_before = NULL \
-                     WHERE id = ?1 AND (state = 'queued' OR (state IN ('failed', 'timed_out') \
-                     AND not_before IS NOT NULL))",
-                )
-                .and_then(|mut stmt| stmt.execute(params![id, now]))
-                .ctx("cancel")?;
-                CancelResult::Canceled
+            CancelResult::Canceled => {
+                tx.prepare_cached(&CANCEL_WAITING)
+                    .and_then(|mut stmt| stmt.execute(params![id, now]))
+                    .ctx("cancel")?;
             }
-            finished => CancelResult::AlreadyFinished(finished),
-        };
+            CancelResult::AlreadyFinished(_) | CancelResult::Unknown => {}
+        }
         tx.commit().ctx("cancel")?;
         Ok(result)
     }
@@ -664,8 +620,6 @@ impl JobStore for SqliteStore {
 
     fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>> {
         materialise_if_due(&self.conn, now)?;
-        let mut counts: BTreeMap<JobState, u64> =
-            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
         let rows: Vec<(String, i64)> = self
             .conn
             .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
@@ -674,12 +628,6 @@ impl JobStore for SqliteStore {
                     .collect()
             })
             .ctx("count jobs")?;
-        for (state, n) in rows {
-            let state = state
-                .parse::<JobState>()
-                .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?;
-            counts.insert(state, n.try_into().unwrap_or(0));
-        }
-        Ok(counts)
+        state_counts(rows)
     }
 }

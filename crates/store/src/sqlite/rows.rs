@@ -5,20 +5,8 @@ use rusqlite::types::{FromSql, Value};
 use rusqlite::Row;
 
 use crate::error::Context;
-use crate::{Instance, Job, JobId, JobState, Result, StoreError, StoredRun};
-
-/// The columns [`read_job`] expects, in order.
-pub(super) const JOB_COLUMNS: &str =
-    "id, state, COALESCE(run_group, named_group), command, tags, env, \
-     cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, last_outcome, \
-     created_at, started_at, finished_at, not_before, owner, cancel_requested, reason, \
-     start_error";
-
-/// Parses the state column of job `id`.
-pub(super) fn parse_state(id: JobId, text: &str) -> Result<JobState> {
-    text.parse()
-        .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
-}
+use crate::parse_state;
+use crate::{Instance, Job, JobId, Result, StoreError, StoredRun};
 
 /// Column `index` of a row of job `id`; a value of the wrong type is reported as damage.
 pub(super) fn column<T: FromSql>(row: &Row<'_>, id: JobId, index: usize) -> Result<T> {
@@ -35,7 +23,7 @@ pub(super) fn column<T: FromSql>(row: &Row<'_>, id: JobId, index: usize) -> Resu
     })
 }
 
-/// Reads a row selected with [`JOB_COLUMNS`].
+/// Reads a row selected with [`JOB_COLUMNS`](crate::sql::JOB_COLUMNS).
 ///
 /// Only the id and the state must be sound (the schema's CHECK keeps the state so): a
 /// column damaged by hand or by another version reads as empty, with a warning, so that

@@ -62,11 +62,11 @@ fn hot_queries_use_indexes() {
     assert!(p.contains("USING INDEX jobs_waiting"), "{p}");
 
     let owner_now = [Value::Integer(1), now.clone()];
-    let p = plan(&store, &format!("{TAKE_BACK} RETURNING id"), &owner_now);
+    let p = plan(&store, &TAKE_BACK_ALL, &owner_now);
     assert!(p.contains("INDEX jobs_running (owner=?)"), "{p}");
     let p = plan(
         &store,
-        &release_sql(),
+        &RELEASE,
         &[
             owner_now.as_slice(),
             &[Value::Integer(7), Value::Integer(1)],

@@ -1,0 +1,112 @@
+//! SQL that both stores run, written once: standard SQL that means the same to SQLite and
+//! to PostgreSQL, with PostgreSQL's placeholders (`$1`, `$2`, ...). SQLite runs it through
+//! [`for_sqlite`] (`?1`, `?2`, ...). A type a parameter needs where PostgreSQL cannot infer
+//! it is given with `CAST(... AS float8)` or `CAST(... AS text)`, which SQLite reads as a
+//! no-op on the values we bind (`float8` has REAL affinity there).
+
+/// The text of [`TAKE_BACK`], for the statements built on it.
+macro_rules! take_back {
+    () => {
+        "UPDATE jobs SET \
+         state = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, \
+         attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, \
+         last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
+         finished_at = CASE WHEN cancel_requested THEN CAST($2 AS float8) \
+                            ELSE finished_at END, \
+         owner = NULL \
+         WHERE owner = $1 AND state = 'running'"
+    };
+}
+
+/// A finished job: one that will never run again.
+pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
+     OR (state IN ('failed', 'timed_out') AND not_before IS NULL))";
+
+/// The columns a store's `read_job` expects, in order.
+pub(crate) const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, \
+     tags, env, cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, \
+     last_outcome, created_at, started_at, finished_at, not_before, owner, cancel_requested, \
+     reason, start_error";
+
+/// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
+/// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a
+/// cancel was requested. Every way of taking a job back narrows this down.
+pub(crate) const TAKE_BACK: &str = take_back!();
+
+/// [`TAKE_BACK`] for every running job of the owner; returns their ids.
+pub(crate) const TAKE_BACK_ALL: &str = concat!(take_back!(), " RETURNING id");
+
+/// [`TAKE_BACK`] for one attempt (`$3`: the job, `$4`: the attempt).
+pub(crate) const RELEASE: &str = concat!(take_back!(), " AND id = $3 AND attempts = $4");
+
+/// Takes back the running jobs of dead owner `$1` at time `$2` as [`TAKE_BACK`] does,
+/// counting one more death of their supervisor; a job at its
+/// [`SUPERVISOR_DEATHS`](crate::SUPERVISOR_DEATHS)th ends `dead` with reason `$3` (`$4`:
+/// the limit). Returns their ids.
+pub(crate) const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested THEN 'canceled' \
+                  WHEN supervisor_deaths + 1 >= $4 THEN 'dead' ELSE 'queued' END, \
+     attempts = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN attempts \
+                     ELSE attempts - 1 END, \
+     last_outcome = CASE WHEN cancel_requested THEN 'canceled' \
+                         WHEN supervisor_deaths + 1 >= $4 THEN 'lost' ELSE last_outcome END, \
+     finished_at = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 \
+                        THEN CAST($2 AS float8) ELSE finished_at END, \
+     reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= $4 \
+                   THEN CAST($3 AS text) ELSE reason END, \
+     supervisor_deaths = supervisor_deaths + 1, \
+     owner = NULL \
+     WHERE owner = $1 AND state = 'running' RETURNING id";
+
+/// Stores the outcome of attempt `$8` of job `$7` run by owner `$9`, in one statement: its
+/// next state `$1` and retry time `$2` (a retry becomes `canceled` if a cancel was
+/// requested, decided on the row as it is when it is written), exit code `$3`, signal
+/// `$4`, outcome `$5`, end `$6`, start error `$10` and reason `$11`.
+pub(crate) const RECORD_OUTCOME: &str = "UPDATE jobs SET \
+     state = CASE WHEN cancel_requested AND CAST($2 AS float8) IS NOT NULL \
+             THEN 'canceled' ELSE CAST($1 AS text) END, \
+     not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
+     owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
+     finished_at = $6, start_error = $10, reason = $11 \
+     WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9";
+
+/// A cancel of running job `$1`: asks its supervisor to stop it.
+pub(crate) const REQUEST_CANCEL: &str =
+    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'";
+
+/// A cancel of job `$1`, queued or waiting for a retry: `canceled` at `$2`.
+pub(crate) const CANCEL_WAITING: &str = "UPDATE jobs SET state = 'canceled', finished_at = $2, \
+     not_before = NULL WHERE id = $1 AND (state = 'queued' OR (state IN ('failed', 'timed_out') \
+     AND not_before IS NOT NULL))";
+
+/// `sql` with SQLite's placeholders: `$n` becomes `?n` (the statements here hold no other
+/// `$`).
+pub(crate) fn for_sqlite(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dollar_is_a_placeholder() {
+        for sql in [
+            TAKE_BACK_ALL,
+            RELEASE,
+            TAKE_BACK_ORPHANS,
+            RECORD_OUTCOME,
+            REQUEST_CANCEL,
+            CANCEL_WAITING,
+        ] {
+            let converted = for_sqlite(sql);
+            assert!(!converted.contains('$'), "{converted}");
+            for (i, _) in converted.match_indices('?') {
+                assert!(
+                    converted[i + 1..].starts_with(|c: char| c.is_ascii_digit()),
+                    "{converted}"
+                );
+            }
+        }
+    }
+}
