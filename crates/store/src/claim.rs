@@ -16,7 +16,7 @@ use crate::{
 /// How many unrouted jobs a claim routes at most (the rest wait for the next claim, which
 /// the backlog then asks for at once): a burst of tagged submits is routed in steps
 /// rather than in one long hold of the write lock.
-pub(crate) const ROUTE_BATCH: i64 = 2000;
+const ROUTE_BATCH: i64 = 2000;
 
 /// A job as routing reads it.
 #[derive(Debug)]
@@ -61,7 +61,8 @@ pub(crate) trait ClaimSql {
     fn set_routes(&mut self, routes: &[(JobId, Option<String>)], op: &'static str) -> Result<()>;
 
     /// For each group of `want`, up to its number of runnable queued jobs (at `now`), in
-    /// id order: an index range scan of that group's queue.
+    /// id order: an index range scan of that group's queue. (PostgreSQL marks them
+    /// running under `me` here.)
     fn pick(&mut self, me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>>;
 
     /// Makes a sound candidate `running` under `me` with one more attempt, if
@@ -135,7 +136,8 @@ pub(crate) fn claim(
                 }
             }
         }
-        // Again only if some group got all it asked for and a row of it went unclaimed.
+        // Again only if some group got all it asked for and a row went unclaimed (refused,
+        // or taken by another claimer): the groups with credit left ask once more.
         let full = want
             .iter()
             .any(|(g, n)| taken.get(*g).copied().unwrap_or(0) >= *n);

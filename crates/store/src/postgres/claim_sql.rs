@@ -34,10 +34,10 @@ pub(super) const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE 
 pub(super) const SET_ROUTES: &str = "UPDATE jobs SET route = u.route, routed = TRUE \
      FROM unnest($1::bigint[], $2::text[]) AS u (id, route) WHERE jobs.id = u.id";
 
-/// The claim, in one statement: for each group `$3[i]`, its first `$4[i]` runnable
-/// queued jobs in id order (an index range scan on (route, id) per group, skipping rows
-/// another claimer holds), marked running under owner `$1` at `$2`. Returns, per job,
-/// its id, group, and the columns [`stored_run`] reads (attempts as before the claim).
+/// The claim, in one statement: for each group `$3[i]`, its first `$4[i]` runnable queued jobs in
+/// id order (an index range scan on (route, id) per group, skipping rows another claimer holds),
+/// marked running under owner `$1` at `$2`. Returns, per job, its id, group, and the columns
+/// [`stored_run`](super::rows::stored_run) reads (attempts as before the claim).
 pub(super) const CLAIM: &str = "WITH want AS (\
          SELECT g, n FROM unnest($3::text[], $4::bigint[]) AS w (g, n)), \
      picked AS (\

@@ -77,8 +77,8 @@ pub(super) fn read_job(row: &Row) -> Result<Job> {
     })
 }
 
-/// The fields a claim runs, from a row of [`candidates_sql`] (columns 3 to 8), each as
-/// stored or with what is wrong with it.
+/// The fields a claim runs, from a row of [`CLAIM`](super::claim_sql::CLAIM) (columns 3 to 8), each
+/// as stored or with what is wrong with it.
 pub(super) fn stored_run(row: &Row) -> StoredRun {
     fn get<'a, T: postgres::types::FromSql<'a>>(
         row: &'a Row,

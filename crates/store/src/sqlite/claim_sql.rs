@@ -11,8 +11,8 @@ use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::{Claimed, InstanceId, JobId, Result};
 
-/// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most
-/// `?4`: an index range scan on (route, id). Columns as [`stored_run`] reads them.
+/// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most `?4`: an
+/// index range scan on (route, id). Columns as [`stored_run`](super::rows::stored_run) reads them.
 pub(super) const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
      max_attempts, attempts FROM jobs \
      WHERE state = 'queued' AND route = ?1 AND id > ?2 \

@@ -110,7 +110,8 @@ pub(super) fn stored_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The fields a claim runs, from a row of [`candidates_sql`] (columns 3 to 8).
+/// The fields a claim runs, from a row of [`CANDIDATES`](super::claim_sql::CANDIDATES) (columns 3
+/// to 8).
 pub(super) fn stored_run(row: &[Value]) -> StoredRun {
     let opt_text = |v: &Value| match v {
         Value::Null => Some(None),
