@@ -1,5 +1,6 @@
 //! Job control (the contract's "Job control" additions), on the real binary: `logs`,
-//! `-c` before the verb, and the `jobs` filters.
+//! `submit`'s warning, `reload`'s answer, `-c` before the verb, `stop --wait`'s
+//! progress, and the `jobs` filters.
 
 use std::time::Duration;
 
@@ -80,6 +81,70 @@ fn logs_prints_a_jobs_output_follows_it_across_retries_and_shows_one_attempt() {
 }
 
 // ----- what the verbs say --------------------------------------------------------------
+
+#[test]
+fn submit_warns_when_no_group_takes_the_job_and_queues_it_all_the_same() {
+    let sb = Sandbox::new(&one_group(1));
+    let out = sb.run(&["submit", "--tag", "arch=mips", "--", "true"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no group"), "{stderr}");
+    let id: i64 = stdout.trim().parse().unwrap();
+    assert_eq!(sb.job(id)["state"], "queued");
+    let out = sb.run(&["submit", "--group", "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out).1.contains("nosuch"));
+    let out = sb.run(&["submit", "--group", "g", "--", "true"]);
+    assert_eq!(text(&out).1, "", "no warning for a job a group takes");
+}
+
+#[test]
+fn reload_waits_for_the_supervisors_answer() {
+    let sb = Sandbox::new(&one_group(1));
+    let mut sv = sb.start(&[]);
+    sv.wait_started();
+    let mut config = one_group(1);
+    config["groups"][0]["max_workers"] = json!(2);
+    sb.write_config(&config);
+    let out = sb.run(&["reload"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("accepted (generation 2)"), "{stdout}");
+    config["groups"][0]["max_workers"] = json!("many");
+    sb.write_config(&config);
+    let out = sb.run(&["reload"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stderr.contains("max_workers"), "{stderr}");
+    sv.stop_cleanly();
+}
+
+#[test]
+fn stop_wait_says_what_it_waits_for() {
+    let sb = Sandbox::new(&one_group(1));
+    let mut sv = sb.start(&[]);
+    // A job that takes a while to go once asked to.
+    let slow = sb.submit(&[
+        "--group",
+        "g",
+        "--",
+        "sh",
+        "-c",
+        "trap 'sleep 6; exit 0' TERM; while :; do sleep 0.1; done",
+    ]);
+    sv.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == slow);
+    let out = sb.run(&["stop", "--wait"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let progress: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| l.contains("running"))
+        .collect();
+    assert!(!progress.is_empty(), "{stdout}{stderr}");
+    assert!(progress[0].contains(&format!("{slow}")) || progress[0].contains("1 job"));
+    assert_eq!(sv.wait_exit(T), Some(0));
+}
 
 #[test]
 fn the_config_flag_goes_before_or_after_the_verb() {

@@ -750,14 +750,18 @@ fn reload_and_stop_still_reach_the_supervisor_when_the_file_is_invalid() {
     bad["groups"][0]["max_workers"] = json!(-1);
     sb.write_config(&bad);
 
-    // `reload` is a SIGHUP, with a warning that the supervisor will reject the file.
+    // `reload` is a SIGHUP, with a warning that the supervisor will reject the file,
+    // and then the supervisor's answer: rejected, exit 2.
     let mark = sv.last_seq();
-    let (code, stdout, stderr) = run_verb(&sb, &["reload"]);
-    assert_eq!(code, Some(0), "`reload` with an invalid file: {stderr}");
-    assert!(stdout.contains(&sv.pid().to_string()), "{stdout}");
+    let (code, _, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(2), "`reload` with an invalid file: {stderr}");
     assert!(
         stderr.contains("groups[0].max_workers") && stderr.contains("reject"),
         "`reload` does not warn that the file has errors and will be rejected: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("supervisor {} rejected", sv.pid())),
+        "`reload` does not give the supervisor's answer: {stderr}"
     );
     let answer = sv.wait_event_after(mark, T, is_config_event);
     assert_eq!(answer["event"], "config_rejected", "{answer}");
@@ -832,7 +836,8 @@ fn reload_and_stop_of_a_file_that_is_not_json_use_the_default_state_dir() {
     .unwrap();
     let mark = sv.last_seq();
     let (code, _, stderr) = run_verb(&sb, &["reload"]);
-    assert_eq!(code, Some(0), "{stderr}");
+    // Signalled all the same (the state dir is the default one), and rejected: exit 2.
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("supervisor.json:3:"), "{stderr}");
     let answer = sv.wait_event_after(mark, T, is_config_event);
     assert_eq!(answer["event"], "config_rejected", "{answer}");

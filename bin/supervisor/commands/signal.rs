@@ -1,14 +1,30 @@
 //! `supervisor reload` and `supervisor stop [--wait]`: SIGHUP or SIGTERM to the
-//! supervisor that holds the pidfile.
+//! supervisor that holds the pidfile. `reload` then waits for its answer in the events
+//! file (`config_loaded` or `config_rejected`); `stop --wait` for it to be gone, saying
+//! what it still waits for every few seconds.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use supervisor_os::{PidFile, PidFileState, Sig};
 
 use super::config::{self, Lenient};
+use super::events::{lines_from, TAIL_BYTES};
+use super::status::replay::replay;
 use super::{pidfile, CommandError};
+use crate::events_file::read_events;
+
+/// How long `reload` waits for the supervisor's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often `stop --wait` says what it waits for.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the verbs look again.
+const POLL: Duration = Duration::from_millis(50);
 
 /// What `reload` and `stop` ask of the supervisor.
 #[derive(Debug, Clone, Copy)]
@@ -35,22 +51,129 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
     };
     match what {
         Control::Reload => {
+            let after = last_seq(&found.events);
             supervisor_os::signal_pid(pid, Sig::SIGHUP)?;
-            say!("asked supervisor {pid} to reload")?;
+            answer(pid, &found.events, after)
         }
         Control::Stop { wait } => {
             supervisor_os::signal_pid(pid, Sig::SIGTERM)?;
             say!("asked supervisor {pid} to stop")?;
             if wait {
-                // The kernel drops the pidfile's lock when the process is gone.
-                while matches!(PidFile::inspect(&pidfile), PidFileState::Running(_)) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                let grace = supervisor_config::load(path).ok().map(|c| c.shutdown_grace);
+                wait_for_exit(pid, &pidfile, &found.events, grace)?;
                 say!("supervisor {pid} stopped")?;
             }
+            Ok(())
         }
     }
+}
+
+/// Wait for the answer to a reload asked after event `after`: `config_loaded` (exit 0,
+/// its generation said) or `config_rejected` (exit 2, its errors said).
+fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        for e in tail(events).iter().filter(|e| seq(e) > after) {
+            match e["event"].as_str() {
+                Some("config_loaded") => {
+                    say!(
+                        "supervisor {pid}: accepted (generation {})",
+                        e["generation"]
+                    )?;
+                    for change in e["changes"].as_array().into_iter().flatten() {
+                        say!("  {}", change.as_str().unwrap_or_default())?;
+                    }
+                    return Ok(());
+                }
+                Some("config_rejected") => {
+                    return Err(CommandError::Usage(format!(
+                        "supervisor {pid} rejected the config and runs on as before: {}",
+                        e["error"].as_str().unwrap_or("(no reason given)")
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CommandError::Failed(anyhow::anyhow!(
+                "asked supervisor {pid} to reload, but it has not answered within {} s",
+                ANSWER_WITHIN.as_secs()
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Wait until supervisor `pid` is gone, saying at once and then every few seconds which
+/// jobs it still waits for and how much of the grace is left.
+fn wait_for_exit(
+    pid: u32,
+    pidfile: &Path,
+    events: &Path,
+    grace: Option<Duration>,
+) -> Result<(), CommandError> {
+    let asked = Instant::now();
+    let mut next = asked;
+    // The kernel drops the pidfile's lock when the process is gone.
+    while matches!(PidFile::inspect(pidfile), PidFileState::Running(_)) {
+        if Instant::now() >= next {
+            let busy = running_jobs(events);
+            let jobs = match busy.len() {
+                0 => "no job running".to_string(),
+                n => format!(
+                    "{n} job(s) still running ({})",
+                    busy.iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let left = grace.map_or(String::new(), |g| {
+                format!(
+                    "; grace left {:.0} s",
+                    g.saturating_sub(asked.elapsed()).as_secs_f64()
+                )
+            });
+            say!("waiting for supervisor {pid}: {jobs}{left}")?;
+            next += PROGRESS_EVERY;
+        }
+        std::thread::sleep(POLL);
+    }
     Ok(())
+}
+
+/// The jobs the supervisor's workers run, as its events file tells.
+fn running_jobs(events: &Path) -> Vec<i64> {
+    let events = read_events(events).unwrap_or_default();
+    let mut ids: Vec<i64> = replay(&events)
+        .children
+        .values()
+        .filter_map(|c| c["job_id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The last events of the events file (its last 64 KiB), parsed.
+fn tail(events: &Path) -> Vec<Value> {
+    let Ok(mut file) = File::open(events) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    lines_from(&mut file, len.saturating_sub(TAIL_BYTES))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn seq(e: &Value) -> u64 {
+    e["seq"].as_u64().unwrap_or(0)
+}
+
+/// The last event's seq (0: none yet).
+fn last_seq(events: &Path) -> u64 {
+    tail(events).iter().map(seq).max().unwrap_or(0)
 }
 
 /// Why no supervisor can be signalled, as the pidfile's state says.

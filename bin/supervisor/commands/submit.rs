@@ -51,16 +51,7 @@ pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
         Some(file) => jobs_of_file(file, here.as_deref())?,
         None => vec![job_of_flags(&args, here.as_deref())?],
     };
-    if let Some(name) = jobs
-        .iter()
-        .filter_map(|j| j.group.as_deref())
-        .find(|g| config.group(g).is_none())
-    {
-        log::warn!(
-            "no group named {name:?} in {}: such jobs wait for a reload that adds it",
-            config.path.display()
-        );
-    }
+    warn_of_untaken(&config, &jobs);
     let mut store = open_store(&config.store)?;
     let ids = match store.submit(&jobs, wall_now()) {
         Ok(ids) => ids,
@@ -172,4 +163,47 @@ fn resolve_cwd(cwd: Option<&Path>, here: Option<&Path>) -> Result<Option<String>
             Path::new(&bad).display()
         )),
     }
+}
+
+/// Say on stderr which jobs no group of the current config takes (they are queued all
+/// the same: a reload may add a group for them): one line for the first, and how many
+/// more.
+fn warn_of_untaken(config: &supervisor_config::Config, jobs: &[NewJob]) {
+    let routes = config.routes();
+    let mut untaken = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| supervisor_config::route(&routes, j.group.as_deref(), &j.tags).is_none());
+    let Some((i, first)) = untaken.next() else {
+        return;
+    };
+    let why = match &first.group {
+        Some(name) => format!(
+            "it names group {name:?}, which {} lacks",
+            config.path.display()
+        ),
+        None => {
+            let tags: Vec<String> = first.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "no group of {} matches its tags [{}]",
+                config.path.display(),
+                tags.join(", ")
+            )
+        }
+    };
+    let which = if jobs.len() > 1 {
+        format!("job {} of {}", i + 1, jobs.len())
+    } else {
+        "the job".to_string()
+    };
+    let more = untaken.count();
+    let more = if more > 0 {
+        format!(" (and {more} more jobs no group takes)")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "supervisor: warning: no group takes {which}: {why}; it stays queued until a \
+         reload adds a group for it{more}"
+    );
 }

@@ -5,7 +5,7 @@
 //! the events file and the store (found leniently) say.
 
 mod last_run;
-mod replay;
+pub(super) mod replay;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};

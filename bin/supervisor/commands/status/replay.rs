@@ -10,10 +10,10 @@ type ChildKey = (String, Option<String>, Option<u64>);
 
 /// The child table and supervisor facts rebuilt from the events file.
 #[derive(Debug, Default)]
-pub(super) struct Replay {
-    pub(super) supervisor_pid: Option<u64>,
+pub(in crate::commands) struct Replay {
+    pub(in crate::commands) supervisor_pid: Option<u64>,
     /// A row per child, with `started_at` (wall clock) when known.
-    pub(super) children: BTreeMap<ChildKey, Value>,
+    pub(in crate::commands) children: BTreeMap<ChildKey, Value>,
 }
 
 fn key_of(e: &Value) -> ChildKey {
@@ -25,7 +25,7 @@ fn key_of(e: &Value) -> ChildKey {
 }
 
 /// The child table as `events` (the current events file, in order) leave it.
-pub(super) fn replay(events: &[Value]) -> Replay {
+pub(in crate::commands) fn replay(events: &[Value]) -> Replay {
     let start = events
         .iter()
         .rposition(|e| e["event"] == "snapshot")
