@@ -11,8 +11,9 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Map, Value};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use supervisor_config::{Config, StoreConfig};
-use supervisor_core::doorbell::Doorbell;
-use supervisor_core::supervision::{Action, ChildId, ClaimedJob, Core, Input, Next, Outcome, Role};
+use supervisor_core::supervision::{
+    Action, ChildId, ClaimedJob, Core, Input, Next, Outcome, Role, TimerTable,
+};
 use supervisor_core::{SplitMix64, Time};
 use supervisor_os::{PidFile, PidFileState, Sig};
 
@@ -38,8 +39,9 @@ struct ShellChild {
     started_at: f64,
     writer: Option<Writer>,
     closed: bool,
-    /// Reaped, waiting for the channel to close before the core hears of it.
-    exit: Option<(supervisor_core::supervision::ProcessEnd, Instant)>,
+    /// Reaped, waiting for the channel to close before the core hears of it (at most
+    /// until its [`Wake::CloseWait`]).
+    exit: Option<supervisor_core::supervision::ProcessEnd>,
 }
 
 /// The running supervisor.
@@ -59,9 +61,8 @@ struct Supervisor {
     by_pid: HashMap<u32, ChildId>,
     /// What workers need to run the jobs the core knows by id.
     claims: HashMap<i64, Claim>,
-    /// SIGHUPs coalesce here: one reload pass after the last ring.
-    reloads: Doorbell<&'static str>,
-    sigints: u32,
+    /// What the loop wakes up for besides a message (see [`Wake`]).
+    timers: TimerTable<Wake>,
     exit_code: Option<i32>,
     /// Shared (PostgreSQL) store: our lease there, renewed and watched by threads of
     /// its own (see `lease.rs`).
@@ -79,6 +80,20 @@ struct Supervisor {
     store_arg: crate::wire::StoreArg,
     /// Deletes finished jobs past the config's `retention`, on a thread of its own.
     retention: crate::retention::Retention,
+}
+
+/// What the loop wakes up for besides a message, each an entry of its timer table, handled
+/// in this order when several are due.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    /// A reaped child whose channel is still open: its exit is handled anyway then.
+    CloseWait(ChildId),
+    /// The next try of the outcomes that wait for the store.
+    Pending,
+    /// SIGHUP rang: one reload pass, however many rang since the last one.
+    Reload,
+    /// The core's next deadline: [`Core::on_timeout`].
+    Core,
 }
 
 /// The name of the event a panicking supervisor writes before it exits.
@@ -277,8 +292,6 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     })?;
     let seed = (wall_now() * 1e9) as u64 ^ u64::from(pid);
     let core = Core::new(config.spec(until_empty), Box::new(SplitMix64::new(seed)));
-    let mut reloads = Doorbell::new(Duration::from_millis(1));
-    reloads.add("reload");
     let mut sv = Supervisor {
         config,
         generation: 1,
@@ -293,8 +306,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         children: HashMap::new(),
         by_pid: HashMap::new(),
         claims: HashMap::new(),
-        reloads,
-        sigints: 0,
+        timers: TimerTable::new(),
         exit_code: None,
         lease,
         lost_claims: None,
@@ -432,18 +444,7 @@ impl Supervisor {
                 }
                 return code;
             }
-            let deadline = [
-                self.core.next_deadline(),
-                self.reloads.next_deadline(),
-                self.close_wait_deadline(),
-                self.pending
-                    .deadline()
-                    .map(|t| Time::from_origin(t.saturating_duration_since(self.started))),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let ev = match deadline {
+            let ev = match self.timers.next_deadline() {
                 Some(t) => {
                     let wait = t.saturating_since(self.now());
                     match rx.recv_timeout(wait) {
@@ -469,27 +470,48 @@ impl Supervisor {
                     }
                 }
             }
-            self.deliver_overdue_exits();
-            self.retry_pending();
+            let now = self.now();
+            for wake in self.timers.expire(now) {
+                match wake {
+                    Wake::CloseWait(child) => self.deliver_exit(child),
+                    Wake::Pending => self.retry_pending(),
+                    Wake::Reload => self.reload(),
+                    Wake::Core => self.on_timeout(now),
+                }
+            }
             if self.core.is_stopping() && !self.told_stopping {
                 self.told_stopping = true;
                 self.notifier.stopping();
             }
-            let now = self.now();
-            if let Some(pass) = self.reloads.poll(now) {
-                let results: Vec<_> = pass.ids.into_iter().map(|k| (k, self.reload())).collect();
-                self.reloads.finish(self.now(), results);
+        }
+    }
+
+    /// The core's deadline passed: let it act (a reload just before may have moved it).
+    fn on_timeout(&mut self, now: Time) {
+        if self.core.next_deadline().is_some_and(|t| t <= now) {
+            let actions = self.core.on_timeout(now);
+            self.core_timer();
+            for input in self.execute(actions) {
+                self.feed(input);
             }
-            if self.core.next_deadline().is_some_and(|t| t <= now) {
-                let actions = self.core.on_timeout(now);
-                for input in self.execute(actions) {
-                    self.feed(input);
-                }
-                if let Some(was) = self.pending_was.take() {
-                    self.pending_changed(was);
-                }
+            if let Some(was) = self.pending_was.take() {
+                self.pending_changed(was);
             }
         }
+    }
+
+    /// The core's next deadline, in the loop's timer table: set after every call that
+    /// may move it.
+    fn core_timer(&mut self) {
+        self.timers
+            .set_or_stop(Wake::Core, self.core.next_deadline());
+    }
+
+    /// The next try of the outcomes that wait, in the loop's timer table.
+    fn pending_timer(&mut self) {
+        let at = (self.pending.deadline())
+            .map(|t| Time::from_origin(t.saturating_duration_since(self.started)));
+        self.timers.set_or_stop(Wake::Pending, at);
     }
 
     fn on_event(&mut self, ev: Ev) {
@@ -499,18 +521,7 @@ impl Supervisor {
                 reason: "SIGTERM".into(),
                 immediate: false,
             }),
-            Ev::Signal(SIGINT) => {
-                self.sigints += 1;
-                self.feed(Input::Shutdown {
-                    reason: if self.sigints > 1 {
-                        "second SIGINT"
-                    } else {
-                        "SIGINT"
-                    }
-                    .into(),
-                    immediate: self.sigints > 1,
-                });
-            }
+            Ev::Signal(SIGINT) => self.feed(Input::Interrupt),
             Ev::Signal(SIGHUP) => {
                 if let Err(e) = self.events.reopen() {
                     log::error!("cannot reopen the events file: {e}");
@@ -518,7 +529,8 @@ impl Supervisor {
                 if self.events.is_fresh() {
                     self.snapshot();
                 }
-                self.reloads.ring();
+                // A burst of SIGHUPs is one reload, once the queue is drained.
+                self.timers.set(Wake::Reload, self.now());
             }
             Ev::Fenced { reason } => self.feed(Input::Fenced { reason }),
             Ev::Signal(SIGUSR1) | Ev::Doorbell => {
@@ -574,14 +586,16 @@ impl Supervisor {
         self.emit(PANIC_EVENT, f);
     }
 
-    /// After the outcomes that wait changed: the grabber claims nothing while any waits,
-    /// and `outcomes_waiting` (read by `status`) says how many when that starts or ends.
+    /// After the outcomes that wait changed: when that starts or ends, the core hears it
+    /// (the grabber claims nothing while any waits), and `outcomes_waiting` (read by
+    /// `status`) says how many.
     fn pending_changed(&mut self, was: usize) {
+        self.pending_timer();
         let now = self.pending.len();
         if (was == 0) == (now == 0) {
             return;
         }
-        self.send_to_grabber(ToChild::Hold(now > 0));
+        self.feed(Input::OutcomesWaiting { waiting: now > 0 });
         let mut f = Map::new();
         f.insert("count".into(), json!(now));
         self.emit("outcomes_waiting", f);
@@ -669,13 +683,6 @@ impl Supervisor {
                 let Some(role) = self.core.role(child).cloned() else {
                     return;
                 };
-                if role == Role::Grabber {
-                    let settings = self.grabber_settings();
-                    self.send(child, ToChild::Settings(settings));
-                    if !self.pending.is_empty() {
-                        self.send(child, ToChild::Hold(true));
-                    }
-                }
                 // Not a core decision, but `status` needs it to tell starting from up.
                 let mut f = Map::new();
                 f.insert("role".into(), json!(role.kind()));
@@ -765,28 +772,37 @@ impl Supervisor {
             };
             let end = crate::wire::WireEnd::from(ended).into();
             if let Some(c) = self.children.get_mut(&child) {
-                c.exit = Some((end, Instant::now()));
+                c.exit = Some(end);
                 if c.writer.is_none() && !c.closed {
                     // Died before its handshake: free the accept thread.
                     ipc::unblock(&c.ipc_name);
                 }
             }
+            // Its exit waits for its channel to close, but not longer than this.
+            let give_up = self.now() + ipc::CLOSE_WAIT;
+            self.timers.set(Wake::CloseWait(child), give_up);
             self.maybe_deliver_exit(child);
         }
     }
 
+    /// A reaped child whose channel closed: everything it said has been handled, so the
+    /// core hears of its exit now.
     fn maybe_deliver_exit(&mut self, child: ChildId) {
-        let ready = self.children.get(&child).is_some_and(|c| {
-            c.exit.is_some()
-                && (c.closed || c.exit.is_some_and(|(_, t)| t.elapsed() >= ipc::CLOSE_WAIT))
-        });
-        if !ready {
-            return;
+        if (self.children.get(&child)).is_some_and(|c| c.exit.is_some() && c.closed) {
+            self.deliver_exit(child);
         }
+    }
+
+    /// Tell the core that a reaped child exited (its channel closed, or did not close
+    /// within `CLOSE_WAIT`).
+    fn deliver_exit(&mut self, child: ChildId) {
+        self.timers.stop(&Wake::CloseWait(child));
+        let Some(end) = self.children.get(&child).and_then(|c| c.exit) else {
+            return;
+        };
         let c = self.children.remove(&child).expect("checked above");
         let pid = c.pid.expect("a reaped child has a pid");
         self.by_pid.remove(&pid);
-        let (end, _) = c.exit.expect("checked above");
         self.feed(Input::Exited { pid, end });
     }
 
@@ -814,31 +830,12 @@ impl Supervisor {
         }
     }
 
-    fn close_wait_deadline(&self) -> Option<Time> {
-        self.children
-            .values()
-            .filter_map(|c| c.exit.map(|(_, t)| t))
-            .min()
-            .map(|t| Time::from_origin(t.duration_since(self.started)) + ipc::CLOSE_WAIT)
-    }
-
-    fn deliver_overdue_exits(&mut self) {
-        let overdue: Vec<ChildId> = self
-            .children
-            .iter()
-            .filter(|(_, c)| c.exit.is_some_and(|(_, t)| t.elapsed() >= ipc::CLOSE_WAIT))
-            .map(|(&id, _)| id)
-            .collect();
-        for child in overdue {
-            self.maybe_deliver_exit(child);
-        }
-    }
-
     /// Feed one input to the core and carry out everything that follows.
     fn feed(&mut self, input: Input) {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
             let actions = self.core.handle(self.now(), input);
+            self.core_timer();
             inputs.extend(self.execute(actions));
         }
         if let Some(was) = self.pending_was.take() {
@@ -919,6 +916,16 @@ impl Supervisor {
                     self.send_to_grabber(ToChild::Revoke { group, epoch })
                 }
                 Action::Poll { epoch } => self.send_to_grabber(ToChild::Poll { epoch }),
+                Action::GrabberSettings { runnable } => {
+                    let settings = GrabberSettings {
+                        routes: crate::routes(&self.config),
+                        poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
+                        error_backoff: self.config.grabber.error_backoff.into(),
+                        runnable,
+                    };
+                    self.send_to_grabber(ToChild::Settings(settings));
+                }
+                Action::HoldClaims { hold } => self.send_to_grabber(ToChild::Hold(hold)),
                 Action::RecordOutcome {
                     job,
                     attempt,
@@ -960,15 +967,6 @@ impl Supervisor {
                         continue;
                     }
                     self.emit(name, fields);
-                    if matches!(
-                        event,
-                        supervisor_core::supervision::Event::GroupGaveUp { .. }
-                    ) {
-                        // Its jobs can no longer run here: the grabber's reports of what
-                        // is runnable must leave them out.
-                        let settings = self.grabber_settings();
-                        self.send_to_grabber(ToChild::Settings(settings));
-                    }
                 }
                 Action::Exit { code } => self.exit_code = Some(code),
             }
@@ -1183,24 +1181,14 @@ impl Supervisor {
         }
     }
 
-    fn grabber_settings(&self) -> GrabberSettings {
-        GrabberSettings {
-            routes: crate::routes(&self.config),
-            poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
-            error_backoff: self.config.grabber.error_backoff.into(),
-            runnable: self.core.runnable_groups(),
-        }
-    }
-
     /// One reload pass: read the config again and apply it, or reject it whole.
-    fn reload(&mut self) -> supervisor_core::doorbell::Outcome {
+    fn reload(&mut self) {
         if self.core.is_stopping() {
-            return Ok(None);
+            return;
         }
         self.notifier.reloading();
         self.load_and_apply();
         self.notifier.ready();
-        Ok(None)
     }
 
     fn load_and_apply(&mut self) {
@@ -1223,15 +1211,8 @@ impl Supervisor {
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.retention.update(self.config.retention.clone());
         self.config_event("config_loaded", None);
-        // Sent before the core applies the reload, so that the polls it asks for use
-        // the new routes. A reload gives a disabled group a fresh start: every group of
-        // the new config with workers can run jobs.
-        let mut settings = self.grabber_settings();
-        settings.runnable = (self.config.groups.iter())
-            .filter(|g| g.max_workers > 0)
-            .map(|g| g.name.clone())
-            .collect();
-        self.send_to_grabber(ToChild::Settings(settings));
+        // The core's first answer is the grabber's new settings (`GrabberSettings`), so
+        // the polls it asks for use the new routes.
         let spec = self.config.spec(until_empty);
         self.feed(Input::Reload(spec));
     }

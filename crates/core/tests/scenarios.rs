@@ -107,11 +107,15 @@ fn startup_spawns_the_grabber_and_every_pool() {
         );
     }
 
-    // The grabber's Ready: one credit per idle worker of each group, then a poll.
+    // The grabber's Ready: the groups it may claim for, one credit per idle worker of
+    // each group, then a poll.
     let acts = s.feed(Input::Ready { child: s.grabber() });
     assert_eq!(
         acts,
         [
+            Action::GrabberSettings {
+                runnable: vec!["a".into(), "b".into()]
+            },
             Action::Grant {
                 group: "a".into(),
                 n: 2,
@@ -418,13 +422,21 @@ fn a_disabled_group_stops_while_the_others_keep_running() {
     s.spawn_all(&acts);
     let acts = s.reap(s.w("a", 0), SIGKILL);
     let evs = events(&acts);
+    let gave_up = Event::GroupGaveUp {
+        group: Some("a".into()),
+        restarts: 2,
+        period: secs(60.0),
+        action: OnExhausted::Disable,
+    };
+    assert_eq!(evs[1], gave_up);
+    // Right after it, the grabber learns that only b can run jobs now.
+    let at = acts
+        .iter()
+        .position(|a| *a == Action::Emit(gave_up.clone()));
     assert_eq!(
-        evs[1],
-        Event::GroupGaveUp {
-            group: Some("a".into()),
-            restarts: 2,
-            period: secs(60.0),
-            action: OnExhausted::Disable
+        acts[at.expect("the event") + 1],
+        Action::GrabberSettings {
+            runnable: vec!["b".into()]
         }
     );
     assert!(!evs
@@ -455,11 +467,17 @@ fn a_disabled_group_stops_while_the_others_keep_running() {
     assert_eq!(grants(&acts), [("b".into(), 1, 0)]);
     assert_eq!(releases(&s.claim(2, "a")), [(2, 1)]);
 
-    // A reload enables it again.
+    // A reload enables it again, and says so to the grabber before anything else.
     let acts = s.feed(Input::Reload(spec(vec![
         disabling("a", 2, 1),
         group("b", 1),
     ])));
+    assert_eq!(
+        acts[0],
+        Action::GrabberSettings {
+            runnable: vec!["a".into(), "b".into()]
+        }
+    );
     assert_eq!(spawned_roles(&acts), [worker("a", 0), worker("a", 1)]);
     assert_eq!(s.core.runnable_groups(), ["a", "b"]);
     let acts = s.spawn_all_ready(&acts);
@@ -925,6 +943,40 @@ fn outcomes_are_stored_before_they_are_announced() {
     assert!(stored_first(&acts), "{acts:?}");
 }
 
+#[test]
+fn the_grabber_claims_nothing_while_outcomes_wait_for_the_store() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let waiting = |waiting| Input::OutcomesWaiting { waiting };
+    assert_eq!(s.feed(waiting(true)), [Action::HoldClaims { hold: true }]);
+    assert_eq!(s.feed(waiting(true)), [], "said once");
+    // A grabber that comes up meanwhile is told to hold before it gets credits.
+    s.reap(s.grabber(), SIGKILL);
+    let acts = s.at(0.5);
+    s.spawn_all(&acts);
+    let acts = s.feed(Input::Ready { child: s.grabber() });
+    assert_eq!(
+        acts[..3],
+        [
+            Action::GrabberSettings {
+                runnable: vec!["a".into()]
+            },
+            Action::HoldClaims { hold: true },
+            Action::Grant {
+                group: "a".into(),
+                n: 1,
+                epoch: 0
+            },
+        ]
+    );
+    assert_eq!(s.feed(waiting(false)), [Action::HoldClaims { hold: false }]);
+    // A grabber that comes up with nothing waiting is not told to hold.
+    s.reap(s.grabber(), SIGKILL);
+    let acts = s.at(1.0);
+    s.spawn_all(&acts);
+    let acts = s.feed(Input::Ready { child: s.grabber() });
+    assert!(!acts.iter().any(|a| matches!(a, Action::HoldClaims { .. })));
+}
+
 // ----- reload --------------------------------------------------------------------------
 
 #[test]
@@ -1147,15 +1199,23 @@ fn children_that_ignore_stop_are_killed_after_the_kill_grace() {
 fn a_second_interrupt_kills_every_child_and_job_at_once() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
     let (w, _) = s.start(1, "a");
-    s.feed(Input::Shutdown {
-        reason: "SIGINT".into(),
-        immediate: false,
-    });
+    // The first is a graceful stop: the job may finish.
+    let acts = s.feed(Input::Interrupt);
+    assert_eq!(
+        events(&acts),
+        [Event::SupervisorStopping {
+            reason: "SIGINT".into()
+        }]
+    );
+    assert!(killed(&acts).is_empty() && job_signals(&acts).is_empty());
     s.at(2.0);
-    let acts = s.feed(Input::Shutdown {
-        reason: "SIGINT".into(),
-        immediate: true,
-    });
+    let acts = s.feed(Input::Interrupt);
+    assert_eq!(
+        events(&acts),
+        [Event::SupervisorStopping {
+            reason: "second SIGINT".into()
+        }]
+    );
     assert!(acts.contains(&Action::KillJobGroup { pgid: job_pid(1) }));
     let mut k = killed(&acts);
     k.sort_by_key(|k| k.0);
@@ -1171,6 +1231,23 @@ fn a_second_interrupt_kills_every_child_and_job_at_once() {
     let acts = s.reap(w, SIGKILL);
     assert_eq!(releases(&acts), [(1, 1)]);
     assert_eq!(exit_code(&acts), Some(0));
+}
+
+#[test]
+fn an_interrupt_after_a_sigterm_is_the_first_and_only_a_second_one_stops_at_once() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    s.start(1, "a");
+    s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    });
+    // Already stopping gracefully: nothing new.
+    assert_eq!(s.feed(Input::Interrupt), []);
+    let acts = s.feed(Input::Interrupt);
+    assert!(acts.contains(&Action::KillJobGroup { pgid: job_pid(1) }));
+    assert!(events(&acts).contains(&Event::SupervisorStopping {
+        reason: "second SIGINT".into()
+    }));
 }
 
 /// A supervisor that lost its lease in a shared store stops at once with exit code 1,

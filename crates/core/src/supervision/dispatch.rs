@@ -61,6 +61,28 @@ impl Core {
         }
     }
 
+    /// Tell the grabber (if there is one) which groups can run jobs: it claims for those
+    /// only, and reports the backlog of those only. Placed at `at` in the actions, where
+    /// the change is announced, but with the groups as they are once it is applied.
+    pub(super) fn send_runnable(&mut self, at: usize) {
+        if self.grabber.child.is_some() {
+            let runnable = self.runnable_groups();
+            self.out.insert(at, Action::GrabberSettings { runnable });
+        }
+    }
+
+    /// Outcomes began (or ceased) to wait for the store: the grabber holds its claims
+    /// meanwhile, as every new grabber is told.
+    pub(super) fn hold_claims(&mut self, waiting: bool) {
+        if waiting == self.outcomes_waiting {
+            return;
+        }
+        self.outcomes_waiting = waiting;
+        if self.grabber.child.is_some() {
+            self.out.push(Action::HoldClaims { hold: waiting });
+        }
+    }
+
     fn grabber_ready(&self) -> Option<ChildId> {
         self.grabber.child.filter(|c| {
             self.children

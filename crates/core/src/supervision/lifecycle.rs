@@ -133,6 +133,11 @@ impl Core {
             Role::Grabber => {
                 c.set_state(ChildState::Ready);
                 self.arm(child);
+                // First what it may claim for, and whether to claim at all.
+                self.send_runnable(self.out.len());
+                if self.outcomes_waiting {
+                    self.out.push(Action::HoldClaims { hold: true });
+                }
                 if stopping {
                     self.stop_child(now, child);
                     return;
@@ -305,6 +310,7 @@ impl Core {
             period: policy.period,
             action: policy.on_exhausted,
         }));
+        let announced = self.out.len();
         match (policy.on_exhausted, group) {
             (OnExhausted::Disable, Some(name)) => self.disable_group(now, &name),
             (OnExhausted::Disable, None) => {
@@ -317,6 +323,9 @@ impl Core {
                 self.shutdown(now, format!("{who} gave up"), false, EXIT_GAVE_UP)
             }
         }
+        // Its jobs can no longer run here: what the grabber reports as runnable must
+        // leave them out.
+        self.send_runnable(announced);
     }
 
     /// Stop a group for good (until a reload): no claims, idle workers stop, busy ones

@@ -141,8 +141,14 @@ pub enum Input {
     },
     /// A new config generation, already validated.
     Reload(Spec),
-    /// SIGTERM/SIGINT (`immediate: false`), or a second SIGINT (`immediate: true`).
+    /// Stop for `reason`: gracefully (SIGTERM: running jobs get the grace) or at once.
     Shutdown { reason: String, immediate: bool },
+    /// An interrupt (SIGINT, Ctrl-C): the first stops gracefully, a second at once.
+    Interrupt,
+    /// Outcomes wait for the store (`waiting`), or none waits any more: while any does,
+    /// the grabber claims nothing (running more jobs whose results cannot be recorded is
+    /// pointless).
+    OutcomesWaiting { waiting: bool },
     /// This supervisor lost its lease in a shared store: the store has not heard from it
     /// for longer than is safe (it fenced itself), or another supervisor already took it
     /// for dead and requeued its jobs. Its jobs may run elsewhere at any moment, and
@@ -184,6 +190,12 @@ pub enum Action {
     Revoke { group: String, epoch: u64 },
     /// Ask the grabber to poll the store now and report with this epoch.
     Poll { epoch: u64 },
+    /// Send the grabber its settings: a new grabber is up, or the groups that can run
+    /// jobs changed (a reload, a group that gave up). `runnable` are those groups, in
+    /// config order; the rest of the settings (routes, intervals) is the config's.
+    GrabberSettings { runnable: Vec<String> },
+    /// Tell the grabber to claim nothing (`hold`) or to claim again.
+    HoldClaims { hold: bool },
     /// Store the outcome of an attempt, before anything acknowledges it.
     RecordOutcome {
         job: JobId,
@@ -327,6 +339,10 @@ pub struct Core {
     epochs: u64,
     /// The lease is lost ([`Input::Fenced`]): the store is no longer ours to write to.
     fenced: bool,
+    /// Interrupts so far ([`Input::Interrupt`]).
+    interrupts: u32,
+    /// Outcomes wait for the store ([`Input::OutcomesWaiting`]).
+    outcomes_waiting: bool,
     out: Vec<Action>,
 }
 
@@ -358,6 +374,8 @@ impl Core {
             empty_at: None,
             epochs: 0,
             fenced: false,
+            interrupts: 0,
+            outcomes_waiting: false,
             out: Vec::new(),
         };
         for g in spec.groups {
@@ -545,6 +563,8 @@ impl Core {
             })),
             Input::Reload(spec) => self.reload(now, spec),
             Input::Shutdown { reason, immediate } => self.shutdown(now, reason, immediate, 0),
+            Input::Interrupt => self.interrupt(now),
+            Input::OutcomesWaiting { waiting } => self.hold_claims(waiting),
             Input::Fenced { reason } => {
                 self.fenced = true;
                 self.shutdown(now, reason, true, 1);

@@ -14,6 +14,7 @@ impl Core {
         if self.is_stopping() {
             return;
         }
+        let begun = self.out.len();
         let old_names: Vec<String> = self.order.clone();
         let new_names: Vec<String> = spec.groups.iter().map(|g| g.name.clone()).collect();
         // Removed groups drain.
@@ -57,6 +58,10 @@ impl Core {
             groups: spec.groups.clone(),
             ..spec
         };
+        // Before anything the reload asks of it, the grabber learns the groups that can
+        // run jobs now: every group of the new config with workers (a disabled one is
+        // given a fresh start).
+        self.send_runnable(begun);
         for name in self.order.clone() {
             self.refill(&name);
         }

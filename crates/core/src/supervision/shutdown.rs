@@ -8,6 +8,14 @@ use super::timers::Timer;
 use super::{Action, ChildId, ClaimedJob, Core, Event, Phase, Role, Signal};
 
 impl Core {
+    /// SIGINT: the first stops gracefully, a second at once.
+    pub(super) fn interrupt(&mut self, now: Time) {
+        self.interrupts += 1;
+        let second = self.interrupts > 1;
+        let reason = if second { "second SIGINT" } else { "SIGINT" };
+        self.shutdown(now, reason.into(), second, 0);
+    }
+
     pub(super) fn shutdown(&mut self, now: Time, reason: String, immediate: bool, code: i32) {
         match self.phase {
             Phase::Stopped => return,

@@ -83,6 +83,9 @@ impl Sim {
                 self.ledger.poll(epoch);
                 self.report();
             }
+            // The world's grabber claims for every routed group, and it is never held:
+            // no outcome of this world waits for its store.
+            Action::GrabberSettings { .. } | Action::HoldClaims { .. } => {}
             Action::RecordOutcome {
                 job,
                 attempt,
