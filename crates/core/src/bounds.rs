@@ -47,6 +47,12 @@ pub fn check_attempts(n: i64) -> Result<(), String> {
     }
 }
 
+/// A job's priority is within ±this.
+pub const MAX_PRIORITY: i64 = 1_000_000_000;
+
+/// The latest time a job may be delayed to (unix seconds, year 33658).
+pub const MAX_TIMESTAMP: f64 = 1e12;
+
 /// The most bytes a message kept for the operator (a start error, a reason) keeps.
 pub const MAX_NOTE_BYTES: usize = 4096;
 

@@ -76,6 +76,9 @@ pub(crate) trait ClaimSql {
     /// Whether a job routed to one of `groups` (never empty) is runnable at `now`, and
     /// the earliest time a waiting one becomes runnable.
     fn backlog(&mut self, groups: &[&str], now: f64) -> Result<(bool, Option<f64>)>;
+
+    /// The groups an operator paused: nothing is claimed for them.
+    fn paused(&mut self) -> Result<Vec<String>>;
 }
 
 /// [`JobStore::claim`](crate::JobStore::claim), inside the store's transaction (due
@@ -88,8 +91,14 @@ pub(crate) fn claim(
     now: f64,
 ) -> Result<ClaimResult> {
     let more_to_route = route_new(sql, routes)?;
-    // The groups some route names, each once, in name order.
-    let mut groups: Vec<&str> = routes.iter().map(|r| r.group.as_str()).collect();
+    // The groups some route names, each once, in name order; paused ones claim nothing
+    // and have no backlog to report.
+    let paused = sql.paused()?;
+    let mut groups: Vec<&str> = routes
+        .iter()
+        .map(|r| r.group.as_str())
+        .filter(|g| !paused.iter().any(|p| p == g))
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     let mut claimed = Vec::new();

@@ -36,6 +36,12 @@ pub struct NewJob {
     /// that job's id.
     #[serde(default)]
     pub key: Option<String>,
+    /// Higher runs first; first come first served within a priority.
+    #[serde(default)]
+    pub priority: i64,
+    /// Not claimed before this time (unix seconds).
+    #[serde(default)]
+    pub not_before: Option<f64>,
 }
 
 impl NewJob {
@@ -100,6 +106,21 @@ impl NewJob {
                 return Err("key: must not be empty".into());
             }
             no_nul(key, || "key".into())?;
+        }
+        if !(-bounds::MAX_PRIORITY..=bounds::MAX_PRIORITY).contains(&self.priority) {
+            return Err(format!(
+                "priority: {} is out of range (-{max} to {max})",
+                self.priority,
+                max = bounds::MAX_PRIORITY
+            ));
+        }
+        if let Some(t) = self.not_before {
+            if !(0.0..=bounds::MAX_TIMESTAMP).contains(&t) {
+                return Err(format!(
+                    "not_before: {t} is not a time (unix seconds, 0 to {})",
+                    bounds::MAX_TIMESTAMP
+                ));
+            }
         }
         bounds::check_exec_size(
             self.command.iter().map(String::as_str),

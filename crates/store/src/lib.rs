@@ -182,6 +182,8 @@ pub struct Job {
     pub reason: Option<String>,
     /// Why its last attempt could not start (a missing program, a bad `cwd`), if so.
     pub start_error: Option<String>,
+    /// Higher runs first; first come first served within a priority.
+    pub priority: i64,
 }
 
 impl Job {
@@ -576,6 +578,25 @@ pub trait JobStore {
         keep: Option<u64>,
         limit: u32,
     ) -> Result<Vec<JobId>>;
+
+    /// Deletes finished jobs that finished before `before` (all of them, or those in
+    /// `state`), oldest id first, at most `limit` in this call. Returns their ids (their
+    /// logs are the caller's).
+    fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>>;
+
+    /// Queues job `id` again with a fresh attempt budget, if it finished otherwise than
+    /// `succeeded`; false if it did not (it is live, or succeeded, or unknown).
+    fn retry(&mut self, id: JobId) -> Result<bool>;
+
+    /// Pauses `groups` (from `now`): claims take nothing for them, on every supervisor of
+    /// the store, until they are resumed.
+    fn pause(&mut self, groups: &[String], now: f64) -> Result<()>;
+
+    /// Resumes `groups`, or every paused group.
+    fn resume(&mut self, groups: Option<&[String]>) -> Result<()>;
+
+    /// The paused groups, by name.
+    fn paused(&mut self) -> Result<Vec<String>>;
 
     /// One job, if it exists.
     fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>>;

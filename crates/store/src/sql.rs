@@ -26,7 +26,26 @@ pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
 pub(crate) const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, \
      tags, env, cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, \
      last_outcome, created_at, started_at, finished_at, not_before, owner, cancel_requested, \
-     reason, start_error";
+     reason, start_error, priority";
+
+/// The paused groups, by name.
+pub(crate) const PAUSED: &str = "SELECT name FROM paused_groups ORDER BY name";
+
+/// Pauses group `$1` from `$2` on (a paused group stays paused since it first was).
+pub(crate) const PAUSE: &str = "INSERT INTO paused_groups (name, since) \
+     VALUES ($1, CAST($2 AS float8)) ON CONFLICT (name) DO NOTHING";
+
+/// Resumes group `$1`.
+pub(crate) const RESUME: &str = "DELETE FROM paused_groups WHERE name = $1";
+
+/// Queues job `$1` again with a fresh attempt budget, if it is finished otherwise than
+/// `succeeded` (`dead`, `canceled`, `failed` or `timed_out` with no retry to come).
+pub(crate) const RETRY: &str = "UPDATE jobs SET state = 'queued', attempts = 0, \
+     not_before = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, \
+     last_outcome = NULL, reason = NULL, start_error = NULL, cancel_requested = FALSE, \
+     supervisor_deaths = 0 \
+     WHERE id = $1 AND (state IN ('dead', 'canceled') \
+     OR (state IN ('failed', 'timed_out') AND not_before IS NULL)) RETURNING id";
 
 /// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
 /// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a
@@ -109,4 +128,19 @@ mod tests {
             }
         }
     }
+}
+
+/// Deletes finished jobs that finished before `$1`, oldest id first, at most `$2`;
+/// returns their ids. With `in_state`, only those in state `$3`.
+pub(crate) fn purge(in_state: bool) -> String {
+    format!(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+         AND COALESCE(finished_at, created_at) < CAST($1 AS float8){} \
+         ORDER BY id LIMIT $2) RETURNING id",
+        if in_state {
+            " AND state = CAST($3 AS text)"
+        } else {
+            ""
+        }
+    )
 }

@@ -10,6 +10,7 @@ use super::rows::stored_run;
 use super::statements::{execute, query, Statements};
 use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
+use crate::sql::PAUSED;
 use crate::{Claimed, InstanceId, JobId, Result};
 
 /// Planner methods a claim turns off (`SET LOCAL`, for its transaction only), leaving it
@@ -44,7 +45,7 @@ pub(super) const CLAIM: &str = "WITH want AS (\
          SELECT j.id, want.g FROM want CROSS JOIN LATERAL (\
              SELECT id FROM jobs WHERE state = 'queued' AND route = want.g \
              AND (not_before IS NULL OR not_before <= $2) \
-             ORDER BY id LIMIT want.n FOR UPDATE SKIP LOCKED) j) \
+             ORDER BY priority DESC, id LIMIT want.n FOR UPDATE SKIP LOCKED) j) \
      UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
          started_at = $2, finished_at = NULL, exit_code = NULL, signal = NULL, \
          not_before = NULL, run_group = picked.g, start_error = NULL \
@@ -154,5 +155,13 @@ impl ClaimSql for ClaimTx<'_, '_> {
         let runnable: bool = rows[0].try_get(0).ctx("claim: look for runnable jobs")?;
         let waiting: Option<f64> = rows[0].try_get(1).ctx("claim: look for waiting jobs")?;
         Ok((runnable, waiting))
+    }
+
+    fn paused(&mut self) -> Result<Vec<String>> {
+        let op = "claim: look for paused groups";
+        let rows = query(self.stmts, self.tx, PAUSED, &[], op)?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).ctx(op))
+            .collect()
     }
 }

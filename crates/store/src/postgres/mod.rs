@@ -44,8 +44,8 @@ use supervisor_config::redact_password;
 
 use crate::error::Context;
 use crate::sql::{
-    CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL, TAKE_BACK,
-    TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
+    self, CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL,
+    TAKE_BACK, TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
 };
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
@@ -374,6 +374,83 @@ impl JobStore for PostgresStore {
         let result = claim::claim(&mut sql, me, routes, credits, now)?;
         tx.commit().ctx("claim")?;
         Ok(result)
+    }
+
+    fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>> {
+        let op = "purge finished jobs";
+        let limit = i64::from(limit);
+        let rows = match state {
+            Some(s) => query(
+                &mut self.stmts,
+                &mut self.client,
+                &sql::purge(true),
+                &[&before, &limit, &s.as_str()],
+                op,
+            )?,
+            None => query(
+                &mut self.stmts,
+                &mut self.client,
+                &sql::purge(false),
+                &[&before, &limit],
+                op,
+            )?,
+        };
+        ids_of(rows, op)
+    }
+
+    fn retry(&mut self, id: JobId) -> Result<bool> {
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            sql::RETRY,
+            &[&id],
+            "retry a job",
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn pause(&mut self, groups: &[String], now: f64) -> Result<()> {
+        let mut tx = self.client.transaction().ctx("pause groups")?;
+        for g in groups {
+            execute(
+                &mut self.stmts,
+                &mut tx,
+                sql::PAUSE,
+                &[g, &now],
+                "pause a group",
+            )?;
+        }
+        tx.commit().ctx("pause groups")
+    }
+
+    fn resume(&mut self, groups: Option<&[String]>) -> Result<()> {
+        let op = "resume groups";
+        let mut tx = self.client.transaction().ctx(op)?;
+        match groups {
+            Some(groups) => {
+                for g in groups {
+                    execute(&mut self.stmts, &mut tx, sql::RESUME, &[g], op)?;
+                }
+            }
+            None => {
+                execute(
+                    &mut self.stmts,
+                    &mut tx,
+                    "DELETE FROM paused_groups",
+                    &[],
+                    op,
+                )?;
+            }
+        }
+        tx.commit().ctx(op)
+    }
+
+    fn paused(&mut self) -> Result<Vec<String>> {
+        let op = "look for paused groups";
+        let rows = query(&mut self.stmts, &mut self.client, sql::PAUSED, &[], op)?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).ctx(op))
+            .collect()
     }
 
     fn purge_finished(

@@ -74,6 +74,7 @@ pub(super) fn read_job(row: &Row) -> Result<Job> {
         cancel_requested: lenient(row, 19).unwrap_or(false),
         reason: lenient(row, 20),
         start_error: lenient(row, 21),
+        priority: lenient(row, 22).unwrap_or(0),
     })
 }
 

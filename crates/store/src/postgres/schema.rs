@@ -89,6 +89,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_claimable ON jobs (route, id) WHERE state = 'queued';
     CREATE INDEX jobs_unrouted ON jobs (id) WHERE NOT routed;
     "#,
+    // Version 4 (SQLite's version 6): job control: a job's `priority` (higher first, then
+    // first come first served, the claimable index's order) and the paused groups.
+    r#"
+    ALTER TABLE jobs ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+    DROP INDEX jobs_claimable;
+    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id) WHERE state = 'queued';
+    CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since DOUBLE PRECISION NOT NULL);
+    "#,
 ];
 
 /// The newest PostgreSQL schema version this code knows (`supervisor_schema.version` of

@@ -68,16 +68,20 @@ fn insert_unkeyed(
     let timeouts: Vec<Option<f64>> = jobs.iter().map(|j| j.timeout_s).collect();
     let max_attempts: Vec<Option<i64>> =
         jobs.iter().map(|j| j.max_attempts.map(i64::from)).collect();
+    let priorities: Vec<i64> = jobs.iter().map(|j| j.priority).collect();
+    let not_befores: Vec<Option<f64>> = jobs.iter().map(|j| j.not_before).collect();
     let inserted = execute(
         stmts,
         client,
         "INSERT INTO jobs (id, state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, created_at, route, routed) \
+             max_attempts, created_at, route, routed, priority, not_before) \
          SELECT u.id, 'queued', u.named_group, u.command, u.tags, u.env, u.cwd, u.timeout_s, \
-             u.max_attempts, $9, u.named_group, u.named_group IS NOT NULL \
+             u.max_attempts, $9, u.named_group, u.named_group IS NOT NULL, u.priority, \
+             u.not_before \
          FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], \
-             $6::text[], $7::float8[], $8::bigint[]) \
-             AS u (id, named_group, command, tags, env, cwd, timeout_s, max_attempts)",
+             $6::text[], $7::float8[], $8::bigint[], $10::bigint[], $11::float8[]) \
+             AS u (id, named_group, command, tags, env, cwd, timeout_s, max_attempts, \
+             priority, not_before)",
         &[
             &ids,
             &groups,
@@ -88,6 +92,8 @@ fn insert_unkeyed(
             &timeouts,
             &max_attempts,
             &now,
+            &priorities,
+            &not_befores,
         ],
         op,
     )?;
@@ -111,8 +117,9 @@ fn submit_keyed(
     let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
     let insert = format!(
         "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, idem_key, created_at, route, routed) \
-         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL) \
+             max_attempts, idem_key, created_at, route, routed, priority, not_before) \
+         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL, \
+             $10, $11) \
          ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL AND {LIVE} DO NOTHING \
          RETURNING id"
     );
@@ -136,6 +143,8 @@ fn submit_keyed(
                 &job.max_attempts.map(i64::from),
                 &key,
                 &now,
+                &job.priority,
+                &job.not_before,
             ],
             op,
         )?;

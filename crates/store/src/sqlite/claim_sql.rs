@@ -11,12 +11,15 @@ use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::{Claimed, InstanceId, JobId, Result};
 
-/// Claimable jobs of group `?1` after id `?2`, runnable at `?3`, in id order, at most `?4`: an
-/// index range scan on (route, id). Columns as [`stored_run`](super::rows::stored_run) reads them.
+/// Claimable jobs of group `?1` after (priority `?5`, id `?2`), runnable at `?3`, highest
+/// priority first then in id order, at most `?4`: an index range scan on (route, priority
+/// DESC, id). Columns as [`stored_run`](super::rows::stored_run) reads them, then the
+/// priority.
 pub(super) const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
-     max_attempts, attempts FROM jobs \
-     WHERE state = 'queued' AND route = ?1 AND id > ?2 \
-     AND (not_before IS NULL OR not_before <= ?3) ORDER BY id LIMIT ?4";
+     max_attempts, attempts, priority FROM jobs \
+     WHERE state = 'queued' AND route = ?1 \
+     AND (priority < ?5 OR (priority = ?5 AND id > ?2)) \
+     AND (not_before IS NULL OR not_before <= ?3) ORDER BY priority DESC, id LIMIT ?4";
 
 /// Jobs whose group is not decided yet, oldest first, at most `?1`.
 pub(super) const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE routed = 0 \
@@ -76,8 +79,8 @@ fn to_route(id: JobId, named: Value, tags: &Value, route: Value) -> ToRoute {
 /// running after.
 pub(super) struct ClaimTx<'a> {
     conn: &'a Connection,
-    /// Per group, the last id picked: the group's next pick starts after it.
-    after: BTreeMap<String, JobId>,
+    /// Per group, the last (priority, id) picked: the group's next pick starts after it.
+    after: BTreeMap<String, (i64, JobId)>,
 }
 
 impl<'a> ClaimTx<'a> {
@@ -138,23 +141,25 @@ impl ClaimSql for ClaimTx<'_> {
     fn pick(&mut self, _me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>> {
         let mut picked = Vec::new();
         for &(group, n) in want {
-            let after = self.after.get(group).copied().unwrap_or(0);
+            let (priority, after) = self.after.get(group).copied().unwrap_or((i64::MAX, 0));
             // Every column as it is stored: the planner checks them field by field.
-            let rows: Vec<(JobId, Vec<Value>)> = self
+            let rows: Vec<(JobId, i64, Vec<Value>)> = self
                 .conn
                 .prepare_cached(CANDIDATES)
                 .and_then(|mut stmt| {
-                    stmt.query_map(params![group, after, now, n], |row| {
+                    stmt.query_map(params![group, after, now, n, priority], |row| {
                         let values = (0..9)
                             .map(|i| row.get::<_, Value>(i))
                             .collect::<rusqlite::Result<Vec<Value>>>()?;
-                        Ok((row.get(0)?, values))
+                        // A damaged priority sorts as it is stored; it is only a cursor.
+                        let priority = row.get::<_, i64>(9).unwrap_or(i64::MIN);
+                        Ok((row.get(0)?, priority, values))
                     })?
                     .collect()
                 })
                 .ctx("claim: find runnable jobs")?;
-            for (id, row) in rows {
-                self.after.insert(group.to_owned(), id);
+            for (id, priority, row) in rows {
+                self.after.insert(group.to_owned(), (priority, id));
                 picked.push(Candidate {
                     id,
                     group: group.to_owned(),
@@ -205,5 +210,12 @@ impl ClaimSql for ClaimTx<'_> {
             .and_then(|mut stmt| stmt.query_row(params_from_iter(args.iter()), |row| row.get(0)))
             .ctx("claim: look for waiting jobs")?;
         Ok((runnable, waiting_until))
+    }
+
+    fn paused(&mut self) -> Result<Vec<String>> {
+        self.conn
+            .prepare_cached(crate::sql::PAUSED)
+            .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+            .ctx("claim: look for paused groups")
     }
 }

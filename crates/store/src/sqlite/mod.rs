@@ -201,6 +201,9 @@ static TAKE_BACK_ORPHANS: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::TA
 static RECORD_OUTCOME: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RECORD_OUTCOME));
 static REQUEST_CANCEL: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::REQUEST_CANCEL));
 static CANCEL_WAITING: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::CANCEL_WAITING));
+static RETRY: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RETRY));
+static PAUSE: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::PAUSE));
+static RESUME: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RESUME));
 
 /// Takes back the running jobs of `instance`: queued again without using up an attempt,
 /// or canceled at `now` if a cancel was requested. Returns their ids.
@@ -239,8 +242,9 @@ impl JobStore for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-                     max_attempts, idem_key, created_at, route, routed) \
-                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?1 IS NOT NULL)",
+                     max_attempts, idem_key, created_at, route, routed, priority, not_before) \
+                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?1 IS NOT NULL, \
+                     ?10, ?11)",
                 )
                 .ctx("submit")?;
             for job in jobs {
@@ -265,6 +269,8 @@ impl JobStore for SqliteStore {
                         job.max_attempts,
                         job.key,
                         now,
+                        job.priority,
+                        job.not_before,
                     ])
                     .ctx("submit")?;
                 ids.push(id);
@@ -386,6 +392,70 @@ impl JobStore for SqliteStore {
         let result = claim::claim(&mut ClaimTx::new(&tx), me, routes, credits, now)?;
         tx.commit().ctx("claim")?;
         Ok(result)
+    }
+
+    fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>> {
+        let op = "purge finished jobs";
+        let sql = for_sqlite(&sql::purge(state.is_some()));
+        let mut stmt = self.conn.prepare_cached(&sql).ctx(op)?;
+        let ids = match state {
+            Some(s) => stmt
+                .query_map(params![before, limit, s.as_str()], |row| row.get(0))
+                .and_then(Iterator::collect),
+            None => stmt
+                .query_map(params![before, limit], |row| row.get(0))
+                .and_then(Iterator::collect),
+        };
+        ids.ctx(op)
+    }
+
+    fn retry(&mut self, id: JobId) -> Result<bool> {
+        self.conn
+            .prepare_cached(&RETRY)
+            .and_then(|mut stmt| stmt.exists([id]))
+            .ctx("retry a job")
+    }
+
+    fn pause(&mut self, groups: &[String], now: f64) -> Result<()> {
+        let op = "pause groups";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(op)?;
+        for g in groups {
+            tx.prepare_cached(&PAUSE)
+                .and_then(|mut stmt| stmt.execute(params![g, now]))
+                .ctx(op)?;
+        }
+        tx.commit().ctx(op)
+    }
+
+    fn resume(&mut self, groups: Option<&[String]>) -> Result<()> {
+        let op = "resume groups";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx(op)?;
+        match groups {
+            Some(groups) => {
+                for g in groups {
+                    tx.prepare_cached(&RESUME)
+                        .and_then(|mut stmt| stmt.execute([g]))
+                        .ctx(op)?;
+                }
+            }
+            None => {
+                tx.execute("DELETE FROM paused_groups", []).ctx(op)?;
+            }
+        }
+        tx.commit().ctx(op)
+    }
+
+    fn paused(&mut self) -> Result<Vec<String>> {
+        self.conn
+            .prepare_cached(sql::PAUSED)
+            .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+            .ctx("look for paused groups")
     }
 
     fn purge_finished(

@@ -73,6 +73,7 @@ pub(super) fn read_job(row: &Row<'_>) -> Result<Job> {
         cancel_requested: int(19).is_some_and(|n| n != 0),
         reason: text(20),
         start_error: text(21),
+        priority: int(22).unwrap_or(0),
     })
 }
 

@@ -98,6 +98,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_claimable ON jobs (route, id) WHERE state = 'queued';
     CREATE INDEX jobs_unrouted ON jobs (id) WHERE routed = 0;
     "#,
+    // Version 6: job control. A job's `priority` (higher first, then first come first
+    // served: the claimable index follows that order), and the groups an operator paused
+    // (no claim for them, on every supervisor of the store, until resumed).
+    r#"
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_claimable;
+    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id) WHERE state = 'queued';
+    CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since REAL NOT NULL);
+    "#,
 ];
 
 /// The newest schema version this code knows (`PRAGMA user_version` of a current file).

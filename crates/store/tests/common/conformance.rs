@@ -35,6 +35,8 @@ pub fn submit_and_get_round_trip(new: Factory) {
         timeout_s: Some(2.5),
         max_attempts: Some(4),
         key: Some("k1".into()),
+        priority: 7,
+        not_before: Some(150.0),
     };
     let ids = s.submit(&[new.clone(), job("true")], 100.0).unwrap();
     assert_eq!(ids.len(), 2);
@@ -42,6 +44,7 @@ pub fn submit_and_get_round_trip(new: Factory) {
     let got = s.get(ids[0], 100.0).unwrap().unwrap();
     assert_eq!(got.id, ids[0]);
     assert_eq!(got.state, JobState::Queued);
+    assert_eq!((got.priority, got.not_before), (7, Some(150.0)));
     assert_eq!(got.group.as_deref(), Some("g"));
     assert_eq!(got.command, new.command);
     assert_eq!(got.tags, new.tags);
@@ -54,7 +57,7 @@ pub fn submit_and_get_round_trip(new: Factory) {
     assert_eq!(got.created_at, 100.0);
     assert_eq!(
         (got.started_at, got.finished_at, got.not_before, got.owner),
-        (None, None, None, None)
+        (None, None, Some(150.0), None)
     );
     assert_eq!(
         (got.exit_code, got.signal, got.last_outcome.as_deref()),
@@ -1375,6 +1378,109 @@ pub fn purge_deletes_finished_jobs_by_age_and_count_never_live_ones(new: Factory
     assert_eq!(left, &ids[10..13]);
 }
 
+/// Higher priority first, then id order, within each group; a job delayed to a time to
+/// come waits for it.
+pub fn priority_first_then_id_order(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let mut high = job_in("g");
+    high.priority = 5;
+    let mut low = job_in("g");
+    low.priority = -1;
+    let mut later = job_in("g");
+    later.priority = 9;
+    later.not_before = Some(100.0);
+    let ids = s
+        .submit(
+            &[job_in("g"), low, high.clone(), later, job_in("g"), high],
+            1.0,
+        )
+        .unwrap();
+    assert_eq!(s.get(ids[2], 1.0).unwrap().unwrap().priority, 5);
+    let mut order = Vec::new();
+    for _ in 0..ids.len() {
+        let mut cr = credits(&[("g", 1)]);
+        let res = s.claim(me, &[named("g")], &mut cr, 2.0).unwrap();
+        order.extend(res.jobs.iter().map(|c| c.id));
+    }
+    assert_eq!(order, [ids[2], ids[5], ids[0], ids[4], ids[1]]);
+    let mut cr = credits(&[("g", 1)]);
+    let res = s.claim(me, &[named("g")], &mut cr, 100.0).unwrap();
+    assert_eq!(res.jobs.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[3]]);
+    let mut bad = job_in("g");
+    bad.priority = i64::MAX;
+    assert!(s.submit(&[bad], 1.0).is_err());
+}
+
+/// A paused group claims nothing and reports no backlog until resumed; pausing twice,
+/// or resuming what is not paused, changes nothing.
+pub fn paused_groups_claim_nothing_until_resumed(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let ids = s.submit(&[job_in("a"), job_in("b")], 1.0).unwrap();
+    s.pause(&["a".into(), "a".into()], 2.0).unwrap();
+    s.pause(&["a".into()], 3.0).unwrap();
+    assert_eq!(s.paused().unwrap(), ["a"]);
+    let routes = [named("a"), named("b")];
+    let mut cr = credits(&[("a", 1), ("b", 1)]);
+    let res = s.claim(me, &routes, &mut cr, 4.0).unwrap();
+    assert_eq!(res.jobs.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[1]]);
+    let mut cr = credits(&[("a", 1)]);
+    let res = s.claim(me, &routes, &mut cr, 4.0).unwrap();
+    assert!(res.jobs.is_empty() && !res.more.runnable, "{res:?}");
+    s.resume(Some(&["b".into()])).unwrap();
+    assert_eq!(s.paused().unwrap(), ["a"]);
+    s.resume(None).unwrap();
+    assert!(s.paused().unwrap().is_empty());
+    let mut cr = credits(&[("a", 1)]);
+    let res = s.claim(me, &routes, &mut cr, 5.0).unwrap();
+    assert_eq!(res.jobs.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[0]]);
+}
+
+/// `retry` queues a job that finished otherwise than `succeeded` with a fresh budget, and
+/// nothing else; `purge` deletes finished jobs only, by age and state.
+pub fn retry_and_purge_final_jobs(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let ids = s
+        .submit(&[job_in("g"), job_in("g"), job_in("g")], 1.0)
+        .unwrap();
+    let mut cr = credits(&[("g", 2)]);
+    let got = s.claim(me, &[named("g")], &mut cr, 2.0).unwrap().jobs;
+    let ok = outcome(OutcomeKind::Succeeded);
+    let failed = outcome(OutcomeKind::Failed);
+    assert!(s
+        .record_outcome(got[0].id, 1, me, &ok, Next::Done, 3.0)
+        .unwrap());
+    assert!(s
+        .record_outcome(got[1].id, 1, me, &failed, Next::Dead, 4.0)
+        .unwrap());
+    assert!(!s.retry(ids[0]).unwrap(), "succeeded: not retried");
+    assert!(!s.retry(ids[2]).unwrap(), "queued: not retried");
+    assert!(!s.retry(999).unwrap(), "unknown");
+    assert!(s.retry(ids[1]).unwrap());
+    let j = s.get(ids[1], 5.0).unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempts, j.finished_at),
+        (JobState::Queued, 0, None)
+    );
+    let mut cr = credits(&[("g", 1)]);
+    let got = s.claim(me, &[named("g")], &mut cr, 6.0).unwrap().jobs;
+    assert_eq!(got[0].attempt, 1, "a fresh budget");
+    assert!(s
+        .record_outcome(ids[1], 1, me, &failed, Next::Dead, 7.0)
+        .unwrap());
+    // Purge: by age, then by state; live jobs stay.
+    assert!(s.purge(3.5, None, 100).unwrap() == [ids[0]]);
+    assert!(s
+        .purge(1e12, Some(JobState::Succeeded), 100)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.purge(1e12, Some(JobState::Dead), 100).unwrap(), [ids[1]]);
+    assert_eq!(s.get(ids[2], 8.0).unwrap().unwrap().state, JobState::Queued);
+    assert!(s.purge(1e12, None, 100).unwrap().is_empty());
+}
+
 /// One `#[test]` per conformance test, for the store that `$factory` makes, each with the
 /// given attributes (e.g. `#[ignore = "..."]`).
 #[allow(unused_macros)]
@@ -1409,6 +1515,9 @@ macro_rules! conformance_tests {
             batch_ids_follow_the_batch_order,
             odd_strings_round_trip,
             extreme_numbers_round_trip,
+            priority_first_then_id_order,
+            paused_groups_claim_nothing_until_resumed,
+            retry_and_purge_final_jobs,
             two_handles_claiming_at_once_never_double_claim,
             a_job_whose_supervisor_dies_three_times_is_quarantined,
             purge_deletes_finished_jobs_by_age_and_count_never_live_ones
