@@ -104,6 +104,21 @@ pub(crate) fn for_sqlite(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
+/// Deletes finished jobs that finished before `$1`, oldest id first, at most `$2`;
+/// returns their ids. With `in_state`, only those in state `$3`.
+pub(crate) fn purge(in_state: bool) -> String {
+    format!(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+         AND COALESCE(finished_at, created_at) < CAST($1 AS float8){} \
+         ORDER BY id LIMIT $2) RETURNING id",
+        if in_state {
+            " AND state = CAST($3 AS text)"
+        } else {
+            ""
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,19 +143,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Deletes finished jobs that finished before `$1`, oldest id first, at most `$2`;
-/// returns their ids. With `in_state`, only those in state `$3`.
-pub(crate) fn purge(in_state: bool) -> String {
-    format!(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
-         AND COALESCE(finished_at, created_at) < CAST($1 AS float8){} \
-         ORDER BY id LIMIT $2) RETURNING id",
-        if in_state {
-            " AND state = CAST($3 AS text)"
-        } else {
-            ""
-        }
-    )
 }
