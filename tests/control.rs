@@ -1,14 +1,22 @@
 //! Job control (the contract's "Job control" additions), on the real binary: `logs`,
+//! `retry`, `purge`, `pause`/`resume`, priorities, delayed starts, the new `job` fields,
 //! `submit`'s warning, `reload`'s answer, `-c` before the verb, `stop --wait`'s
 //! progress, and the `jobs` filters.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use crate::common::*;
 
 const T: Duration = Duration::from_secs(20);
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
 
 fn text(out: &std::process::Output) -> (String, String) {
     (
@@ -81,6 +89,246 @@ fn logs_prints_a_jobs_output_follows_it_across_retries_and_shows_one_attempt() {
 }
 
 // ----- what the verbs say --------------------------------------------------------------
+
+#[test]
+fn retry_queues_a_final_job_again_with_a_fresh_attempt_budget() {
+    let sb = Sandbox::new(&one_group(1));
+    let flag = sb.path().join("ok");
+    let script = format!("[ -e {} ]", flag.display());
+    let id = sb.submit(&[
+        "--group",
+        "g",
+        "--max-attempts",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let mut sv = sb.start(&[]);
+    let job = sb.wait_job(id, &["dead"], T);
+    assert_eq!(job["attempts"], 2);
+    // Not final: refused, and it says why.
+    let held = sb.submit_held("h", &["--group", "g"]);
+    held.pid();
+    let out = sb.run(&["retry", &held.id.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(text(&out).1.contains("not final") || text(&out).1.contains("running"));
+    held.release();
+    sb.wait_job(held.id, &["succeeded"], T);
+    let out = sb.run(&["retry", "4242"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    std::fs::write(&flag, "").unwrap();
+    let out = sb.run(&["retry", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let job = sb.wait_job(id, &["succeeded"], T);
+    // A fresh budget: the attempts count again from 1.
+    assert_eq!(job["attempts"], 1, "{job}");
+    sv.stop_cleanly();
+}
+
+#[test]
+fn purge_deletes_final_jobs_and_their_logs_by_state_and_age() {
+    let sb = Sandbox::new(&one_group(2));
+    let ok = sb.submit(&["--group", "g", "--", "echo", "fine"]);
+    let bad = sb.submit(&[
+        "--group",
+        "g",
+        "--max-attempts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "echo no; exit 3",
+    ]);
+    let mut sv = sb.start(&[]);
+    sb.wait_job(ok, &["succeeded"], T);
+    sb.wait_job(bad, &["dead"], T);
+    let held = sb.submit_held("h", &["--group", "g"]);
+    held.pid();
+    let log = |id: i64| sb.path().join(format!("state/logs/{id}.log"));
+    assert!(log(bad).exists());
+
+    // Nothing finished a day ago.
+    let out = sb.run(&["purge", "--before", "1d"]);
+    assert_eq!((out.status.code(), text(&out).0.trim()), (Some(0), "0"));
+    // By state.
+    let out = sb.run(&["purge", "--state", "dead"]);
+    assert_eq!(
+        (out.status.code(), text(&out).0.trim()),
+        (Some(0), "1"),
+        "{:?}",
+        text(&out)
+    );
+    assert_eq!(sb.run(&["job", &bad.to_string()]).status.code(), Some(2));
+    assert!(!log(bad).exists(), "its log goes with it");
+    // Everything final before a time to come (RFC 3339); the running job stays.
+    let out = sb.run(&["purge", "--before", "2999-01-01T00:00:00Z"]);
+    assert_eq!((out.status.code(), text(&out).0.trim()), (Some(0), "1"));
+    assert!(!log(ok).exists());
+    assert_eq!(sb.job(held.id)["state"], "running");
+    // Bad input: exit 2, naming what is wrong.
+    for args in [
+        vec!["purge", "--before", "yesterday-ish"],
+        vec!["purge", "--state", "running"],
+    ] {
+        let out = sb.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {:?}", text(&out));
+        assert!(!text(&out).1.is_empty());
+    }
+    held.release();
+    sv.stop_cleanly();
+}
+
+#[test]
+fn a_paused_group_claims_nothing_even_after_a_restart_until_resumed() {
+    let sb = Sandbox::new(&json!({
+        "heartbeat": {"interval_s": 0.2, "timeout_s": 2},
+        "shutdown_grace_s": 5,
+        "groups": [group("g", 1), group("h", 1)],
+    }));
+    let out = sb.run(&["pause", "g"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let out = sb.run(&["pause", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("nosuch"));
+    let in_g = sb.submit(&["--group", "g", "--", "true"]);
+    let in_h = sb.submit(&["--group", "h", "--", "true"]);
+    let mut sv = sb.start(&[]);
+    sb.wait_job(in_h, &["succeeded"], T);
+    let status = sb.status_json();
+    assert_eq!(status["paused"], json!(["g"]), "{status}");
+    assert!(String::from_utf8_lossy(&sb.run(&["status"]).stdout).contains("paused"));
+    assert_eq!(sb.job(in_g)["state"], "queued");
+    // It holds across a restart of the supervisor.
+    sv.stop_cleanly();
+    let mut sv = sb.start(&[]);
+    sv.wait_started();
+    let probe = sb.submit(&["--group", "h", "--", "true"]);
+    sb.wait_job(probe, &["succeeded"], T);
+    assert_eq!(sb.job(in_g)["state"], "queued");
+    // Resumed (all groups, without names): it runs.
+    let out = sb.run(&["resume"]);
+    assert_eq!(out.status.code(), Some(0));
+    sb.wait_job(in_g, &["succeeded"], T);
+    assert_eq!(sb.status_json()["paused"], json!([]));
+    sv.stop_cleanly();
+}
+
+#[test]
+fn higher_priority_runs_first_and_first_come_first_served_within_a_priority() {
+    let sb = Sandbox::new(&one_group(1));
+    let a = sb.submit(&["--group", "g", "--", "true"]);
+    let b = sb.submit(&["--group", "g", "--", "true"]);
+    let c = sb.submit(&["--group", "g", "--priority", "5", "--", "true"]);
+    let d = sb.submit(&["--group", "g", "--priority", "-1", "--", "true"]);
+    let e = sb.submit(&["--group", "g", "--priority", "5", "--", "true"]);
+    let mut sv = sb.start(&["--until-empty"]);
+    assert_eq!(sv.wait_exit(T), Some(0));
+    let order: Vec<i64> = sv
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "job_started")
+        .map(|e| e["job_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, [c, e, a, b, d]);
+    assert_eq!(sb.job(c)["priority"], 5);
+    let out = sb.run(&["submit", "--group", "g", "--priority", "high", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_delayed_job_does_not_start_before_its_time() {
+    let sb = Sandbox::new(&one_group(1));
+    let before = now();
+    let later = sb.submit(&["--group", "g", "--delay", "1.5s", "--", "true"]);
+    let past = sb.submit(&["--group", "g", "--at", "2001-01-01T00:00:00Z", "--", "true"]);
+    let job = sb.job(later);
+    let nb = job["not_before"].as_f64().unwrap();
+    assert!(nb >= before + 1.5 && nb < now() + 1.5 + 1.0, "{job}");
+    let mut sv = sb.start(&[]);
+    sb.wait_job(past, &["succeeded"], T);
+    let job = sb.wait_job(later, &["succeeded"], T);
+    assert!(job["started_at"].as_f64().unwrap() >= nb, "{job}");
+    for bad in [["--delay", "soon"], ["--at", "tomorrow"]] {
+        let out = sb.run(&["submit", "--group", "g", bad[0], bad[1], "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    sv.stop_cleanly();
+}
+
+#[test]
+fn jsonl_lines_take_priority_and_not_before() {
+    let sb = Sandbox::new(&one_group(1));
+    let first = sb.submit(&["--group", "g", "--", "true"]);
+    let file = sb.path().join("jobs.jsonl");
+    let at = now() + 3600.0;
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n",
+            json!({"command": ["true"], "group": "g", "priority": 3}),
+            json!({"command": ["true"], "group": "g", "not_before": at}),
+        ),
+    )
+    .unwrap();
+    let out = sb.run(&["submit", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let ids: Vec<i64> = text(&out).0.lines().map(|l| l.parse().unwrap()).collect();
+    let j = sb.job(ids[0]);
+    assert_eq!(j["priority"], json!(3));
+    assert_eq!(sb.job(first)["priority"], json!(0));
+    assert_eq!(sb.job(ids[1])["not_before"].as_f64(), Some(at));
+    // A bad line names itself, and nothing is queued.
+    std::fs::write(&file, "{\"command\": [\"true\"], \"priority\": \"x\"}\n").unwrap();
+    let out = sb.run(&["submit", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("line 1"), "{:?}", text(&out));
+}
+
+#[test]
+fn job_json_shows_every_field_the_contract_lists() {
+    let sb = Sandbox::new(&json!({"groups": [group("h", 1)]}));
+    let other = sb.submit(&[
+        "--group",
+        "h",
+        "--tag",
+        "k=v",
+        "--timeout",
+        "9",
+        "--",
+        "true",
+    ]);
+    let j = sb.job(other);
+    for field in [
+        "id",
+        "state",
+        "group",
+        "command",
+        "attempts",
+        "exit_code",
+        "signal",
+        "log",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "cwd",
+        "timeout_s",
+        "max_attempts",
+        "priority",
+        "not_before",
+        "tags",
+        "start_error",
+        "reason",
+    ] {
+        assert!(j.get(field).is_some(), "job --json lacks {field}: {j}");
+    }
+    assert_eq!(
+        (j["tags"]["k"].clone(), j["timeout_s"].clone()),
+        (json!("v"), json!(9.0))
+    );
+}
 
 #[test]
 fn submit_warns_when_no_group_takes_the_job_and_queues_it_all_the_same() {

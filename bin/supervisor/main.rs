@@ -105,6 +105,40 @@ enum Verb {
         #[arg(long, value_name = "N")]
         attempt: Option<u32>,
     },
+    /// Queue jobs that ended otherwise than succeeded again, with a fresh attempt budget.
+    ///
+    /// Example: supervisor retry 17 18
+    Retry {
+        /// The jobs' ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete finished jobs and their logs; print how many.
+    ///
+    /// Example: supervisor purge --before 7d --state succeeded
+    Purge {
+        /// Only those finished before this time (RFC 3339, or a duration ago like 7d).
+        #[arg(long, value_name = "TIME")]
+        before: Option<String>,
+        /// Only those in this state (succeeded, failed, timed_out, dead, canceled).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Stop claiming for these groups (all without names), on every supervisor of the
+    /// store, until resumed; running jobs go on.
+    ///
+    /// Example: supervisor pause x86_64
+    Pause {
+        /// The groups.
+        groups: Vec<String>,
+    },
+    /// Claim again for these paused groups (all without names).
+    ///
+    /// Example: supervisor resume
+    Resume {
+        /// The groups.
+        groups: Vec<String>,
+    },
     /// Cancel a queued job at once, or stop a running one (SIGTERM, then SIGKILL).
     ///
     /// Example: supervisor cancel 17
@@ -186,6 +220,12 @@ fn main() -> ExitCode {
             attempt,
         } => commands::logs(&config, &id, follow, attempt),
         Verb::Cancel { id } => commands::cancel(&config, &id),
+        Verb::Retry { ids } => commands::retry(&config, &ids),
+        Verb::Purge { before, state } => {
+            commands::purge(&config, before.as_deref(), state.as_deref())
+        }
+        Verb::Pause { groups } => commands::pause(&config, &groups, true),
+        Verb::Resume { groups } => commands::pause(&config, &groups, false),
         Verb::Events { follow, json } => commands::events(&config, follow, json),
         Verb::Reload => commands::signal(&config, commands::Control::Reload),
         Verb::Stop { wait } => commands::signal(&config, commands::Control::Stop { wait }),

@@ -50,3 +50,69 @@ pub(super) fn human(v: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// A duration as an operator types it: a number of seconds, or a number with a unit
+/// (`90`, `1.5s`, `10m`, `2h`, `7d`, `1w`), within the bounds of every duration here.
+pub(super) fn parse_duration(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
+        "w" | "week" | "weeks" => 604_800.0,
+        other => {
+            return Err(format!(
+                "`{text}` is not a duration: unknown unit `{other}` (use s, m, h, d or w)"
+            ))
+        }
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (like 90, 1.5s, 10m, 2h, 7d)"))?;
+    let secs = n * scale;
+    if !(0.0..=supervisor_core::bounds::MAX_SECONDS).contains(&secs) {
+        return Err(format!(
+            "`{text}` is out of range (at most {} s)",
+            supervisor_core::bounds::MAX_SECONDS
+        ));
+    }
+    Ok(secs)
+}
+
+/// A time as unix seconds, from RFC 3339 (`2026-12-01T08:00:00Z`, `...+01:00`).
+pub(super) fn parse_time(text: &str) -> Result<f64, String> {
+    let t: jiff::Timestamp = text.trim().parse().map_err(|e| {
+        format!("`{text}` is not a time (RFC 3339, like 2026-12-01T08:00:00Z): {e}")
+    })?;
+    let secs = t.as_nanosecond() as f64 / 1e9;
+    if !(0.0..=supervisor_core::bounds::MAX_TIMESTAMP).contains(&secs) {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_times_parse_or_say_why_not() {
+        assert_eq!(parse_duration("90"), Ok(90.0));
+        assert_eq!(parse_duration("1.5s"), Ok(1.5));
+        assert_eq!(parse_duration("10m"), Ok(600.0));
+        assert_eq!(parse_duration("2h"), Ok(7200.0));
+        assert_eq!(parse_duration("7d"), Ok(604_800.0));
+        assert_eq!(parse_duration("1w"), Ok(604_800.0));
+        for bad in ["", "soon", "5y", "-3s", "1e300", "1..2s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_time("2001-01-01T00:00:00Z"), Ok(978_307_200.0));
+        assert_eq!(parse_time("2001-01-01T01:00:00+01:00"), Ok(978_307_200.0));
+        assert!(parse_time("tomorrow").is_err());
+    }
+}

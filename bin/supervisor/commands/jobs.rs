@@ -136,6 +136,7 @@ fn job_json(config: &Config, j: &Job) -> Value {
         "finished_at": j.finished_at,
         "not_before": j.not_before,
         "tags": j.tags,
+        "priority": j.priority,
         "key": j.key,
         "last_outcome": j.last_outcome,
         "cwd": j.cwd,

@@ -26,6 +26,7 @@ macro_rules! say {
 mod cancel;
 mod check;
 mod config;
+mod control;
 mod error;
 mod events;
 mod format;
@@ -37,6 +38,7 @@ mod submit;
 
 pub use cancel::cancel;
 pub use check::check;
+pub use control::{pause, purge, retry};
 pub use error::CommandError;
 pub use events::events;
 pub use jobs::{job, jobs, JobsFilter};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use supervisor_store::{NewJob, StoreError};
 
+use super::format::{parse_duration, parse_time};
 use super::{config, open_store, ring, CommandError};
 use crate::events_file::wall_now;
 
@@ -35,8 +36,17 @@ pub struct SubmitArgs {
     /// The job's working directory [default: the current directory].
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
+    /// Higher runs first (default 0); first come first served within a priority.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    priority: Option<String>,
+    /// Not before this long from now (90, 1.5s, 10m, 2h, 7d).
+    #[arg(long, value_name = "DURATION", conflicts_with = "at")]
+    delay: Option<String>,
+    /// Not before this time (RFC 3339, like 2026-12-01T08:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// Queue one job per line of this JSON-lines file (all or nothing).
-    #[arg(long, value_name = "JOBS.jsonl", conflicts_with_all = ["group", "tags", "timeout", "max_attempts", "key", "env", "cwd", "command"])]
+    #[arg(long, value_name = "JOBS.jsonl", conflicts_with_all = ["group", "tags", "timeout", "max_attempts", "key", "env", "cwd", "priority", "delay", "at", "command"])]
     file: Option<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -101,6 +111,18 @@ fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, Comman
     }
     let cwd = resolve_cwd(args.cwd.as_deref(), here)
         .map_err(|e| CommandError::Usage(format!("submit: {e}")))?;
+    let priority = match &args.priority {
+        None => 0,
+        Some(p) => p.trim().parse::<i64>().map_err(|_| {
+            CommandError::Usage(format!("submit: --priority: `{p}` is not a whole number"))
+        })?,
+    };
+    let usage = |flag: &str, e: String| CommandError::Usage(format!("submit: {flag}: {e}"));
+    let not_before = match (&args.delay, &args.at) {
+        (Some(d), _) => Some(wall_now() + parse_duration(d).map_err(|e| usage("--delay", e))?),
+        (None, Some(t)) => Some(parse_time(t).map_err(|e| usage("--at", e))?),
+        (None, None) => None,
+    };
     let job = NewJob {
         command: args.command.clone(),
         group: args.group.clone(),
@@ -110,6 +132,8 @@ fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, Comman
         timeout_s: args.timeout,
         max_attempts: args.max_attempts,
         key: args.key.clone(),
+        priority,
+        not_before,
     };
     job.validate()
         .map_err(|e| CommandError::Usage(format!("submit: {}", as_flag(&e))))?;
@@ -132,7 +156,9 @@ fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, Strin
 
 /// A validation error of a job given by flags, with the flag's name for the field's.
 fn as_flag(e: &str) -> String {
-    const FLAGS: [(&str, &str); 5] = [
+    const FLAGS: [(&str, &str); 7] = [
+        ("priority:", "--priority"),
+        ("not_before:", "--delay/--at"),
         ("timeout_s:", "--timeout"),
         ("max_attempts:", "--max-attempts"),
         ("cwd:", "--cwd"),

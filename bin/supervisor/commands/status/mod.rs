@@ -70,6 +70,8 @@ struct Report {
     /// next run gives them back.
     stranded: Vec<i64>,
     cgroups: Cgroups,
+    /// Groups an operator paused (kept in the store, for every supervisor of it).
+    paused: Vec<String>,
 }
 
 impl Report {
@@ -137,6 +139,10 @@ impl Report {
                 }),
             _ => Vec::new(),
         };
+        let paused = paused_groups(&found.store).unwrap_or_else(|e| {
+            log::warn!("paused groups unavailable: {e:#}");
+            Vec::new()
+        });
         Report {
             running_pid,
             pid,
@@ -147,6 +153,7 @@ impl Report {
             outcomes_waiting,
             stranded,
             cgroups,
+            paused,
         }
     }
 
@@ -169,6 +176,7 @@ impl Report {
             "jobs": self.counts,
             "outcomes_waiting": self.outcomes_waiting,
             "cgroups": self.cgroups.json,
+            "paused": self.paused,
         })
     }
 
@@ -193,6 +201,13 @@ impl Report {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         writeln!(out, "jobs: {}", summary.join(", "))?;
+        if !self.paused.is_empty() {
+            writeln!(
+                out,
+                "paused: {} (nothing claimed for them until `supervisor resume`)",
+                self.paused.join(", ")
+            )?;
+        }
         if self.outcomes_waiting > 0 {
             writeln!(
                 out,
@@ -350,5 +365,13 @@ fn store_counts(store: &StoreConfig) -> Result<BTreeMap<JobState, u64>> {
     match open_existing_store(store)? {
         Some(mut store) => Ok(store.counts(wall_now())?),
         None => Ok(JobState::ALL.iter().map(|s| (*s, 0)).collect()),
+    }
+}
+
+/// The paused groups, if the store exists.
+fn paused_groups(store: &StoreConfig) -> Result<Vec<String>> {
+    match open_existing_store(store)? {
+        Some(mut s) => Ok(s.paused()?),
+        None => Ok(Vec::new()),
     }
 }

@@ -1,0 +1,139 @@
+//! The verbs that change jobs and groups in the store, for every supervisor of it:
+//! `retry` (a fresh attempt budget), `purge` (finished jobs and their logs), `pause` and
+//! `resume` (claims for a group).
+
+use std::io::Write;
+use std::path::Path;
+
+use supervisor_config::Config;
+use supervisor_store::JobState;
+
+use super::format::{parse_duration, parse_time};
+use super::{config, open_store, parse_id, ring, CommandError};
+use crate::events_file::wall_now;
+
+/// How many jobs one purge deletes in a transaction.
+const PURGE_BATCH: u32 = 500;
+
+/// `supervisor retry ID...`: each job queued again, with a fresh attempt budget, if it
+/// ended otherwise than `succeeded`. All of them are checked first: a bad id queues none.
+pub fn retry(path: &Path, ids: &[String]) -> Result<(), CommandError> {
+    let config = config::load(path)?;
+    let ids = ids
+        .iter()
+        .map(|id| parse_id(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut store = open_store(&config.store)?;
+    let now = wall_now();
+    for &id in &ids {
+        let job = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
+        if !job.is_finished() || job.state == JobState::Succeeded {
+            return Err(CommandError::Usage(format!(
+                "job {id} is {}: only a job that is dead, canceled, or failed or timed out \
+                 for good can be retried (nothing was queued)",
+                if job.is_finished() {
+                    "succeeded"
+                } else {
+                    "not final yet"
+                }
+            )));
+        }
+    }
+    for &id in &ids {
+        if store.retry(id)? {
+            say!("{id}")?;
+        } else {
+            return Err(CommandError::Failed(anyhow::anyhow!(
+                "job {id} changed meanwhile and was not retried"
+            )));
+        }
+    }
+    ring(&config);
+    Ok(())
+}
+
+/// `supervisor purge [--before TIME] [--state STATE]`: deletes finished jobs (all, or
+/// those that finished before TIME: RFC 3339, or a duration ago like `7d`; all states, or
+/// one) and their logs; prints how many.
+pub fn purge(path: &Path, before: Option<&str>, state: Option<&str>) -> Result<(), CommandError> {
+    let config = config::load(path)?;
+    let now = wall_now();
+    let before = match before {
+        None => f64::INFINITY,
+        Some(t) => parse_time(t)
+            .or_else(|time_err| {
+                parse_duration(t)
+                    .map(|ago| now - ago)
+                    .map_err(|_| format!("--before: {time_err}, nor a duration like 7d"))
+            })
+            .map_err(CommandError::Usage)?,
+    };
+    let state = state
+        .map(|s| {
+            let st: JobState = s
+                .parse()
+                .map_err(|e| CommandError::Usage(format!("--state: {e}")))?;
+            match st {
+                JobState::Queued | JobState::Running => Err(CommandError::Usage(format!(
+                    "--state: {s} jobs are not finished; only finished jobs are purged"
+                ))),
+                st => Ok(st),
+            }
+        })
+        .transpose()?;
+    let mut store = open_store(&config.store)?;
+    let logs = config.state_dir.join("logs");
+    let mut total = 0usize;
+    loop {
+        let ids = store.purge(before.min(now), state, PURGE_BATCH)?;
+        for id in &ids {
+            if let Err(e) = crate::joblog::remove(&logs, *id) {
+                log::warn!("purge: cannot delete the log of job {id}: {e}");
+            }
+        }
+        total += ids.len();
+        if ids.len() < PURGE_BATCH as usize {
+            break;
+        }
+    }
+    say!("{total}")?;
+    Ok(())
+}
+
+/// `supervisor pause [GROUP...]` / `resume [GROUP...]` (every group of the config
+/// without names).
+pub fn pause(path: &Path, groups: &[String], pause: bool) -> Result<(), CommandError> {
+    let config = config::load(path)?;
+    let named = known_groups(&config, groups)?;
+    let mut store = open_store(&config.store)?;
+    if pause {
+        let all: Vec<String> = config.groups.iter().map(|g| g.name.clone()).collect();
+        let which = named.as_deref().unwrap_or(&all);
+        store.pause(which, wall_now())?;
+        say!("paused: {}", which.join(", "))?;
+    } else {
+        store.resume(named.as_deref())?;
+        match &named {
+            Some(g) => say!("resumed: {}", g.join(", "))?,
+            None => say!("resumed every group")?,
+        }
+        ring(&config);
+    }
+    Ok(())
+}
+
+/// The groups named, each one of the config's; `None` for none named.
+fn known_groups(config: &Config, groups: &[String]) -> Result<Option<Vec<String>>, CommandError> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bad) = groups.iter().find(|g| config.group(g).is_none()) {
+        let names: Vec<&str> = config.groups.iter().map(|g| g.name.as_str()).collect();
+        return Err(CommandError::Usage(format!(
+            "no group {bad:?} in {} (its groups: {})",
+            config.path.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(Some(groups.to_vec()))
+}
