@@ -1,0 +1,248 @@
+//! The children as the shell knows them: spawning, messages in and out, reaping, and
+//! an exit handled only once the child's channel has closed.
+
+use serde_json::{json, Map};
+use supervisor_core::supervision::{ChildId, ClaimedJob, Input, ProcessEnd, Role};
+use supervisor_os::Sig;
+
+use crate::events_file::wall_now;
+use crate::ipc::{self, Writer};
+use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
+
+use super::panics::{injected_fault, Fault};
+use super::{Supervisor, Wake};
+
+/// A child as the shell knows it: how to reach it and whether its channel is closed.
+pub(super) struct ShellChild {
+    pub(super) pid: Option<u32>,
+    pub(super) ipc_name: String,
+    /// When it was spawned (wall clock), for the snapshot's uptimes.
+    pub(super) started_at: f64,
+    pub(super) writer: Option<Writer>,
+    pub(super) closed: bool,
+    /// Reaped, waiting for the channel to close before the core hears of it (at most
+    /// until its [`Wake::CloseWait`]).
+    pub(super) exit: Option<ProcessEnd>,
+}
+
+impl Supervisor {
+    pub(super) fn on_message(&mut self, child: ChildId, msg: FromChild) {
+        let input = match msg {
+            FromChild::Hello { .. } => return,
+            FromChild::Ready => {
+                let Some(role) = self.core.role(child).cloned() else {
+                    return;
+                };
+                // Not a core decision, but `status` needs it to tell starting from up.
+                let mut f = Map::new();
+                f.insert("role".into(), json!(role.kind()));
+                f.insert("group".into(), json!(role.group()));
+                f.insert("slot".into(), json!(role.slot()));
+                f.insert(
+                    "pid".into(),
+                    json!(self.children.get(&child).and_then(|c| c.pid)),
+                );
+                self.emit("child_ready", f);
+                Input::Ready { child }
+            }
+            FromChild::Pong => Input::Alive { child },
+            FromChild::Claimed(claim) => {
+                let job = ClaimedJob {
+                    id: claim.id,
+                    group: claim.group.clone(),
+                    attempt: claim.attempt,
+                    // Checked by the store at the claim; bounded again, as every value
+                    // that crosses a process boundary is.
+                    timeout: claim.timeout_s.map(supervisor_core::bounds::duration),
+                    max_attempts: claim.max_attempts,
+                    epoch: claim.epoch,
+                };
+                self.claims.insert(claim.id, claim);
+                Input::JobClaimed(job)
+            }
+            FromChild::SourceReport { epoch, empty } => {
+                if self.lost_claims.is_some() {
+                    self.give_back_lost_claims(); // the store answers again
+                }
+                Input::SourceReport { epoch, empty }
+            }
+            FromChild::SourceFailed {
+                error,
+                claimed_before,
+            } => {
+                // A claim of the failed pass may have committed with its answer lost:
+                // such jobs run under us in the store, unknown here, until given back.
+                let t = self
+                    .lost_claims
+                    .map_or(claimed_before, |t| t.max(claimed_before));
+                self.lost_claims = Some(t);
+                self.give_back_lost_claims();
+                Input::SourceFailed { error }
+            }
+
+            FromChild::CancelRequested { job } => Input::CancelRequested { job },
+            FromChild::JobStarted { job, pid } => {
+                if injected_fault() == Some(Fault::PanicOnJobStart) {
+                    super::injected_panic(format_args!("panic-on-job-start (job {job})"));
+                }
+                Input::JobStarted { child, job, pid }
+            }
+            FromChild::JobEnded {
+                job,
+                end,
+                ran_for_s,
+                start_error,
+                reason,
+            } => Input::JobEnded {
+                child,
+                job,
+                end: end.map(Into::into),
+                ran_for: ran_for_s.map(supervisor_core::bounds::duration),
+                start_error: start_error.map(supervisor_core::bounds::note),
+                reason: reason.map(supervisor_core::bounds::note),
+            },
+            FromChild::Refused {
+                job,
+                attempts,
+                reason,
+            } => Input::JobRefused {
+                job,
+                attempts,
+                reason,
+            },
+        };
+        self.feed(input);
+    }
+
+    /// Reap every ended child; tell the core once its channel has also closed.
+    pub(super) fn reap(&mut self) {
+        for (pid, ended) in supervisor_os::reap_all() {
+            let Some(&child) = self.by_pid.get(&pid) else {
+                continue; // an orphaned grandchild: reaped, nothing more to do
+            };
+            let end = crate::wire::WireEnd::from(ended).into();
+            if let Some(c) = self.children.get_mut(&child) {
+                c.exit = Some(end);
+                if c.writer.is_none() && !c.closed {
+                    // Died before its handshake: free the accept thread.
+                    ipc::unblock(&c.ipc_name);
+                }
+            }
+            // Its exit waits for its channel to close, but not longer than this.
+            let give_up = self.now() + ipc::CLOSE_WAIT;
+            self.timers.set(Wake::CloseWait(child), give_up);
+            self.maybe_deliver_exit(child);
+        }
+    }
+
+    /// A reaped child whose channel closed: everything it said has been handled, so the
+    /// core hears of its exit now.
+    pub(super) fn maybe_deliver_exit(&mut self, child: ChildId) {
+        if (self.children.get(&child)).is_some_and(|c| c.exit.is_some() && c.closed) {
+            self.deliver_exit(child);
+        }
+    }
+
+    /// Tell the core that a reaped child exited (its channel closed, or did not close
+    /// within `CLOSE_WAIT`).
+    pub(super) fn deliver_exit(&mut self, child: ChildId) {
+        self.timers.stop(&Wake::CloseWait(child));
+        let Some(end) = self.children.get(&child).and_then(|c| c.exit) else {
+            return;
+        };
+        let c = self.children.remove(&child).expect("checked above");
+        let pid = c.pid.expect("a reaped child has a pid");
+        self.by_pid.remove(&pid);
+        self.feed(Input::Exited { pid, end });
+    }
+
+    /// SIGKILL every child of ours that is not one of our children: processes a job left
+    /// behind, handed to us (a subreaper) when their worker died. Workers kill what their
+    /// jobs leave, so only a worker's death leaves anything here.
+    pub(super) fn kill_orphans(&mut self) {
+        for _ in 0..100 {
+            let strays: Vec<u32> = supervisor_os::children(std::process::id())
+                .into_iter()
+                .filter(|pid| !self.by_pid.contains_key(pid))
+                .collect();
+            if strays.is_empty() {
+                return;
+            }
+            for pid in strays {
+                for below in supervisor_os::descendants(pid) {
+                    let _ = supervisor_os::signal_pid(below, Sig::SIGKILL);
+                }
+                let _ = supervisor_os::signal_pid(pid, Sig::SIGKILL);
+            }
+            // Reaps them (and any of our children that ended meanwhile: their exits are
+            // handled as usual).
+            self.reap();
+        }
+    }
+
+    pub(super) fn spawn(&mut self, child: ChildId, role: Role) -> Input {
+        let role_arg = match &role {
+            Role::Grabber => ChildRole::Grabber {
+                store: crate::store::arg(&self.config.store),
+                instance: self.instance,
+                poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
+                error_backoff: self.config.grabber.error_backoff.into(),
+                routes: crate::routes(&self.config),
+            },
+            Role::Worker { group, slot } => ChildRole::Worker {
+                group: group.clone(),
+                slot: *slot,
+                logs: self.config.state_dir.join("logs"),
+            },
+        };
+        let args = ChildArgs {
+            ipc: String::new(),
+            role: role_arg,
+            parent: std::process::id(),
+        };
+        match self.hub.spawn(child, args, self.queue_tx.clone()) {
+            Ok((pid, ipc_name)) => {
+                self.children.insert(
+                    child,
+                    ShellChild {
+                        pid: Some(pid),
+                        ipc_name,
+                        started_at: wall_now(),
+                        writer: None,
+                        closed: false,
+                        exit: None,
+                    },
+                );
+                self.by_pid.insert(pid, child);
+                Input::Spawned { child, pid }
+            }
+            Err(e) => Input::SpawnFailed {
+                child,
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Queue a message to a child; a child whose queue is full has stopped reading and
+    /// is killed (its exit is then handled as a crash).
+    pub(super) fn send(&mut self, child: ChildId, msg: ToChild) -> bool {
+        let Some(c) = self.children.get(&child) else {
+            return false;
+        };
+        let Some(w) = &c.writer else { return false };
+        if w.send(msg) {
+            return true;
+        }
+        log::error!("child {child} stopped reading its messages; killing it");
+        if let Some(pid) = c.pid {
+            let _ = supervisor_os::signal_pid(pid, Sig::SIGKILL);
+        }
+        false
+    }
+
+    pub(super) fn send_to_grabber(&mut self, msg: ToChild) {
+        if let Some(g) = self.core.grabber() {
+            self.send(g, msg);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Outcomes and the store: an outcome is stored before the events that announce it;
+//! one the store cannot take waits (in order, journaled) and is tried again; claims
+//! whose answer was lost are given back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map};
+use supervisor_core::supervision::{Event, Input, Next, Outcome, ProcessEnd};
+use supervisor_core::Time;
+
+use crate::events_file::wall_now;
+use crate::pending::{Tried, Waiting};
+use crate::wire::ToChild;
+
+use super::{Supervisor, Wake};
+
+/// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
+/// exits and leaves them to the next run (the outcomes journal).
+const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
+
+/// The job an event is about, for the events held back with its outcome.
+pub(super) fn about_job(event: &Event) -> Option<i64> {
+    match event {
+        Event::JobFinished { job_id, .. }
+        | Event::JobRetryScheduled { job_id, .. }
+        | Event::JobDead { job_id, .. } => Some(*job_id),
+        _ => None,
+    }
+}
+
+/// The store's record of an attempt's outcome.
+pub(super) fn stored_outcome(
+    outcome: Outcome,
+    end: Option<ProcessEnd>,
+    start_error: Option<String>,
+    reason: Option<String>,
+) -> supervisor_store::Outcome {
+    supervisor_store::Outcome {
+        kind: match outcome {
+            Outcome::Succeeded => supervisor_store::OutcomeKind::Succeeded,
+            Outcome::Failed => supervisor_store::OutcomeKind::Failed,
+            Outcome::TimedOut => supervisor_store::OutcomeKind::TimedOut,
+            Outcome::Lost => supervisor_store::OutcomeKind::Lost,
+            Outcome::Canceled => supervisor_store::OutcomeKind::Canceled,
+        },
+        exit_code: end.and_then(|e| e.code()),
+        signal: end.and_then(|e| e.signal()),
+        start_error,
+        reason,
+    }
+}
+
+impl Supervisor {
+    /// Put a claimed job back in the queue without using up an attempt.
+    pub(super) fn release(&mut self, job: i64, attempt: u32) {
+        self.claims.remove(&job);
+        if let Err(e) = self.store.release(job, attempt, self.instance, wall_now()) {
+            log::error!("cannot requeue job {job}: {e}");
+        }
+    }
+
+    /// The grabber died: give back what it claimed in the store but never reported.
+    pub(super) fn release_strays(&mut self, known: &[i64]) {
+        match (self.store).release_strays(self.instance, known, None, wall_now()) {
+            Ok(ids) if !ids.is_empty() => {
+                log::warn!("requeued jobs {ids:?} the grabber claimed but never reported")
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("cannot requeue the grabber's unreported claims: {e}"),
+        }
+    }
+
+    /// After the outcomes that wait changed: when that starts or ends, the core hears it
+    /// (the grabber claims nothing while any waits), and `outcomes_waiting` (read by
+    /// `status`) says how many.
+    pub(super) fn pending_changed(&mut self, was: usize) {
+        self.pending_timer();
+        let now = self.pending.len();
+        if (was == 0) == (now == 0) {
+            return;
+        }
+        self.feed(Input::OutcomesWaiting { waiting: now > 0 });
+        let mut f = Map::new();
+        f.insert("count".into(), json!(now));
+        self.emit("outcomes_waiting", f);
+    }
+
+    /// The next try of the outcomes that wait, in the loop's timer table.
+    pub(super) fn pending_timer(&mut self) {
+        let at = (self.pending.deadline())
+            .map(|t| Time::from_origin(t.saturating_duration_since(self.started)));
+        self.timers.set_or_stop(Wake::Pending, at);
+    }
+
+    /// Try the outcomes that wait for the store, if it is time; write the events of
+    /// those stored. A connection that broke is opened again for the next try.
+    pub(super) fn retry_pending(&mut self) {
+        // Fenced: the store is not ours to write to; the journal keeps what waits.
+        if self.pending.is_empty() || self.fenced() {
+            return;
+        }
+        let was = self.pending.len();
+        let store = &mut self.store;
+        let mut stored = 0;
+        let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
+            let now = wall_now();
+            match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
+                Ok(true) => {
+                    stored += 1;
+                    Tried::Done
+                }
+                Ok(false) => {
+                    log::warn!(
+                        "job {} attempt {}: outcome refused by the store (stale)",
+                        w.job,
+                        w.attempt
+                    );
+                    Tried::Done
+                }
+                Err(e) => Tried::Failed(e.to_string()),
+            }
+        });
+        if stored > 0 {
+            log::info!("stored {stored} outcome(s) that had waited for the store");
+            if let Some(c) = &mut self.checkpointer {
+                c.wrote();
+            }
+        }
+        if self.pending.failures() > 0 {
+            if let Ok(fresh) = crate::store::open_for_loop(&self.store_arg) {
+                self.store = fresh;
+            }
+        }
+        for (name, fields) in events {
+            self.emit(&name, fields);
+        }
+        if stored > 0 || self.pending.len() != was {
+            self.save_journal();
+        }
+        self.pending_changed(was);
+    }
+
+    /// The outcomes that wait, on disk: a next run stores them if this one cannot.
+    pub(super) fn save_journal(&self) {
+        let path = crate::journal::path(&self.config.state_dir);
+        if let Err(e) = crate::journal::save(&path, self.pending.waiting()) {
+            log::error!("cannot write the outcomes journal {}: {e}", path.display());
+        }
+    }
+
+    /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
+    /// then stay in the outcomes journal, which the next run stores first.
+    pub(super) fn flush_pending(&mut self) {
+        let until = Instant::now() + PENDING_AT_EXIT;
+        while !self.pending.is_empty() && Instant::now() < until {
+            if let Some(at) = self.pending.deadline() {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
+            self.retry_pending();
+        }
+        if !self.pending.is_empty() {
+            log::error!(
+                "{} outcome(s) could not be stored; the next run stores them from the \
+                 outcomes journal",
+                self.pending.len()
+            );
+        }
+    }
+
+    pub(super) fn record(
+        &mut self,
+        job: i64,
+        attempt: u32,
+        o: supervisor_store::Outcome,
+        next: Next,
+    ) {
+        self.claims.remove(&job);
+        let now = wall_now();
+        let next = match next {
+            Next::Done => supervisor_store::Next::Done,
+            Next::Dead => supervisor_store::Next::Dead,
+            Next::Retry { delay } => supervisor_store::Next::Retry {
+                at: now + delay.as_secs_f64(),
+            },
+        };
+        let waiting = Waiting {
+            owner: self.instance,
+            job,
+            attempt,
+            outcome: o,
+            next,
+            events: vec![],
+        };
+        // Behind an outcome that waits, every later one waits too: in order.
+        if !self.pending.is_empty() {
+            self.wait_for_store(waiting);
+            return;
+        }
+        let w = &waiting;
+        match self
+            .store
+            .record_outcome(job, attempt, self.instance, &w.outcome, w.next, now)
+        {
+            Ok(true) => {
+                if let Some(c) = &mut self.checkpointer {
+                    c.wrote();
+                }
+            }
+            Ok(false) => {
+                log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
+            }
+            Err(e) => {
+                log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
+                self.wait_for_store(waiting);
+            }
+        }
+    }
+
+    /// An outcome the store cannot take now: it waits, journaled.
+    pub(super) fn wait_for_store(&mut self, waiting: Waiting) {
+        let was = self.pending.len();
+        self.pending.add(waiting, Instant::now());
+        self.save_journal();
+        // Said once the actions of this input are done (the events held with it are in
+        // the journal by then).
+        self.pending_was.get_or_insert(was);
+    }
+
+    /// Whether this supervisor fenced itself (see `lease.rs`).
+    pub(super) fn fenced(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.fenced())
+    }
+
+    /// Give back the jobs running under us in the store that the grabber claimed in a
+    /// pass that failed (its answer lost with the connection) and that we never heard of.
+    pub(super) fn give_back_lost_claims(&mut self) {
+        let Some(before) = self.lost_claims else {
+            return;
+        };
+        // Known: the jobs we run, and those whose outcome waits for the store (their
+        // rows still say running under us; giving them back would run them again and
+        // get their outcome refused as stale).
+        let known: Vec<i64> = self
+            .claims
+            .keys()
+            .copied()
+            .chain(self.pending.waiting().map(|w| w.job))
+            .collect();
+        match self
+            .store
+            .release_strays(self.instance, &known, Some(before), wall_now())
+        {
+            Ok(ids) => {
+                self.lost_claims = None;
+                if !ids.is_empty() {
+                    log::warn!("gave back jobs {ids:?}: claimed, but the claim's answer was lost");
+                    if let Some(g) = self.core.grabber() {
+                        self.send(g, ToChild::Wake);
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot give back lost claims yet: {e}");
+                self.reopen_store();
+            }
+        }
+    }
+
+    /// Open the store again (its connection may be what broke); keep the old handle if
+    /// that fails too.
+    pub(super) fn reopen_store(&mut self) {
+        match crate::store::open_for_loop(&self.store_arg) {
+            Ok(fresh) => self.store = fresh,
+            Err(e) => log::warn!("cannot reopen the job store: {e:#}"),
+        }
+    }
+}

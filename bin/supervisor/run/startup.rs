@@ -1,0 +1,342 @@
+//! Starting `supervisor run`: the state dir and the pidfile, the store and what dead
+//! runs left in it (outcomes in the journal, jobs of dead supervisors, their processes),
+//! the helper threads, then the loop.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use crossbeam_channel::Sender;
+use serde_json::{json, Map};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+use supervisor_config::{Config, StoreConfig};
+use supervisor_core::supervision::{Core, Input, TimerTable};
+use supervisor_core::SplitMix64;
+use supervisor_os::{PidFile, PidFileState};
+
+use crate::checkpointer::Checkpointer;
+use crate::events_file::{wall_now, EventsFile};
+use crate::ipc::{Ev, Hub};
+use crate::notify::Notifier;
+use crate::pending::{HeldEvent, Pending};
+use crate::shared::Me;
+
+use super::panics::{injected_fault, install_panic_hook, Fault, LAST_PANIC, PANIC_TX};
+use super::{Supervisor, EXIT_FAILURE, EXIT_USAGE};
+
+/// Run the supervisor in the foreground until it stops; returns the exit code.
+pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
+    let config = match supervisor_config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let Some(_pidfile) = take_state_dir(&config)? else {
+        return Ok(EXIT_FAILURE);
+    };
+    supervisor_os::become_subreaper().context("cannot become child subreaper")?;
+    install_panic_hook();
+
+    let store_arg = crate::store::arg(&config.store);
+    let mut store = crate::store::open_for_loop(&store_arg)
+        .with_context(|| format!("cannot open the job store {}", config.store.describe()))?;
+    let checkpointer = match &config.store {
+        StoreConfig::Sqlite { path } => Some(Checkpointer::start(path)?),
+        StoreConfig::Postgres { .. } => None,
+    };
+    let me = Me::new(config.instances.dead_after);
+    let pid = std::process::id();
+    let token = crate::shared::token();
+    let instance = store.register_instance(&me.host, pid, &token, wall_now())?;
+    let left = take_over(&mut store, &config, instance, &me)?;
+
+    let retention = crate::retention::Retention::start(
+        store_arg.clone(),
+        config.state_dir.join("logs"),
+        config.retention.clone(),
+    )
+    .context("cannot start the retention thread")?;
+    let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
+    let _ = PANIC_TX.set(queue_tx.clone());
+    start_signal_thread(queue_tx.clone())?;
+    let lease = start_lease(&config, &store_arg, instance, me, &queue_tx)?;
+    let hub = Hub::start(queue_tx.clone(), crate::shared::marker(pid, &token))
+        .context("cannot start the IPC hub")?;
+    let events = EventsFile::open(
+        &config.events.path,
+        config.events.rotate_bytes,
+        config.events.keep,
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the events file {}",
+            config.events.path.display()
+        )
+    })?;
+    let seed = (wall_now() * 1e9) as u64 ^ u64::from(pid);
+    let core = Core::new(config.spec(until_empty), Box::new(SplitMix64::new(seed)));
+    let mut sv = Supervisor {
+        config,
+        generation: 1,
+        core,
+        started: Instant::now(),
+        events,
+        store,
+        checkpointer,
+        instance,
+        hub,
+        queue_tx,
+        children: HashMap::new(),
+        by_pid: HashMap::new(),
+        claims: HashMap::new(),
+        timers: TimerTable::new(),
+        exit_code: None,
+        lease,
+        lost_claims: None,
+        pending_was: None,
+        notifier: Notifier::from_env(),
+        told_stopping: false,
+        pending: Pending::default(),
+        store_arg,
+        retention,
+    };
+    sv.begin(left);
+    sv.run_until_stopped(&queue_rx)
+}
+
+/// Create the state dir (private) and take its pidfile; `None` when another supervisor
+/// runs on it (said on stderr).
+fn take_state_dir(config: &Config) -> Result<Option<PidFile>> {
+    std::fs::create_dir_all(config.state_dir.join("logs"))
+        .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
+    // It holds what operators pass to jobs and what jobs print: no one else's to read.
+    for dir in [config.state_dir.clone(), config.state_dir.join("logs")] {
+        tighten(&dir)?;
+    }
+    let pid_path = config.state_dir.join("supervisor.pid");
+    match PidFile::acquire(&pid_path) {
+        Ok(p) => Ok(Some(p)),
+        Err(PidFileState::Running(pid)) => {
+            eprintln!(
+                "supervisor: another supervisor (pid {pid}) is already running on {}",
+                config.state_dir.display()
+            );
+            Ok(None)
+        }
+        Err(_) => Err(anyhow!("cannot create the pidfile {}", pid_path.display())),
+    }
+}
+
+/// What dead runs left that the new one says once its events file is open.
+struct LeftBehind {
+    /// The events of the outcomes stored from the journal.
+    replayed: Vec<HeldEvent>,
+    /// Jobs taken back from dead supervisors and quarantined: (id, attempts, reason).
+    quarantined: Vec<(i64, u32, String)>,
+}
+
+/// Take over what dead runs left: the outcomes in the journal (stored first, under the
+/// owner that ran them, so that taking back a dead run's jobs does not run those
+/// attempts again), the jobs of dead supervisors (requeued, or quarantined), and the
+/// processes of their jobs on this host.
+fn take_over(
+    store: &mut crate::store::Store,
+    config: &Config,
+    instance: i64,
+    me: &Me,
+) -> Result<LeftBehind> {
+    let now = wall_now();
+    // Dead supervisors of this host: their jobs' processes, if any survived, go too.
+    let dead_here: BTreeSet<String> = store
+        .instances()?
+        .iter()
+        .filter(|i| i.id != instance && i.host == me.host && me.is_dead(i, now))
+        .map(|i| crate::shared::marker(i.pid, &i.token))
+        .collect();
+    let replayed = replay_journal(store, config, now)?;
+    let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
+    // Those whose supervisors keep dying under them are dead now.
+    let quarantined = quarantined(store, &orphans, now);
+    let killed = crate::shared::kill_leftovers(&dead_here);
+    if !killed.is_empty() {
+        log::warn!("killed processes {killed:?} left behind by the jobs of a dead supervisor");
+    }
+    if !orphans.is_empty() {
+        log::info!(
+            "requeued {} job(s) held by a dead supervisor",
+            orphans.len()
+        );
+    }
+    Ok(LeftBehind {
+        replayed,
+        quarantined,
+    })
+}
+
+/// Store the outcomes a previous run could not, from the outcomes journal; returns the
+/// events of those stored.
+fn replay_journal(
+    store: &mut crate::store::Store,
+    config: &Config,
+    now: f64,
+) -> Result<Vec<HeldEvent>> {
+    let journal = crate::journal::path(&config.state_dir);
+    let replayed = crate::journal::load(&journal)
+        .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
+    let mut events = Vec::new();
+    for w in &replayed {
+        match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
+            Ok(stored) => {
+                if stored {
+                    events.extend(w.events.iter().cloned());
+                }
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| {
+                    format!(
+                        "cannot store the outcomes a previous run left in {}",
+                        journal.display()
+                    )
+                })
+            }
+        }
+    }
+    if !replayed.is_empty() {
+        log::warn!(
+            "stored {} outcome(s) a previous run left in {}",
+            replayed.len(),
+            journal.display()
+        );
+        crate::journal::save(&journal, [].iter()).context("cannot clear the outcomes journal")?;
+    }
+    Ok(events)
+}
+
+/// A store shared across hosts: keep our instance alive there, find dead ones, and hear
+/// the doorbell of `submit` on any host.
+fn start_lease(
+    config: &Config,
+    store_arg: &crate::wire::StoreArg,
+    instance: i64,
+    me: Me,
+    queue_tx: &Sender<Ev>,
+) -> Result<Option<crate::lease::Lease>> {
+    let StoreConfig::Postgres { url } = &config.store else {
+        return Ok(None);
+    };
+    crate::shared::start_listener(url.clone(), queue_tx.clone())
+        .context("cannot start the store doorbell thread")?;
+    let timings = crate::lease::Timings {
+        touch_every: config.instances.touch_every,
+        fence_after: config.instances.fence_after(),
+        dead_after: config.instances.dead_after,
+    };
+    let lease =
+        crate::lease::Lease::start(store_arg.clone(), instance, me, timings, queue_tx.clone())
+            .context("cannot start the lease threads")?;
+    Ok(Some(lease))
+}
+
+impl Supervisor {
+    /// The first records of the run, what dead runs left, then the core's start.
+    fn begin(&mut self, left: LeftBehind) {
+        self.snapshot();
+        let mut f = Map::new();
+        f.insert("pid".into(), json!(std::process::id()));
+        f.insert("config".into(), json!(self.config.path));
+        f.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        self.emit("supervisor_started", f);
+        self.config_event("config_loaded", None);
+        for (name, fields) in left.replayed {
+            self.emit(&name, fields);
+        }
+        for (job, attempts, reason) in left.quarantined {
+            log::error!("job {job}: {reason}; it is dead");
+            self.feed(Input::JobRefused {
+                job,
+                attempts,
+                reason,
+            });
+        }
+        self.feed(Input::Start);
+        self.notifier.ready();
+    }
+
+    /// The loop until the core says exit; a panic of the loop is written to the events
+    /// file before the supervisor exits with failure.
+    fn run_until_stopped(mut self, rx: &crossbeam_channel::Receiver<Ev>) -> Result<i32> {
+        let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.event_loop(rx)));
+        let code = match looped {
+            Ok(code) => code,
+            Err(_) => {
+                let (message, location) = LAST_PANIC
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.take())
+                    .unwrap_or_default();
+                self.record_panic(&message, &location, "main");
+                return Ok(EXIT_FAILURE);
+            }
+        };
+        let _ = self.store.unregister_instance(self.instance, wall_now());
+        Ok(code)
+    }
+}
+
+/// Make a directory of the state private (0700), saying so on stderr if it was not.
+fn tighten(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+        eprintln!(
+            "supervisor: {} was {mode:03o}; it is now 700 (it holds job environments and \
+             logs)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Of the jobs just taken back from dead supervisors, those that the store quarantined
+/// (dead, with the quarantine reason), as (id, attempts, reason).
+fn quarantined(
+    store: &mut crate::store::Store,
+    taken: &[i64],
+    now: f64,
+) -> Vec<(i64, u32, String)> {
+    let reason = supervisor_store::quarantine_reason();
+    taken
+        .iter()
+        .filter_map(|&id| store.get(id, now).ok().flatten())
+        .filter(|j| {
+            j.state == supervisor_store::JobState::Dead && j.reason.as_deref() == Some(&reason)
+        })
+        .map(|j| (j.id, j.attempts, reason.clone()))
+        .collect()
+}
+
+/// The signal thread: every signal we handle becomes an event of the loop.
+fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    let fault = injected_fault();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGUSR1 && fault == Some(Fault::PanicOnDoorbell) {
+                    super::injected_panic(format_args!("panic-on-doorbell"));
+                }
+                if tx.send(Ev::Signal(sig)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
