@@ -42,6 +42,9 @@ pub struct NewJob {
     /// Not claimed before this time (unix seconds).
     #[serde(default)]
     pub not_before: Option<f64>,
+    /// Runs only once all these jobs succeeded (canceled if one ends otherwise).
+    #[serde(default)]
+    pub after: Vec<i64>,
 }
 
 impl NewJob {
@@ -114,6 +117,15 @@ impl NewJob {
                 max = bounds::MAX_PRIORITY
             ));
         }
+        if self.after.len() > MAX_AFTER {
+            return Err(format!(
+                "after: {} jobs, more than the {MAX_AFTER} a job may wait for",
+                self.after.len()
+            ));
+        }
+        if let Some(id) = self.after.iter().find(|id| **id <= 0) {
+            return Err(format!("after: {id} is not a job id"));
+        }
         if let Some(t) = self.not_before {
             if !(0.0..=bounds::MAX_TIMESTAMP).contains(&t) {
                 return Err(format!(
@@ -128,6 +140,9 @@ impl NewJob {
         )
     }
 }
+
+/// The most jobs one job may run after.
+pub const MAX_AFTER: usize = 1000;
 
 /// Fails with "`field`: must not contain a NUL byte" if `s` holds one.
 fn no_nul(s: &str, field: impl FnOnce() -> String) -> Result<(), String> {

@@ -184,6 +184,8 @@ pub struct Job {
     pub start_error: Option<String>,
     /// Higher runs first; first come first served within a priority.
     pub priority: i64,
+    /// The jobs it runs after (it is claimed only once they all succeeded).
+    pub after: Vec<JobId>,
 }
 
 impl Job {
@@ -193,6 +195,43 @@ impl Job {
         self.state.is_terminal()
             || (matches!(self.state, JobState::Failed | JobState::TimedOut)
                 && self.not_before.is_none())
+    }
+}
+
+/// What a new job's dependencies (`after`) mean for it, from each one's state now
+/// (`None`: no such job).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct AfterPlan {
+    /// The dependencies not succeeded yet: the job waits on these.
+    pub waiting_on: Vec<JobId>,
+    /// A dependency that already ended otherwise: the job is canceled at once, for this.
+    pub doomed: Option<String>,
+}
+
+impl AfterPlan {
+    /// The plan for dependencies in these states (each with its `not_before`), or what is
+    /// wrong (a job that does not exist), as a message about the `after` field.
+    pub(crate) fn of(
+        deps: &[(JobId, Option<(JobState, Option<f64>)>)],
+    ) -> std::result::Result<Self, String> {
+        let mut plan = AfterPlan::default();
+        for &(id, found) in deps {
+            let Some((state, not_before)) = found else {
+                return Err(format!("after: job {id} does not exist"));
+            };
+            let finished = state.is_terminal()
+                || (matches!(state, JobState::Failed | JobState::TimedOut) && not_before.is_none());
+            if state == JobState::Succeeded {
+                continue;
+            }
+            if finished {
+                plan.doomed
+                    .get_or_insert_with(|| format!("dependency {id} ended {}", state.as_str()));
+            } else if !plan.waiting_on.contains(&id) {
+                plan.waiting_on.push(id);
+            }
+        }
+        Ok(plan)
     }
 }
 

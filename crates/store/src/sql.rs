@@ -26,7 +26,7 @@ pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
 pub(crate) const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, \
      tags, env, cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, \
      last_outcome, created_at, started_at, finished_at, not_before, owner, cancel_requested, \
-     reason, start_error, priority";
+     reason, start_error, priority, after_ids";
 
 /// The paused groups, by name.
 pub(crate) const PAUSED: &str = "SELECT name FROM paused_groups ORDER BY name";

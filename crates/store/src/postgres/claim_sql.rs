@@ -43,7 +43,8 @@ pub(super) const CLAIM: &str = "WITH want AS (\
          SELECT g, n FROM unnest($3::text[], $4::bigint[]) AS w (g, n)), \
      picked AS (\
          SELECT j.id, want.g FROM want CROSS JOIN LATERAL (\
-             SELECT id FROM jobs WHERE state = 'queued' AND route = want.g \
+             SELECT id FROM jobs WHERE state = 'queued' AND waiting_on = 0 \
+             AND route = want.g \
              AND (not_before IS NULL OR not_before <= $2) \
              ORDER BY priority DESC, id LIMIT want.n FOR UPDATE SKIP LOCKED) j) \
      UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
@@ -56,7 +57,7 @@ pub(super) const CLAIM: &str = "WITH want AS (\
 /// What is left for the groups `$2`: a runnable job (at `$1`), and the earliest time a
 /// waiting one becomes runnable.
 pub(super) const BACKLOG: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
-         AND route = ANY($2::text[]) AND (not_before IS NULL OR not_before <= $1)), \
+         AND waiting_on = 0 AND route = ANY($2::text[]) AND (not_before IS NULL OR not_before <= $1)), \
      (SELECT MIN(not_before) FROM jobs WHERE not_before IS NOT NULL \
          AND ((state = 'queued' AND not_before > $1) OR state IN ('failed', 'timed_out')) \
          AND route = ANY($2::text[]))";

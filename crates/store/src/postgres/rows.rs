@@ -75,6 +75,9 @@ pub(super) fn read_job(row: &Row) -> Result<Job> {
         reason: lenient(row, 20),
         start_error: lenient(row, 21),
         priority: lenient(row, 22).unwrap_or(0),
+        after: lenient::<Json<Vec<JobId>>>(row, 23)
+            .map(|Json(v)| v)
+            .unwrap_or_default(),
     })
 }
 

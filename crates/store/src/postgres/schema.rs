@@ -90,12 +90,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_unrouted ON jobs (id) WHERE NOT routed;
     "#,
     // Version 4 (SQLite's version 6): job control: a job's `priority` (higher first, then
-    // first come first served, the claimable index's order) and the paused groups.
+    // first come first served, the claimable index's order), the paused groups, and the
+    // jobs a job runs `after` (`job_deps`; `waiting_on` counts those not succeeded yet),
+    // kept right by a trigger whichever way a job ends.
     r#"
     ALTER TABLE jobs ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN after_ids JSONB;
+    ALTER TABLE jobs ADD COLUMN waiting_on BIGINT NOT NULL DEFAULT 0;
     DROP INDEX jobs_claimable;
-    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id) WHERE state = 'queued';
+    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id)
+        WHERE state = 'queued' AND waiting_on = 0;
     CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since DOUBLE PRECISION NOT NULL);
+    CREATE TABLE job_deps (job BIGINT NOT NULL, dep BIGINT NOT NULL, PRIMARY KEY (dep, job));
+    CREATE FUNCTION supervisor_dependency_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.state = 'succeeded' AND OLD.state <> 'succeeded' THEN
+            UPDATE jobs SET waiting_on = waiting_on - 1
+                WHERE id IN (SELECT job FROM job_deps WHERE dep = NEW.id) AND waiting_on > 0;
+        ELSIF (NEW.state IN ('dead', 'canceled')
+               OR (NEW.state IN ('failed', 'timed_out') AND NEW.not_before IS NULL))
+              AND NOT (OLD.state = NEW.state AND OLD.not_before IS NOT DISTINCT FROM NEW.not_before)
+        THEN
+            UPDATE jobs SET state = 'canceled', last_outcome = 'canceled',
+                finished_at = COALESCE(NEW.finished_at, NEW.created_at),
+                reason = 'dependency ' || NEW.id || ' ended ' || NEW.state
+                WHERE id IN (SELECT job FROM job_deps WHERE dep = NEW.id) AND state = 'queued';
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER dependency_ended AFTER UPDATE OF state, not_before ON jobs
+        FOR EACH ROW EXECUTE FUNCTION supervisor_dependency_ended();
     "#,
 ];
 

@@ -11,7 +11,7 @@ use postgres::GenericClient;
 use super::rows::ids_of;
 use super::statements::{execute, query, Statements};
 use crate::error::Context;
-use crate::{JobId, NewJob, Result, StoreError};
+use crate::{AfterPlan, JobId, JobState, NewJob, Result, StoreError};
 
 /// The advisory lock class of idempotency keys (`pg_advisory_xact_lock(class, hash)`):
 /// "sv" in ASCII.
@@ -197,20 +197,107 @@ pub(super) fn submit_in(
     let mut ids = Vec::with_capacity(jobs.len());
     let mut queued = false;
     let mut pending: Vec<&NewJob> = Vec::new();
-    for job in jobs {
-        let Some(key) = &job.key else {
+    for (index, job) in jobs.iter().enumerate() {
+        if job.key.is_none() && job.after.is_empty() {
             pending.push(job);
             continue;
-        };
-        // Unkeyed jobs before this one first, so that ids follow the batch's order.
+        }
+        // Jobs before this one first, so that ids follow the batch's order.
         queued |= !pending.is_empty();
         ids.extend(insert_unkeyed(stmts, tx, &pending, now)?);
         pending.clear();
-        let (id, new) = submit_keyed(stmts, tx, job, key, now)?;
+        let (id, new) = match &job.key {
+            Some(key) if job.after.is_empty() => submit_keyed(stmts, tx, job, key, now)?,
+            _ => submit_after(stmts, tx, index, job, now)?,
+        };
         queued |= new;
         ids.push(id);
     }
     queued |= !pending.is_empty();
     ids.extend(insert_unkeyed(stmts, tx, &pending, now)?);
     Ok((ids, queued))
+}
+
+/// Queues one job that runs after others (and may have a key): its dependencies' rows are
+/// locked (`FOR SHARE`) until this commits, so that none ends unseen in between: the
+/// trigger that counts them down, or cancels this job, sees its `job_deps` rows.
+fn submit_after(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    index: usize,
+    job: &NewJob,
+    now: f64,
+) -> Result<(JobId, bool)> {
+    let op = "submit";
+    if let Some(key) = &job.key {
+        let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
+        if let Some(row) = query(stmts, client, &find, &[key], op)?.first() {
+            return Ok((row.try_get(0).ctx(op)?, false));
+        }
+    }
+    let rows = query(
+        stmts,
+        client,
+        "SELECT id, state, not_before FROM jobs WHERE id = ANY($1) ORDER BY id FOR SHARE",
+        &[&job.after],
+        op,
+    )?;
+    let mut found: BTreeMap<JobId, (JobState, Option<f64>)> = BTreeMap::new();
+    for row in &rows {
+        let id: JobId = row.try_get(0).ctx(op)?;
+        let state: String = row.try_get(1).ctx(op)?;
+        if let Ok(state) = state.parse() {
+            found.insert(id, (state, row.try_get(2).ctx(op)?));
+        }
+    }
+    let deps: Vec<(JobId, Option<(JobState, Option<f64>)>)> = job
+        .after
+        .iter()
+        .map(|id| (*id, found.get(id).copied()))
+        .collect();
+    let plan = AfterPlan::of(&deps).map_err(|message| StoreError::InvalidJob { index, message })?;
+    let waiting = plan.waiting_on.len() as i64;
+    let rows = query(
+        stmts,
+        client,
+        "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
+             max_attempts, idem_key, created_at, route, routed, priority, not_before, \
+             after_ids, waiting_on, reason, finished_at, last_outcome) \
+         VALUES (CASE WHEN $14::text IS NULL THEN 'queued' ELSE 'canceled' END, \
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL, $10, $11, $12, $13, \
+             $14, CASE WHEN $14::text IS NULL THEN NULL ELSE $9::float8 END, \
+             CASE WHEN $14::text IS NULL THEN NULL ELSE 'canceled' END) \
+         RETURNING id",
+        &[
+            &job.group,
+            &Json(&job.command),
+            &Json(&job.tags),
+            &Json(&job.env),
+            &job.cwd,
+            &job.timeout_s,
+            &job.max_attempts.map(i64::from),
+            &job.key,
+            &now,
+            &job.priority,
+            &job.not_before,
+            &Json(&job.after),
+            &waiting,
+            &plan.doomed,
+        ],
+        op,
+    )?;
+    let id: JobId = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("submit inserted no job".into()))?
+        .try_get(0)
+        .ctx(op)?;
+    execute(
+        stmts,
+        client,
+        "INSERT INTO job_deps (job, dep) SELECT $1, d FROM unnest($2::bigint[]) AS d \
+         ON CONFLICT DO NOTHING",
+        &[&id, &plan.waiting_on],
+        "submit: note the dependencies",
+    )?;
+    Ok((id, true))
 }

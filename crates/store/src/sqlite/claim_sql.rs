@@ -17,7 +17,7 @@ use crate::{Claimed, InstanceId, JobId, Result};
 /// priority.
 pub(super) const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
      max_attempts, attempts, priority FROM jobs \
-     WHERE state = 'queued' AND route = ?1 \
+     WHERE state = 'queued' AND waiting_on = 0 AND route = ?1 \
      AND (priority < ?5 OR (priority = ?5 AND id > ?2)) \
      AND (not_before IS NULL OR not_before <= ?3) ORDER BY priority DESC, id LIMIT ?4";
 
@@ -36,7 +36,7 @@ fn placeholders(first: usize, n: usize) -> String {
 /// Whether a job routed to one of the `n` groups `?2`... is runnable at `?1`.
 pub(super) fn runnable_sql(n: usize) -> String {
     format!(
-        "SELECT 1 FROM jobs WHERE state = 'queued' AND route IN ({}) \
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND waiting_on = 0 AND route IN ({}) \
          AND (not_before IS NULL OR not_before <= ?1) LIMIT 1",
         placeholders(2, n)
     )

@@ -26,8 +26,8 @@ use crate::error::Context;
 use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
-    CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, Result, Route, StoreError,
+    AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
+    NewJob, Next, Outcome, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -108,6 +108,10 @@ impl SqliteStore {
         })
         .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        // A job canceled because its dependency failed cancels its own dependents in
+        // turn (the `dependency_failed` trigger firing again).
+        conn.pragma_update(None, "recursive_triggers", true)
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(open_err)?;
@@ -219,6 +223,23 @@ fn take_back(conn: &Connection, instance: InstanceId, now: f64) -> Result<Vec<Jo
     Ok(ids)
 }
 
+/// What a new job's dependencies mean for it (see [`AfterPlan`]), as the store has them.
+fn after_plan(conn: &Connection, after: &[JobId]) -> std::result::Result<AfterPlan, String> {
+    let mut deps = Vec::with_capacity(after.len());
+    for &id in after {
+        let found: Option<(String, Option<f64>)> = conn
+            .prepare_cached("SELECT state, not_before FROM jobs WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| format!("after: job {id}: {e}"))?;
+        let found = found.and_then(|(state, nb)| state.parse().ok().map(|s| (s, nb)));
+        deps.push((id, found));
+    }
+    AfterPlan::of(&deps)
+}
+
 impl JobStore for SqliteStore {
     fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>> {
         for (index, job) in jobs.iter().enumerate() {
@@ -242,9 +263,12 @@ impl JobStore for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-                     max_attempts, idem_key, created_at, route, routed, priority, not_before) \
-                     VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?1 IS NOT NULL, \
-                     ?10, ?11)",
+                     max_attempts, idem_key, created_at, route, routed, priority, not_before, \
+                     after_ids, waiting_on, reason, finished_at, last_outcome) \
+                     VALUES (CASE WHEN ?14 IS NULL THEN 'queued' ELSE 'canceled' END, \
+                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1, ?1 IS NOT NULL, ?10, ?11, ?12, ?13, \
+                     ?14, CASE WHEN ?14 IS NULL THEN NULL ELSE ?9 END, \
+                     CASE WHEN ?14 IS NULL THEN NULL ELSE 'canceled' END)",
                 )
                 .ctx("submit")?;
             for job in jobs {
@@ -258,6 +282,11 @@ impl JobStore for SqliteStore {
                         continue;
                     }
                 }
+                let plan =
+                    after_plan(&tx, &job.after).map_err(|message| StoreError::InvalidJob {
+                        index: ids.len(),
+                        message,
+                    })?;
                 let id = insert
                     .insert(params![
                         job.group,
@@ -271,8 +300,16 @@ impl JobStore for SqliteStore {
                         now,
                         job.priority,
                         job.not_before,
+                        (!job.after.is_empty()).then(|| to_json(&job.after)),
+                        plan.waiting_on.len() as i64,
+                        plan.doomed,
                     ])
                     .ctx("submit")?;
+                for dep in &plan.waiting_on {
+                    tx.prepare_cached("INSERT OR IGNORE INTO job_deps (job, dep) VALUES (?1, ?2)")
+                        .and_then(|mut stmt| stmt.execute(params![id, dep]))
+                        .ctx("submit: note a dependency")?;
+                }
                 ids.push(id);
             }
         }

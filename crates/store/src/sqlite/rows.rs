@@ -74,6 +74,7 @@ pub(super) fn read_job(row: &Row<'_>) -> Result<Job> {
         reason: text(20),
         start_error: text(21),
         priority: int(22).unwrap_or(0),
+        after: json(text(23)),
     })
 }
 

@@ -99,13 +99,37 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_unrouted ON jobs (id) WHERE routed = 0;
     "#,
     // Version 6: job control. A job's `priority` (higher first, then first come first
-    // served: the claimable index follows that order), and the groups an operator paused
-    // (no claim for them, on every supervisor of the store, until resumed).
+    // served: the claimable index follows that order); the groups an operator paused (no
+    // claim for them, on every supervisor of the store, until resumed); and the jobs a job
+    // runs `after`: `job_deps` has a row per (job, dependency), `waiting_on` counts the
+    // dependencies not succeeded yet (a job waiting on any is not claimable). Triggers keep
+    // them right whichever way a job ends: succeeded, each dependent waits on one fewer;
+    // ended otherwise for good, each queued dependent is canceled (and so on down).
     r#"
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN after_ids TEXT;
+    ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
     DROP INDEX jobs_claimable;
-    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id) WHERE state = 'queued';
+    CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id)
+        WHERE state = 'queued' AND waiting_on = 0;
     CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since REAL NOT NULL);
+    CREATE TABLE job_deps (job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY (dep, job));
+    CREATE TRIGGER dependency_succeeded AFTER UPDATE OF state ON jobs
+        WHEN NEW.state = 'succeeded' AND OLD.state <> 'succeeded'
+    BEGIN
+        UPDATE jobs SET waiting_on = waiting_on - 1
+            WHERE id IN (SELECT job FROM job_deps WHERE dep = NEW.id) AND waiting_on > 0;
+    END;
+    CREATE TRIGGER dependency_failed AFTER UPDATE OF state, not_before ON jobs
+        WHEN (NEW.state IN ('dead', 'canceled')
+              OR (NEW.state IN ('failed', 'timed_out') AND NEW.not_before IS NULL))
+         AND NOT (OLD.state = NEW.state AND OLD.not_before IS NEW.not_before)
+    BEGIN
+        UPDATE jobs SET state = 'canceled', last_outcome = 'canceled',
+            finished_at = COALESCE(NEW.finished_at, NEW.created_at),
+            reason = 'dependency ' || NEW.id || ' ended ' || NEW.state
+            WHERE id IN (SELECT job FROM job_deps WHERE dep = NEW.id) AND state = 'queued';
+    END;
     "#,
 ];
 

@@ -37,6 +37,7 @@ pub fn submit_and_get_round_trip(new: Factory) {
         key: Some("k1".into()),
         priority: 7,
         not_before: Some(150.0),
+        after: vec![],
     };
     let ids = s.submit(&[new.clone(), job("true")], 100.0).unwrap();
     assert_eq!(ids.len(), 2);
@@ -1437,6 +1438,63 @@ pub fn paused_groups_claim_nothing_until_resumed(new: Factory) {
     assert_eq!(res.jobs.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[0]]);
 }
 
+/// A job runs only after all its dependencies succeeded; one that ends otherwise cancels
+/// it (and what runs after it, on down), with the reason naming it. A dependency that does
+/// not exist is refused at submit; one already ended otherwise cancels the job at once.
+pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let after = |deps: &[i64]| {
+        let mut j = job_in("g");
+        j.after = deps.to_vec();
+        j
+    };
+    let a = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    let d = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    let b = s.submit(&[after(&[a])], 1.0).unwrap()[0];
+    let c = s.submit(&[after(&[a, d])], 1.0).unwrap()[0];
+    let e = s.submit(&[after(&[c])], 1.0).unwrap()[0];
+    assert_eq!(s.get(c, 1.0).unwrap().unwrap().after, [a, d]);
+    let claim_all = |s: &mut dyn JobStore, at: f64| -> Vec<i64> {
+        let mut cr = credits(&[("g", 10)]);
+        let res = s.claim(me, &[named("g")], &mut cr, at).unwrap();
+        res.jobs.iter().map(|c| c.id).collect()
+    };
+    assert_eq!(claim_all(&mut *s, 2.0), [a, d], "the others wait");
+    let ok = outcome(OutcomeKind::Succeeded);
+    let failed = outcome(OutcomeKind::Failed);
+    assert!(s.record_outcome(a, 1, me, &ok, Next::Done, 3.0).unwrap());
+    assert_eq!(claim_all(&mut *s, 4.0), [b], "b waited on a alone");
+    assert!(s
+        .record_outcome(d, 1, me, &failed, Next::Dead, 5.0)
+        .unwrap());
+    let jc = s.get(c, 6.0).unwrap().unwrap();
+    assert_eq!(jc.state, JobState::Canceled);
+    assert_eq!(
+        jc.reason.as_deref(),
+        Some(&*format!("dependency {d} ended dead"))
+    );
+    let je = s.get(e, 6.0).unwrap().unwrap();
+    assert_eq!(je.state, JobState::Canceled, "on down");
+    assert_eq!(
+        je.reason.as_deref(),
+        Some(&*format!("dependency {c} ended canceled"))
+    );
+    assert!(claim_all(&mut *s, 7.0).is_empty());
+    // At submit: an unknown dependency, and one already ended otherwise.
+    match s.submit(&[job_in("g"), after(&[9999])], 8.0) {
+        Err(StoreError::InvalidJob { index: 1, message }) => assert!(message.contains("9999")),
+        other => panic!("{other:?}"),
+    }
+    let late = s.submit(&[after(&[d])], 8.0).unwrap()[0];
+    let jl = s.get(late, 8.0).unwrap().unwrap();
+    assert_eq!(jl.state, JobState::Canceled);
+    assert_eq!(
+        jl.reason.as_deref(),
+        Some(&*format!("dependency {d} ended dead"))
+    );
+}
+
 /// `retry` queues a job that finished otherwise than `succeeded` with a fresh budget, and
 /// nothing else; `purge` deletes finished jobs only, by age and state.
 pub fn retry_and_purge_final_jobs(new: Factory) {
@@ -1518,6 +1576,7 @@ macro_rules! conformance_tests {
             priority_first_then_id_order,
             paused_groups_claim_nothing_until_resumed,
             retry_and_purge_final_jobs,
+            jobs_run_after_their_dependencies_succeed_or_are_canceled,
             two_handles_claiming_at_once_never_double_claim,
             a_job_whose_supervisor_dies_three_times_is_quarantined,
             purge_deletes_finished_jobs_by_age_and_count_never_live_ones
