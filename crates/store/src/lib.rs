@@ -198,6 +198,10 @@ impl Job {
     }
 }
 
+/// A dependency as the store has it: its state and `not_before`, or `None` when no such
+/// job exists.
+pub(crate) type DepState = Option<(JobState, Option<f64>)>;
+
 /// What a new job's dependencies (`after`) mean for it, from each one's state now
 /// (`None`: no such job).
 #[derive(Debug, Default, PartialEq)]
@@ -211,9 +215,7 @@ pub(crate) struct AfterPlan {
 impl AfterPlan {
     /// The plan for dependencies in these states (each with its `not_before`), or what is
     /// wrong (a job that does not exist), as a message about the `after` field.
-    pub(crate) fn of(
-        deps: &[(JobId, Option<(JobState, Option<f64>)>)],
-    ) -> std::result::Result<Self, String> {
+    pub(crate) fn of(deps: &[(JobId, DepState)]) -> std::result::Result<Self, String> {
         let mut plan = AfterPlan::default();
         for &(id, found) in deps {
             let Some((state, not_before)) = found else {

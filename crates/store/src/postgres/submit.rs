@@ -11,7 +11,7 @@ use postgres::GenericClient;
 use super::rows::ids_of;
 use super::statements::{execute, query, Statements};
 use crate::error::Context;
-use crate::{AfterPlan, JobId, JobState, NewJob, Result, StoreError};
+use crate::{AfterPlan, DepState, JobId, JobState, NewJob, Result, StoreError};
 
 /// The advisory lock class of idempotency keys (`pg_advisory_xact_lock(class, hash)`):
 /// "sv" in ASCII.
@@ -250,7 +250,7 @@ fn submit_after(
             found.insert(id, (state, row.try_get(2).ctx(op)?));
         }
     }
-    let deps: Vec<(JobId, Option<(JobState, Option<f64>)>)> = job
+    let deps: Vec<(JobId, DepState)> = job
         .after
         .iter()
         .map(|id| (*id, found.get(id).copied()))
