@@ -84,7 +84,7 @@ enum Wake {
     CloseWait(ChildId),
     /// The next try of the outcomes that wait for the store.
     Pending,
-    /// SIGHUP rang: one reload pass, however many rang since the last one.
+    /// SIGHUP rang: one reload asked of the core, however many rang since the last one.
     Reload,
     /// The core's next deadline: [`Core::on_timeout`].
     Core,
@@ -136,7 +136,7 @@ impl Supervisor {
                 match wake {
                     Wake::CloseWait(child) => self.deliver_exit(child),
                     Wake::Pending => self.retry_pending(),
-                    Wake::Reload => self.reload(),
+                    Wake::Reload => self.feed(Input::ReloadRequested),
                     Wake::Core => self.on_timeout(now),
                 }
             }
@@ -280,6 +280,7 @@ impl Supervisor {
                     self.send_to_grabber(ToChild::Settings(settings));
                 }
                 Action::HoldClaims { hold } => self.send_to_grabber(ToChild::Hold(hold)),
+                Action::ReadConfig => self.reload(),
                 Action::RecordOutcome {
                     job,
                     attempt,
@@ -398,9 +399,6 @@ impl Supervisor {
 
     /// One reload pass: read the config again and apply it, or reject it whole.
     fn reload(&mut self) {
-        if self.core.is_stopping() {
-            return;
-        }
         self.notifier.reloading();
         self.load_and_apply();
         self.notifier.ready();

@@ -980,6 +980,17 @@ fn the_grabber_claims_nothing_while_outcomes_wait_for_the_store() {
 // ----- reload --------------------------------------------------------------------------
 
 #[test]
+fn a_reload_asked_for_reads_the_config_unless_the_supervisor_is_stopping() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    assert_eq!(s.feed(Input::ReloadRequested), [Action::ReadConfig]);
+    s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    });
+    assert_eq!(s.feed(Input::ReloadRequested), []);
+}
+
+#[test]
 fn a_reload_that_adds_a_group_starts_its_pool() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
     let acts = s.feed(Input::Reload(spec(vec![group("a", 1), group("b", 2)])));

@@ -139,6 +139,8 @@ pub enum Input {
         attempts: u32,
         reason: String,
     },
+    /// SIGHUP (or `supervisor reload`): the config file should be read again.
+    ReloadRequested,
     /// A new config generation, already validated.
     Reload(Spec),
     /// Stop for `reason`: gracefully (SIGTERM: running jobs get the grace) or at once.
@@ -196,6 +198,8 @@ pub enum Action {
     GrabberSettings { runnable: Vec<String> },
     /// Tell the grabber to claim nothing (`hold`) or to claim again.
     HoldClaims { hold: bool },
+    /// Read the config file again and answer with [`Input::Reload`] if it is valid.
+    ReadConfig,
     /// Store the outcome of an attempt, before anything acknowledges it.
     RecordOutcome {
         job: JobId,
@@ -561,6 +565,7 @@ impl Core {
                 attempts,
                 reason: Some(reason),
             })),
+            Input::ReloadRequested => self.reload_requested(),
             Input::Reload(spec) => self.reload(now, spec),
             Input::Shutdown { reason, immediate } => self.shutdown(now, reason, immediate, 0),
             Input::Interrupt => self.interrupt(now),

@@ -6,9 +6,17 @@ use crate::time::Time;
 
 use super::child::ChildState;
 use super::timers::Timer;
-use super::{ChildId, ClaimedJob, Core, Group, GroupStatus, Phase, Role, Slot};
+use super::{Action, ChildId, ClaimedJob, Core, Group, GroupStatus, Phase, Role, Slot};
 
 impl Core {
+    /// A reload was asked for: read the config, unless stopping (a stopping supervisor
+    /// applies no new config, so it reads none).
+    pub(super) fn reload_requested(&mut self) {
+        if !self.is_stopping() {
+            self.out.push(Action::ReadConfig);
+        }
+    }
+
     /// Apply a new config generation without interrupting any running job.
     pub(super) fn reload(&mut self, now: Time, spec: Spec) {
         if self.is_stopping() {

@@ -84,8 +84,8 @@ impl Sim {
                 self.report();
             }
             // The world's grabber claims for every routed group, and it is never held:
-            // no outcome of this world waits for its store.
-            Action::GrabberSettings { .. } | Action::HoldClaims { .. } => {}
+            // no outcome of this world waits for its store. Its reloads come as specs.
+            Action::GrabberSettings { .. } | Action::HoldClaims { .. } | Action::ReadConfig => {}
             Action::RecordOutcome {
                 job,
                 attempt,
