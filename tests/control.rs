@@ -1,5 +1,6 @@
 //! Job control (the contract's "Job control" additions), on the real binary: `logs`,
-//! `retry`, `purge`, `pause`/`resume`, priorities, delayed starts, the new `job` fields,
+//! `retry`, `purge`, `pause`/`resume`, priorities, dependencies, delayed starts, the new
+//! `job` fields,
 //! `submit`'s warning, `reload`'s answer, `-c` before the verb, `stop --wait`'s
 //! progress, and the `jobs` filters.
 
@@ -328,6 +329,50 @@ fn job_json_shows_every_field_the_contract_lists() {
         (j["tags"]["k"].clone(), j["timeout_s"].clone()),
         (json!("v"), json!(9.0))
     );
+}
+
+#[test]
+fn a_job_after_others_runs_once_they_succeeded_and_is_canceled_if_one_did_not() {
+    let sb = Sandbox::new(&one_group(2));
+    let first = sb.submit_held("first", &["--group", "g"]);
+    let then = sb.submit(&[
+        "--group",
+        "g",
+        "--after",
+        &first.id.to_string(),
+        "--",
+        "true",
+    ]);
+    let doomed = sb.submit(&["--group", "g", "--max-attempts", "1", "--", "false"]);
+    let orphan = sb.submit(&[
+        "--group",
+        "g",
+        "--after",
+        &doomed.to_string(),
+        "--after",
+        &first.id.to_string(),
+        "--",
+        "true",
+    ]);
+    let mut sv = sb.start(&[]);
+    first.pid();
+    let job = sb.wait_job(orphan, &["canceled"], T);
+    assert_eq!(
+        job["reason"],
+        format!("dependency {doomed} ended dead"),
+        "{job}"
+    );
+    assert_eq!(sb.job(then)["state"], "queued");
+    assert_eq!(sb.job(then)["after"], json!([first.id]));
+    first.release();
+    let done = sb.wait_job(then, &["succeeded"], T);
+    let first_job = sb.job(first.id);
+    assert!(done["started_at"].as_f64() >= first_job["finished_at"].as_f64());
+    // An unknown dependency is refused at submit.
+    let out = sb.run(&["submit", "--group", "g", "--after", "777", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("777"));
+    sv.stop_cleanly();
 }
 
 #[test]

@@ -137,6 +137,7 @@ fn job_json(config: &Config, j: &Job) -> Value {
         "not_before": j.not_before,
         "tags": j.tags,
         "priority": j.priority,
+        "after": j.after,
         "key": j.key,
         "last_outcome": j.last_outcome,
         "cwd": j.cwd,

@@ -39,6 +39,10 @@ pub struct SubmitArgs {
     /// Higher runs first (default 0); first come first served within a priority.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     priority: Option<String>,
+    /// Run only once this job succeeded (repeatable); if it ends otherwise, this job is
+    /// canceled.
+    #[arg(long = "after", value_name = "ID")]
+    after: Vec<String>,
     /// Not before this long from now (90, 1.5s, 10m, 2h, 7d).
     #[arg(long, value_name = "DURATION", conflicts_with = "at")]
     delay: Option<String>,
@@ -46,7 +50,7 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
     /// Queue one job per line of this JSON-lines file (all or nothing).
-    #[arg(long, value_name = "JOBS.jsonl", conflicts_with_all = ["group", "tags", "timeout", "max_attempts", "key", "env", "cwd", "priority", "delay", "at", "command"])]
+    #[arg(long, value_name = "JOBS.jsonl", conflicts_with_all = ["group", "tags", "timeout", "max_attempts", "key", "env", "cwd", "priority", "after", "delay", "at", "command"])]
     file: Option<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -134,6 +138,11 @@ fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, Comman
         key: args.key.clone(),
         priority,
         not_before,
+        after: args
+            .after
+            .iter()
+            .map(|id| super::parse_id(id))
+            .collect::<Result<_, _>>()?,
     };
     job.validate()
         .map_err(|e| CommandError::Usage(format!("submit: {}", as_flag(&e))))?;
