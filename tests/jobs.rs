@@ -649,6 +649,10 @@ fn sigkill_of_the_supervisor_mid_run_then_restart_runs_every_job() {
     first.wait_events(T, 6, |e| {
         e["event"] == "job_finished" && e["outcome"] == "succeeded"
     });
+    // Killed while the store has a job running (a job lasts 0.1 s; between two jobs both
+    // workers may be idle for a moment).
+    wait_until(T, || !jobs(&sb, Some("running")).is_empty())
+        .expect("a job running after the sixth success");
     first.signal(Signal::SIGKILL);
     assert_eq!(first.wait_exit(T), None, "killed by a signal");
     let done_then = jobs(&sb, Some("succeeded")).len();
