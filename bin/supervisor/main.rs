@@ -297,14 +297,3 @@ fn child() -> i32 {
     }
 }
 
-/// The routing table the grabber uses: the groups in config order.
-pub fn routes(config: &supervisor_config::Config) -> Vec<supervisor_store::Route> {
-    config
-        .groups
-        .iter()
-        .map(|g| supervisor_store::Route {
-            group: g.name.clone(),
-            matches: g.matches.clone(),
-        })
-        .collect()
-}

@@ -339,7 +339,7 @@ impl Supervisor {
     /// routes and intervals of the config in force.
     fn grabber_settings(&self, runnable: Vec<String>) -> GrabberSettings {
         GrabberSettings {
-            routes: crate::routes(&self.config),
+            routes: self.config.routes(),
             poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
             error_backoff: self.config.grabber.error_backoff.into(),
             runnable,

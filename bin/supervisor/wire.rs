@@ -12,7 +12,7 @@ use supervisor_core::backoff::Backoff;
 use supervisor_core::supervision::{ChildView, Event, ProcessEnd, Role, Signal};
 
 /// A job's id in the store.
-pub type JobId = i64;
+pub use supervisor_core::supervision::JobId;
 
 /// What a child sends to the supervisor.
 #[derive(Debug, Serialize, Deserialize)]

@@ -187,7 +187,7 @@ impl Supervisor {
                 instance: self.instance,
                 poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
                 error_backoff: self.config.grabber.error_backoff.into(),
-                routes: crate::routes(&self.config),
+                routes: self.config.routes(),
             },
             Role::Worker { group, slot } => ChildRole::Worker {
                 group: group.clone(),
