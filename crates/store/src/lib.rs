@@ -237,6 +237,19 @@ impl AfterPlan {
     }
 }
 
+/// Where a queued job stands, by the claim's own rules ([`JobStore::place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePlace {
+    /// The group it is routed to, once decided; `None` when no group took it.
+    pub route: Option<String>,
+    /// Whether its group is decided yet (the next claim routes it).
+    pub routed: bool,
+    /// Claimable jobs of its group that come before it (higher priority, or older).
+    pub ahead: u64,
+    /// Its dependencies that have not succeeded yet.
+    pub waiting_on: Vec<JobId>,
+}
+
 /// A registered supervisor instance, the owner of the jobs it claims.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -638,6 +651,10 @@ pub trait JobStore {
 
     /// The paused groups, by name.
     fn paused(&mut self) -> Result<Vec<String>>;
+
+    /// Where queued job `id` stands (`None`: it is not queued), by the claim's own rules
+    /// at `now`.
+    fn place(&mut self, id: JobId, now: f64) -> Result<Option<QueuePlace>>;
 
     /// One job, if it exists.
     fn get(&mut self, id: JobId, now: f64) -> Result<Option<Job>>;

@@ -104,6 +104,22 @@ pub(crate) fn for_sqlite(sql: &str) -> String {
     sql.replace('$', "?")
 }
 
+/// A queued job's place: its group (`route`), whether that is decided (`routed`: 1 or
+/// 0), its priority, and how many of its dependencies have not succeeded yet.
+pub(crate) const PLACE: &str = "SELECT route, CASE WHEN routed THEN 1 ELSE 0 END, priority, \
+     waiting_on FROM jobs WHERE id = $1 AND state = 'queued'";
+
+/// How many claimable jobs of group `$1` come before priority `$2`, id `$3` at `$4`: the
+/// claim's own order (the claimable index, from its start).
+pub(crate) const AHEAD: &str = "SELECT COUNT(*) FROM jobs WHERE state = 'queued' \
+     AND waiting_on = 0 AND route = CAST($1 AS text) \
+     AND (priority > $2 OR (priority = $2 AND id < $3)) \
+     AND (not_before IS NULL OR not_before <= CAST($4 AS float8))";
+
+/// The dependencies of job `$1` that have not succeeded yet, by id.
+pub(crate) const WAITING_ON: &str = "SELECT d.dep FROM job_deps d JOIN jobs j ON j.id = d.dep \
+     WHERE d.job = $1 AND j.state <> 'succeeded' ORDER BY d.dep";
+
 /// Deletes finished jobs that finished before `$1`, oldest id first, at most `$2`;
 /// returns their ids. With `in_state`, only those in state `$3`.
 pub(crate) fn purge(in_state: bool) -> String {

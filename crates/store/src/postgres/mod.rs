@@ -50,7 +50,7 @@ use crate::sql::{
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, Result, Route, StoreError,
+    Outcome, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -451,6 +451,48 @@ impl JobStore for PostgresStore {
         rows.iter()
             .map(|row| row.try_get::<_, String>(0).ctx(op))
             .collect()
+    }
+
+    fn place(&mut self, id: JobId, now: f64) -> Result<Option<QueuePlace>> {
+        let op = "look at a queued job";
+        let rows = query(&mut self.stmts, &mut self.client, sql::PLACE, &[&id], op)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let route: Option<String> = row.try_get(0).ctx(op)?;
+        let routed: i32 = row.try_get(1).ctx(op)?;
+        let priority: i64 = row.try_get(2).ctx(op)?;
+        let waiting: i64 = row.try_get(3).ctx(op)?;
+        let ahead: i64 = match &route {
+            Some(g) => query(
+                &mut self.stmts,
+                &mut self.client,
+                sql::AHEAD,
+                &[g, &priority, &id, &now],
+                op,
+            )?[0]
+                .try_get(0)
+                .ctx(op)?,
+            None => 0,
+        };
+        let waiting_on = if waiting > 0 {
+            let rows = query(
+                &mut self.stmts,
+                &mut self.client,
+                sql::WAITING_ON,
+                &[&id],
+                op,
+            )?;
+            ids_of(rows, op)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(QueuePlace {
+            route,
+            routed: routed != 0,
+            ahead: u64::try_from(ahead).unwrap_or(0),
+            waiting_on,
+        }))
     }
 
     fn purge_finished(

@@ -27,7 +27,7 @@ use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
-    NewJob, Next, Outcome, Result, Route, StoreError,
+    NewJob, Next, Outcome, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -208,6 +208,9 @@ static CANCEL_WAITING: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::CANCE
 static RETRY: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RETRY));
 static PAUSE: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::PAUSE));
 static RESUME: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::RESUME));
+static PLACE: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::PLACE));
+static AHEAD: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::AHEAD));
+static WAITING_ON: LazyLock<String> = LazyLock::new(|| for_sqlite(sql::WAITING_ON));
 
 /// Takes back the running jobs of `instance`: queued again without using up an attempt,
 /// or canceled at `now` if a cancel was requested. Returns their ids.
@@ -493,6 +496,43 @@ impl JobStore for SqliteStore {
             .prepare_cached(sql::PAUSED)
             .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
             .ctx("look for paused groups")
+    }
+
+    fn place(&mut self, id: JobId, now: f64) -> Result<Option<QueuePlace>> {
+        let op = "look at a queued job";
+        let row: Option<(Option<String>, i64, i64, i64)> = self
+            .conn
+            .prepare_cached(&PLACE)
+            .and_then(|mut stmt| {
+                stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()
+            })
+            .ctx(op)?;
+        let Some((route, routed, priority, waiting)) = row else {
+            return Ok(None);
+        };
+        let ahead: i64 = match &route {
+            Some(g) => self
+                .conn
+                .prepare_cached(&AHEAD)
+                .and_then(|mut stmt| stmt.query_row(params![g, priority, id, now], |r| r.get(0)))
+                .ctx(op)?,
+            None => 0,
+        };
+        let waiting_on: Vec<JobId> = if waiting > 0 {
+            self.conn
+                .prepare_cached(&WAITING_ON)
+                .and_then(|mut stmt| stmt.query_map([id], |r| r.get(0))?.collect())
+                .ctx(op)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some(QueuePlace {
+            route,
+            routed: routed != 0,
+            ahead: u64::try_from(ahead).unwrap_or(0),
+            waiting_on,
+        }))
     }
 
     fn purge_finished(

@@ -1495,6 +1495,50 @@ pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
     );
 }
 
+/// Where a queued job stands: its group, how many claimable jobs of that group come
+/// first (in the claim's order), and the dependencies it still waits for.
+pub fn a_queued_jobs_place_follows_the_claims_order(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let mut urgent = job_in("g");
+    urgent.priority = 1;
+    let ids = s
+        .submit(
+            &[
+                job_in("g"),
+                job_in("g"),
+                urgent,
+                tagged(&[("arch", "s390x")]),
+            ],
+            1.0,
+        )
+        .unwrap();
+    let mut dependent = job_in("g");
+    dependent.after = vec![ids[0]];
+    let dep = s.submit(&[dependent], 1.0).unwrap()[0];
+    // Routed at the next claim (none takes the tagged job); nothing claimed (no credit).
+    let mut cr = credits(&[("g", 0)]);
+    s.claim(me, &[named("g")], &mut cr, 2.0).unwrap();
+    let place = |s: &mut dyn JobStore, id| s.place(id, 3.0).unwrap().unwrap();
+    assert_eq!(place(&mut *s, ids[2]).ahead, 0, "the higher priority first");
+    assert_eq!(place(&mut *s, ids[1]).ahead, 2);
+    let p = place(&mut *s, ids[3]);
+    assert_eq!((p.route, p.routed), (None, true));
+    let p = place(&mut *s, dep);
+    assert_eq!(
+        (p.route.as_deref(), p.waiting_on),
+        (Some("g"), vec![ids[0]])
+    );
+    let mut cr = credits(&[("g", 1)]);
+    let got = s.claim(me, &[named("g")], &mut cr, 4.0).unwrap().jobs;
+    assert_eq!(got[0].id, ids[2]);
+    assert!(
+        s.place(ids[2], 5.0).unwrap().is_none(),
+        "running: not queued"
+    );
+    assert_eq!(place(&mut *s, ids[1]).ahead, 1);
+}
+
 /// `retry` queues a job that finished otherwise than `succeeded` with a fresh budget, and
 /// nothing else; `purge` deletes finished jobs only, by age and state.
 pub fn retry_and_purge_final_jobs(new: Factory) {
@@ -1577,6 +1621,7 @@ macro_rules! conformance_tests {
             paused_groups_claim_nothing_until_resumed,
             retry_and_purge_final_jobs,
             jobs_run_after_their_dependencies_succeed_or_are_canceled,
+            a_queued_jobs_place_follows_the_claims_order,
             two_handles_claiming_at_once_never_double_claim,
             a_job_whose_supervisor_dies_three_times_is_quarantined,
             purge_deletes_finished_jobs_by_age_and_count_never_live_ones
