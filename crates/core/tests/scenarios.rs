@@ -241,7 +241,7 @@ fn shrinking_revokes_credits_with_a_new_epoch_and_old_claims_count_for_nothing()
 fn a_group_removed_and_added_back_gets_credits_in_a_newer_epoch() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1), group("b", 1)]));
     let acts = s.feed(Input::Reload(spec(vec![group("a", 1)])));
-    let revoked = s.epochs["b"];
+    let revoked = s.ledger.epoch("b");
     assert!(revoked > 0, "{acts:?}");
     s.reap(s.w("b", 0), ProcessEnd::Exited(0));
     assert!(s

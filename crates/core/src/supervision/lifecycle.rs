@@ -21,8 +21,7 @@ impl Core {
             return;
         }
         self.phase = Phase::Running;
-        self.timers
-            .set(Timer::Ping, now + self.spec.heartbeat.interval);
+        self.timers.set(Timer::Ping, self.pings.start(now));
         self.spawn_grabber(now);
         for name in self.order.clone() {
             let slots: Vec<u32> = self.groups[&name].slots.keys().copied().collect();
@@ -356,7 +355,7 @@ impl Core {
         if self.phase == Phase::Created {
             return;
         }
-        let hb = self.spec.heartbeat;
+        let timeout = self.spec.heartbeat.timeout;
         let start_timeout = self.spec.start_timeout;
         let mut kill = Vec::new();
         for (&id, c) in &self.children {
@@ -365,7 +364,7 @@ impl Core {
             }
             let silent = match c.state {
                 ChildState::Starting => now.saturating_since(c.spawned_at) >= start_timeout,
-                _ => now.saturating_since(c.last_seen) >= hb.timeout,
+                _ => now.saturating_since(c.last_seen) >= timeout,
             };
             if silent {
                 kill.push(id);
@@ -389,7 +388,7 @@ impl Core {
             self.arm(id);
         }
         if ping {
-            self.timers.set(Timer::Ping, now + hb.interval);
+            self.timers.set(Timer::Ping, self.pings.after_run(now, now));
         }
     }
 

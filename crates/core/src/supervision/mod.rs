@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::backoff::BackoffState;
+use crate::looping::FixedIntervalSchedule;
 use crate::random::Random;
 use crate::spec::{GroupSpec, Spec};
 use crate::time::Time;
@@ -332,6 +333,9 @@ pub struct Core {
     order: Vec<String>,
     /// Every deadline of the core: `next_deadline` is its earliest.
     timers: TimerTable<Timer>,
+    /// When the rounds of pings are due (`Timer::Ping`): every `heartbeat.interval`,
+    /// the first one interval after the start.
+    pings: FixedIntervalSchedule,
     /// Bumped whenever the set of runnable jobs may have grown (a job ended, a reload).
     source_epoch: u64,
     /// The last epoch the grabber reported empty at.
@@ -374,6 +378,8 @@ impl Core {
             groups: BTreeMap::new(),
             order: Vec::new(),
             timers: TimerTable::new(),
+            pings: FixedIntervalSchedule::new(spec.heartbeat.interval)
+                .with_initial_delay(spec.heartbeat.interval),
             source_epoch: 0,
             empty_at: None,
             epochs: 0,

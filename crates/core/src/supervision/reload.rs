@@ -66,6 +66,9 @@ impl Core {
             groups: spec.groups.clone(),
             ..spec
         };
+        // The round of pings already set keeps its time; the next one is the new
+        // interval after it.
+        self.pings.set_interval(self.spec.heartbeat.interval);
         // Before anything the reload asks of it, the grabber learns the groups that can
         // run jobs now: every group of the new config with workers (a disabled one is
         // given a fresh start).

@@ -119,7 +119,7 @@ impl<K: Ord + Clone> TimerTable<K> {
 /// handles the due ones in this order, as the variants are declared.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
-    /// The next round of pings.
+    /// The next round of pings, when the core's `FixedIntervalSchedule` says.
     Ping,
     /// A starting child (its pid known) that has not said Ready by then is killed.
     Start(ChildId),

@@ -1,8 +1,8 @@
 //! A fake clock and a scripted shell around [`Core`], so scenario tests read as stories.
 //!
 //! [`Story`] keeps the current time, answers what a test tells it to answer, and watches
-//! every action go by: which child id plays which role, which pid it got, and which
-//! credit epoch the grabber would hold for each group. Time only moves when a test says
+//! every action go by: which child id plays which role, which pid it got, and the
+//! grabber's [`Ledger`] of the credits and epochs granted and revoked. Time only moves when a test says
 //! so, and every timer that falls due on the way fires at its own moment, the way the
 //! shell calls [`Core::on_timeout`].
 
@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use supervisor_core::backoff::Backoff;
+use supervisor_core::ledger::Ledger;
 use supervisor_core::random::Fixed;
 use supervisor_core::spec::{defaults, GroupSpec, OnExhausted, Spec};
 use supervisor_core::supervision::{
@@ -77,8 +78,8 @@ pub struct Story {
     pub pids: BTreeMap<ChildId, u32>,
     /// The latest child spawned for each role.
     pub latest: BTreeMap<Role, ChildId>,
-    /// The credit epoch the grabber knows per group, from Grant and Revoke.
-    pub epochs: BTreeMap<String, u64>,
+    /// What the grabber holds, from Grant and Revoke: claims carry its epochs.
+    pub ledger: Ledger,
     /// Children that do not answer pings; every other child answers each at once.
     pub silent: BTreeSet<ChildId>,
 }
@@ -93,7 +94,7 @@ impl Story {
             roles: BTreeMap::new(),
             pids: BTreeMap::new(),
             latest: BTreeMap::new(),
-            epochs: BTreeMap::new(),
+            ledger: Ledger::new(),
             silent: BTreeSet::new(),
         }
     }
@@ -115,10 +116,8 @@ impl Story {
                     self.roles.insert(*child, role.clone());
                     self.latest.insert(role.clone(), *child);
                 }
-                Action::Grant { group, epoch, .. } | Action::Revoke { group, epoch } => {
-                    let e = self.epochs.entry(group.clone()).or_insert(*epoch);
-                    *e = (*e).max(*epoch);
-                }
+                Action::Grant { group, n, epoch } => self.ledger.grant(group, *n, *epoch),
+                Action::Revoke { group, epoch } => self.ledger.revoke(group, *epoch),
                 _ => {}
             }
         }
@@ -211,9 +210,9 @@ impl Story {
         self.pids[&child]
     }
 
-    /// The grabber claims job `id` for `group` with the credit epoch it knows.
+    /// The grabber claims job `id` for `group` with the credit epoch it holds.
     pub fn claim(&mut self, id: JobId, group: &str) -> Vec<Action> {
-        let epoch = self.epochs.get(group).copied().unwrap_or(0);
+        let epoch = self.ledger.epoch(group);
         self.feed(Input::JobClaimed(claim(id, group, epoch)))
     }
 
@@ -233,7 +232,7 @@ impl Story {
 
     /// Claim attempt 1 of `id` for `group` in the current epoch and start it.
     pub fn start(&mut self, id: JobId, group: &str) -> (ChildId, Vec<Action>) {
-        let epoch = self.epochs.get(group).copied().unwrap_or(0);
+        let epoch = self.ledger.epoch(group);
         self.run_job(claim(id, group, epoch))
     }
 
