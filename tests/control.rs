@@ -1,6 +1,6 @@
 //! Job control (the contract's "Job control" additions), on the real binary: `logs`,
 //! `retry`, `purge`, `pause`/`resume`, priorities, dependencies, delayed starts, the new
-//! `job` fields,
+//! `job` fields, `explain`,
 //! `submit`'s warning, `reload`'s answer, `-c` before the verb, `stop --wait`'s
 //! progress, and the `jobs` filters.
 
@@ -372,6 +372,57 @@ fn a_job_after_others_runs_once_they_succeeded_and_is_canceled_if_one_did_not() 
     let out = sb.run(&["submit", "--group", "g", "--after", "777", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("777"));
+    sv.stop_cleanly();
+}
+
+#[test]
+fn explain_gives_every_reason_a_job_is_not_running() {
+    let sb = Sandbox::new(&json!({
+        "heartbeat": {"interval_s": 0.2, "timeout_s": 2},
+        "shutdown_grace_s": 5,
+        "groups": [
+            {"name": "arm", "max_workers": 1, "match": {"arch": ["aarch64"]}},
+            group("g", 1),
+            group("none", 0),
+        ],
+    }));
+    let explain = |id: i64| {
+        let out = sb.run(&["explain", &id.to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        text(&out).0
+    };
+    let mut sv = sb.start(&[]);
+    sv.wait_started();
+    let busy = sb.submit_held("busy", &["--group", "g"]);
+    busy.pid();
+    let queued = sb.submit(&["--group", "g", "--", "true"]);
+    let untaken = sb.submit(&["--tag", "arch=s390x", "--", "true"]);
+    let idle = sb.submit(&["--group", "none", "--", "true"]);
+    let waits = sb.submit(&["--group", "g", "--after", &queued.to_string(), "--", "true"]);
+    let later = sb.submit(&["--group", "g", "--delay", "1h", "--", "true"]);
+
+    let e = explain(queued);
+    assert!(e.contains("busy") && e.contains("1st"), "{e}");
+    let e = explain(untaken);
+    assert!(e.contains("no group") && e.contains("aarch64"), "{e}");
+    let e = explain(idle);
+    assert!(e.contains("no workers"), "{e}");
+    let e = explain(waits);
+    assert!(e.contains(&format!("waiting for job {queued}")), "{e}");
+    let e = explain(later);
+    assert!(e.contains("not before"), "{e}");
+    assert_eq!(sb.run(&["pause", "g"]).status.code(), Some(0));
+    let e = explain(queued);
+    assert!(e.contains("paused"), "{e}");
+    // `job` shows the first reason on a `waiting` line.
+    let shown = String::from_utf8_lossy(&sb.run(&["job", &queued.to_string()]).stdout).into_owned();
+    assert!(
+        shown.lines().any(|l| l.trim_start().starts_with("waiting")),
+        "{shown}"
+    );
+    assert_eq!(sb.run(&["explain", "999"]).status.code(), Some(2));
+    sb.run(&["resume"]);
+    busy.release();
     sv.stop_cleanly();
 }
 

@@ -139,6 +139,13 @@ enum Verb {
         /// The groups.
         groups: Vec<String>,
     },
+    /// Why a job is where it is: for a queued job, every reason it is not running.
+    ///
+    /// Example: supervisor explain 17
+    Explain {
+        /// The job's id.
+        id: String,
+    },
     /// Cancel a queued job at once, or stop a running one (SIGTERM, then SIGKILL).
     ///
     /// Example: supervisor cancel 17
@@ -220,6 +227,7 @@ fn main() -> ExitCode {
             attempt,
         } => commands::logs(&config, &id, follow, attempt),
         Verb::Cancel { id } => commands::cancel(&config, &id),
+        Verb::Explain { id } => commands::explain(&config, &id),
         Verb::Retry { ids } => commands::retry(&config, &ids),
         Verb::Purge { before, state } => {
             commands::purge(&config, before.as_deref(), state.as_deref())
@@ -296,4 +304,3 @@ fn child() -> i32 {
         }
     }
 }
-

@@ -116,6 +116,13 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<(), CommandError> {
         say!("{}", serde_json::to_string_pretty(&job_json(&config, &j))?)?;
     } else {
         print_job(&config, &j)?;
+        if j.state == JobState::Queued {
+            // Why it waits: the first reason `explain` gives.
+            let why = super::explain::reasons(&config, &mut store, &j, wall_now())?;
+            if let Some(first) = why.first() {
+                say!("  {:<12}{first}", "waiting")?;
+            }
+        }
     }
     Ok(())
 }
