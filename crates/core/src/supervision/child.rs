@@ -217,6 +217,27 @@ pub(crate) struct JobRun {
     pub(crate) stop: Option<JobStop>,
 }
 
+impl JobRun {
+    /// Begin to stop it for `reason`: SIGTERM now (the returned action, for the worker
+    /// `child`), SIGKILL at `kill_at`.
+    pub(crate) fn begin_stop(
+        &mut self,
+        child: super::ChildId,
+        reason: StopReason,
+        kill_at: Time,
+    ) -> super::Action {
+        self.stop = Some(JobStop {
+            reason,
+            step: StopStep::Term { kill_at },
+        });
+        super::Action::SignalJob {
+            child,
+            job: self.claim.id,
+            signal: super::Signal::Term,
+        }
+    }
+}
+
 /// A job's process, as its worker reported it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Started {

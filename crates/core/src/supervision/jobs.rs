@@ -2,7 +2,7 @@
 
 use crate::time::Time;
 
-use super::child::{ChildState, JobRun, JobStop, Started, StopReason, StopStep};
+use super::child::{ChildState, JobRun, Started, StopReason, StopStep};
 use super::{
     Action, ChildId, ClaimedJob, Core, Event, Facts, JobId, Next, Outcome, Phase, ProcessEnd, Role,
     Signal,
@@ -183,17 +183,8 @@ impl Core {
         let run = c.job_mut().expect("found busy with it");
         match &mut run.stop {
             None => {
-                run.stop = Some(JobStop {
-                    reason: StopReason::Cancel,
-                    step: StopStep::Term {
-                        kill_at: now + kill_grace,
-                    },
-                });
-                self.out.push(Action::SignalJob {
-                    child: id,
-                    job,
-                    signal: Signal::Term,
-                });
+                let term = run.begin_stop(id, StopReason::Cancel, now + kill_grace);
+                self.out.push(term);
                 self.arm(id);
             }
             Some(stop) => {
@@ -222,17 +213,8 @@ impl Core {
         match &mut run.stop {
             None => {
                 if run.deadline.is_some_and(|d| d <= now) {
-                    run.stop = Some(JobStop {
-                        reason: StopReason::Timeout,
-                        step: StopStep::Term {
-                            kill_at: now + kill_grace,
-                        },
-                    });
-                    self.out.push(Action::SignalJob {
-                        child: id,
-                        job: run.claim.id,
-                        signal: Signal::Term,
-                    });
+                    let term = run.begin_stop(id, StopReason::Timeout, now + kill_grace);
+                    self.out.push(term);
                 }
             }
             Some(stop) => match stop.step {

@@ -581,6 +581,12 @@ impl Core {
                 self.shutdown(now, reason, true, 1);
             }
         }
+        self.settled(now)
+    }
+
+    /// What every input and wakeup ends with: the checks that may follow from any
+    /// change, then the actions to carry out.
+    fn settled(&mut self, now: Time) -> Vec<Action> {
         self.check_until_empty(now);
         self.check_stopped();
         self.settle_grace();
@@ -613,11 +619,6 @@ impl Core {
                 Timer::Grace => self.grace_due(now),
             }
         }
-        self.check_until_empty(now);
-        self.check_stopped();
-        self.settle_grace();
-        #[cfg(debug_assertions)]
-        self.check_timers();
-        std::mem::take(&mut self.out)
+        self.settled(now)
     }
 }

@@ -115,17 +115,8 @@ impl Core {
                 // Already being stopped (timeout, cancel): that stop goes on.
                 continue;
             }
-            run.stop = Some(JobStop {
-                reason: StopReason::Shutdown,
-                step: StopStep::Term {
-                    kill_at: now + kill_grace,
-                },
-            });
-            self.out.push(Action::SignalJob {
-                child: id,
-                job: run.claim.id,
-                signal: Signal::Term,
-            });
+            let term = run.begin_stop(id, StopReason::Shutdown, now + kill_grace);
+            self.out.push(term);
             stopped.push(id);
         }
         for id in stopped {
