@@ -1,8 +1,8 @@
 //! buildbot's doorbell loop (`buildbot/util/loop.py`, `LoopBase`): processing functions
 //! run one pass at a time when the doorbell rings or a function's own timer comes due,
 //! as a sans-IO [`Doorbell`] keyed by function ids plus a small [`DoorbellLoop`] driver.
-//! The grabber's loop is a [`DoorbellLoop`]; the supervisor's reloads use the bare
-//! [`Doorbell`] (a burst of SIGHUPs coalesces into one reload).
+//! The grabber's loop is a [`DoorbellLoop`] (over a [`Doorbell`]). The supervisor's
+//! reloads coalesce the same way, one entry of its timer table for a burst of SIGHUPs.
 //!
 //! The rules, as buildbot's:
 //! - [`ring`](Doorbell::ring) (buildbot's `trigger`) asks for a full pass: every

@@ -12,7 +12,7 @@
 //! - [`backoff`]: oslo.service's exponential backoff with jitter.
 //! - [`looping`]: oslo.service's looping calls as schedules: a fixed interval (for the
 //!   heartbeats), the grabber's poll interval with its error backoff.
-//! - [`doorbell`]: buildbot's doorbell loop: the grabber's loop, the supervisor's reloads.
+//! - [`doorbell`]: buildbot's doorbell loop: the grabber's loop.
 
 pub mod backoff;
 pub mod bounds;

@@ -1,5 +1,6 @@
 //! The SQLite store's claim: the SQL behind [`ClaimSql`], each group's queue an index range
-//! scan on `(route, id)`.
+//! scan on `(route, priority DESC, id)` over the claimable jobs (queued, waiting on no
+//! dependency).
 
 use std::collections::BTreeMap;
 
