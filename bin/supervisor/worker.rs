@@ -25,23 +25,32 @@
 //! supervisor has a delegated cgroup v2 (`supervisor_os::cgroup`), a job whose group
 //! sets `memory_max_bytes` or `cpu_max` runs in a cgroup of its own, removed once the
 //! job's processes are gone; a job the OOM killer took down has it said in its log.
+//!
+//! Its rooms: here the worker's state and its start; `worker/threads.rs` its helper
+//! threads (the supervisor's messages, the waiter, SIGTERM), `worker/event_loop.rs` what
+//! it does on each event, `worker/start.rs` the start of one attempt, `worker/logs.rs`
+//! the job logs and the spare, `worker/cgroups.rs` the jobs' cgroups.
+
+mod cgroups;
+mod event_loop;
+mod logs;
+mod start;
+mod threads;
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::fs::File;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use ipc_channel::ipc::IpcSender;
-use supervisor_config::JobProcess;
-use supervisor_os::cgroup::{Delegated, JobCgroup};
-use supervisor_os::{Ended, JobCommand, JobSetup, Sig, Spawner};
+use supervisor_os::cgroup::JobCgroup;
+use supervisor_os::{Ended, Sig, Spawner};
 
 use crate::ipc;
-use crate::wire::{FromChild, JobPayload, ToChild};
+use crate::wire::{FromChild, ToChild};
+use cgroups::JobCgroups;
+use logs::Logs;
 
 /// How long the processes a job left behind have between SIGTERM and SIGKILL.
 const STRAGGLER_GRACE: Duration = Duration::from_secs(5);
@@ -93,346 +102,6 @@ struct Running {
     cgroup: Option<(JobCgroup, Option<u64>)>,
 }
 
-/// Whether this worker can give jobs cgroups of their own: found out at the first job
-/// that asks for one.
-enum Cgroups {
-    Unknown,
-    Usable(Delegated),
-    /// Why not; said once.
-    Unusable,
-}
-
-/// The job logs of one worker, with its spare: an empty log file kept open for reuse.
-struct Logs {
-    dir: PathBuf,
-    spare_path: PathBuf,
-    spare: Option<File>,
-}
-
-impl Logs {
-    fn new(dir: PathBuf, group: &str, slot: u32) -> Logs {
-        let spare_path = dir.join(format!(".spare-{group}-{slot}"));
-        // A predecessor in this slot may have left its spare: reuse it if still empty.
-        let spare = OpenOptions::new()
-            .append(true)
-            .open(&spare_path)
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| m.len() == 0));
-        Logs {
-            dir,
-            spare_path,
-            spare,
-        }
-    }
-
-    /// The log of `job`, opened for appending: the earlier attempts' log if there is
-    /// one, else the spare renamed to it, else a new file.
-    fn open(&mut self, job: i64, attempt: u32) -> std::io::Result<(File, PathBuf)> {
-        let path = crate::joblog::log_path(&self.dir, job);
-        if self.spare.is_some() {
-            match supervisor_os::rename_noreplace(&self.spare_path, &path) {
-                Ok(true) => return Ok((self.spare.take().expect("checked"), path)),
-                Ok(false) => {} // a retry: append to the log of the earlier attempts
-                Err(e) => {
-                    log::warn!("worker: cannot reuse the spare log: {e}");
-                    self.spare = None;
-                }
-            }
-        }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        // A retry appends to the earlier attempts' output: say where this one begins.
-        let offset = file.metadata()?.len();
-        crate::joblog::note_attempt_start(&self.dir, job, attempt, offset)?;
-        Ok((file, path))
-    }
-
-    /// The job is over: a log it left empty becomes the spare (ours again, if it was
-    /// given to the job's user).
-    fn done(&mut self, log: File, path: &Path, given: bool) {
-        if self.spare.is_some() || !log.metadata().is_ok_and(|m| m.len() == 0) {
-            return;
-        }
-        if given
-            && give(
-                &log,
-                nix::unistd::geteuid().as_raw(),
-                nix::unistd::getegid().as_raw(),
-            )
-            .is_err()
-        {
-            return;
-        }
-        if std::fs::rename(path, &self.spare_path).is_ok() {
-            self.spare = Some(log);
-        }
-    }
-}
-
-/// Make `file` belong to `uid`/`gid`.
-fn give(file: &File, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
-}
-
-/// What every job's environment starts from: the worker's own, minus our names.
-fn base_env() -> Vec<(OsString, OsString)> {
-    std::env::vars_os()
-        .filter(|(k, _)| {
-            k != "SUPERVISOR_JOB_ID"
-                && k != "SUPERVISOR_ATTEMPT"
-                && k != "SUPERVISOR_JOB_UMASK"
-                && k != crate::ipc::CHILD_VAR
-        })
-        .collect()
-}
-
-/// The umask jobs start with: the one `supervisor run` was started with, which it passes
-/// down in `SUPERVISOR_JOB_UMASK` (octal).
-fn job_umask() -> Option<u32> {
-    let text = std::env::var("SUPERVISOR_JOB_UMASK").ok()?;
-    u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o777)
-}
-
-/// The process group of the job running now (0: none), for the SIGTERM thread.
-static JOB_PGID: AtomicU32 = AtomicU32::new(0);
-
-/// SIGTERM (the death signal the supervisor gives its workers, or an operator's kill):
-/// take the job's whole process group down, then go. A thread of its own does it, so
-/// that it happens whatever the main loop is doing. The job's own death signal only
-/// reaches the job's process, not what that process started.
-fn start_sigterm_thread() -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
-    std::thread::Builder::new()
-        .name("sigterm".into())
-        .spawn(move || {
-            if signals.forever().next().is_some() {
-                let pgid = JOB_PGID.load(Ordering::SeqCst);
-                if pgid != 0 {
-                    let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
-                }
-                // And whatever left the job's process group: all of it is below us.
-                supervisor_os::kill_descendants(100);
-                std::process::exit(1);
-            }
-        })?;
-    Ok(())
-}
-
-/// Run the worker until told to stop or the supervisor goes away.
-pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
-    if let Err(e) = start_sigterm_thread() {
-        log::error!("worker: cannot handle SIGTERM: {e}");
-        return 1;
-    }
-    if let Err(e) = supervisor_os::become_subreaper() {
-        log::error!("worker: cannot become a child subreaper: {e}");
-        return 1;
-    }
-    let (tx, rx) = match ipc::connect(ipc_name) {
-        Ok(x) => x,
-        Err(e) => {
-            log::error!("worker: cannot connect to the supervisor: {e}");
-            return 1;
-        }
-    };
-    let devnull = match File::open("/dev/null") {
-        Ok(f) => f,
-        Err(e) => {
-            log::error!("worker: cannot open /dev/null: {e}");
-            return 1;
-        }
-    };
-    let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<WorkerEv>();
-    let reader_tx = ev_tx.clone();
-    let reader = std::thread::Builder::new()
-        .name("ipc-reader".into())
-        .spawn(move || loop {
-            match rx.recv() {
-                Ok(msg) => {
-                    if reader_tx.send(WorkerEv::Msg(msg)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    let _ = reader_tx.send(WorkerEv::Closed);
-                    return;
-                }
-            }
-        });
-    // One long-lived thread waits for each job in turn (no thread per job).
-    let (wait_tx, wait_rx) = crossbeam_channel::unbounded::<WaitFor>();
-    let exit_tx = ev_tx.clone();
-    let waiter = std::thread::Builder::new()
-        .name("job-waiter".into())
-        .spawn(move || {
-            for what in wait_rx {
-                let ev = match what {
-                    WaitFor::Job { job, pid, since } => {
-                        let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
-                        WorkerEv::JobExit {
-                            job,
-                            ended,
-                            ran_for: since.elapsed(),
-                        }
-                    }
-                    WaitFor::Rest => {
-                        supervisor_os::reap_until_none();
-                        WorkerEv::AllReaped
-                    }
-                };
-                if exit_tx.send(ev).is_err() {
-                    return;
-                }
-            }
-        });
-    if reader.is_err() || waiter.is_err() || tx.send(FromChild::Ready).is_err() {
-        return 1;
-    }
-    let mut w = Worker {
-        tx,
-        wait_tx,
-        spawner: Spawner::new(),
-        devnull,
-        env: base_env(),
-        logs: Logs::new(logs, group, slot),
-        group: group.to_string(),
-        cgroups: Cgroups::Unknown,
-        spent_cgroups: Vec::new(),
-        // Started with room to spare after the title (see `ipc::spawn`).
-        title: supervisor_os::Title::of_this_process().ok(),
-        idle_title: format!("supervisor: worker {group}/{slot}"),
-    };
-    w.show(None);
-    let mut running: Option<Running> = None;
-    let mut cleanup: Option<Cleanup> = None;
-    let mut stop_when_idle = false;
-    loop {
-        let ev = match &cleanup {
-            None => ev_rx.recv().ok(),
-            Some(c) => {
-                let wait = c.kill_at.saturating_duration_since(Instant::now());
-                match ev_rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-                    Ok(ev) => Some(ev),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        // The grace is over: SIGKILL what is left, and look again soon.
-                        kill_stragglers(Sig::SIGKILL);
-                        if let Some(c) = cleanup.as_mut() {
-                            c.kill_at = Instant::now() + KILL_AGAIN;
-                        }
-                        continue;
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
-                }
-            }
-        };
-        let Some(ev) = ev else { break };
-        match ev {
-            WorkerEv::Msg(ToChild::Ping) => {
-                if w.tx.send(FromChild::Pong).is_err() {
-                    break;
-                }
-            }
-            WorkerEv::Msg(ToChild::Stop) => {
-                if running.is_none() && cleanup.is_none() {
-                    return 0;
-                }
-                stop_when_idle = true;
-            }
-            WorkerEv::Msg(ToChild::Run(job)) => {
-                if running.is_some() || cleanup.is_some() {
-                    log::error!("worker: asked to run job {} while busy; refusing", job.id);
-                    let _ = w.tx.send(FromChild::JobEnded {
-                        job: job.id,
-                        end: None,
-                        ran_for_s: None,
-                        start_error: Some("its worker was busy".into()),
-                        reason: None,
-                    });
-                    continue;
-                }
-                running = w.start(&job);
-                if running.is_some() {
-                    w.show(Some(job.id));
-                }
-            }
-            WorkerEv::Msg(ToChild::SignalJob { job, kill }) => {
-                let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
-                if let Some(r) = running.as_ref().filter(|r| r.job == job) {
-                    let _ = supervisor_os::signal_group(r.pgid, sig);
-                } else if cleanup.as_ref().is_some_and(|c| c.job == job) && kill {
-                    // Its main process is gone; what it left goes now.
-                    kill_stragglers(Sig::SIGKILL);
-                }
-            }
-            WorkerEv::Msg(other) => log::error!("worker: unexpected message {other:?}"),
-            WorkerEv::JobExit {
-                job,
-                ended,
-                ran_for,
-            } => {
-                let mut reason = None;
-                if let Some(mut r) = running.take() {
-                    JOB_PGID.store(0, Ordering::SeqCst);
-                    if let Some((cgroup, memory_max)) = r.cgroup.take() {
-                        reason = note_oom(&mut r.log, &cgroup, memory_max);
-                        w.spent_cgroups.push(cgroup);
-                    }
-                    w.logs.done(r.log, &r.log_path, r.log_given);
-                }
-                // Whatever the job left behind, in its process group or not, goes with
-                // it: SIGTERM now, SIGKILL after the grace.
-                if supervisor_os::reap_leaving_any() {
-                    kill_stragglers(Sig::SIGTERM);
-                    if w.wait_tx.send(WaitFor::Rest).is_err() {
-                        break;
-                    }
-                    cleanup = Some(Cleanup {
-                        job,
-                        ended,
-                        ran_for,
-                        reason,
-                        kill_at: Instant::now() + STRAGGLER_GRACE,
-                    });
-                    continue;
-                }
-                if !w.report_end(job, ended, ran_for, reason) {
-                    break;
-                }
-                if stop_when_idle {
-                    return 0;
-                }
-            }
-            WorkerEv::AllReaped => {
-                let Some(c) = cleanup.take() else { continue };
-                if !w.report_end(c.job, c.ended, c.ran_for, c.reason) {
-                    break;
-                }
-                if stop_when_idle {
-                    return 0;
-                }
-            }
-            WorkerEv::Closed => break,
-        }
-    }
-    // The supervisor is gone: so is the job, and all it started.
-    if let Some(mut r) = running {
-        let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
-        if let Some((cgroup, _)) = r.cgroup.take() {
-            w.spent_cgroups.push(cgroup);
-        }
-    }
-    supervisor_os::kill_descendants(100);
-    w.remove_cgroups();
-    0
-}
-
-/// Signal every process below this worker: what a job left behind once its main process
-/// ended (all of it is ours to reap, as a subreaper).
-fn kill_stragglers(sig: Sig) {
-    for pid in supervisor_os::descendants(std::process::id()) {
-        let _ = supervisor_os::signal_pid(pid, sig);
-    }
-}
-
 struct Worker {
     tx: IpcSender<FromChild>,
     wait_tx: Sender<WaitFor>,
@@ -440,17 +109,83 @@ struct Worker {
     devnull: File,
     env: Vec<(OsString, OsString)>,
     logs: Logs,
-    group: String,
-    cgroups: Cgroups,
-    /// Cgroups of attempts that ended, to remove once their processes are gone (and
-    /// again later, if one still held a process then).
-    spent_cgroups: Vec<JobCgroup>,
+    cgroups: JobCgroups,
     /// What `ps` shows of us: `supervisor: worker G/N`, and ` job ID` while busy.
     title: Option<supervisor_os::Title>,
     idle_title: String,
+    /// The attempt whose main process runs.
+    running: Option<Running>,
+    /// The attempt whose main process has ended, while what it left goes.
+    cleanup: Option<Cleanup>,
+    /// Told to stop while busy: stop once the attempt is over.
+    stop_when_idle: bool,
+}
+
+/// Run the worker until told to stop or the supervisor goes away.
+pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
+    let Some((mut w, events)) = Worker::connect(ipc_name, logs, group, slot) else {
+        return 1;
+    };
+    w.show(None);
+    w.run(&events)
 }
 
 impl Worker {
+    /// Set this process up as a worker (SIGTERM handled, a child subreaper), connect to
+    /// the supervisor, start the helper threads and say we are ready; `None` (said in
+    /// the log) if any of it fails.
+    fn connect(
+        ipc_name: &str,
+        logs: PathBuf,
+        group: &str,
+        slot: u32,
+    ) -> Option<(Worker, Receiver<WorkerEv>)> {
+        if let Err(e) = threads::start_sigterm_thread() {
+            log::error!("worker: cannot handle SIGTERM: {e}");
+            return None;
+        }
+        if let Err(e) = supervisor_os::become_subreaper() {
+            log::error!("worker: cannot become a child subreaper: {e}");
+            return None;
+        }
+        let (tx, rx) = match ipc::connect(ipc_name) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("worker: cannot connect to the supervisor: {e}");
+                return None;
+            }
+        };
+        let devnull = match File::open("/dev/null") {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("worker: cannot open /dev/null: {e}");
+                return None;
+            }
+        };
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<WorkerEv>();
+        let reader = threads::start_ipc_reader(rx, ev_tx.clone());
+        let (wait_tx, waiter) = threads::start_waiter(ev_tx);
+        if reader.is_err() || waiter.is_err() || tx.send(FromChild::Ready).is_err() {
+            return None;
+        }
+        let w = Worker {
+            tx,
+            wait_tx,
+            spawner: Spawner::new(),
+            devnull,
+            env: start::base_env(),
+            logs: Logs::new(logs, group, slot),
+            cgroups: JobCgroups::new(group),
+            // Started with room to spare after the title (see `ipc::spawn`).
+            title: supervisor_os::Title::of_this_process().ok(),
+            idle_title: format!("supervisor: worker {group}/{slot}"),
+            running: None,
+            cleanup: None,
+            stop_when_idle: false,
+        };
+        Some((w, ev_rx))
+    }
+
     /// Say in our title which job we run (`None`: idle).
     fn show(&self, job: Option<i64>) {
         if let Some(t) = &self.title {
@@ -460,26 +195,7 @@ impl Worker {
             }
         }
     }
-}
 
-/// Say in the job's log that the OOM killer acted in its cgroup, and return it as the
-/// attempt's reason (the job's `reason`, and `job_finished`'s).
-fn note_oom(log: &mut File, cgroup: &JobCgroup, memory_max: Option<u64>) -> Option<String> {
-    let kills = cgroup.oom_kills();
-    if kills == 0 {
-        return None;
-    }
-    let limit = memory_max.map_or(String::new(), |b| format!(" (memory_max_bytes {b})"));
-    let reason = format!(
-        "killed for its memory limit{limit}: the OOM killer acted {kills} time(s) in its \
-         cgroup {}",
-        cgroup.dir().display()
-    );
-    let _ = writeln!(log, "supervisor: the job was {reason}");
-    Some(reason)
-}
-
-impl Worker {
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its
     /// cgroup be); false if it is gone.
     fn report_end(
@@ -489,7 +205,7 @@ impl Worker {
         ran_for: Duration,
         reason: Option<String>,
     ) -> bool {
-        self.remove_cgroups();
+        self.cgroups.remove_spent();
         self.show(None);
         self.tx
             .send(FromChild::JobEnded {
@@ -501,184 +217,12 @@ impl Worker {
             })
             .is_ok()
     }
+}
 
-    /// Start one attempt. On failure to start, the reason goes to the job's log and
-    /// the attempt ends at once (`end: None`); the worker lives on.
-    fn start(&mut self, job: &JobPayload) -> Option<Running> {
-        let fail = |w: &Worker, log: Option<&mut File>, why: String| {
-            let what = job.command.join(" ");
-            match log {
-                Some(log) => {
-                    let _ = writeln!(log, "supervisor: cannot start `{what}`: {why}");
-                }
-                None => log::error!("worker: job {}: cannot start `{what}`: {why}", job.id),
-            }
-            let _ = w.tx.send(FromChild::JobEnded {
-                job: job.id,
-                end: None,
-                ran_for_s: None,
-                start_error: Some(format!("cannot start `{what}`: {why}")),
-                reason: None,
-            });
-            None
-        };
-        let (mut log, log_path) = match self.logs.open(job.id, job.attempt) {
-            Ok(x) => x,
-            Err(e) => return fail(self, None, format!("cannot open its log: {e}")),
-        };
-        let process = &job.process;
-        let run_as = process.run_as.as_ref();
-        // The job's user may write its log through fds 1 and 2 in any case; owning it,
-        // it may also reopen it (`/dev/stderr`).
-        let log_given = match run_as {
-            Some(u) => match give(&log, u.uid, u.gid) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::warn!(
-                        "worker: cannot give job {}'s log to {}: {e}",
-                        job.id,
-                        u.user
-                    );
-                    false
-                }
-            },
-            None => false,
-        };
-        let mut env = self.env.clone();
-        let ours = [
-            ("SUPERVISOR_JOB_ID".to_string(), job.id.to_string()),
-            ("SUPERVISOR_ATTEMPT".to_string(), job.attempt.to_string()),
-        ];
-        // The user's own (a job's `--env` still wins), then the job's, then ours.
-        let user_env: Vec<(String, String)> = run_as
-            .map(|u| {
-                [("HOME", &u.home), ("USER", &u.user), ("LOGNAME", &u.user)]
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .to_vec()
-            })
-            .unwrap_or_default();
-        for (k, v) in user_env
-            .iter()
-            .map(|(k, v)| (k, v))
-            .chain(job.env.iter())
-            .chain(ours.iter().map(|(k, v)| (k, v)))
-        {
-            match env.iter_mut().find(|(ek, _)| ek == k.as_str()) {
-                Some(slot) => slot.1 = v.into(),
-                None => env.push((k.into(), v.into())),
-            }
-        }
-        let cgroup = match self.job_cgroup(job.id, job.attempt, process) {
-            Ok(cgroup) => cgroup,
-            Err(e) => {
-                if log_given {
-                    let _ = give(
-                        &log,
-                        nix::unistd::geteuid().as_raw(),
-                        nix::unistd::getegid().as_raw(),
-                    );
-                }
-                return fail(self, Some(&mut log), format!("cannot make its cgroup: {e}"));
-            }
-        };
-        let limits = process.limits();
-        let credentials = run_as.map(supervisor_config::RunAs::credentials);
-        let setup = JobSetup {
-            cgroup_procs: cgroup.as_ref().map(JobCgroup::procs),
-            limits: &limits,
-            nice: process.nice,
-            credentials: credentials.as_ref(),
-        };
-        let cmd = JobCommand {
-            argv: &job.command,
-            env,
-            cwd: job.cwd.as_deref().map(Path::new),
-            stdin: self.devnull.as_fd(),
-            output: log.as_fd(),
-            program: None,
-            death_signal: Sig::SIGKILL,
-            // The supervisor keeps its state private (umask 077); a job gets the umask
-            // the supervisor was started with.
-            umask: job_umask(),
-        };
-        let since = Instant::now();
-        match self.spawner.spawn_with(&cmd, &setup) {
-            Ok(pid) => {
-                JOB_PGID.store(pid, Ordering::SeqCst);
-                let _ = self.tx.send(FromChild::JobStarted { job: job.id, pid });
-                let wait = WaitFor::Job {
-                    job: job.id,
-                    pid,
-                    since,
-                };
-                if self.wait_tx.send(wait).is_err() {
-                    let _ = supervisor_os::signal_group(pid, Sig::SIGKILL);
-                }
-                Some(Running {
-                    job: job.id,
-                    pgid: pid,
-                    log,
-                    log_path,
-                    log_given,
-                    cgroup: cgroup.map(|c| (c, process.memory_max_bytes)),
-                })
-            }
-            Err(e) => {
-                if let Some(c) = cgroup {
-                    self.spent_cgroups.push(c);
-                    self.remove_cgroups();
-                }
-                fail(self, Some(&mut log), e.to_string())
-            }
-        }
-    }
-
-    /// The cgroup of one attempt of a job whose group sets `memory_max_bytes` or
-    /// `cpu_max`, where this supervisor has a delegated cgroup; none otherwise (said
-    /// once per worker when the limits cannot be enforced).
-    fn job_cgroup(
-        &mut self,
-        job: i64,
-        attempt: u32,
-        process: &JobProcess,
-    ) -> std::io::Result<Option<JobCgroup>> {
-        let limits = process.cgroup_limits();
-        if !limits.any() {
-            return Ok(None);
-        }
-        if matches!(self.cgroups, Cgroups::Unknown) {
-            self.cgroups = match supervisor_os::cgroup::detect().and_then(|d| {
-                d.enable_controllers()
-                    .map(|()| d)
-                    .map_err(|e| e.to_string())
-            }) {
-                Ok(delegated) => Cgroups::Usable(delegated),
-                Err(why) => {
-                    log::warn!(
-                        "worker {}: cgroups are not in use, memory_max_bytes and cpu_max \
-                         are not enforced: {why}",
-                        self.group
-                    );
-                    Cgroups::Unusable
-                }
-            };
-        }
-        match &self.cgroups {
-            Cgroups::Usable(delegated) => delegated
-                .create_job(&format!("job-{job}-{attempt}"), &limits)
-                .map(Some),
-            Cgroups::Unknown | Cgroups::Unusable => Ok(None),
-        }
-    }
-
-    /// Remove the cgroups of ended attempts; one that still holds a process (it left
-    /// the worker's reach) has it killed and is tried again next time.
-    fn remove_cgroups(&mut self) {
-        for cgroup in std::mem::take(&mut self.spent_cgroups) {
-            if let Err((cgroup, e)) = cgroup.remove() {
-                log::warn!("worker: cannot remove a job's cgroup yet: {e}");
-                self.spent_cgroups.push(cgroup);
-            }
-        }
+/// Signal every process below this worker: what a job left behind once its main process
+/// ended (all of it is ours to reap, as a subreaper).
+fn kill_stragglers(sig: Sig) {
+    for pid in supervisor_os::descendants(std::process::id()) {
+        let _ = supervisor_os::signal_pid(pid, sig);
     }
 }

@@ -1,0 +1,176 @@
+//! The worker's event loop: what it does on each message of the supervisor and each end
+//! the waiter thread reports, and how it gives the stragglers of an attempt their grace
+//! before SIGKILL.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use supervisor_os::{Ended, Sig};
+
+use super::cgroups::note_oom;
+use super::threads::JOB_PGID;
+use super::{kill_stragglers, Cleanup, WaitFor, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
+use crate::wire::{FromChild, JobPayload, ToChild};
+
+/// What the loop does after an event.
+enum Next {
+    /// Wait for the next one.
+    Wait,
+    /// Exit now: told to stop, and idle.
+    Stop,
+    /// The supervisor is gone: take the job and all it started down, then exit.
+    Leave,
+}
+
+impl Worker {
+    /// Handle events until told to stop or the supervisor goes away; the exit code.
+    pub(super) fn run(&mut self, events: &Receiver<WorkerEv>) -> i32 {
+        while let Some(ev) = self.next_event(events) {
+            match self.handle(ev) {
+                Next::Wait => {}
+                Next::Stop => return 0,
+                Next::Leave => break,
+            }
+        }
+        self.leave();
+        0
+    }
+
+    /// The next event (`None`: none can come). While an attempt's stragglers have their
+    /// grace, SIGKILL them when it is over, and again every [`KILL_AGAIN`].
+    fn next_event(&mut self, events: &Receiver<WorkerEv>) -> Option<WorkerEv> {
+        loop {
+            let Some(c) = self.cleanup.as_mut() else {
+                return events.recv().ok();
+            };
+            let wait = c.kill_at.saturating_duration_since(Instant::now());
+            match events.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(ev) => return Some(ev),
+                Err(RecvTimeoutError::Timeout) => {
+                    // The grace is over: SIGKILL what is left, and look again soon.
+                    kill_stragglers(Sig::SIGKILL);
+                    c.kill_at = Instant::now() + KILL_AGAIN;
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: WorkerEv) -> Next {
+        match ev {
+            WorkerEv::Msg(ToChild::Ping) => {
+                if self.tx.send(FromChild::Pong).is_err() {
+                    return Next::Leave;
+                }
+            }
+            WorkerEv::Msg(ToChild::Stop) => {
+                if self.running.is_none() && self.cleanup.is_none() {
+                    return Next::Stop;
+                }
+                self.stop_when_idle = true;
+            }
+            WorkerEv::Msg(ToChild::Run(job)) => self.run_job(&job),
+            WorkerEv::Msg(ToChild::SignalJob { job, kill }) => self.signal_job(job, kill),
+            WorkerEv::Msg(other) => log::error!("worker: unexpected message {other:?}"),
+            WorkerEv::JobExit {
+                job,
+                ended,
+                ran_for,
+            } => return self.job_exited(job, ended, ran_for),
+            WorkerEv::AllReaped => {
+                let Some(c) = self.cleanup.take() else {
+                    return Next::Wait;
+                };
+                return self.ended(c.job, c.ended, c.ran_for, c.reason);
+            }
+            WorkerEv::Closed => return Next::Leave,
+        }
+        Next::Wait
+    }
+
+    /// Start `job`, unless busy (then refuse it).
+    fn run_job(&mut self, job: &JobPayload) {
+        if self.running.is_some() || self.cleanup.is_some() {
+            log::error!("worker: asked to run job {} while busy; refusing", job.id);
+            let _ = self.tx.send(FromChild::JobEnded {
+                job: job.id,
+                end: None,
+                ran_for_s: None,
+                start_error: Some("its worker was busy".into()),
+                reason: None,
+            });
+            return;
+        }
+        self.running = self.start(job);
+        if self.running.is_some() {
+            self.show(Some(job.id));
+        }
+    }
+
+    /// Signal `job`'s process group (SIGKILL or SIGTERM); once its main process has
+    /// ended, a SIGKILL goes to what it left.
+    fn signal_job(&mut self, job: i64, kill: bool) {
+        let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
+        if let Some(r) = self.running.as_ref().filter(|r| r.job == job) {
+            let _ = supervisor_os::signal_group(r.pgid, sig);
+        } else if self.cleanup.as_ref().is_some_and(|c| c.job == job) && kill {
+            // Its main process is gone; what it left goes now.
+            kill_stragglers(Sig::SIGKILL);
+        }
+    }
+
+    /// The job's main process ended: close the attempt's books, then report its end at
+    /// once if it left nothing behind, else once what it left is gone.
+    fn job_exited(&mut self, job: i64, ended: Ended, ran_for: Duration) -> Next {
+        let mut reason = None;
+        if let Some(mut r) = self.running.take() {
+            JOB_PGID.store(0, Ordering::SeqCst);
+            if let Some((cgroup, memory_max)) = r.cgroup.take() {
+                reason = note_oom(&mut r.log, &cgroup, memory_max);
+                self.cgroups.spend(cgroup);
+            }
+            self.logs.done(r.log, &r.log_path, r.log_given);
+        }
+        // Whatever the job left behind, in its process group or not, goes with
+        // it: SIGTERM now, SIGKILL after the grace.
+        if supervisor_os::reap_leaving_any() {
+            kill_stragglers(Sig::SIGTERM);
+            if self.wait_tx.send(WaitFor::Rest).is_err() {
+                return Next::Leave;
+            }
+            self.cleanup = Some(Cleanup {
+                job,
+                ended,
+                ran_for,
+                reason,
+                kill_at: Instant::now() + STRAGGLER_GRACE,
+            });
+            return Next::Wait;
+        }
+        self.ended(job, ended, ran_for, reason)
+    }
+
+    /// Every process of the attempt is gone: report its end, and stop if told to.
+    fn ended(&mut self, job: i64, ended: Ended, ran_for: Duration, reason: Option<String>) -> Next {
+        if !self.report_end(job, ended, ran_for, reason) {
+            return Next::Leave;
+        }
+        if self.stop_when_idle {
+            return Next::Stop;
+        }
+        Next::Wait
+    }
+
+    /// The supervisor is gone: so is the job, and all it started.
+    fn leave(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            let _ = supervisor_os::signal_group(r.pgid, Sig::SIGKILL);
+            if let Some((cgroup, _)) = r.cgroup.take() {
+                self.cgroups.spend(cgroup);
+            }
+        }
+        supervisor_os::kill_descendants(100);
+        self.cgroups.remove_spent();
+    }
+}
