@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use crate::record::{EventLine, EventRecord};
 
 /// The writer of the events file.
 #[derive(Debug)]
@@ -43,10 +43,8 @@ fn last_seq(path: &Path) -> Option<u64> {
     file.seek(SeekFrom::Start(start)).ok()?;
     let mut last = None;
     for line in BufReader::new(file).lines().map_while(Result::ok) {
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
-                last = Some(seq);
-            }
+        if let Some(seq) = EventLine::seq_of(&line) {
+            last = Some(seq);
         }
     }
     last
@@ -82,21 +80,16 @@ impl EventsFile {
     }
 
     /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it.
-    pub fn write(&mut self, event: &str, fields: &Map<String, Value>) -> io::Result<()> {
-        self.seq += 1;
-        let mut line = format!(
-            "{{\"seq\":{},\"ts\":{},\"event\":{}",
-            self.seq,
-            json!((wall_now() * 1000.0).round() / 1000.0),
-            json!(event)
-        );
-        for (k, v) in fields {
-            line.push(',');
-            line.push_str(&json!(k).to_string());
-            line.push(':');
-            line.push_str(&v.to_string());
+    pub fn write(&mut self, record: EventRecord) -> io::Result<()> {
+        let mut line = EventLine {
+            seq: self.seq + 1,
+            ts: (wall_now() * 1000.0).round() / 1000.0,
+            record,
         }
-        line.push_str("}\n");
+        .to_line()
+        .map_err(io::Error::other)?;
+        self.seq += 1;
+        line.push('\n');
         // One write per event: a reader never sees half a line from us.
         self.file.write_all(line.as_bytes())?;
         self.size += line.len() as u64;
@@ -158,13 +151,14 @@ fn ignore_missing(e: io::Error) -> io::Result<()> {
     }
 }
 
-/// Read every event of the current file (lines that do not parse are skipped: a torn
-/// last line while the supervisor writes it).
-pub fn read_events(path: &Path) -> io::Result<Vec<Value>> {
+/// Read every event of the current file (lines that are no event are skipped: a torn
+/// last line while the supervisor writes it; events of a newer version are
+/// [`EventRecord::Unknown`]).
+pub fn read_events(path: &Path) -> io::Result<Vec<EventLine>> {
     let file = File::open(path)?;
     Ok(BufReader::new(file)
         .lines()
         .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .filter_map(|l| EventLine::parse(&l))
         .collect())
 }

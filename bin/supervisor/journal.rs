@@ -70,7 +70,21 @@ pub fn load(path: &Path) -> io::Result<Vec<Waiting>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::record::{EventRecord, JobOutcome};
+
+    fn finished(job: i64) -> EventRecord {
+        EventRecord::JobFinished {
+            job_id: job,
+            group: "g".into(),
+            attempt: 2,
+            outcome: JobOutcome::Failed,
+            exit_code: Some(3),
+            signal: None,
+            duration_s: 0.25,
+            start_error: None,
+            reason: None,
+        }
+    }
 
     #[test]
     fn saved_outcomes_load_back_in_order_and_none_leaves_no_file() {
@@ -88,10 +102,7 @@ mod tests {
                 reason: None,
             },
             next: supervisor_store::Next::Retry { at: 12.5 },
-            events: vec![(
-                "job_finished".into(),
-                json!({"job_id": job}).as_object().unwrap().clone(),
-            )],
+            events: vec![finished(job)],
         };
         let both = [w(1), w(2)];
         save(&path, both.iter()).unwrap();
@@ -100,7 +111,10 @@ mod tests {
         assert_eq!((back[0].job, back[1].job), (1, 2));
         assert_eq!(back[1].owner, 7);
         assert_eq!(back[1].next, supervisor_store::Next::Retry { at: 12.5 });
-        assert_eq!(back[0].events[0].1["job_id"], 1);
+        assert_eq!(back[0].events, [finished(1)]);
+        // Held events are `[name, {fields}]` pairs on disk, as before `EventRecord`.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""events":[["job_finished",{""#), "{text}");
         // A torn line is skipped.
         let mut text = fs::read_to_string(&path).unwrap();
         text.push_str("{\"owner\": 7, \"job\"");
@@ -109,5 +123,35 @@ mod tests {
         save(&path, [].iter()).unwrap();
         assert!(!path.exists());
         assert!(load(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_journal_of_an_earlier_version_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        // As the version before typed event records wrote it: the events as name and
+        // fields, one of them an event this version does not know.
+        let outcome = supervisor_store::Outcome {
+            kind: supervisor_store::OutcomeKind::Failed,
+            exit_code: Some(1),
+            signal: None,
+            start_error: None,
+            reason: None,
+        };
+        let events = r#"[["job_finished",{"job_id":9,"group":"g","attempt":1,"outcome":"failed","exit_code":1,"signal":null,"duration_s":0.5,"start_error":null}],["job_dead",{"job_id":9,"attempts":1}],["job_frobbed",{"job_id":9}]]"#;
+        let line = format!(
+            r#"{{"owner":3,"job":9,"attempt":1,"outcome":{},"next":{},"events":{events}}}"#,
+            serde_json::to_string(&outcome).unwrap(),
+            serde_json::to_string(&supervisor_store::Next::Dead).unwrap(),
+        );
+        fs::write(&path, format!("{line}\n")).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].job, 9);
+        let names: Vec<_> = back[0].events.iter().map(EventRecord::name).collect();
+        assert_eq!(names, ["job_finished", "job_dead", "unknown"]);
+        // Saved again, the unknown one (which cannot be written anyway) is left out.
+        save(&path, back.iter()).unwrap();
+        assert_eq!(load(&path).unwrap()[0].events.len(), 2);
     }
 }

@@ -13,6 +13,7 @@ mod journal;
 mod lease;
 mod notify;
 mod pending;
+mod record;
 mod retention;
 mod run;
 mod shared;

@@ -9,11 +9,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use supervisor_core::backoff::Backoff;
 
-/// An event held back: its name and fields, written once its outcome is stored.
-pub type HeldEvent = (String, Map<String, Value>);
+use crate::record::EventRecord;
+
+/// An event held back, written once its outcome is stored.
+pub type HeldEvent = EventRecord;
 
 /// One attempt's outcome waiting for the store, as the journal keeps it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,7 +25,9 @@ pub struct Waiting {
     pub attempt: u32,
     pub outcome: supervisor_store::Outcome,
     pub next: supervisor_store::Next,
-    /// The events about this attempt, in order.
+    /// The events about this attempt, in order (in the journal as `[name, {fields}]`
+    /// pairs, as before there was [`EventRecord`]).
+    #[serde(with = "crate::record::as_pairs")]
     pub events: Vec<HeldEvent>,
 }
 
@@ -152,7 +155,6 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn waiting(job: i64) -> Waiting {
         Waiting {
@@ -172,9 +174,11 @@ mod tests {
     }
 
     fn event(job: i64) -> HeldEvent {
-        let mut m = Map::new();
-        m.insert("job_id".into(), json!(job));
-        ("job_finished".to_string(), m)
+        EventRecord::JobRetryScheduled {
+            job_id: job,
+            attempt: 1,
+            delay_s: 1.0,
+        }
     }
 
     #[test]
@@ -211,8 +215,8 @@ mod tests {
         }
         assert!(p.is_empty() && p.deadline().is_none());
         assert_eq!(stored, [1, 2]);
-        let jobs: Vec<_> = written.iter().map(|(_, m)| m["job_id"].clone()).collect();
-        assert_eq!(jobs, [json!(1), json!(2)]);
+        let jobs: Vec<_> = written.iter().map(|r| r.outcome_of_job()).collect();
+        assert_eq!(jobs, [Some(1), Some(2)]);
         // Backoff: each failure waits longer (50 ms, 100 ms, 200 ms, then 400 ms).
         let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [50, 100, 200, 400], "{delays:?}");

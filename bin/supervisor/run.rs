@@ -16,7 +16,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use serde_json::{json, Map, Value};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use supervisor_config::Config;
 use supervisor_core::supervision::{Action, ChildId, Core, Event, Input, Signal, TimerTable};
@@ -28,6 +27,7 @@ use crate::events_file::EventsFile;
 use crate::ipc::{Ev, Hub, Writer};
 use crate::notify::Notifier;
 use crate::pending::Pending;
+use crate::record::{ChildRow, EventRecord};
 use crate::wire::{Claim, GrabberSettings, JobPayload, ToChild};
 
 use children::ShellChild;
@@ -349,17 +349,17 @@ impl Supervisor {
     /// Write an event of the core, unless its job's outcome waits for the store: then
     /// it waits too, with the outcome.
     fn emit_event(&mut self, event: &Event) {
-        let (name, fields) = crate::wire::event_record(event);
-        if let Some(job) = outcomes::about_job(event).filter(|j| self.pending.holds(*j)) {
-            self.pending.hold_event(job, (name.to_string(), fields));
+        let record = EventRecord::from(event);
+        if let Some(job) = (record.outcome_of_job()).filter(|j| self.pending.holds(*j)) {
+            self.pending.hold_event(job, record);
             self.save_journal();
             return;
         }
-        self.emit(name, fields);
+        self.emit(record);
     }
 
-    fn emit(&mut self, name: &str, fields: Map<String, Value>) {
-        if let Err(e) = self.events.write(name, &fields) {
+    fn emit(&mut self, record: EventRecord) {
+        if let Err(e) = self.events.write(record) {
             log::error!("cannot write to the events file: {e}");
         }
         if self.events.wants_rotation() {
@@ -371,30 +371,29 @@ impl Supervisor {
     }
 
     fn snapshot(&mut self) {
-        let mut f = Map::new();
-        f.insert("supervisor_pid".into(), json!(std::process::id()));
-        f.insert(
-            "children".into(),
-            crate::wire::child_rows(&self.core.children(), &|pid| {
-                let child = self.by_pid.get(&pid)?;
-                self.children.get(child).map(|c| c.started_at)
-            }),
-        );
-        f.insert("generation".into(), json!(self.generation));
-        f.insert("outcomes_waiting".into(), json!(self.pending.len()));
-        if let Err(e) = self.events.write("snapshot", &f) {
+        let started_at = |pid| {
+            let child = self.by_pid.get(&pid)?;
+            self.children.get(child).map(|c| c.started_at)
+        };
+        let children = self.core.children();
+        let record = EventRecord::Snapshot {
+            supervisor_pid: std::process::id(),
+            children: children
+                .iter()
+                .map(|c| ChildRow::of(c, &started_at))
+                .collect(),
+            generation: self.generation,
+            outcomes_waiting: self.pending.len() as u64,
+        };
+        if let Err(e) = self.events.write(record) {
             log::error!("cannot write to the events file: {e}");
         }
     }
 
-    fn config_event(&mut self, name: &str, error: Option<String>) {
-        let mut f = Map::new();
-        f.insert("path".into(), json!(self.config.path));
-        match error {
-            None => f.insert("generation".into(), json!(self.generation)),
-            Some(e) => f.insert("error".into(), json!(e)),
-        };
-        self.emit(name, f);
+    /// `config_loaded` (no `error`) or `config_rejected`.
+    fn config_event(&mut self, error: Option<String>) {
+        let record = EventRecord::config(&self.config.path, self.generation, error);
+        self.emit(record);
     }
 
     /// One reload pass: read the config again and apply it, or reject it whole.
@@ -409,12 +408,12 @@ impl Supervisor {
         let new = match supervisor_config::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                self.config_event("config_rejected", Some(e.to_string()));
+                self.config_event(Some(e.to_string()));
                 return;
             }
         };
         if let Some(why) = unchangeable(&self.config, &new) {
-            self.config_event("config_rejected", Some(why));
+            self.config_event(Some(why));
             return;
         }
         let until_empty = self.core.spec().until_empty;
@@ -423,7 +422,7 @@ impl Supervisor {
         self.events
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.retention.update(self.config.retention.clone());
-        self.config_event("config_loaded", None);
+        self.config_event(None);
         // The core's first answer is the grabber's new settings (`GrabberSettings`), so
         // the polls it asks for use the new routes.
         let spec = self.config.spec(until_empty);

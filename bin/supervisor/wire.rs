@@ -1,15 +1,14 @@
-//! The boundaries: IPC messages between the supervisor and its children, and the
-//! records of the events file. Both have their own types, converted from the core's,
-//! so that refactoring the core cannot silently change a wire or file format.
+//! The IPC boundary: the messages between the supervisor and its children. They have
+//! their own types, converted from the core's, so that refactoring the core cannot
+//! silently change the wire format (the events file's records are `record.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 use supervisor_core::backoff::Backoff;
-use supervisor_core::supervision::{ChildView, Event, ProcessEnd, Role, Signal};
+use supervisor_core::supervision::{ProcessEnd, Signal};
 
 /// A job's id in the store.
 pub use supervisor_core::supervision::JobId;
@@ -217,158 +216,4 @@ impl From<WireBackoff> for Backoff {
     fn from(b: WireBackoff) -> Backoff {
         Backoff::from_secs(b.initial_s, b.max_s, b.jitter)
     }
-}
-
-// ----- events file -------------------------------------------------------------------
-
-fn role_fields(m: &mut Map<String, Value>, role: &Role) {
-    m.insert("role".into(), json!(role.kind()));
-    m.insert("group".into(), json!(role.group()));
-    m.insert("slot".into(), json!(role.slot()));
-}
-
-fn end_fields(m: &mut Map<String, Value>, end: Option<ProcessEnd>) {
-    m.insert("exit_code".into(), json!(end.and_then(ProcessEnd::code)));
-    m.insert("signal".into(), json!(end.and_then(ProcessEnd::signal)));
-}
-
-/// The `children` rows of a snapshot, as in the contract.
-pub fn child_rows(children: &[ChildView], started_at: &dyn Fn(u32) -> Option<f64>) -> Value {
-    Value::Array(
-        children
-            .iter()
-            .map(|c| {
-                let mut m = Map::new();
-                role_fields(&mut m, &c.role);
-                m.insert("pid".into(), json!(c.pid));
-                // When its process started (wall clock): `status` shows uptimes from
-                // the snapshot alone.
-                m.insert("started_at".into(), json!(c.pid.and_then(started_at)));
-                m.insert("state".into(), json!(c.state.as_str()));
-                m.insert("restarts".into(), json!(c.restarts));
-                m.insert("job_id".into(), json!(c.job_id));
-                Value::Object(m)
-            })
-            .collect(),
-    )
-}
-
-/// The event name and fields (besides seq and ts) of a core event.
-pub fn event_record(e: &Event) -> (&'static str, Map<String, Value>) {
-    let mut m = Map::new();
-    let name = match e {
-        Event::ChildStarted { role, pid } => {
-            role_fields(&mut m, role);
-            m.insert("pid".into(), json!(pid));
-            "child_started"
-        }
-        Event::ChildExited {
-            role,
-            pid,
-            end,
-            expected,
-            job_id,
-            reason,
-        } => {
-            role_fields(&mut m, role);
-            m.insert("pid".into(), json!(pid));
-            m.insert("code".into(), json!(end.and_then(|e| e.code())));
-            m.insert("signal".into(), json!(end.and_then(|e| e.signal())));
-            m.insert("expected".into(), json!(expected));
-            m.insert("job_id".into(), json!(job_id));
-            if let Some(r) = reason {
-                m.insert("reason".into(), json!(r));
-            }
-            "child_exited"
-        }
-        Event::ChildRestartScheduled {
-            role,
-            delay,
-            restarts_in_period,
-        } => {
-            role_fields(&mut m, role);
-            m.insert("delay_s".into(), json!(delay.as_secs_f64()));
-            m.insert("restarts_in_period".into(), json!(restarts_in_period));
-            "child_restart_scheduled"
-        }
-        Event::GroupGaveUp {
-            group,
-            restarts,
-            period,
-            action,
-        } => {
-            m.insert("group".into(), json!(group));
-            m.insert("restarts".into(), json!(restarts));
-            m.insert("period_s".into(), json!(period.as_secs_f64()));
-            m.insert("action".into(), json!(action.as_str()));
-            "group_gave_up"
-        }
-        Event::JobStarted {
-            job_id,
-            group,
-            slot,
-            worker_pid,
-            attempt,
-        } => {
-            m.insert("job_id".into(), json!(job_id));
-            m.insert("group".into(), json!(group));
-            m.insert("slot".into(), json!(slot));
-            m.insert("worker_pid".into(), json!(worker_pid));
-            m.insert("attempt".into(), json!(attempt));
-            "job_started"
-        }
-        Event::JobFinished {
-            job_id,
-            group,
-            attempt,
-            outcome,
-            end,
-            duration,
-            start_error,
-            reason,
-        } => {
-            m.insert("job_id".into(), json!(job_id));
-            m.insert("group".into(), json!(group));
-            m.insert("attempt".into(), json!(attempt));
-            m.insert("outcome".into(), json!(outcome.as_str()));
-            end_fields(&mut m, *end);
-            m.insert("duration_s".into(), json!(duration.as_secs_f64()));
-            m.insert("start_error".into(), json!(start_error));
-            if let Some(reason) = reason {
-                m.insert("reason".into(), json!(reason));
-            }
-            "job_finished"
-        }
-        Event::JobRetryScheduled {
-            job_id,
-            attempt,
-            delay,
-        } => {
-            m.insert("job_id".into(), json!(job_id));
-            m.insert("attempt".into(), json!(attempt));
-            m.insert("delay_s".into(), json!(delay.as_secs_f64()));
-            "job_retry_scheduled"
-        }
-        Event::JobDead {
-            job_id,
-            attempts,
-            reason,
-        } => {
-            m.insert("job_id".into(), json!(job_id));
-            m.insert("attempts".into(), json!(attempts));
-            if let Some(r) = reason {
-                m.insert("reason".into(), json!(r));
-            }
-            "job_dead"
-        }
-        Event::SupervisorStopping { reason } => {
-            m.insert("reason".into(), json!(reason));
-            "supervisor_stopping"
-        }
-        Event::SupervisorStopped { code } => {
-            m.insert("code".into(), json!(code));
-            "supervisor_stopped"
-        }
-    };
-    (name, m)
 }

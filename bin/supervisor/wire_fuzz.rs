@@ -8,7 +8,7 @@
 //! [`GrabberSettings`], [`WireBackoff`] and [`WireEnd`]. Values of any content are then
 //! taken through what the receiver does with them: every `f64` through
 //! [`bounds::duration`], every [`WireBackoff`] into a [`Backoff`] and its delays, and the
-//! core events built from them through [`event_record`] into JSON.
+//! core events built from them through [`EventRecord`] into JSON lines and back.
 //!
 //! A short, seeded run by default; `scripts/fuzz` runs it for longer. Environment:
 //! `SUPERVISOR_FUZZ_SECONDS` (run each test for this long instead of a fixed number of
@@ -27,9 +27,8 @@ use supervisor_core::supervision::{Event, Outcome, ProcessEnd, Role};
 use supervisor_core::SplitMix64;
 use supervisor_store::Route;
 
-use crate::wire::{
-    event_record, Claim, FromChild, GrabberSettings, JobPayload, ToChild, WireBackoff, WireEnd,
-};
+use crate::record::{EventLine, EventRecord};
+use crate::wire::{Claim, FromChild, GrabberSettings, JobPayload, ToChild, WireBackoff, WireEnd};
 
 use harness::{broken, fuzz};
 
@@ -180,13 +179,21 @@ fn backoff(b: WireBackoff, n: u32) -> Result<Duration, TestCaseError> {
     Ok(d)
 }
 
-/// An event as the events file writes it: its record, as one JSON line.
+/// An event as the events file writes it: its record, as one JSON line, which reads
+/// back as the same record.
 fn record(event: &Event) -> Result<(), TestCaseError> {
-    let (name, fields) = event_record(event);
-    let line = serde_json::to_string(&fields)
-        .map_err(|e| broken(format!("{name} does not serialise: {e}")))?;
-    if line.contains('\n') {
+    let line = EventLine {
+        seq: 1,
+        ts: 1_764_000_000.123,
+        record: EventRecord::from(event),
+    };
+    let name = line.record.name();
+    let text = (line.to_line()).map_err(|e| broken(format!("{name} does not serialise: {e}")))?;
+    if text.contains('\n') {
         return Err(broken(format!("{name} takes more than one line")));
+    }
+    if EventLine::parse(&text).as_ref() != Some(&line) {
+        return Err(broken(format!("{name} does not read back: {text}")));
     }
     Ok(())
 }

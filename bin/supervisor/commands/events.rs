@@ -14,6 +14,7 @@ use super::config::{self, Lenient};
 use super::format::human;
 use super::CommandError;
 use crate::events_file::rotated;
+use crate::record::EventLine;
 
 /// `supervisor events [--follow]`: the current events file as it is; with `--follow`,
 /// every event from then on, across rotations, exactly once and in `seq` order.
@@ -221,10 +222,7 @@ fn follow_lines(
 
 /// The `seq` of an events line.
 fn seq_of(line: &str) -> Option<u64> {
-    serde_json::from_str::<Value>(line)
-        .ok()?
-        .get("seq")?
-        .as_u64()
+    EventLine::seq_of(line)
 }
 
 /// Add to `found` the lines of events after `last` and before `next` from the files
@@ -332,6 +330,9 @@ fn inode(f: &File) -> Option<u64> {
     f.metadata().ok().map(|m| m.ino())
 }
 
+/// An events line for a terminal: time, `seq`, name, then every field that is not
+/// null. It shows the line as it is, fields and events of newer versions too, so it
+/// reads the JSON object rather than its [`EventRecord`](crate::record::EventRecord).
 fn human_event(v: &Value) -> String {
     let ts = v["ts"].as_f64().unwrap_or(0.0);
     let secs = ts as u64;

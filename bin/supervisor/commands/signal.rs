@@ -8,7 +8,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use supervisor_os::{PidFile, PidFileState, Sig};
 
 use super::config::{self, Lenient};
@@ -16,6 +15,7 @@ use super::events::{lines_from, TAIL_BYTES};
 use super::status::replay::replay;
 use super::{pidfile, CommandError};
 use crate::events_file::read_events;
+use crate::record::{EventLine, EventRecord};
 
 /// How long `reload` waits for the supervisor's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -73,22 +73,22 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
 fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
-        for e in tail(events).iter().filter(|e| seq(e) > after) {
-            match e["event"].as_str() {
-                Some("config_loaded") => {
-                    say!(
-                        "supervisor {pid}: accepted (generation {})",
-                        e["generation"]
-                    )?;
-                    for change in e["changes"].as_array().into_iter().flatten() {
-                        say!("  {}", change.as_str().unwrap_or_default())?;
+        for e in tail(events).into_iter().filter(|e| e.seq > after) {
+            match e.record {
+                EventRecord::ConfigLoaded {
+                    generation,
+                    changes,
+                    ..
+                } => {
+                    say!("supervisor {pid}: accepted (generation {generation})")?;
+                    for change in changes {
+                        say!("  {change}")?;
                     }
                     return Ok(());
                 }
-                Some("config_rejected") => {
+                EventRecord::ConfigRejected { error, .. } => {
                     return Err(CommandError::Usage(format!(
-                        "supervisor {pid} rejected the config and runs on as before: {}",
-                        e["error"].as_str().unwrap_or("(no reason given)")
+                        "supervisor {pid} rejected the config and runs on as before: {error}"
                     )));
                 }
                 _ => {}
@@ -148,14 +148,14 @@ fn running_jobs(events: &Path) -> Vec<i64> {
     let mut ids: Vec<i64> = replay(&events)
         .children
         .values()
-        .filter_map(|c| c["job_id"].as_i64())
+        .filter_map(|c| c.job_id)
         .collect();
     ids.sort_unstable();
     ids
 }
 
 /// The last events of the events file (its last 64 KiB), parsed.
-fn tail(events: &Path) -> Vec<Value> {
+fn tail(events: &Path) -> Vec<EventLine> {
     let Ok(mut file) = File::open(events) else {
         return Vec::new();
     };
@@ -163,17 +163,13 @@ fn tail(events: &Path) -> Vec<Value> {
     lines_from(&mut file, len.saturating_sub(TAIL_BYTES))
         .unwrap_or_default()
         .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| EventLine::parse(l))
         .collect()
-}
-
-fn seq(e: &Value) -> u64 {
-    e["seq"].as_u64().unwrap_or(0)
 }
 
 /// The last event's seq (0: none yet).
 fn last_seq(events: &Path) -> u64 {
-    tail(events).iter().map(seq).max().unwrap_or(0)
+    tail(events).iter().map(|e| e.seq).max().unwrap_or(0)
 }
 
 /// Why no supervisor can be signalled, as the pidfile's state says.

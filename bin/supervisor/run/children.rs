@@ -1,12 +1,12 @@
 //! The children as the shell knows them: spawning, messages in and out, reaping, and
 //! an exit handled only once the child's channel has closed.
 
-use serde_json::{json, Map};
 use supervisor_core::supervision::{ChildId, ClaimedJob, Input, ProcessEnd, Role};
 use supervisor_os::Sig;
 
 use crate::events_file::wall_now;
 use crate::ipc::{self, Writer};
+use crate::record::EventRecord;
 use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
 
 use super::panics::{injected_fault, Fault};
@@ -34,15 +34,10 @@ impl Supervisor {
                     return;
                 };
                 // Not a core decision, but `status` needs it to tell starting from up.
-                let mut f = Map::new();
-                f.insert("role".into(), json!(role.kind()));
-                f.insert("group".into(), json!(role.group()));
-                f.insert("slot".into(), json!(role.slot()));
-                f.insert(
-                    "pid".into(),
-                    json!(self.children.get(&child).and_then(|c| c.pid)),
-                );
-                self.emit("child_ready", f);
+                self.emit(EventRecord::ChildReady {
+                    child: (&role).into(),
+                    pid: self.children.get(&child).and_then(|c| c.pid),
+                });
                 Input::Ready { child }
             }
             FromChild::Pong => Input::Alive { child },

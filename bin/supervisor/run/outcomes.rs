@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map};
-use supervisor_core::supervision::{Event, Input, Next, Outcome, ProcessEnd};
+use supervisor_core::supervision::{Input, Next, Outcome, ProcessEnd};
 use supervisor_core::Time;
 
 use crate::events_file::wall_now;
 use crate::pending::{Tried, Waiting};
+use crate::record::EventRecord;
 use crate::wire::ToChild;
 
 use super::{Supervisor, Wake};
@@ -17,16 +17,6 @@ use super::{Supervisor, Wake};
 /// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
 /// exits and leaves them to the next run (the outcomes journal).
 const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
-
-/// The job an event is about, for the events held back with its outcome.
-pub(super) fn about_job(event: &Event) -> Option<i64> {
-    match event {
-        Event::JobFinished { job_id, .. }
-        | Event::JobRetryScheduled { job_id, .. }
-        | Event::JobDead { job_id, .. } => Some(*job_id),
-        _ => None,
-    }
-}
 
 /// The store's record of an attempt's outcome.
 pub(super) fn stored_outcome(
@@ -80,9 +70,7 @@ impl Supervisor {
             return;
         }
         self.feed(Input::OutcomesWaiting { waiting: now > 0 });
-        let mut f = Map::new();
-        f.insert("count".into(), json!(now));
-        self.emit("outcomes_waiting", f);
+        self.emit(EventRecord::OutcomesWaiting { count: now as u64 });
     }
 
     /// The next try of the outcomes that wait, in the loop's timer table.
@@ -131,8 +119,8 @@ impl Supervisor {
                 self.store = fresh;
             }
         }
-        for (name, fields) in events {
-            self.emit(&name, fields);
+        for record in events {
+            self.emit(record);
         }
         if stored > 0 || self.pending.len() != was {
             self.save_journal();

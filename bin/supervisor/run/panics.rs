@@ -1,15 +1,11 @@
 //! Panics: every one is written to the events file (`supervisor_panicked`) before the
 //! supervisor exits with failure, and the faults the tests inject to see that happen.
 
-use crossbeam_channel::Sender;
-use serde_json::{json, Map};
-
 use crate::ipc::Ev;
+use crate::record::EventRecord;
+use crossbeam_channel::Sender;
 
 use super::Supervisor;
-
-/// The name of the event a panicking supervisor writes before it exits.
-pub const PANIC_EVENT: &str = "supervisor_panicked";
 
 /// A panic on another thread than the loop's, for the loop to record before exiting.
 pub(super) static PANIC_TX: std::sync::OnceLock<Sender<Ev>> = std::sync::OnceLock::new();
@@ -81,10 +77,10 @@ pub(super) fn injected_fault() -> Option<Fault> {
 impl Supervisor {
     /// Write a panic to the events file (`supervisor status` shows it).
     pub(super) fn record_panic(&mut self, message: &str, location: &str, thread: &str) {
-        let mut f = Map::new();
-        f.insert("message".into(), json!(message));
-        f.insert("location".into(), json!(location));
-        f.insert("thread".into(), json!(thread));
-        self.emit(PANIC_EVENT, f);
+        self.emit(EventRecord::SupervisorPanicked {
+            message: message.to_string(),
+            location: location.to_string(),
+            thread: thread.to_string(),
+        });
     }
 }

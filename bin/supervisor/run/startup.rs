@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::Sender;
-use serde_json::{json, Map};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use supervisor_config::{Config, StoreConfig};
 use supervisor_core::supervision::{Core, Input, TimerTable};
@@ -20,6 +19,7 @@ use crate::events_file::{wall_now, EventsFile};
 use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
 use crate::pending::{HeldEvent, Pending};
+use crate::record::EventRecord;
 use crate::shared::Me;
 
 use super::panics::{injected_fault, install_panic_hook, Fault, LAST_PANIC, PANIC_TX};
@@ -244,14 +244,14 @@ impl Supervisor {
     /// The first records of the run, what dead runs left, then the core's start.
     fn begin(&mut self, left: LeftBehind) {
         self.snapshot();
-        let mut f = Map::new();
-        f.insert("pid".into(), json!(std::process::id()));
-        f.insert("config".into(), json!(self.config.path));
-        f.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        self.emit("supervisor_started", f);
-        self.config_event("config_loaded", None);
-        for (name, fields) in left.replayed {
-            self.emit(&name, fields);
+        self.emit(EventRecord::SupervisorStarted {
+            pid: std::process::id(),
+            config: self.config.path.to_string_lossy().into_owned(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        });
+        self.config_event(None);
+        for record in left.replayed {
+            self.emit(record);
         }
         for (job, attempts, reason) in left.quarantined {
             log::error!("job {job}: {reason}; it is dead");

@@ -5,11 +5,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use serde_json::Value;
-
 use crate::commands::events::{lines_from, TAIL_BYTES};
-use crate::commands::format::human;
 use crate::events_file::rotated;
+use crate::record::{EventLine, EventRecord};
 
 /// How the last run of the supervisor ended, as its events tell it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,33 +37,48 @@ impl Ending {
 
 /// How the last run ended, from `events` in order (the end of the last run among
 /// them): what follows the last `supervisor_started`. A panic outranks a stop.
-fn ending_of(events: &[Value]) -> Ending {
+fn ending_of(events: &[EventLine]) -> Ending {
     if events.is_empty() {
         return Ending::NeverStarted;
     }
     let from = events
         .iter()
-        .rposition(|e| e["event"] == "supervisor_started")
+        .rposition(|e| is_start(&e.record))
         .unwrap_or(0);
     let mut ending = Ending::Died;
     for e in &events[from..] {
-        match e["event"].as_str() {
-            Some("supervisor_panicked") => {
-                let text = |k: &str| human(&e[k]);
+        match &e.record {
+            EventRecord::SupervisorPanicked {
+                message, location, ..
+            } => {
                 ending = Ending::Crashed {
-                    message: text("message"),
-                    location: text("location"),
+                    message: message.clone(),
+                    location: location.clone(),
                 };
             }
-            Some("supervisor_stopped") if !matches!(ending, Ending::Crashed { .. }) => {
+            EventRecord::SupervisorStopped { code }
+                if !matches!(ending, Ending::Crashed { .. }) =>
+            {
                 ending = Ending::Cleanly {
-                    code: e["code"].as_i64(),
+                    code: Some(i64::from(*code)),
                 };
             }
             _ => {}
         }
     }
     ending
+}
+
+fn is_start(record: &EventRecord) -> bool {
+    matches!(record, EventRecord::SupervisorStarted { .. })
+}
+
+/// The pid of a snapshot.
+fn snapshot_pid(line: &EventLine) -> Option<u32> {
+    match line.record {
+        EventRecord::Snapshot { supervisor_pid, .. } => Some(supervisor_pid),
+        _ => None,
+    }
 }
 
 /// How the last run ended and the time of its last event, from the current events
@@ -76,13 +89,13 @@ fn ending_of(events: &[Value]) -> Ending {
 /// that `<path>.1` begins with, that is the same run, and its last events (a
 /// `supervisor_stopped` that pushed the file over its size, say) may be at the end of
 /// `<path>.1`.
-pub(super) fn last_run(path: &Path, current: &[Value]) -> (Ending, Option<f64>) {
+pub(super) fn last_run(path: &Path, current: &[EventLine]) -> (Ending, Option<f64>) {
     let mut events = Vec::new();
-    if !current.iter().any(|e| e["event"] == "supervisor_started") {
+    if !current.iter().any(|e| is_start(&e.record)) {
         let older = rotated(path, 1);
         let same_run = match (first_event(&older), current.first()) {
             (Some(first), Some(top)) => {
-                first["supervisor_pid"].is_u64() && first["supervisor_pid"] == top["supervisor_pid"]
+                snapshot_pid(&first).is_some() && snapshot_pid(&first) == snapshot_pid(top)
             }
             (Some(_), None) => true,
             (None, _) => false,
@@ -92,34 +105,34 @@ pub(super) fn last_run(path: &Path, current: &[Value]) -> (Ending, Option<f64>) 
         }
     }
     events.extend(current.iter().cloned());
-    let last_at = events.iter().rev().find_map(|e| e["ts"].as_f64());
+    let last_at = events.last().map(|e| e.ts);
     (ending_of(&events), last_at)
 }
 
 /// The first event of an events file.
-fn first_event(path: &Path) -> Option<Value> {
+fn first_event(path: &Path) -> Option<EventLine> {
     let mut line = String::new();
     BufReader::new(File::open(path).ok()?)
         .read_line(&mut line)
         .ok()?;
-    serde_json::from_str(line.trim_end()).ok()
+    EventLine::parse(line.trim_end())
 }
 
 /// The events of the last [`TAIL_BYTES`] of an events file.
-fn tail_events(path: &Path) -> Vec<Value> {
+fn tail_events(path: &Path) -> Vec<EventLine> {
     let tail = File::open(path).and_then(|mut file| {
         let from = file.metadata()?.len().saturating_sub(TAIL_BYTES);
         lines_from(&mut file, from)
     });
     tail.unwrap_or_default()
         .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| EventLine::parse(l))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::events_file::read_events;
@@ -149,10 +162,8 @@ mod tests {
             json!({"message": "boom", "location": "x.rs:1:2"}),
         );
         let job = ("job_started", json!({"job_id": 1}));
-        let parse = |text: String| -> Vec<Value> {
-            text.lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
+        let parse = |text: String| -> Vec<EventLine> {
+            text.lines().filter_map(EventLine::parse).collect()
         };
         let ending = |evs: &[(&str, Value)]| ending_of(&parse(run_lines(1, evs)));
         assert_eq!(ending(&[]), Ending::NeverStarted);

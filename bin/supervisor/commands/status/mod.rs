@@ -20,9 +20,10 @@ use supervisor_store::JobState;
 use self::last_run::{last_run, Ending};
 use self::replay::replay;
 use super::config::{self, Lenient};
-use super::format::{format_duration, human, local_time};
+use super::format::{format_duration, local_time};
 use super::{open_existing_store, pidfile, CommandError};
 use crate::events_file::{read_events, wall_now};
+use crate::record::{ChildKind, ChildRow, EventLine, EventRecord};
 
 /// A child's state in `status` when no supervisor runs.
 const GONE: &str = "gone";
@@ -61,7 +62,7 @@ struct Report {
     ending: Option<Ending>,
     last_event_at: Option<f64>,
     /// Rows of the child table, as `status --json` prints them.
-    children: Vec<Value>,
+    children: Vec<ChildRow>,
     /// Jobs by state.
     counts: BTreeMap<String, u64>,
     /// Outcomes the running supervisor holds because the store refused them.
@@ -106,7 +107,7 @@ impl Report {
             None => 0,
         };
         let (ending, last_event_at) = match running_pid {
-            Some(_) => (None, events.iter().rev().find_map(|e| e["ts"].as_f64())),
+            Some(_) => (None, events.last().map(|e| e.ts)),
             None => {
                 let (mut ending, at) = last_run(&found.events, &events);
                 // Nothing in the events file, but a pidfile nobody holds: a supervisor ran
@@ -118,17 +119,17 @@ impl Report {
             }
         };
         let pid = running_pid
-            .map(u64::from)
             .or(replayed.supervisor_pid)
-            .or(stale_pid.map(u64::from));
+            .or(stale_pid)
+            .map(u64::from);
         let cgroups = cgroups_of(running_pid);
-        let mut children: Vec<Value> = replayed.children.into_values().collect();
+        let mut children: Vec<ChildRow> = replayed.children.into_values().collect();
         if running_pid.is_none() {
             // Whatever the events last said of them, children die with their supervisor
             // (PR_SET_PDEATHSIG): none of them runs now.
             for c in &mut children {
-                c["state"] = json!(GONE);
-                c["started_at"] = Value::Null;
+                c.state = GONE.to_string();
+                c.started_at = None;
             }
         }
         let stranded = match running_pid {
@@ -266,37 +267,41 @@ impl Report {
 }
 
 /// A row of the child table.
-fn print_child(out: &mut impl Write, c: &Value, now: f64) -> io::Result<()> {
-    let name = match (c["group"].as_str(), c["slot"].as_u64()) {
-        (Some(g), Some(s)) => format!("{g}/{s}"),
-        _ => c["role"].as_str().unwrap_or("?").to_string(),
+fn print_child(out: &mut impl Write, c: &ChildRow, now: f64) -> io::Result<()> {
+    let name = match (&c.child.group, c.child.slot, c.child.role) {
+        (Some(g), Some(s), _) => format!("{g}/{s}"),
+        (_, _, ChildKind::Grabber) => "grabber".to_string(),
+        (_, _, ChildKind::Worker) => "worker".to_string(),
     };
-    let state = c["state"].as_str().unwrap_or("?");
-    let uptime = match (state, c["started_at"].as_f64()) {
+    let state = c.state.as_str();
+    let uptime = match (state, c.started_at) {
         ("exited" | GONE, _) | (_, None) => "-".to_string(),
         (_, Some(t)) => format_duration(now - t),
     };
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
     writeln!(
         out,
         "{:<20} {:<9} {:>8} {:>9} {:>8}  {}",
         name,
         state,
-        human(&c["pid"]),
+        or_dash(c.pid.map(|p| p.to_string())),
         uptime,
-        human(&c["restarts"]),
-        human(&c["job_id"])
+        c.restarts,
+        or_dash(c.job_id.map(|j| j.to_string()))
     )
 }
 
 /// How many outcomes the running supervisor holds because the store refused them, as
 /// its last word on them in `events` says.
-fn outcomes_waiting(events: &[Value]) -> u64 {
+fn outcomes_waiting(events: &[EventLine]) -> u64 {
     events
         .iter()
         .rev()
-        .find_map(|e| match e["event"].as_str() {
-            Some("outcomes_waiting") => e["count"].as_u64(),
-            Some("snapshot") => e["outcomes_waiting"].as_u64(),
+        .find_map(|e| match &e.record {
+            EventRecord::OutcomesWaiting { count } => Some(*count),
+            EventRecord::Snapshot {
+                outcomes_waiting, ..
+            } => Some(*outcomes_waiting),
             _ => None,
         })
         .unwrap_or(0)

@@ -3,99 +3,99 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
-
-/// A child as events name it: (role, group, slot).
-type ChildKey = (String, Option<String>, Option<u64>);
+use crate::record::{ChildKind, ChildName, ChildRow, EventLine, EventRecord};
 
 /// The child table and supervisor facts rebuilt from the events file.
 #[derive(Debug, Default)]
 pub(in crate::commands) struct Replay {
-    pub(in crate::commands) supervisor_pid: Option<u64>,
-    /// A row per child, with `started_at` (wall clock) when known.
-    pub(in crate::commands) children: BTreeMap<ChildKey, Value>,
+    pub(in crate::commands) supervisor_pid: Option<u32>,
+    /// A row per child (grabber first, then workers by group and slot), with
+    /// `started_at` (wall clock) when known.
+    pub(in crate::commands) children: BTreeMap<ChildName, ChildRow>,
 }
 
-fn key_of(e: &Value) -> ChildKey {
-    (
-        e["role"].as_str().unwrap_or("worker").to_string(),
-        e["group"].as_str().map(str::to_string),
-        e["slot"].as_u64(),
-    )
+/// A row for a child the table has not seen yet.
+fn new_row(child: &ChildName) -> ChildRow {
+    ChildRow {
+        child: child.clone(),
+        pid: None,
+        started_at: None,
+        state: String::new(),
+        restarts: 0,
+        job_id: None,
+    }
 }
 
 /// The child table as `events` (the current events file, in order) leave it.
-pub(in crate::commands) fn replay(events: &[Value]) -> Replay {
+pub(in crate::commands) fn replay(events: &[EventLine]) -> Replay {
     let start = events
         .iter()
-        .rposition(|e| e["event"] == "snapshot")
+        .rposition(|e| matches!(e.record, EventRecord::Snapshot { .. }))
         .unwrap_or(0);
     let mut r = Replay::default();
     for e in &events[start..] {
-        match e["event"].as_str().unwrap_or("") {
-            "snapshot" => {
-                r.supervisor_pid = e["supervisor_pid"].as_u64();
-                r.children.clear();
-                for c in e["children"].as_array().into_iter().flatten() {
-                    let mut row = c.clone();
-                    // Rows carry their child's start; older supervisors wrote none.
-                    if row.get("started_at").is_none() {
-                        row["started_at"] = Value::Null;
-                    }
-                    r.children.insert(key_of(c), row);
+        match &e.record {
+            EventRecord::Snapshot {
+                supervisor_pid,
+                children,
+                ..
+            } => {
+                r.supervisor_pid = Some(*supervisor_pid);
+                r.children = (children.iter())
+                    .map(|c| (c.child.clone(), c.clone()))
+                    .collect();
+            }
+            EventRecord::SupervisorStarted { pid, .. } => r.supervisor_pid = Some(*pid),
+            EventRecord::ChildStarted { child, pid } => {
+                let row = (r.children.entry(child.clone())).or_insert_with(|| new_row(child));
+                row.pid = Some(*pid);
+                row.state = "starting".into();
+                row.job_id = None;
+                row.started_at = Some(e.ts);
+            }
+            EventRecord::ChildReady { child, pid } => {
+                let row = (r.children.entry(child.clone())).or_insert_with(|| new_row(child));
+                row.pid = *pid;
+                row.state = match child.role {
+                    ChildKind::Grabber => "ready",
+                    ChildKind::Worker => "idle",
+                }
+                .into();
+                row.job_id = None;
+            }
+            EventRecord::ChildExited { child, .. } => {
+                if let Some(row) = r.children.get_mut(child) {
+                    row.state = "exited".into();
+                    row.job_id = None;
+                    row.started_at = None;
                 }
             }
-            "supervisor_started" => {
-                r.supervisor_pid = e["pid"].as_u64();
-            }
-            "child_started" | "child_ready" => {
-                let k = key_of(e);
-                let row = r.children.entry(k.clone()).or_insert_with(|| {
-                    json!({"role": k.0, "group": k.1, "slot": k.2, "restarts": 0, "job_id": null, "started_at": null})
-                });
-                row["pid"] = e["pid"].clone();
-                row["state"] = json!(if e["event"] == "child_ready" {
-                    if k.0 == "grabber" {
-                        "ready"
-                    } else {
-                        "idle"
-                    }
-                } else {
-                    "starting"
-                });
-                row["job_id"] = Value::Null;
-                if e["event"] == "child_started" {
-                    row["started_at"] = e["ts"].clone();
+            EventRecord::ChildRestartScheduled { child, .. } => {
+                if let Some(row) = r.children.get_mut(child) {
+                    row.restarts = row.restarts.saturating_add(1);
                 }
             }
-            "child_exited" => {
-                if let Some(row) = r.children.get_mut(&key_of(e)) {
-                    row["state"] = json!("exited");
-                    row["job_id"] = Value::Null;
-                    row["started_at"] = Value::Null;
+            EventRecord::JobStarted {
+                job_id,
+                group,
+                slot,
+                ..
+            } => {
+                let worker = ChildName {
+                    role: ChildKind::Worker,
+                    group: Some(group.clone()),
+                    slot: Some(*slot),
+                };
+                if let Some(row) = r.children.get_mut(&worker) {
+                    row.state = "busy".into();
+                    row.job_id = Some(*job_id);
                 }
             }
-            "child_restart_scheduled" => {
-                if let Some(row) = r.children.get_mut(&key_of(e)) {
-                    row["restarts"] = json!(row["restarts"].as_u64().unwrap_or(0) + 1);
-                }
-            }
-            "job_started" => {
-                let k = (
-                    "worker".to_string(),
-                    e["group"].as_str().map(str::to_string),
-                    e["slot"].as_u64(),
-                );
-                if let Some(row) = r.children.get_mut(&k) {
-                    row["state"] = json!("busy");
-                    row["job_id"] = e["job_id"].clone();
-                }
-            }
-            "job_finished" => {
+            EventRecord::JobFinished { job_id, .. } => {
                 for row in r.children.values_mut() {
-                    if row["job_id"] == e["job_id"] && row["state"] == "busy" {
-                        row["state"] = json!("idle");
-                        row["job_id"] = Value::Null;
+                    if row.job_id == Some(*job_id) && row.state == "busy" {
+                        row.state = "idle".into();
+                        row.job_id = None;
                     }
                 }
             }
@@ -103,4 +103,152 @@ pub(in crate::commands) fn replay(events: &[Value]) -> Replay {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(seq: u64, record: EventRecord) -> EventLine {
+        EventLine {
+            seq,
+            ts: seq as f64,
+            record,
+        }
+    }
+
+    fn worker(slot: u32) -> ChildName {
+        ChildName {
+            role: ChildKind::Worker,
+            group: Some("g".into()),
+            slot: Some(slot),
+        }
+    }
+
+    #[test]
+    fn the_child_table_is_the_last_snapshot_and_what_followed_it() {
+        let grabber = ChildName {
+            role: ChildKind::Grabber,
+            group: None,
+            slot: None,
+        };
+        let mut old_row = new_row(&worker(9));
+        old_row.state = "idle".into();
+        let mut snap_row = new_row(&worker(0));
+        snap_row.state = "idle".into();
+        snap_row.pid = Some(10);
+        let events = [
+            line(
+                1,
+                EventRecord::Snapshot {
+                    supervisor_pid: 1,
+                    children: vec![old_row],
+                    generation: 1,
+                    outcomes_waiting: 0,
+                },
+            ),
+            line(
+                2,
+                EventRecord::Snapshot {
+                    supervisor_pid: 5,
+                    children: vec![snap_row],
+                    generation: 1,
+                    outcomes_waiting: 0,
+                },
+            ),
+            line(
+                3,
+                EventRecord::ChildStarted {
+                    child: grabber.clone(),
+                    pid: 11,
+                },
+            ),
+            line(
+                4,
+                EventRecord::ChildReady {
+                    child: grabber.clone(),
+                    pid: Some(11),
+                },
+            ),
+            line(
+                5,
+                EventRecord::JobStarted {
+                    job_id: 7,
+                    group: "g".into(),
+                    slot: 0,
+                    worker_pid: 10,
+                    attempt: 1,
+                },
+            ),
+            line(
+                6,
+                EventRecord::ChildStarted {
+                    child: worker(1),
+                    pid: 12,
+                },
+            ),
+            line(7, EventRecord::Unknown),
+            line(
+                8,
+                EventRecord::ChildExited {
+                    child: worker(1),
+                    pid: Some(12),
+                    code: Some(1),
+                    signal: None,
+                    expected: false,
+                    job_id: None,
+                    reason: None,
+                },
+            ),
+            line(
+                9,
+                EventRecord::ChildRestartScheduled {
+                    child: worker(1),
+                    delay_s: 0.1,
+                    restarts_in_period: 1,
+                },
+            ),
+        ];
+        let r = replay(&events);
+        assert_eq!(r.supervisor_pid, Some(5));
+        let rows: Vec<_> = (r.children.values())
+            .map(|c| {
+                (
+                    c.child.slot,
+                    c.pid,
+                    c.state.as_str(),
+                    c.restarts,
+                    c.job_id,
+                    c.started_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (None, Some(11), "ready", 0, None, Some(3.0)),
+                (Some(0), Some(10), "busy", 0, Some(7), None),
+                (Some(1), Some(12), "exited", 1, None, None),
+            ]
+        );
+        let finished = line(
+            10,
+            EventRecord::JobFinished {
+                job_id: 7,
+                group: "g".into(),
+                attempt: 1,
+                outcome: crate::record::JobOutcome::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                duration_s: 1.0,
+                start_error: None,
+                reason: None,
+            },
+        );
+        let mut more = events.to_vec();
+        more.push(finished);
+        let r = replay(&more);
+        assert_eq!(r.children[&worker(0)].state, "idle");
+        assert_eq!(r.children[&worker(0)].job_id, None);
+    }
 }
