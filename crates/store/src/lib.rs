@@ -250,6 +250,44 @@ pub struct QueuePlace {
     pub waiting_on: Vec<JobId>,
 }
 
+/// A queued job's row as [`sql::PLACE`] reads it.
+pub(crate) struct PlaceRow {
+    pub route: Option<String>,
+    pub routed: bool,
+    pub priority: i64,
+    pub waiting: i64,
+}
+
+/// What [`JobStore::place`] asks of a store: its three queries ([`sql::PLACE`],
+/// [`sql::AHEAD`], [`sql::WAITING_ON`]).
+pub(crate) trait PlaceSql {
+    fn place_row(&mut self, id: JobId) -> Result<Option<PlaceRow>>;
+    fn ahead(&mut self, group: &str, priority: i64, id: JobId, now: f64) -> Result<i64>;
+    fn waiting_on(&mut self, id: JobId) -> Result<Vec<JobId>>;
+}
+
+/// [`JobStore::place`], once for both stores.
+pub(crate) fn place(sql: &mut impl PlaceSql, id: JobId, now: f64) -> Result<Option<QueuePlace>> {
+    let Some(row) = sql.place_row(id)? else {
+        return Ok(None);
+    };
+    let ahead = match &row.route {
+        Some(g) => sql.ahead(g, row.priority, id, now)?,
+        None => 0,
+    };
+    let waiting_on = if row.waiting > 0 {
+        sql.waiting_on(id)?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(QueuePlace {
+        route: row.route,
+        routed: row.routed,
+        ahead: u64::try_from(ahead).unwrap_or(0),
+        waiting_on,
+    }))
+}
+
 /// A registered supervisor instance, the owner of the jobs it claims.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {

@@ -50,7 +50,7 @@ use crate::sql::{
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, QueuePlace, Result, Route, StoreError,
+    Outcome, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -210,6 +210,46 @@ fn take_back(
     let op = "take back an instance's jobs";
     let rows = query(stmts, client, TAKE_BACK_ALL, &[&instance, &now], op)?;
     ids_of(rows, op)
+}
+
+impl PlaceSql for PostgresStore {
+    fn place_row(&mut self, id: JobId) -> Result<Option<PlaceRow>> {
+        let op = "look at a queued job";
+        let rows = query(&mut self.stmts, &mut self.client, sql::PLACE, &[&id], op)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(PlaceRow {
+            route: row.try_get(0).ctx(op)?,
+            routed: row.try_get::<_, i32>(1).ctx(op)? != 0,
+            priority: row.try_get(2).ctx(op)?,
+            waiting: row.try_get(3).ctx(op)?,
+        }))
+    }
+
+    fn ahead(&mut self, group: &str, priority: i64, id: JobId, now: f64) -> Result<i64> {
+        let op = "count the jobs ahead";
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            sql::AHEAD,
+            &[&group, &priority, &id, &now],
+            op,
+        )?;
+        rows[0].try_get(0).ctx(op)
+    }
+
+    fn waiting_on(&mut self, id: JobId) -> Result<Vec<JobId>> {
+        let op = "look at a job's dependencies";
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            sql::WAITING_ON,
+            &[&id],
+            op,
+        )?;
+        ids_of(rows, op)
+    }
 }
 
 impl JobStore for PostgresStore {
@@ -454,45 +494,7 @@ impl JobStore for PostgresStore {
     }
 
     fn place(&mut self, id: JobId, now: f64) -> Result<Option<QueuePlace>> {
-        let op = "look at a queued job";
-        let rows = query(&mut self.stmts, &mut self.client, sql::PLACE, &[&id], op)?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let route: Option<String> = row.try_get(0).ctx(op)?;
-        let routed: i32 = row.try_get(1).ctx(op)?;
-        let priority: i64 = row.try_get(2).ctx(op)?;
-        let waiting: i64 = row.try_get(3).ctx(op)?;
-        let ahead: i64 = match &route {
-            Some(g) => query(
-                &mut self.stmts,
-                &mut self.client,
-                sql::AHEAD,
-                &[g, &priority, &id, &now],
-                op,
-            )?[0]
-                .try_get(0)
-                .ctx(op)?,
-            None => 0,
-        };
-        let waiting_on = if waiting > 0 {
-            let rows = query(
-                &mut self.stmts,
-                &mut self.client,
-                sql::WAITING_ON,
-                &[&id],
-                op,
-            )?;
-            ids_of(rows, op)?
-        } else {
-            Vec::new()
-        };
-        Ok(Some(QueuePlace {
-            route,
-            routed: routed != 0,
-            ahead: u64::try_from(ahead).unwrap_or(0),
-            waiting_on,
-        }))
+        crate::place(self, id, now)
     }
 
     fn purge_finished(

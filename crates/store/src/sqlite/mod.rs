@@ -27,7 +27,7 @@ use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
     AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
-    NewJob, Next, Outcome, QueuePlace, Result, Route, StoreError,
+    NewJob, Next, Outcome, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -241,6 +241,39 @@ fn after_plan(conn: &Connection, after: &[JobId]) -> std::result::Result<AfterPl
         deps.push((id, found));
     }
     AfterPlan::of(&deps)
+}
+
+impl PlaceSql for SqliteStore {
+    fn place_row(&mut self, id: JobId) -> Result<Option<PlaceRow>> {
+        self.conn
+            .prepare_cached(&PLACE)
+            .and_then(|mut stmt| {
+                stmt.query_row([id], |r| {
+                    Ok(PlaceRow {
+                        route: r.get(0)?,
+                        routed: r.get::<_, i64>(1)? != 0,
+                        priority: r.get(2)?,
+                        waiting: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
+            .ctx("look at a queued job")
+    }
+
+    fn ahead(&mut self, group: &str, priority: i64, id: JobId, now: f64) -> Result<i64> {
+        self.conn
+            .prepare_cached(&AHEAD)
+            .and_then(|mut stmt| stmt.query_row(params![group, priority, id, now], |r| r.get(0)))
+            .ctx("count the jobs ahead")
+    }
+
+    fn waiting_on(&mut self, id: JobId) -> Result<Vec<JobId>> {
+        self.conn
+            .prepare_cached(&WAITING_ON)
+            .and_then(|mut stmt| stmt.query_map([id], |r| r.get(0))?.collect())
+            .ctx("look at a job's dependencies")
+    }
 }
 
 impl JobStore for SqliteStore {
@@ -499,40 +532,7 @@ impl JobStore for SqliteStore {
     }
 
     fn place(&mut self, id: JobId, now: f64) -> Result<Option<QueuePlace>> {
-        let op = "look at a queued job";
-        let row: Option<(Option<String>, i64, i64, i64)> = self
-            .conn
-            .prepare_cached(&PLACE)
-            .and_then(|mut stmt| {
-                stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                    .optional()
-            })
-            .ctx(op)?;
-        let Some((route, routed, priority, waiting)) = row else {
-            return Ok(None);
-        };
-        let ahead: i64 = match &route {
-            Some(g) => self
-                .conn
-                .prepare_cached(&AHEAD)
-                .and_then(|mut stmt| stmt.query_row(params![g, priority, id, now], |r| r.get(0)))
-                .ctx(op)?,
-            None => 0,
-        };
-        let waiting_on: Vec<JobId> = if waiting > 0 {
-            self.conn
-                .prepare_cached(&WAITING_ON)
-                .and_then(|mut stmt| stmt.query_map([id], |r| r.get(0))?.collect())
-                .ctx(op)?
-        } else {
-            Vec::new()
-        };
-        Ok(Some(QueuePlace {
-            route,
-            routed: routed != 0,
-            ahead: u64::try_from(ahead).unwrap_or(0),
-            waiting_on,
-        }))
+        crate::place(self, id, now)
     }
 
     fn purge_finished(
