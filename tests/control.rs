@@ -454,6 +454,10 @@ fn reload_waits_for_the_supervisors_answer() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("accepted (generation 2)"), "{stdout}");
+    assert!(
+        stdout.contains("group g: max_workers 1 -> 2"),
+        "what changed: {stdout}"
+    );
     config["groups"][0]["max_workers"] = json!("many");
     sb.write_config(&config);
     let out = sb.run(&["reload"]);

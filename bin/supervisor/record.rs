@@ -226,14 +226,20 @@ impl EventRecord {
         }
     }
 
-    /// `config_loaded` or (with `error`) `config_rejected` of the config at `path`.
-    pub fn config(path: &Path, generation: u64, error: Option<String>) -> EventRecord {
+    /// `config_loaded` (with what a reload changed) or (with `error`) `config_rejected`
+    /// of the config at `path`.
+    pub fn config(
+        path: &Path,
+        generation: u64,
+        error: Option<String>,
+        changes: Vec<String>,
+    ) -> EventRecord {
         let path = path.to_string_lossy().into_owned();
         match error {
             None => EventRecord::ConfigLoaded {
                 path,
                 generation,
-                changes: Vec::new(),
+                changes,
             },
             Some(error) => EventRecord::ConfigRejected { path, error },
         }

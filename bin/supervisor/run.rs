@@ -390,9 +390,9 @@ impl Supervisor {
         }
     }
 
-    /// `config_loaded` (no `error`) or `config_rejected`.
-    fn config_event(&mut self, error: Option<String>) {
-        let record = EventRecord::config(&self.config.path, self.generation, error);
+    /// `config_loaded` (no `error`; with what a reload changed) or `config_rejected`.
+    fn config_event(&mut self, error: Option<String>, changes: Vec<String>) {
+        let record = EventRecord::config(&self.config.path, self.generation, error, changes);
         self.emit(record);
     }
 
@@ -408,21 +408,22 @@ impl Supervisor {
         let new = match supervisor_config::load(&path) {
             Ok(c) => c,
             Err(e) => {
-                self.config_event(Some(e.to_string()));
+                self.config_event(Some(e.to_string()), Vec::new());
                 return;
             }
         };
         if let Some(why) = unchangeable(&self.config, &new) {
-            self.config_event(Some(why));
+            self.config_event(Some(why), Vec::new());
             return;
         }
         let until_empty = self.core.spec().until_empty;
+        let changes = self.config.changes_to(&new);
         self.config = new;
         self.generation += 1;
         self.events
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.retention.update(self.config.retention.clone());
-        self.config_event(None);
+        self.config_event(None, changes);
         // The core's first answer is the grabber's new settings (`GrabberSettings`), so
         // the polls it asks for use the new routes.
         let spec = self.config.spec(until_empty);

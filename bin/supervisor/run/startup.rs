@@ -249,7 +249,7 @@ impl Supervisor {
             config: self.config.path.to_string_lossy().into_owned(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         });
-        self.config_event(None);
+        self.config_event(None, Vec::new());
         for record in left.replayed {
             self.emit(record);
         }

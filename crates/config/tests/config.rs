@@ -989,3 +989,28 @@ fn bad_limits_are_named_with_their_range() {
         assert_eq!(root_error(keys), want, "{keys}");
     }
 }
+
+#[test]
+fn a_reloads_changes_are_said_one_line_each() {
+    let old =
+        ok(r#"{"groups": [{"name": "a", "max_workers": 1}, {"name": "b", "max_workers": 2}]}"#);
+    let new = ok(
+        r#"{"groups": [{"name": "a", "max_workers": 3, "max_attempts": 5},
+                                {"name": "c", "max_workers": 1}],
+                     "shutdown_grace_s": 5}"#,
+    );
+    assert_eq!(
+        old.changes_to(&new),
+        [
+            "group a: max_workers 1 -> 3",
+            "group a: settings changed",
+            "group c: added (1 workers)",
+            "group b: removed (its workers finish their jobs)",
+            "shutdown_grace_s changed",
+        ]
+    );
+    assert!(old.changes_to(&old).is_empty());
+    let swapped =
+        ok(r#"{"groups": [{"name": "b", "max_workers": 2}, {"name": "a", "max_workers": 1}]}"#);
+    assert_eq!(old.changes_to(&swapped), ["group order (routing) changed"]);
+}
