@@ -70,7 +70,7 @@ impl EventsFile {
         };
         ev.size = ev.file.metadata()?.len();
         if ev.size > 0 {
-            ev.shift()?;
+            ev.rotate()?;
         }
         Ok(ev)
     }
@@ -115,7 +115,7 @@ impl EventsFile {
 
     /// Rotate: `path` → `path.1` → … → `path.keep`; the oldest is dropped. The caller
     /// writes a snapshot first thing into the new file.
-    pub fn shift(&mut self) -> io::Result<()> {
+    pub fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
             fs::remove_file(&self.path).or_else(ignore_missing)?;
         } else {

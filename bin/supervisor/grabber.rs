@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use supervisor_core::backoff::Backoff;
-use supervisor_core::doorbell::{Call, DoorbellLoop, Outcome};
+use supervisor_core::doorbell::{Call, DoorbellLoop, PassResult};
 use supervisor_core::ledger::Ledger;
 use supervisor_core::looping::BackoffSchedule;
 use supervisor_core::time::Clock;
@@ -182,7 +182,7 @@ impl Grabber {
 
     /// One pass, the doorbell loop's processing function: claim what the credits allow,
     /// pass on cancel requests, report; the schedule says when the next is due.
-    fn pass(&mut self, call: Call) -> Outcome {
+    fn pass(&mut self, call: Call) -> PassResult {
         if !call.rung {
             self.check_cancels = true; // the poll timer
         }

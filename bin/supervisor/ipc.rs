@@ -168,11 +168,11 @@ impl Hub {
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
             // systemd hears from the supervisor alone
             .filter(|(k, _)| {
-                k != "NOTIFY_SOCKET" && k != crate::shared::INSTANCE_VAR && k != CHILD_VAR
+                k != "NOTIFY_SOCKET" && k != crate::instances::INSTANCE_VAR && k != CHILD_VAR
             })
             .collect();
         env.push((
-            crate::shared::INSTANCE_VAR.into(),
+            crate::instances::INSTANCE_VAR.into(),
             self.instance_marker.clone().into(),
         ));
         env.push((CHILD_VAR.into(), "stdin".into()));

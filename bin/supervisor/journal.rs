@@ -94,14 +94,14 @@ mod tests {
             owner: 7,
             job,
             attempt: 2,
-            outcome: supervisor_store::Outcome {
+            outcome: supervisor_store::OutcomeRecord {
                 kind: supervisor_store::OutcomeKind::Failed,
                 exit_code: Some(3),
                 signal: None,
                 start_error: None,
                 reason: None,
             },
-            next: supervisor_store::Next::Retry { at: 12.5 },
+            next: supervisor_store::AfterAttempt::Retry { at: 12.5 },
             events: vec![finished(job)],
         };
         let both = [w(1), w(2)];
@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!((back[0].job, back[1].job), (1, 2));
         assert_eq!(back[1].owner, 7);
-        assert_eq!(back[1].next, supervisor_store::Next::Retry { at: 12.5 });
+        assert_eq!(
+            back[1].next,
+            supervisor_store::AfterAttempt::Retry { at: 12.5 }
+        );
         assert_eq!(back[0].events, [finished(1)]);
         // Held events are `[name, {fields}]` pairs on disk, as before `EventRecord`.
         let text = fs::read_to_string(&path).unwrap();
@@ -131,7 +134,7 @@ mod tests {
         let path = path(dir.path());
         // As the version before typed event records wrote it: the events as name and
         // fields, one of them an event this version does not know.
-        let outcome = supervisor_store::Outcome {
+        let outcome = supervisor_store::OutcomeRecord {
             kind: supervisor_store::OutcomeKind::Failed,
             exit_code: Some(1),
             signal: None,
@@ -142,7 +145,7 @@ mod tests {
         let line = format!(
             r#"{{"owner":3,"job":9,"attempt":1,"outcome":{},"next":{},"events":{events}}}"#,
             serde_json::to_string(&outcome).unwrap(),
-            serde_json::to_string(&supervisor_store::Next::Dead).unwrap(),
+            serde_json::to_string(&supervisor_store::AfterAttempt::Dead).unwrap(),
         );
         fs::write(&path, format!("{line}\n")).unwrap();
         let back = load(&path).unwrap();

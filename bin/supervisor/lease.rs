@@ -24,8 +24,8 @@ use crossbeam_channel::Sender;
 use supervisor_store::InstanceId;
 
 use crate::events_file::wall_now;
+use crate::instances::Me;
 use crate::ipc::Ev;
-use crate::shared::Me;
 use crate::wire::StoreArg;
 
 /// After a failed renewal, the next try comes this soon (or at the next touch, if

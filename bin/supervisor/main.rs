@@ -7,6 +7,7 @@ mod checkpointer;
 mod commands;
 mod events_file;
 mod grabber;
+mod instances;
 mod ipc;
 mod joblog;
 mod journal;
@@ -16,7 +17,6 @@ mod pending;
 mod record;
 mod retention;
 mod run;
-mod shared;
 mod store;
 mod wire;
 #[cfg(test)]

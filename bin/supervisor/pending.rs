@@ -23,8 +23,8 @@ pub struct Waiting {
     pub owner: i64,
     pub job: i64,
     pub attempt: u32,
-    pub outcome: supervisor_store::Outcome,
-    pub next: supervisor_store::Next,
+    pub outcome: supervisor_store::OutcomeRecord,
+    pub next: supervisor_store::AfterAttempt,
     /// The events about this attempt, in order (in the journal as `[name, {fields}]`
     /// pairs, as before there was [`EventRecord`]).
     #[serde(with = "crate::record::as_pairs")]
@@ -161,14 +161,14 @@ mod tests {
             owner: 1,
             job,
             attempt: 1,
-            outcome: supervisor_store::Outcome {
+            outcome: supervisor_store::OutcomeRecord {
                 kind: supervisor_store::OutcomeKind::Succeeded,
                 exit_code: Some(0),
                 signal: None,
                 start_error: None,
                 reason: None,
             },
-            next: supervisor_store::Next::Done,
+            next: supervisor_store::AfterAttempt::Done,
             events: vec![],
         }
     }

@@ -363,7 +363,7 @@ impl Supervisor {
             log::error!("cannot write to the events file: {e}");
         }
         if self.events.wants_rotation() {
-            match self.events.shift() {
+            match self.events.rotate() {
                 Ok(()) => self.snapshot(),
                 Err(e) => log::error!("cannot rotate the events file: {e}"),
             }

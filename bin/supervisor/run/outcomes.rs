@@ -24,8 +24,8 @@ pub(super) fn stored_outcome(
     end: Option<ProcessEnd>,
     start_error: Option<String>,
     reason: Option<String>,
-) -> supervisor_store::Outcome {
-    supervisor_store::Outcome {
+) -> supervisor_store::OutcomeRecord {
+    supervisor_store::OutcomeRecord {
         kind: match outcome {
             Outcome::Succeeded => supervisor_store::OutcomeKind::Succeeded,
             Outcome::Failed => supervisor_store::OutcomeKind::Failed,
@@ -159,15 +159,15 @@ impl Supervisor {
         &mut self,
         job: i64,
         attempt: u32,
-        o: supervisor_store::Outcome,
+        o: supervisor_store::OutcomeRecord,
         next: Next,
     ) {
         self.claims.remove(&job);
         let now = wall_now();
         let next = match next {
-            Next::Done => supervisor_store::Next::Done,
-            Next::Dead => supervisor_store::Next::Dead,
-            Next::Retry { delay } => supervisor_store::Next::Retry {
+            Next::Done => supervisor_store::AfterAttempt::Done,
+            Next::Dead => supervisor_store::AfterAttempt::Dead,
+            Next::Retry { delay } => supervisor_store::AfterAttempt::Retry {
                 at: now + delay.as_secs_f64(),
             },
         };

@@ -16,11 +16,11 @@ use supervisor_os::{PidFile, PidFileState};
 
 use crate::checkpointer::Checkpointer;
 use crate::events_file::{wall_now, EventsFile};
+use crate::instances::Me;
 use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
 use crate::pending::{HeldEvent, Pending};
 use crate::record::EventRecord;
-use crate::shared::Me;
 
 use super::panics::{injected_fault, install_panic_hook, Fault, LAST_PANIC, PANIC_TX};
 use super::{Supervisor, EXIT_FAILURE, EXIT_USAGE};
@@ -49,7 +49,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     };
     let me = Me::new(config.instances.dead_after);
     let pid = std::process::id();
-    let token = crate::shared::token();
+    let token = crate::instances::token();
     let instance = store.register_instance(&me.host, pid, &token, wall_now())?;
     let left = take_over(&mut store, &config, instance, &me)?;
 
@@ -63,7 +63,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let _ = PANIC_TX.set(queue_tx.clone());
     start_signal_thread(queue_tx.clone())?;
     let lease = start_lease(&config, &store_arg, instance, me, &queue_tx)?;
-    let hub = Hub::start(queue_tx.clone(), crate::shared::marker(pid, &token))
+    let hub = Hub::start(queue_tx.clone(), crate::instances::marker(pid, &token))
         .context("cannot start the IPC hub")?;
     let events = EventsFile::open(
         &config.events.path,
@@ -154,13 +154,13 @@ fn take_over(
         .instances()?
         .iter()
         .filter(|i| i.id != instance && i.host == me.host && me.is_dead(i, now))
-        .map(|i| crate::shared::marker(i.pid, &i.token))
+        .map(|i| crate::instances::marker(i.pid, &i.token))
         .collect();
     let replayed = replay_journal(store, config, now)?;
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
     // Those whose supervisors keep dying under them are dead now.
     let quarantined = quarantined(store, &orphans, now);
-    let killed = crate::shared::kill_leftovers(&dead_here);
+    let killed = crate::instances::kill_leftovers(&dead_here);
     if !killed.is_empty() {
         log::warn!("killed processes {killed:?} left behind by the jobs of a dead supervisor");
     }
@@ -227,7 +227,7 @@ fn start_lease(
     let StoreConfig::Postgres { url } = &config.store else {
         return Ok(None);
     };
-    crate::shared::start_listener(url.clone(), queue_tx.clone())
+    crate::instances::start_listener(url.clone(), queue_tx.clone())
         .context("cannot start the store doorbell thread")?;
     let timings = crate::lease::Timings {
         touch_every: config.instances.touch_every,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::time::{Clock, Time};
 
 /// What a processing function reports: an optional wakeup time, or an error to log.
-pub type Outcome = Result<Option<Time>, String>;
+pub type PassResult = Result<Option<Time>, String>;
 
 /// A pass to run now: call each function of `ids` once, one at a time, then report
 /// with [`Doorbell::finish`].
@@ -113,7 +113,7 @@ impl<K: Ord + Clone + fmt::Debug> Doorbell<K> {
 
     /// The running pass ended at `now` with these results: set the wakeup timers (no
     /// earlier than `now + min_delay`) and log the failures. Ignored if no pass runs.
-    pub fn finish(&mut self, now: Time, results: impl IntoIterator<Item = (K, Outcome)>) {
+    pub fn finish(&mut self, now: Time, results: impl IntoIterator<Item = (K, PassResult)>) {
         if !self.running {
             log::warn!("doorbell: finish called with no pass running; ignored");
             return;
@@ -168,7 +168,7 @@ pub struct Call {
 
 /// A processing function of a [`DoorbellLoop`] over a context `C`: it works on the
 /// context and returns when it wants to run again, if ever, or an error to log.
-pub type ProcessingFn<C> = fn(&mut C, Call) -> Outcome;
+pub type ProcessingFn<C> = fn(&mut C, Call) -> PassResult;
 
 /// A [`Doorbell`] with its processing functions, run over a [`Clock`] on a context `C`
 /// that the caller lends to each [`run_due`](Self::run_due) (the caller works on the
@@ -248,7 +248,7 @@ impl<K: Ord + Clone + fmt::Debug, C> DoorbellLoop<K, C> {
         let mut passes = 0;
         while let Some(pass) = self.bell.poll(clock.now()) {
             passes += 1;
-            let results: Vec<(K, Outcome)> = pass
+            let results: Vec<(K, PassResult)> = pass
                 .ids
                 .into_iter()
                 .filter_map(|k| {
@@ -286,7 +286,7 @@ mod tests {
         b
     }
 
-    fn quiet(ids: &[u8]) -> Vec<(u8, Outcome)> {
+    fn quiet(ids: &[u8]) -> Vec<(u8, PassResult)> {
         ids.iter().map(|&k| (k, Ok(None))).collect()
     }
 
@@ -618,7 +618,7 @@ mod tests {
                             b.finish(now, [(0, Ok(Some(now)))]); // must be ignored
                             continue;
                         };
-                        let results: Vec<(u8, Outcome)> = pass.ids.iter().enumerate().map(|(i, &k)| {
+                        let results: Vec<(u8, PassResult)> = pass.ids.iter().enumerate().map(|(i, &k)| {
                             let (kind, ms) = spec.get(i).copied().unwrap_or((0, 0));
                             let wake = now + Duration::from_millis(ms) - Duration::from_secs(2);
                             let outcome = match kind {

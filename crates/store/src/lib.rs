@@ -416,7 +416,7 @@ impl std::fmt::Display for OutcomeKind {
 
 /// The outcome of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
+pub struct OutcomeRecord {
     /// How it ended.
     pub kind: OutcomeKind,
     /// Exit code, if the process exited.
@@ -435,7 +435,7 @@ pub struct Outcome {
 /// What becomes of a job after an attempt: decided by the caller, applied by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Next {
+pub enum AfterAttempt {
     /// No further attempt: the job ends in the outcome's state (`succeeded`, `failed`,
     /// `timed_out`, `canceled`; a `lost` attempt with no further attempt is `dead`).
     Done,
@@ -501,10 +501,10 @@ pub(crate) fn state_counts(
 /// waits for. (A store turns a retry into `canceled` if a cancel was requested.)
 pub(crate) fn outcome_state(
     id: JobId,
-    outcome: &Outcome,
-    next: Next,
+    outcome: &OutcomeRecord,
+    next: AfterAttempt,
 ) -> Result<(JobState, Option<f64>)> {
-    if let Next::Retry { at } = next {
+    if let AfterAttempt::Retry { at } = next {
         if !at.is_finite() {
             return Err(StoreError::InvalidArgument(format!(
                 "job {id}: the retry time must be a finite number, not {at}"
@@ -514,12 +514,12 @@ pub(crate) fn outcome_state(
     Ok(match (outcome.kind, next) {
         (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
         (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
-        (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
-        (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
-        (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
-        (OutcomeKind::Failed, Next::Retry { at }) => (JobState::Failed, Some(at)),
-        (OutcomeKind::TimedOut, Next::Retry { at }) => (JobState::TimedOut, Some(at)),
-        (OutcomeKind::Lost, Next::Retry { at }) => (JobState::Queued, Some(at)),
+        (_, AfterAttempt::Dead) | (OutcomeKind::Lost, AfterAttempt::Done) => (JobState::Dead, None),
+        (OutcomeKind::Failed, AfterAttempt::Done) => (JobState::Failed, None),
+        (OutcomeKind::TimedOut, AfterAttempt::Done) => (JobState::TimedOut, None),
+        (OutcomeKind::Failed, AfterAttempt::Retry { at }) => (JobState::Failed, Some(at)),
+        (OutcomeKind::TimedOut, AfterAttempt::Retry { at }) => (JobState::TimedOut, Some(at)),
+        (OutcomeKind::Lost, AfterAttempt::Retry { at }) => (JobState::Queued, Some(at)),
     })
 }
 
@@ -628,8 +628,8 @@ pub trait JobStore {
         id: JobId,
         attempt: u32,
         owner: InstanceId,
-        outcome: &Outcome,
-        next: Next,
+        outcome: &OutcomeRecord,
+        next: AfterAttempt,
         now: f64,
     ) -> Result<bool>;
 

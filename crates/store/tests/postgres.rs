@@ -351,7 +351,7 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
         !b.touch_instance(ib, 132.0).unwrap(),
         "b learns it was forgotten"
     );
-    let ok = supervisor_store::Outcome {
+    let ok = supervisor_store::OutcomeRecord {
         kind: supervisor_store::OutcomeKind::Succeeded,
         exit_code: Some(0),
         signal: None,
@@ -359,7 +359,14 @@ fn an_instance_on_another_host_is_dead_once_silent_too_long() {
         reason: None,
     };
     assert!(!b
-        .record_outcome(ids[0], 1, ib, &ok, supervisor_store::Next::Done, 133.0)
+        .record_outcome(
+            ids[0],
+            1,
+            ib,
+            &ok,
+            supervisor_store::AfterAttempt::Done,
+            133.0
+        )
         .unwrap());
     // A forgotten instance cannot claim under its old id.
     assert!(b

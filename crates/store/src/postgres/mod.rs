@@ -49,8 +49,8 @@ use crate::sql::{
 };
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
-    CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore, NewJob, Next,
-    Outcome, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
+    AfterAttempt, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
+    NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -565,8 +565,8 @@ impl JobStore for PostgresStore {
         id: JobId,
         attempt: u32,
         owner: InstanceId,
-        outcome: &Outcome,
-        next: Next,
+        outcome: &OutcomeRecord,
+        next: AfterAttempt,
         now: f64,
     ) -> Result<bool> {
         // A retry turns into `canceled` if a cancel was requested, which the UPDATE

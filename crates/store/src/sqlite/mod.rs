@@ -26,8 +26,8 @@ use crate::error::Context;
 use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
 use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
 use crate::{
-    AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
-    NewJob, Next, Outcome, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
+    AfterAttempt, AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState,
+    JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
 
 mod claim_sql;
@@ -610,8 +610,8 @@ impl JobStore for SqliteStore {
         id: JobId,
         attempt: u32,
         owner: InstanceId,
-        outcome: &Outcome,
-        next: Next,
+        outcome: &OutcomeRecord,
+        next: AfterAttempt,
         now: f64,
     ) -> Result<bool> {
         let (state, not_before) = outcome_state(id, outcome, next)?;

@@ -113,7 +113,7 @@ fn a_claim_and_an_outcome_write_few_pages() {
         let claimed = store.claim(me, &routes, &mut credits, 2.0).unwrap().jobs;
         let mid = frames(&store);
         let j = &claimed[0];
-        let outcome = Outcome {
+        let outcome = OutcomeRecord {
             kind: OutcomeKind::Succeeded,
             exit_code: Some(0),
             signal: None,
@@ -121,7 +121,7 @@ fn a_claim_and_an_outcome_write_few_pages() {
             reason: None,
         };
         assert!(store
-            .record_outcome(j.id, j.attempt, me, &outcome, Next::Done, 3.0)
+            .record_outcome(j.id, j.attempt, me, &outcome, AfterAttempt::Done, 3.0)
             .unwrap());
         let after = frames(&store);
         if i >= 100 {

@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use supervisor_store::{CancelResult, JobState, NewJob, Next, Outcome, OutcomeKind, StoreError};
+use supervisor_store::{
+    AfterAttempt, CancelResult, JobState, NewJob, OutcomeKind, OutcomeRecord, StoreError,
+};
 
-pub fn outcome(kind: OutcomeKind) -> Outcome {
-    Outcome {
+pub fn outcome(kind: OutcomeKind) -> OutcomeRecord {
+    OutcomeRecord {
         kind,
         exit_code: match kind {
             OutcomeKind::Succeeded => Some(0),
@@ -123,7 +125,14 @@ pub fn idempotent_keys(new: Factory) {
     // Awaiting a retry.
     let failed = outcome(OutcomeKind::Failed);
     assert!(s
-        .record_outcome(ids[0], 1, me, &failed, Next::Retry { at: 50.0 }, 5.0)
+        .record_outcome(
+            ids[0],
+            1,
+            me,
+            &failed,
+            AfterAttempt::Retry { at: 50.0 },
+            5.0
+        )
         .unwrap());
     assert_eq!(s.submit(&[keyed("a")], 6.0).unwrap(), vec![ids[0]]);
 
@@ -135,7 +144,7 @@ pub fn idempotent_keys(new: Factory) {
     assert_eq!(attempt, 2);
     let ok = outcome(OutcomeKind::Succeeded);
     assert!(s
-        .record_outcome(ids[0], 2, me, &ok, Next::Done, 61.0)
+        .record_outcome(ids[0], 2, me, &ok, AfterAttempt::Done, 61.0)
         .unwrap());
     let again = s.submit(&[keyed("a")], 62.0).unwrap();
     assert_ne!(again[0], ids[0]);
@@ -144,7 +153,7 @@ pub fn idempotent_keys(new: Factory) {
     // A failed job with no retry is finished too.
     let id_b = ids[2];
     assert!(s
-        .record_outcome(id_b, 1, me, &failed, Next::Done, 64.0)
+        .record_outcome(id_b, 1, me, &failed, AfterAttempt::Done, 64.0)
         .unwrap());
     assert_ne!(s.submit(&[keyed("b")], 65.0).unwrap(), vec![id_b]);
 }
@@ -322,7 +331,7 @@ pub fn retry_waits_in_failed_then_queues(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Failed),
-            Next::Retry { at: 110.0 },
+            AfterAttempt::Retry { at: 110.0 },
             101.0
         )
         .unwrap());
@@ -367,7 +376,7 @@ pub fn retry_waits_in_failed_then_queues(new: Factory) {
             2,
             me,
             &outcome(OutcomeKind::TimedOut),
-            Next::Retry { at: 120.0 },
+            AfterAttempt::Retry { at: 120.0 },
             111.0
         )
         .unwrap());
@@ -392,20 +401,20 @@ pub fn dead_and_done_outcomes(new: Factory) {
             .record_outcome(id, 1, me, &outcome(kind), next, 3.0)
             .unwrap())
     };
-    rec(&mut s, ids[0], OutcomeKind::Failed, Next::Dead);
-    rec(&mut s, ids[1], OutcomeKind::Lost, Next::Done);
+    rec(&mut s, ids[0], OutcomeKind::Failed, AfterAttempt::Dead);
+    rec(&mut s, ids[1], OutcomeKind::Lost, AfterAttempt::Done);
     // Success and cancellation end the job whatever `next` says.
     rec(
         &mut s,
         ids[2],
         OutcomeKind::Succeeded,
-        Next::Retry { at: 9.0 },
+        AfterAttempt::Retry { at: 9.0 },
     );
     rec(
         &mut s,
         ids[3],
         OutcomeKind::Canceled,
-        Next::Retry { at: 9.0 },
+        AfterAttempt::Retry { at: 9.0 },
     );
     let states: Vec<JobState> = s.list(None, 4.0).unwrap().iter().map(|j| j.state).collect();
     assert_eq!(
@@ -429,7 +438,7 @@ pub fn dead_and_done_outcomes(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Failed),
-            Next::Retry { at: f64::NAN },
+            AfterAttempt::Retry { at: f64::NAN },
             5.0,
         )
         .unwrap_err();
@@ -449,7 +458,7 @@ pub fn lost_attempt_is_queued_with_not_before(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Lost),
-            Next::Retry { at: 20.0 },
+            AfterAttempt::Retry { at: 20.0 },
             3.0
         )
         .unwrap());
@@ -500,18 +509,26 @@ pub fn stale_outcomes_are_refused(new: Factory) {
     s.claim(me, &routes, &mut credits(&[("g", 1)]), 2.0)
         .unwrap();
     let ok = outcome(OutcomeKind::Succeeded);
-    assert!(!s.record_outcome(id, 2, me, &ok, Next::Done, 3.0).unwrap());
-    assert!(!s.record_outcome(id, 0, me, &ok, Next::Done, 3.0).unwrap());
     assert!(!s
-        .record_outcome(id, 1, other, &ok, Next::Done, 3.0)
+        .record_outcome(id, 2, me, &ok, AfterAttempt::Done, 3.0)
         .unwrap());
     assert!(!s
-        .record_outcome(id + 1, 1, me, &ok, Next::Done, 3.0)
+        .record_outcome(id, 0, me, &ok, AfterAttempt::Done, 3.0)
+        .unwrap());
+    assert!(!s
+        .record_outcome(id, 1, other, &ok, AfterAttempt::Done, 3.0)
+        .unwrap());
+    assert!(!s
+        .record_outcome(id + 1, 1, me, &ok, AfterAttempt::Done, 3.0)
         .unwrap());
     assert_eq!(s.get(id, 3.0).unwrap().unwrap().state, JobState::Running);
-    assert!(s.record_outcome(id, 1, me, &ok, Next::Done, 3.0).unwrap());
+    assert!(s
+        .record_outcome(id, 1, me, &ok, AfterAttempt::Done, 3.0)
+        .unwrap());
     // Reported twice: the second is stale.
-    assert!(!s.record_outcome(id, 1, me, &ok, Next::Done, 3.0).unwrap());
+    assert!(!s
+        .record_outcome(id, 1, me, &ok, AfterAttempt::Done, 3.0)
+        .unwrap());
     let j = s.get(id, 4.0).unwrap().unwrap();
     assert_eq!(j.state, JobState::Succeeded);
     assert_eq!(j.exit_code, Some(0));
@@ -565,7 +582,7 @@ pub fn cancel_in_every_state(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Canceled),
-            Next::Done,
+            AfterAttempt::Done,
             5.0
         )
         .unwrap());
@@ -580,7 +597,7 @@ pub fn cancel_in_every_state(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Failed),
-            Next::Retry { at: 6.0 },
+            AfterAttempt::Retry { at: 6.0 },
             5.0
         )
         .unwrap());
@@ -597,7 +614,7 @@ pub fn cancel_in_every_state(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Succeeded),
-            Next::Done,
+            AfterAttempt::Done,
             5.0
         )
         .unwrap());
@@ -613,7 +630,7 @@ pub fn cancel_in_every_state(new: Factory) {
             1,
             me,
             &outcome(OutcomeKind::Failed),
-            Next::Retry { at: 50.0 },
+            AfterAttempt::Retry { at: 50.0 },
             5.0
         )
         .unwrap());
@@ -674,7 +691,7 @@ pub fn taking_back_a_cancel_requested_job_cancels_it_at_now(new: Factory) {
         assert_eq!(res.jobs.len(), 2, "{path:?}");
         for id in ids.iter().copied() {
             let lost = outcome(OutcomeKind::Lost);
-            let retry = Next::Retry { at: base + 3.0 };
+            let retry = AfterAttempt::Retry { at: base + 3.0 };
             assert!(s
                 .record_outcome(id, 1, owner, &lost, retry, base + 2.0)
                 .unwrap());
@@ -891,7 +908,14 @@ pub fn two_thousand_cycles(new: Factory) {
         assert_eq!(res.jobs.len(), 1);
         assert_eq!(res.jobs[0].id, id);
         assert!(s
-            .record_outcome(id, 1, me, &outcome(OutcomeKind::Succeeded), Next::Done, now)
+            .record_outcome(
+                id,
+                1,
+                me,
+                &outcome(OutcomeKind::Succeeded),
+                AfterAttempt::Done,
+                now
+            )
             .unwrap());
     }
     eprintln!(
@@ -926,7 +950,7 @@ pub fn ten_thousand_queued_claimed_a_few_at_a_time(new: Factory) {
                     1,
                     me,
                     &outcome(OutcomeKind::Succeeded),
-                    Next::Done,
+                    AfterAttempt::Done,
                     3.0
                 )
                 .unwrap());
@@ -1191,7 +1215,7 @@ pub fn extreme_numbers_round_trip(new: Factory) {
         Some(supervisor_core::bounds::MAX_ATTEMPTS)
     );
     assert_eq!(res.jobs[0].timeout_s, Some(1e-9));
-    let outcome = Outcome {
+    let outcome = OutcomeRecord {
         kind: OutcomeKind::Failed,
         exit_code: Some(i32::MIN),
         signal: Some(i32::MAX),
@@ -1199,7 +1223,7 @@ pub fn extreme_numbers_round_trip(new: Factory) {
         reason: Some("killed for its memory limit".into()),
     };
     assert!(s
-        .record_outcome(id, 1, me, &outcome, Next::Done, 1e12 + 0.5)
+        .record_outcome(id, 1, me, &outcome, AfterAttempt::Done, 1e12 + 0.5)
         .unwrap());
     let j = s.get(id, 1e13).unwrap().unwrap();
     assert_eq!((j.exit_code, j.signal), (Some(i32::MIN), Some(i32::MAX)));
@@ -1240,7 +1264,7 @@ pub fn handles_claiming_at_once_never_double_claim(new: Factory, threads: u32, t
                             continue;
                         }
                         for c in res.jobs {
-                            let ok = Outcome {
+                            let ok = OutcomeRecord {
                                 kind: OutcomeKind::Succeeded,
                                 exit_code: Some(0),
                                 signal: None,
@@ -1248,7 +1272,7 @@ pub fn handles_claiming_at_once_never_double_claim(new: Factory, threads: u32, t
                                 reason: None,
                             };
                             assert!(s
-                                .record_outcome(c.id, c.attempt, me, &ok, Next::Done, 3.0)
+                                .record_outcome(c.id, c.attempt, me, &ok, AfterAttempt::Done, 3.0)
                                 .unwrap());
                             mine.push(c.id);
                         }
@@ -1338,7 +1362,11 @@ pub fn purge_deletes_finished_jobs_by_age_and_count_never_live_ones(new: Factory
             .claim(me, &routes, &mut credits(&[("g", 1)]), now)
             .unwrap();
         assert_eq!(c.jobs[0].id, id);
-        let next = if i % 2 == 0 { Next::Done } else { Next::Dead };
+        let next = if i % 2 == 0 {
+            AfterAttempt::Done
+        } else {
+            AfterAttempt::Dead
+        };
         let kind = if i % 2 == 0 {
             OutcomeKind::Succeeded
         } else {
@@ -1353,7 +1381,7 @@ pub fn purge_deletes_finished_jobs_by_age_and_count_never_live_ones(new: Factory
         .unwrap();
     assert_eq!(c.jobs.len(), 2);
     let retry = c.jobs[1].id;
-    let retry_at = Next::Retry { at: 1e9 };
+    let retry_at = AfterAttempt::Retry { at: 1e9 };
     assert!(s
         .record_outcome(retry, 1, me, &outcome(OutcomeKind::Failed), retry_at, 31.0)
         .unwrap());
@@ -1463,10 +1491,12 @@ pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
     assert_eq!(claim_all(&mut *s, 2.0), [a, d], "the others wait");
     let ok = outcome(OutcomeKind::Succeeded);
     let failed = outcome(OutcomeKind::Failed);
-    assert!(s.record_outcome(a, 1, me, &ok, Next::Done, 3.0).unwrap());
+    assert!(s
+        .record_outcome(a, 1, me, &ok, AfterAttempt::Done, 3.0)
+        .unwrap());
     assert_eq!(claim_all(&mut *s, 4.0), [b], "b waited on a alone");
     assert!(s
-        .record_outcome(d, 1, me, &failed, Next::Dead, 5.0)
+        .record_outcome(d, 1, me, &failed, AfterAttempt::Dead, 5.0)
         .unwrap());
     let jc = s.get(c, 6.0).unwrap().unwrap();
     assert_eq!(jc.state, JobState::Canceled);
@@ -1552,10 +1582,10 @@ pub fn retry_and_purge_final_jobs(new: Factory) {
     let ok = outcome(OutcomeKind::Succeeded);
     let failed = outcome(OutcomeKind::Failed);
     assert!(s
-        .record_outcome(got[0].id, 1, me, &ok, Next::Done, 3.0)
+        .record_outcome(got[0].id, 1, me, &ok, AfterAttempt::Done, 3.0)
         .unwrap());
     assert!(s
-        .record_outcome(got[1].id, 1, me, &failed, Next::Dead, 4.0)
+        .record_outcome(got[1].id, 1, me, &failed, AfterAttempt::Dead, 4.0)
         .unwrap());
     assert!(!s.retry(ids[0]).unwrap(), "succeeded: not retried");
     assert!(!s.retry(ids[2]).unwrap(), "queued: not retried");
@@ -1570,7 +1600,7 @@ pub fn retry_and_purge_final_jobs(new: Factory) {
     let got = s.claim(me, &[named("g")], &mut cr, 6.0).unwrap().jobs;
     assert_eq!(got[0].attempt, 1, "a fresh budget");
     assert!(s
-        .record_outcome(ids[1], 1, me, &failed, Next::Dead, 7.0)
+        .record_outcome(ids[1], 1, me, &failed, AfterAttempt::Dead, 7.0)
         .unwrap());
     // Purge: by age, then by state; live jobs stay.
     assert!(s.purge(3.5, None, 100).unwrap() == [ids[0]]);

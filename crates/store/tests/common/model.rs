@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use proptest::prelude::*;
-use supervisor_store::{route, CancelResult, JobState, NewJob, Next, Outcome, OutcomeKind, Route};
+use supervisor_store::{
+    route, AfterAttempt, CancelResult, JobState, NewJob, OutcomeKind, OutcomeRecord, Route,
+};
 
 /// One operation on the store.
 #[derive(Debug, Clone)]
@@ -240,8 +242,12 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     OutcomeKind::Canceled,
                 ][kind as usize];
                 let at = now + f64::from(retry_in);
-                let next = [Next::Done, Next::Retry { at }, Next::Dead][next as usize];
-                let outcome = Outcome {
+                let next = [
+                    AfterAttempt::Done,
+                    AfterAttempt::Retry { at },
+                    AfterAttempt::Dead,
+                ][next as usize];
+                let outcome = OutcomeRecord {
                     kind,
                     exit_code: None,
                     signal: None,
@@ -265,12 +271,16 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let (state, nb) = match (kind, next) {
                     (OutcomeKind::Succeeded, _) => (JobState::Succeeded, None),
                     (OutcomeKind::Canceled, _) => (JobState::Canceled, None),
-                    (_, Next::Dead) | (OutcomeKind::Lost, Next::Done) => (JobState::Dead, None),
-                    (OutcomeKind::Failed, Next::Done) => (JobState::Failed, None),
-                    (OutcomeKind::TimedOut, Next::Done) => (JobState::TimedOut, None),
-                    (OutcomeKind::Failed, Next::Retry { .. }) => retry(JobState::Failed),
-                    (OutcomeKind::TimedOut, Next::Retry { .. }) => retry(JobState::TimedOut),
-                    (OutcomeKind::Lost, Next::Retry { .. }) => retry(JobState::Queued),
+                    (_, AfterAttempt::Dead) | (OutcomeKind::Lost, AfterAttempt::Done) => {
+                        (JobState::Dead, None)
+                    }
+                    (OutcomeKind::Failed, AfterAttempt::Done) => (JobState::Failed, None),
+                    (OutcomeKind::TimedOut, AfterAttempt::Done) => (JobState::TimedOut, None),
+                    (OutcomeKind::Failed, AfterAttempt::Retry { .. }) => retry(JobState::Failed),
+                    (OutcomeKind::TimedOut, AfterAttempt::Retry { .. }) => {
+                        retry(JobState::TimedOut)
+                    }
+                    (OutcomeKind::Lost, AfterAttempt::Retry { .. }) => retry(JobState::Queued),
                 };
                 m.state = state;
                 m.not_before = nb;
