@@ -68,7 +68,7 @@ pub enum Ev {
 /// The hub: a thread that selects over every child's receiver.
 pub struct Hub {
     add: IpcSender<(ChildId, IpcReceiver<FromChild>)>,
-    /// `SUPERVISOR_INSTANCE` for every child, and so for every job (see `shared.rs`).
+    /// `SUPERVISOR_INSTANCE` for every child, and so for every job (see `instances.rs`).
     instance_marker: String,
     /// Starts the children.
     spawner: Spawner,
