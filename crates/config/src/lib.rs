@@ -27,7 +27,7 @@
 mod changes;
 pub mod file;
 mod identity;
-mod changes;
+mod json;
 mod validate;
 
 use std::collections::BTreeMap;
