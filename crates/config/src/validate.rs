@@ -53,6 +53,16 @@ fn index_path(path: &str, index: usize) -> String {
     format!("{path}[{index}]")
 }
 
+/// "expected A or B, found X": X is the number itself, or the kind of other values.
+fn mismatch(expected: &[String], value: &Value) -> String {
+    let found = if value.is_number() {
+        value.to_string()
+    } else {
+        kind(value).to_string()
+    };
+    format!("expected {}, found {found}", join(expected, "or"))
+}
+
 /// How a value of this kind is named in messages: `a string`, `an object`, ...
 fn kind(value: &Value) -> &'static str {
     match value {
@@ -180,15 +190,7 @@ impl<'a> Walker<'a> {
         if let Some(types) = self.types_of_this(schema) {
             if !types.iter().any(|t| is_type(value, t)) {
                 let expected: Vec<String> = types.iter().map(|t| type_name(t)).collect();
-                let found = if value.is_number() {
-                    value.to_string()
-                } else {
-                    kind(value).to_string()
-                };
-                return self.report(
-                    path,
-                    format!("expected {}, found {found}", join(&expected, "or")),
-                );
+                return self.report(path, mismatch(&expected, value));
             }
         }
         if let Some(expected) = schema.get("const") {
@@ -398,15 +400,7 @@ impl<'a> Walker<'a> {
                     }
                 }
             }
-            let found = if value.is_number() {
-                value.to_string()
-            } else {
-                kind(value).to_string()
-            };
-            return self.report(
-                path,
-                format!("expected {}, found {found}", join(&expected, "or")),
-            );
+            return self.report(path, mismatch(&expected, value));
         }
         let mut first_problems = None;
         for candidate in candidates {
