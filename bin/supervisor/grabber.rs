@@ -22,7 +22,7 @@ use supervisor_store::Route;
 
 use crate::events_file::wall_now;
 use crate::ipc;
-use crate::wire::{Claim, FromChild, StoreArg, ToChild};
+use crate::wire::{ClaimReport, FromChild, StoreArg, ToChild};
 
 /// The grabber's clock: time since it started.
 #[derive(Clone, Copy, Debug)]
@@ -240,7 +240,7 @@ impl Grabber {
             }
         }
         for job in &result.jobs {
-            let claim = Claim {
+            let claim = ClaimReport {
                 id: job.id,
                 group: job.group.clone(),
                 attempt: job.attempt,

@@ -28,7 +28,7 @@ use crate::ipc::{Ev, Hub, Writer};
 use crate::notify::Notifier;
 use crate::pending::Pending;
 use crate::record::{ChildRow, EventRecord};
-use crate::wire::{Claim, GrabberSettings, JobPayload, ToChild};
+use crate::wire::{ClaimReport, GrabberSettings, JobPayload, ToChild};
 
 use children::ShellChild;
 pub use startup::run;
@@ -54,7 +54,7 @@ struct Supervisor {
     children: HashMap<ChildId, ShellChild>,
     by_pid: HashMap<u32, ChildId>,
     /// What workers need to run the jobs the core knows by id.
-    claims: HashMap<i64, Claim>,
+    claims: HashMap<i64, ClaimReport>,
     /// What the loop wakes up for besides a message (see [`Wake`]).
     timers: TimerTable<Wake>,
     exit_code: Option<i32>,

@@ -26,7 +26,7 @@ pub enum FromChild {
     /// The answer to a [`ToChild::Ping`].
     Pong,
     /// The grabber claimed a job.
-    Claimed(Claim),
+    Claimed(ClaimReport),
     /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
     SourceReport { epoch: u64, empty: bool },
     /// The grabber could not reach the store.
@@ -93,9 +93,11 @@ pub struct GrabberSettings {
     pub runnable: Vec<String>,
 }
 
-/// A claim, with what a worker needs to run it.
+/// The grabber's report of one job it claimed (with the credit epoch it spent), and what
+/// a worker needs to run it. The store calls the same job a `ClaimedRun`, the core a
+/// `ClaimedJob` (its bookkeeping of it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Claim {
+pub struct ClaimReport {
     pub id: JobId,
     pub group: String,
     pub attempt: u32,

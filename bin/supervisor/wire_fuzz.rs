@@ -28,7 +28,9 @@ use supervisor_core::SplitMix64;
 use supervisor_store::Route;
 
 use crate::record::{EventLine, EventRecord};
-use crate::wire::{Claim, FromChild, GrabberSettings, JobPayload, ToChild, WireBackoff, WireEnd};
+use crate::wire::{
+    ClaimReport, FromChild, GrabberSettings, JobPayload, ToChild, WireBackoff, WireEnd,
+};
 
 use harness::{broken, fuzz};
 
@@ -121,7 +123,7 @@ fn decode_every_type_with(bytes: &[u8], n: u32) -> Result<usize, TestCaseError> 
             from_child(&m, n)?;
         }
     }
-    if let Ok(c) = postcard::from_bytes::<Claim>(bytes) {
+    if let Ok(c) = postcard::from_bytes::<ClaimReport>(bytes) {
         found += 1;
         claim(&c)?;
     }
@@ -290,7 +292,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
 }
 
 /// The loop's use of a claim: its timeout as a duration, and its events.
-fn claim(c: &Claim) -> Result<(), TestCaseError> {
+fn claim(c: &ClaimReport) -> Result<(), TestCaseError> {
     let timeout = c.timeout_s.map(seconds).transpose()?;
     record(&Event::JobStarted {
         job_id: c.id,
@@ -439,7 +441,7 @@ fn grabber_settings() -> impl Strategy<Value = GrabberSettings> {
         )
 }
 
-fn claim_value() -> impl Strategy<Value = Claim> {
+fn claim_value() -> impl Strategy<Value = ClaimReport> {
     (
         (any::<i64>(), string(), any::<u32>()),
         (
@@ -450,16 +452,18 @@ fn claim_value() -> impl Strategy<Value = Claim> {
         (strings(), env(), prop::option::of(string())),
     )
         .prop_map(
-            |((id, group, attempt), (timeout_s, max_attempts, epoch), (command, env, cwd))| Claim {
-                id,
-                group,
-                attempt,
-                timeout_s,
-                max_attempts,
-                epoch,
-                command,
-                env,
-                cwd,
+            |((id, group, attempt), (timeout_s, max_attempts, epoch), (command, env, cwd))| {
+                ClaimReport {
+                    id,
+                    group,
+                    attempt,
+                    timeout_s,
+                    max_attempts,
+                    epoch,
+                    command,
+                    env,
+                    cwd,
+                }
             },
         )
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    route, Backlog, ClaimResult, Claimed, InstanceId, JobId, NewJob, Refused, Result, Route,
+    route, Backlog, ClaimResult, ClaimedRun, InstanceId, JobId, NewJob, Refused, Result, Route,
 };
 
 /// How many unrouted jobs a claim routes at most (the rest wait for the next claim, which
@@ -67,7 +67,7 @@ pub(crate) trait ClaimSql {
 
     /// Makes a sound candidate `running` under `me` with one more attempt, if
     /// [`pick`](ClaimSql::pick) did not. False if another claimer took it.
-    fn start(&mut self, me: InstanceId, job: &Claimed, now: f64) -> Result<bool>;
+    fn start(&mut self, me: InstanceId, job: &ClaimedRun, now: f64) -> Result<bool>;
 
     /// Ends a candidate whose row cannot be run: `dead` with `reason`, finished at `now`,
     /// its attempts as before the claim.
@@ -234,7 +234,7 @@ pub struct StoredRun {
 impl StoredRun {
     /// The next attempt of job `id` in `group`, or why the row cannot be run, naming the
     /// field: the same checks as [`NewJob::validate`] applies at submit.
-    pub fn into_claim(self, id: JobId, group: &str) -> std::result::Result<Claimed, String> {
+    pub fn into_claim(self, id: JobId, group: &str) -> std::result::Result<ClaimedRun, String> {
         fn field(name: &'static str) -> impl Fn(String) -> String {
             move |e| format!("{name}: {e}")
         }
@@ -264,7 +264,7 @@ impl StoredRun {
             ..NewJob::default()
         };
         job.validate()?;
-        Ok(Claimed {
+        Ok(ClaimedRun {
             id,
             group: group.to_owned(),
             command: job.command,

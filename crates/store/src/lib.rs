@@ -320,7 +320,7 @@ pub fn quarantine_reason() -> String {
 
 /// A job just claimed: what a worker needs to run one attempt of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Claimed {
+pub struct ClaimedRun {
     /// The job's id.
     pub id: JobId,
     /// The group it was routed to.
@@ -372,7 +372,7 @@ pub struct Refused {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ClaimResult {
     /// The jobs claimed, in id order.
-    pub jobs: Vec<Claimed>,
+    pub jobs: Vec<ClaimedRun>,
     /// Jobs it would have claimed but that cannot be run: now `dead` with a reason.
     pub refused: Vec<Refused>,
     /// What is left.

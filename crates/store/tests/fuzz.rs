@@ -21,7 +21,7 @@ use rusqlite::types::Value as Sql;
 use serde_json::{json, Map, Number, Value};
 use supervisor_core::bounds::{self, MAX_ATTEMPTS};
 use supervisor_store::{
-    parse_jobs_jsonl, route, Claimed, InstanceId, JobId, JobState, JobStore, NewJob, Route,
+    parse_jobs_jsonl, route, ClaimedRun, InstanceId, JobId, JobState, JobStore, NewJob, Route,
     SqliteStore, StoredRun,
 };
 
@@ -430,7 +430,7 @@ fn stored_row_decoding_never_panics() {
 
 /// What every claim handed to a worker must hold.
 fn check_claim(
-    claim: &Claimed,
+    claim: &ClaimedRun,
     id: JobId,
     group: &str,
     attempts: Option<i64>,

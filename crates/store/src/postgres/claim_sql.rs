@@ -11,7 +11,7 @@ use super::statements::{execute, query, Statements};
 use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::sql::PAUSED;
-use crate::{Claimed, InstanceId, JobId, Result};
+use crate::{ClaimedRun, InstanceId, JobId, Result};
 
 /// Planner methods a claim turns off (`SET LOCAL`, for its transaction only), leaving it
 /// the partial indexes: statistics that are missing (a new table) or stale (gathered
@@ -128,7 +128,7 @@ impl ClaimSql for ClaimTx<'_, '_> {
             .collect()
     }
 
-    fn start(&mut self, _me: InstanceId, _job: &Claimed, _now: f64) -> Result<bool> {
+    fn start(&mut self, _me: InstanceId, _job: &ClaimedRun, _now: f64) -> Result<bool> {
         Ok(true) // CLAIM did
     }
 

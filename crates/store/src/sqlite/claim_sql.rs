@@ -10,7 +10,7 @@ use rusqlite::{params, params_from_iter, Connection};
 use super::rows::{stored_json, stored_run};
 use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
-use crate::{Claimed, InstanceId, JobId, Result};
+use crate::{ClaimedRun, InstanceId, JobId, Result};
 
 /// Claimable jobs of group `?1` after (priority `?5`, id `?2`), runnable at `?3`, highest
 /// priority first then in id order, at most `?4`: an index range scan on (route, priority
@@ -171,7 +171,7 @@ impl ClaimSql for ClaimTx<'_> {
         Ok(picked)
     }
 
-    fn start(&mut self, me: InstanceId, job: &Claimed, now: f64) -> Result<bool> {
+    fn start(&mut self, me: InstanceId, job: &ClaimedRun, now: f64) -> Result<bool> {
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET state = 'running', owner = ?1, \
