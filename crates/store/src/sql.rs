@@ -110,7 +110,8 @@ pub(crate) const PLACE: &str = "SELECT route, CASE WHEN routed THEN 1 ELSE 0 END
      waiting_on FROM jobs WHERE id = $1 AND state = 'queued'";
 
 /// How many claimable jobs of group `$1` come before priority `$2`, id `$3` at `$4`: the
-/// claim's own order (the claimable index, from its start).
+/// claim's own order (those delayed until `$4` or before count: the next claim clears
+/// their `not_before`).
 pub(crate) const AHEAD: &str = "SELECT COUNT(*) FROM jobs WHERE state = 'queued' \
      AND waiting_on = 0 AND route = CAST($1 AS text) \
      AND (priority > $2 OR (priority = $2 AND id < $3)) \

@@ -45,7 +45,7 @@ pub(super) const CLAIM: &str = "WITH want AS (\
          SELECT j.id, want.g FROM want CROSS JOIN LATERAL (\
              SELECT id FROM jobs WHERE state = 'queued' AND waiting_on = 0 \
              AND route = want.g \
-             AND (not_before IS NULL OR not_before <= $2) \
+             AND not_before IS NULL \
              ORDER BY priority DESC, id LIMIT want.n FOR UPDATE SKIP LOCKED) j) \
      UPDATE jobs SET state = 'running', owner = $1, attempts = attempts + 1, \
          started_at = $2, finished_at = NULL, exit_code = NULL, signal = NULL, \
@@ -57,7 +57,7 @@ pub(super) const CLAIM: &str = "WITH want AS (\
 /// What is left for the groups `$2`: a runnable job (at `$1`), and the earliest time a
 /// waiting one becomes runnable.
 pub(super) const BACKLOG: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
-         AND waiting_on = 0 AND route = ANY($2::text[]) AND (not_before IS NULL OR not_before <= $1)), \
+         AND waiting_on = 0 AND route = ANY($2::text[]) AND not_before IS NULL), \
      (SELECT MIN(not_before) FROM jobs WHERE not_before IS NOT NULL \
          AND ((state = 'queued' AND not_before > $1) OR state IN ('failed', 'timed_out')) \
          AND route = ANY($2::text[]))";

@@ -79,13 +79,13 @@ pub const NOTIFY_CHANNEL: &str = "supervisor_jobs";
 
 /// Jobs whose retry time has come are queued again; rows another session has locked are
 /// left to it (parameter: now).
-const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' WHERE id IN (\
-     SELECT id FROM jobs WHERE state IN ('failed', 'timed_out') AND not_before <= $1 \
-     FOR UPDATE SKIP LOCKED)";
+const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued', not_before = NULL \
+     WHERE id IN (SELECT id FROM jobs WHERE state IN ('failed', 'timed_out', 'queued') \
+     AND not_before <= $1 FOR UPDATE SKIP LOCKED)";
 
 /// Whether some retry is due (parameter: now).
 const RETRY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs \
-     WHERE state IN ('failed', 'timed_out') AND not_before <= $1)";
+     WHERE state IN ('failed', 'timed_out', 'queued') AND not_before <= $1)";
 
 /// The job store in a PostgreSQL database, shared by every supervisor that connects to it.
 pub struct PostgresStore {

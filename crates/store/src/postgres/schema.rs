@@ -99,7 +99,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN waiting_on BIGINT NOT NULL DEFAULT 0;
     DROP INDEX jobs_claimable;
     CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id)
-        WHERE state = 'queued' AND waiting_on = 0;
+        WHERE state = 'queued' AND waiting_on = 0 AND not_before IS NULL;
     CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since DOUBLE PRECISION NOT NULL);
     CREATE TABLE job_deps (job BIGINT NOT NULL, dep BIGINT NOT NULL, PRIMARY KEY (dep, job));
     CREATE FUNCTION supervisor_dependency_ended() RETURNS trigger LANGUAGE plpgsql AS $$

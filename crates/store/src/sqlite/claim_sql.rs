@@ -12,15 +12,16 @@ use crate::claim::{Candidate, ClaimSql, ToRoute};
 use crate::error::Context;
 use crate::{ClaimedRun, InstanceId, JobId, Result};
 
-/// Claimable jobs of group `?1` after (priority `?5`, id `?2`), runnable at `?3`, highest
-/// priority first then in id order, at most `?4`: an index range scan on (route, priority
-/// DESC, id). Columns as [`stored_run`](super::rows::stored_run) reads them, then the
-/// priority.
+/// Claimable jobs of group `?1` after (priority `?4`, id `?2`), highest priority first then
+/// in id order, at most `?3`: an index range scan on (route, priority DESC, id) of the
+/// claimable index (queued, waiting on no dependency, not delayed: the claim cleared the
+/// `not_before` of those due). Columns as [`stored_run`](super::rows::stored_run) reads
+/// them, then the priority.
 pub(super) const CANDIDATES: &str = "SELECT id, NULL, NULL, command, env, cwd, timeout_s, \
      max_attempts, attempts, priority FROM jobs \
-     WHERE state = 'queued' AND waiting_on = 0 AND route = ?1 \
-     AND (priority < ?5 OR (priority = ?5 AND id > ?2)) \
-     AND (not_before IS NULL OR not_before <= ?3) ORDER BY priority DESC, id LIMIT ?4";
+     WHERE state = 'queued' AND waiting_on = 0 AND not_before IS NULL AND route = ?1 \
+     AND (priority < ?4 OR (priority = ?4 AND id > ?2)) \
+     ORDER BY priority DESC, id LIMIT ?3";
 
 /// Jobs whose group is not decided yet, oldest first, at most `?1`.
 pub(super) const UNROUTED: &str = "SELECT id, named_group, tags FROM jobs WHERE routed = 0 \
@@ -34,12 +35,13 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Whether a job routed to one of the `n` groups `?2`... is runnable at `?1`.
+/// Whether a job routed to one of the `n` groups `?1`... is claimable now (the claim
+/// cleared the `not_before` of those due).
 pub(super) fn runnable_sql(n: usize) -> String {
     format!(
-        "SELECT 1 FROM jobs WHERE state = 'queued' AND waiting_on = 0 AND route IN ({}) \
-         AND (not_before IS NULL OR not_before <= ?1) LIMIT 1",
-        placeholders(2, n)
+        "SELECT 1 FROM jobs WHERE state = 'queued' AND waiting_on = 0 AND not_before IS NULL \
+         AND route IN ({}) LIMIT 1",
+        placeholders(1, n)
     )
 }
 
@@ -139,7 +141,7 @@ impl ClaimSql for ClaimTx<'_> {
         Ok(())
     }
 
-    fn pick(&mut self, _me: InstanceId, want: &[(&str, u32)], now: f64) -> Result<Vec<Candidate>> {
+    fn pick(&mut self, _me: InstanceId, want: &[(&str, u32)], _now: f64) -> Result<Vec<Candidate>> {
         let mut picked = Vec::new();
         for &(group, n) in want {
             let (priority, after) = self.after.get(group).copied().unwrap_or((i64::MAX, 0));
@@ -148,7 +150,7 @@ impl ClaimSql for ClaimTx<'_> {
                 .conn
                 .prepare_cached(CANDIDATES)
                 .and_then(|mut stmt| {
-                    stmt.query_map(params![group, after, now, n, priority], |row| {
+                    stmt.query_map(params![group, after, n, priority], |row| {
                         let values = (0..9)
                             .map(|i| row.get::<_, Value>(i))
                             .collect::<rusqlite::Result<Vec<Value>>>()?;
@@ -203,7 +205,7 @@ impl ClaimSql for ClaimTx<'_> {
         let runnable = self
             .conn
             .prepare_cached(&runnable_sql(n))
-            .and_then(|mut stmt| stmt.exists(params_from_iter(args.iter())))
+            .and_then(|mut stmt| stmt.exists(params_from_iter(args[1..].iter())))
             .ctx("claim: look for runnable jobs")?;
         let waiting_until: Option<f64> = self
             .conn

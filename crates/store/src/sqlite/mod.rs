@@ -44,9 +44,12 @@ pub use schema::SCHEMA_VERSION;
 /// How long an operation waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Jobs whose retry time has come are queued again.
-const MATERIALISE_RETRIES: &str = "UPDATE jobs SET state = 'queued' \
-     WHERE state IN ('failed', 'timed_out') AND not_before <= ?1";
+/// Jobs whose time has come become claimable: due retries are queued again, and queued
+/// jobs delayed until now lose their `not_before` (which keeps them out of the claimable
+/// index until then).
+const MATERIALISE_RETRIES: &str = "UPDATE jobs SET not_before = NULL, \
+     state = 'queued' \
+     WHERE state IN ('failed', 'timed_out', 'queued') AND not_before <= ?1";
 
 /// Busy handler: retry after 20 µs at first, then 200 µs, and give up after about
 /// [`BUSY_TIMEOUT`] in all.
@@ -182,8 +185,8 @@ fn materialise(conn: &Connection, now: f64) -> Result<usize> {
 fn materialise_if_due(conn: &Connection, now: f64) -> Result<()> {
     let due = conn
         .prepare_cached(
-            "SELECT 1 FROM jobs WHERE state IN ('failed', 'timed_out') AND not_before <= ?1 \
-             LIMIT 1",
+            "SELECT 1 FROM jobs WHERE state IN ('failed', 'timed_out', 'queued') \
+             AND not_before <= ?1 LIMIT 1",
         )
         .and_then(|mut stmt| stmt.exists([now]))
         .ctx("look for due retries")?;

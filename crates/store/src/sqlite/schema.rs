@@ -104,14 +104,16 @@ const MIGRATIONS: &[&str] = &[
     // runs `after`: `job_deps` has a row per (job, dependency), `waiting_on` counts the
     // dependencies not succeeded yet (a job waiting on any is not claimable). Triggers keep
     // them right whichever way a job ends: succeeded, each dependent waits on one fewer;
-    // ended otherwise for good, each queued dependent is canceled (and so on down).
+    // ended otherwise for good, each queued dependent is canceled (and so on down). A job
+    // delayed to a time to come (`not_before`) is out of the claimable index until a
+    // claim finds it due and clears it.
     r#"
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN after_ids TEXT;
     ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
     DROP INDEX jobs_claimable;
     CREATE INDEX jobs_claimable ON jobs (route, priority DESC, id)
-        WHERE state = 'queued' AND waiting_on = 0;
+        WHERE state = 'queued' AND waiting_on = 0 AND not_before IS NULL;
     CREATE TABLE paused_groups (name TEXT PRIMARY KEY, since REAL NOT NULL);
     CREATE TABLE job_deps (job INTEGER NOT NULL, dep INTEGER NOT NULL, PRIMARY KEY (dep, job));
     CREATE TRIGGER dependency_succeeded AFTER UPDATE OF state ON jobs

@@ -35,7 +35,6 @@ fn hot_queries_use_indexes() {
         &[
             Value::Text("g".into()),
             Value::Integer(0),
-            now.clone(),
             Value::Integer(5),
             Value::Integer(i64::MAX),
         ],
@@ -45,7 +44,7 @@ fn hot_queries_use_indexes() {
 
     // The backlog: runnable jobs and the earliest waiting one, for these groups.
     let args = [std::slice::from_ref(&now), &groups[..]].concat();
-    let p = plan(&store, &runnable_sql(2), &args);
+    let p = plan(&store, &runnable_sql(2), &groups);
     assert!(p.contains("USING INDEX jobs_claimable (route=?)"), "{p}");
     assert!(no_full_scan(&p), "{p}");
     let p = plan(&store, &waiting_sql(2), &args);

@@ -118,12 +118,17 @@ pub fn run(new: Factory, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut model: Vec<M> = Vec::new();
     let mut now = 10.0;
 
+    // Jobs whose time has come become claimable: due retries are queued again, and a
+    // queued job's due `not_before` is cleared.
     let materialise = |model: &mut Vec<M>, now: f64| {
         for m in model.iter_mut() {
-            if matches!(m.state, JobState::Failed | JobState::TimedOut)
-                && m.not_before.is_some_and(|t| t <= now)
+            if matches!(
+                m.state,
+                JobState::Failed | JobState::TimedOut | JobState::Queued
+            ) && m.not_before.is_some_and(|t| t <= now)
             {
                 m.state = JobState::Queued;
+                m.not_before = None;
             }
         }
     };
