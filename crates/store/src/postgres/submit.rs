@@ -105,58 +105,6 @@ fn insert_unkeyed(
     Ok(ids)
 }
 
-/// Queues one job with an idempotency key, or finds the live job that has it.
-fn submit_keyed(
-    stmts: &mut Statements,
-    client: &mut impl GenericClient,
-    job: &NewJob,
-    key: &str,
-    now: f64,
-) -> Result<(JobId, bool)> {
-    let op = "submit";
-    let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
-    let insert = format!(
-        "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, idem_key, created_at, route, routed, priority, not_before) \
-         VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL, \
-             $10, $11) \
-         ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL AND {LIVE} DO NOTHING \
-         RETURNING id"
-    );
-    // A concurrent submit of the same key may win the insert; its job is then found by
-    // the next look-up (or, if it finished meanwhile, the key is free again).
-    for _ in 0..SUBMIT_TRIES {
-        if let Some(row) = query(stmts, client, &find, &[&key], op)?.first() {
-            return Ok((row.try_get(0).ctx(op)?, false));
-        }
-        let rows = query(
-            stmts,
-            client,
-            &insert,
-            &[
-                &job.group,
-                &Json(&job.command),
-                &Json(&job.tags),
-                &Json(&job.env),
-                &job.cwd,
-                &job.timeout_s,
-                &job.max_attempts.map(i64::from),
-                &key,
-                &now,
-                &job.priority,
-                &job.not_before,
-            ],
-            op,
-        )?;
-        if let Some(row) = rows.first() {
-            return Ok((row.try_get(0).ctx(op)?, true));
-        }
-    }
-    Err(StoreError::InvalidArgument(format!(
-        "submit: the idempotency key {key:?} is contended: try again"
-    )))
-}
-
 /// The advisory lock of an idempotency key: its FNV-1a hash, the same on every host and
 /// in every version (a change would only let two versions' submits deadlock, which the
 /// retry handles).
@@ -206,10 +154,7 @@ pub(super) fn submit_in(
         queued |= !pending.is_empty();
         ids.extend(insert_unkeyed(stmts, tx, &pending, now)?);
         pending.clear();
-        let (id, new) = match &job.key {
-            Some(key) if job.after.is_empty() => submit_keyed(stmts, tx, job, key, now)?,
-            _ => submit_after(stmts, tx, index, job, now)?,
-        };
+        let (id, new) = submit_one(stmts, tx, index, job, now)?;
         queued |= new;
         ids.push(id);
     }
@@ -218,10 +163,13 @@ pub(super) fn submit_in(
     Ok((ids, queued))
 }
 
-/// Queues one job that runs after others (and may have a key): its dependencies' rows are
-/// locked (`FOR SHARE`) until this commits, so that none ends unseen in between: the
-/// trigger that counts them down, or cancels this job, sees its `job_deps` rows.
-fn submit_after(
+/// Queues one job that has a key or runs after others, or finds the live job that has its
+/// key. The dependencies' rows are locked (`FOR SHARE`) until this commits, so that none
+/// ends unseen in between: the trigger that counts them down, or cancels this job, sees
+/// its `job_deps` rows. A concurrent submit of the same key may win the insert (the key
+/// locks rule it out between versions that take them); its job is then found by the next
+/// look-up, or, if it finished meanwhile, the key is free again.
+fn submit_one(
     stmts: &mut Statements,
     client: &mut impl GenericClient,
     index: usize,
@@ -229,12 +177,83 @@ fn submit_after(
     now: f64,
 ) -> Result<(JobId, bool)> {
     let op = "submit";
-    if let Some(key) = &job.key {
-        let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
-        if let Some(row) = query(stmts, client, &find, &[key], op)?.first() {
-            return Ok((row.try_get(0).ctx(op)?, false));
+    let find = format!("SELECT id FROM jobs WHERE idem_key = $1 AND {LIVE} LIMIT 1");
+    let insert = format!(
+        "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
+             max_attempts, idem_key, created_at, route, routed, priority, not_before, \
+             after_ids, waiting_on, reason, finished_at, last_outcome) \
+         VALUES (CASE WHEN $14::text IS NULL THEN 'queued' ELSE 'canceled' END, \
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL, $10, $11, $12, $13, \
+             $14, CASE WHEN $14::text IS NULL THEN NULL ELSE $9::float8 END, \
+             CASE WHEN $14::text IS NULL THEN NULL ELSE 'canceled' END) \
+         ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL AND {LIVE} DO NOTHING \
+         RETURNING id"
+    );
+    for _ in 0..SUBMIT_TRIES {
+        if let Some(key) = &job.key {
+            if let Some(row) = query(stmts, client, &find, &[key], op)?.first() {
+                return Ok((row.try_get(0).ctx(op)?, false));
+            }
         }
+        let plan = after_plan(stmts, client, index, job)?;
+        let after = (!job.after.is_empty()).then_some(Json(&job.after));
+        let waiting = plan.waiting_on.len() as i64;
+        let rows = query(
+            stmts,
+            client,
+            &insert,
+            &[
+                &job.group,
+                &Json(&job.command),
+                &Json(&job.tags),
+                &Json(&job.env),
+                &job.cwd,
+                &job.timeout_s,
+                &job.max_attempts.map(i64::from),
+                &job.key,
+                &now,
+                &job.priority,
+                &job.not_before,
+                &after,
+                &waiting,
+                &plan.doomed,
+            ],
+            op,
+        )?;
+        let Some(row) = rows.first() else {
+            continue; // the key was taken meanwhile: look it up again
+        };
+        let id: JobId = row.try_get(0).ctx(op)?;
+        if !plan.waiting_on.is_empty() {
+            execute(
+                stmts,
+                client,
+                "INSERT INTO job_deps (job, dep) SELECT $1, d FROM unnest($2::bigint[]) AS d \
+                 ON CONFLICT DO NOTHING",
+                &[&id, &plan.waiting_on],
+                "submit: note the dependencies",
+            )?;
+        }
+        return Ok((id, true));
     }
+    Err(StoreError::InvalidArgument(format!(
+        "submit: the idempotency key {:?} is contended: try again",
+        job.key.as_deref().unwrap_or_default()
+    )))
+}
+
+/// What a new job's dependencies mean for it, as the store has them now (their rows
+/// locked until the submit commits).
+fn after_plan(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    index: usize,
+    job: &NewJob,
+) -> Result<AfterPlan> {
+    if job.after.is_empty() {
+        return Ok(AfterPlan::default());
+    }
+    let op = "submit";
     let rows = query(
         stmts,
         client,
@@ -255,49 +274,5 @@ fn submit_after(
         .iter()
         .map(|id| (*id, found.get(id).copied()))
         .collect();
-    let plan = AfterPlan::of(&deps).map_err(|message| StoreError::InvalidJob { index, message })?;
-    let waiting = plan.waiting_on.len() as i64;
-    let rows = query(
-        stmts,
-        client,
-        "INSERT INTO jobs (state, named_group, command, tags, env, cwd, timeout_s, \
-             max_attempts, idem_key, created_at, route, routed, priority, not_before, \
-             after_ids, waiting_on, reason, finished_at, last_outcome) \
-         VALUES (CASE WHEN $14::text IS NULL THEN 'queued' ELSE 'canceled' END, \
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $1::text IS NOT NULL, $10, $11, $12, $13, \
-             $14, CASE WHEN $14::text IS NULL THEN NULL ELSE $9::float8 END, \
-             CASE WHEN $14::text IS NULL THEN NULL ELSE 'canceled' END) \
-         RETURNING id",
-        &[
-            &job.group,
-            &Json(&job.command),
-            &Json(&job.tags),
-            &Json(&job.env),
-            &job.cwd,
-            &job.timeout_s,
-            &job.max_attempts.map(i64::from),
-            &job.key,
-            &now,
-            &job.priority,
-            &job.not_before,
-            &Json(&job.after),
-            &waiting,
-            &plan.doomed,
-        ],
-        op,
-    )?;
-    let id: JobId = rows
-        .first()
-        .ok_or_else(|| StoreError::Corrupt("submit inserted no job".into()))?
-        .try_get(0)
-        .ctx(op)?;
-    execute(
-        stmts,
-        client,
-        "INSERT INTO job_deps (job, dep) SELECT $1, d FROM unnest($2::bigint[]) AS d \
-         ON CONFLICT DO NOTHING",
-        &[&id, &plan.waiting_on],
-        "submit: note the dependencies",
-    )?;
-    Ok((id, true))
+    AfterPlan::of(&deps).map_err(|message| StoreError::InvalidJob { index, message })
 }
