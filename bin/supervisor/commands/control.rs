@@ -127,6 +127,9 @@ fn known_groups(config: &Config, groups: &[String]) -> Result<Option<Vec<String>
     if groups.is_empty() {
         return Ok(None);
     }
+    let mut groups = groups.to_vec();
+    groups.sort_unstable();
+    groups.dedup();
     if let Some(bad) = groups.iter().find(|g| config.group(g).is_none()) {
         let names: Vec<&str> = config.groups.iter().map(|g| g.name.as_str()).collect();
         return Err(CommandError::Usage(format!(
@@ -135,5 +138,5 @@ fn known_groups(config: &Config, groups: &[String]) -> Result<Option<Vec<String>
             names.join(", ")
         )));
     }
-    Ok(Some(groups.to_vec()))
+    Ok(Some(groups))
 }

@@ -65,13 +65,14 @@ pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
         Some(file) => jobs_of_file(file, here.as_deref())?,
         None => vec![job_of_flags(&args, here.as_deref())?],
     };
-    warn_of_untaken(&config, &jobs);
     let mut store = open_store(&config.store)?;
     let ids = match store.submit(&jobs, wall_now()) {
         Ok(ids) => ids,
         Err(e @ StoreError::InvalidJob { .. }) => return Err(CommandError::Usage(e.to_string())),
         Err(e) => return Err(anyhow::Error::new(e).context("cannot queue the job").into()),
     };
+    // Said once they are queued (a refused submit warns of nothing).
+    warn_of_untaken(&config, &jobs);
     // The doorbell first: the jobs are queued whatever becomes of our output.
     ring(&config);
     let mut out = io::BufWriter::new(io::stdout().lock());
