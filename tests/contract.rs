@@ -57,18 +57,7 @@ fn bare(cwd: &Path, env: Option<&str>, args: &[&str]) -> Command {
 /// environment), as the harness's `start` does; `events` is where its events file is.
 fn spawn_run(mut cmd: Command, events: PathBuf, dir: &Path) -> Supervisor {
     let stderr = fs::File::create(dir.join("supervisor.stderr")).unwrap();
-    let child = cmd
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let sv = Supervisor {
-        child: Some(child),
-        events,
-        dir: dir.to_path_buf(),
-    };
+    let sv = spawn_supervisor(&mut cmd, stderr, events, dir);
     sv.wait_started();
     sv
 }
@@ -922,19 +911,7 @@ fn a_key_is_idempotent_through_a_jobs_file_and_free_again_once_canceled() {
 #[test]
 fn job_and_jobs_json_have_the_contract_s_fields_in_every_state() {
     let sb = Sandbox::new(&config_of(vec![group("a", 2)]));
-    let fields = [
-        "id",
-        "state",
-        "group",
-        "command",
-        "attempts",
-        "exit_code",
-        "signal",
-        "log",
-        "created_at",
-        "started_at",
-        "finished_at",
-    ];
+    let fields = JOB_FIELDS;
     let t0 = wall_now() - 1.0;
     let unroutable = sb.submit(&["--tag", "arch=none", "--", "true"]);
     let signalled = sb.submit(&[

@@ -302,27 +302,19 @@ fn job_json_shows_every_field_the_contract_lists() {
         "true",
     ]);
     let j = sb.job(other);
-    for field in [
-        "id",
-        "state",
-        "group",
-        "command",
-        "attempts",
-        "exit_code",
-        "signal",
-        "log",
-        "created_at",
-        "started_at",
-        "finished_at",
+    // The contract's fields, and those job control adds.
+    let added = [
         "cwd",
         "timeout_s",
         "max_attempts",
         "priority",
+        "after",
         "not_before",
         "tags",
         "start_error",
         "reason",
-    ] {
+    ];
+    for field in JOB_FIELDS.iter().chain(&added) {
         assert!(j.get(field).is_some(), "job --json lacks {field}: {j}");
     }
     assert_eq!(

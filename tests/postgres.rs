@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -77,20 +76,12 @@ fn two_supervisors_share_one_queue_and_run_each_job_once() {
     let sv_b = b.start(&[]);
     // Each job appends its id to one file: a job run twice would show twice.
     let ran = a.path().join("ran.txt");
-    let lines: Vec<String> = (0..60)
-        .map(|_| {
+    submit_all(
+        &a,
+        (0..60).map(|_| {
             json!({"group": "a", "command": ["sh", "-c",
                 format!("echo $SUPERVISOR_JOB_ID >> {}; sleep 0.05", ran.display())]})
-            .to_string()
-        })
-        .collect();
-    let file = a.path().join("jobs.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = a.run(&["submit", "--file", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        }),
     );
 
     let mut last = BTreeMap::new();
@@ -209,22 +200,7 @@ fn a_server_restart_mid_run_loses_no_outcome_and_runs_no_job_twice() {
     let sb = Sandbox::new(&c);
     let sv = sb.start(&[]);
     let trace = sb.path().join("trace.txt");
-    let lines: Vec<String> = (0..150)
-        .map(|_| {
-            json!({"group": "a", "command": ["sh", "-c", format!(
-                "echo start $SUPERVISOR_JOB_ID >> {t}; sleep 0.05; echo end $SUPERVISOR_JOB_ID >> {t}",
-                t = trace.display())]})
-            .to_string()
-        })
-        .collect();
-    let file = sb.path().join("jobs.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = sb.run(&["submit", "--file", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    submit_all(&sb, (0..150).map(|_| start_end(&trace, "0.05")));
     sv.wait_events(T, 40, |e| e["event"] == "job_finished");
     // The server "restarts": every connection reset, none accepted for a while.
     proxy.cut();
@@ -330,6 +306,14 @@ fn pair(db: &PgDatabase, proxy: &crate::common::proxy::Proxy) -> (Sandbox, Sandb
     (Sandbox::new(&ca), Sandbox::new(&cb))
 }
 
+/// A job of group `a` that writes `start ID` to `trace`, sleeps `secs`, and writes
+/// `end ID` (see [`runs_in`]).
+fn start_end(trace: &Path, secs: &str) -> Value {
+    json!({"group": "a", "command": ["sh", "-c", format!(
+        "echo start $SUPERVISOR_JOB_ID >> {t}; sleep {secs}; echo end $SUPERVISOR_JOB_ID >> {t}",
+        t = trace.display())]})
+}
+
 /// Checks a trace of `start ID` / `end ID` lines: no job ran twice at once; returns how
 /// many times each ran.
 fn runs_in(trace: &std::path::Path) -> BTreeMap<String, u32> {
@@ -357,20 +341,7 @@ fn a_cut_shorter_than_dead_after_reruns_nothing() {
     let sv_a = a.start(&[]);
     let sv_b = b.start(&[]);
     let trace = a.path().join("trace.txt");
-    let lines: Vec<String> = (0..40)
-        .map(|_| {
-            json!({"group": "a", "command": ["sh", "-c", format!(
-                "echo start $SUPERVISOR_JOB_ID >> {t}; sleep 0.2; echo end $SUPERVISOR_JOB_ID >> {t}",
-                t = trace.display())]})
-            .to_string()
-        })
-        .collect();
-    let file = b.path().join("jobs.jsonl");
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    assert!(b
-        .run(&["submit", "--file", file.to_str().unwrap()])
-        .status
-        .success());
+    submit_all(&b, (0..40).map(|_| start_end(&trace, "0.2")));
     sv_a.wait_events(T, 2, |e| e["event"] == "job_finished");
     proxy.cut();
     // Cut for 1.5 s (under the 3.5 s after which `a` fences itself): `b` goes on alone.
@@ -663,24 +634,13 @@ fn start_on(net: &partition::Network, sb: &Sandbox) -> Supervisor {
         .append(true)
         .open(sb.path().join("supervisor.stderr"))
         .unwrap();
-    let child = net
-        .command(bin())
-        .arg("run")
+    let mut cmd = net.command(bin());
+    cmd.arg("run")
         .arg("-c")
         .arg(sb.config_path())
         .current_dir(sb.path())
-        .env_remove("SUPERVISOR_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let sv = Supervisor {
-        child: Some(child),
-        events: sb.events_path(),
-        dir: sb.path().to_path_buf(),
-    };
+        .env_remove("SUPERVISOR_CONFIG");
+    let sv = spawn_supervisor(&mut cmd, stderr, sb.events_path(), sb.path());
     sv.wait_started();
     sv
 }

@@ -60,22 +60,8 @@ impl State {
         }
         log::error!("{reason}; killing every job and child, and stopping");
         let _ = events.send(Ev::Fenced { reason });
-        kill_everything_below_us();
-    }
-}
-
-/// SIGKILL every descendant, a few rounds (a job forking as it dies may add one), without
-/// reaping: the loop reaps its children and learns how they ended.
-fn kill_everything_below_us() {
-    let me = std::process::id();
-    for _ in 0..5 {
-        let left = supervisor_os::descendants(me);
-        if left.is_empty() {
-            return;
-        }
-        for pid in left {
-            let _ = supervisor_os::signal_pid(pid, supervisor_os::Sig::SIGKILL);
-        }
+        // Not reaped here: the loop reaps its children and learns how they ended.
+        supervisor_os::sigkill_descendants(5, false);
     }
 }
 

@@ -34,6 +34,21 @@ pub fn config_of(groups: Vec<Value>) -> Value {
     json!({ "groups": groups })
 }
 
+/// The fields of `job --json` (and of each job of `jobs --json`) the contract names.
+pub const JOB_FIELDS: [&str; 11] = [
+    "id",
+    "state",
+    "group",
+    "command",
+    "attempts",
+    "exit_code",
+    "signal",
+    "log",
+    "created_at",
+    "started_at",
+    "finished_at",
+];
+
 /// An event's `seq`.
 pub fn seq(e: &Value) -> u64 {
     e["seq"].as_u64().expect("every event has a seq")
@@ -145,24 +160,35 @@ impl Sandbox {
         let stderr = fs::File::create(self.path().join("supervisor.stderr")).unwrap();
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
-        let child = self
-            .command(&args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let sv = Supervisor {
-            child: Some(child),
-            events: self.events_path(),
-            dir: self.path().to_path_buf(),
-        };
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied());
+        let sv = spawn_supervisor(&mut cmd, stderr, self.events_path(), self.path());
         sv.wait_event(Duration::from_secs(10), |e| {
             e["event"] == "supervisor_started"
         });
         sv
+    }
+}
+
+/// Start `cmd` (a `supervisor run`) as a [`Supervisor`] whose events are `events` and
+/// whose sandbox is `dir`, its stderr into `stderr`, logging at `info`.
+pub fn spawn_supervisor(
+    cmd: &mut Command,
+    stderr: fs::File,
+    events: PathBuf,
+    dir: &Path,
+) -> Supervisor {
+    let child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Supervisor {
+        child: Some(child),
+        events,
+        dir: dir.to_path_buf(),
     }
 }
 

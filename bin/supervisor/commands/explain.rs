@@ -4,10 +4,9 @@
 //! [`JobStore::place`](supervisor_store::JobStore::place)) and from what the supervisor
 //! runs (its groups' workers, a group that gave up). `job ID` shows the first reason.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
-use serde_json::Value;
 use supervisor_config::Config;
 use supervisor_os::{PidFile, PidFileState};
 use supervisor_store::{Job, JobState};
@@ -15,6 +14,7 @@ use supervisor_store::{Job, JobState};
 use super::format::local_time;
 use super::{config, open_store, parse_id, pidfile, CommandError};
 use crate::events_file::wall_now;
+use crate::record::{EventRecord, GaveUpAction};
 use crate::store::Store;
 
 /// `supervisor explain ID`.
@@ -167,19 +167,18 @@ fn no_group(config: &Config, job: &Job) -> String {
 /// Whether `group` gave up with `disable` in the current run (since the last
 /// `supervisor_started`) and no reload gave it another chance since.
 fn gave_up(config: &Config, group: &str) -> bool {
-    let Ok(file) = std::fs::File::open(&config.events.path) else {
-        return false;
-    };
+    let events = crate::events_file::read_events(&config.events.path).unwrap_or_default();
     let mut disabled = false;
-    for line in BufReader::new(file).lines().map_while(Result::ok) {
-        let Ok(e) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        match e["event"].as_str() {
-            Some("supervisor_started") | Some("config_loaded") => disabled = false,
-            Some("group_gave_up") if e["group"] == group && e["action"] == "disable" => {
-                disabled = true
+    for line in &events {
+        match &line.record {
+            EventRecord::SupervisorStarted { .. } | EventRecord::ConfigLoaded { .. } => {
+                disabled = false
             }
+            EventRecord::GroupGaveUp {
+                group: Some(g),
+                action: GaveUpAction::Disable,
+                ..
+            } if g == group => disabled = true,
             _ => {}
         }
     }

@@ -70,7 +70,7 @@ fn pidfile(state_dir: &Path) -> PathBuf {
 
 /// The log of job `id`.
 fn log_path(config: &Config, id: i64) -> PathBuf {
-    config.state_dir.join("logs").join(format!("{id}.log"))
+    crate::joblog::log_path(&config.state_dir.join("logs"), id)
 }
 
 /// Ring the running supervisor's doorbell, if one runs: its grabber looks at the store now.

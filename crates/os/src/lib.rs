@@ -30,7 +30,9 @@ pub use spawn::{
     wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
 };
 pub use title::Title;
-pub use tree::{children, descendants, kill_descendants, reap_leaving_any, reap_until_none};
+pub use tree::{
+    children, descendants, kill_descendants, reap_leaving_any, reap_until_none, sigkill_descendants,
+};
 
 /// How a process ended: an exit code or a signal, never squashed into one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -82,6 +82,14 @@ pub fn reap_until_none() {
 /// while it is killed may add one: look again), reaping what ends. Gives up after
 /// `rounds` looks.
 pub fn kill_descendants(rounds: u32) {
+    sigkill_descendants(rounds, true);
+}
+
+/// SIGKILL every descendant of this process, looking again up to `rounds` times (a
+/// process forking while it is killed may add one); with `reap`, reaping what ends
+/// between looks. Without it, whoever waits for its children still learns how they
+/// ended (a zombie is signalled again, harmlessly).
+pub fn sigkill_descendants(rounds: u32, reap: bool) {
     let me = std::process::id();
     for _ in 0..rounds {
         let left = descendants(me);
@@ -91,7 +99,9 @@ pub fn kill_descendants(rounds: u32) {
         for pid in left {
             let _ = crate::signal_pid(pid, crate::Sig::SIGKILL);
         }
-        reap_leaving_any();
+        if reap {
+            reap_leaving_any();
+        }
     }
 }
 
