@@ -6,6 +6,7 @@ mod common;
 mod contract;
 mod control;
 mod down;
+mod http;
 mod jobs;
 mod notify;
 mod operate;

@@ -17,6 +17,16 @@ pub struct EventsFile {
     seq: u64,
     rotate_bytes: u64,
     keep: u32,
+    /// Who else gets every event as it is written (the HTTP server's feed), if anyone.
+    tap: Option<crossbeam_channel::Sender<Tapped>>,
+}
+
+/// An event as written, for the HTTP server: the record and its line (without the
+/// newline).
+#[derive(Debug, Clone)]
+pub struct Tapped {
+    pub event: EventLine,
+    pub line: std::sync::Arc<str>,
 }
 
 /// Wall-clock seconds, as `ts` in every event.
@@ -67,6 +77,7 @@ impl EventsFile {
             seq,
             rotate_bytes,
             keep,
+            tap: None,
         };
         ev.size = ev.file.metadata()?.len();
         if ev.size > 0 {
@@ -81,19 +92,33 @@ impl EventsFile {
 
     /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it.
     pub fn write(&mut self, record: EventRecord) -> io::Result<()> {
-        let mut line = EventLine {
+        let event = EventLine {
             seq: self.seq + 1,
             ts: (wall_now() * 1000.0).round() / 1000.0,
             record,
-        }
-        .to_line()
-        .map_err(io::Error::other)?;
+        };
+        let mut line = event.to_line().map_err(io::Error::other)?;
         self.seq += 1;
         line.push('\n');
         // One write per event: a reader never sees half a line from us.
-        self.file.write_all(line.as_bytes())?;
-        self.size += line.len() as u64;
-        Ok(())
+        let written = self.file.write_all(line.as_bytes());
+        if written.is_ok() {
+            self.size += line.len() as u64;
+        }
+        if let Some(tap) = &self.tap {
+            // Never blocks (unbounded); a feed gone is no error of ours.
+            line.pop();
+            let _ = tap.send(Tapped {
+                event,
+                line: line.into(),
+            });
+        }
+        written
+    }
+
+    /// Send every event written from now on to `tap` too.
+    pub fn set_tap(&mut self, tap: crossbeam_channel::Sender<Tapped>) {
+        self.tap = Some(tap);
     }
 
     /// Whether the file has grown past its rotation size.

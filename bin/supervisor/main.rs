@@ -7,6 +7,7 @@ mod checkpointer;
 mod commands;
 mod events_file;
 mod grabber;
+mod http;
 mod instances;
 mod ipc;
 mod joblog;

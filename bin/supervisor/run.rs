@@ -74,6 +74,8 @@ struct Supervisor {
     store_arg: crate::wire::StoreArg,
     /// Deletes finished jobs past the config's `retention`, on a thread of its own.
     retention: crate::retention::Retention,
+    /// The HTTP server (config `http`), on threads of its own.
+    http: Option<crate::http::Server>,
 }
 
 /// What the loop wakes up for besides a message, each an entry of its timer table, handled
@@ -420,6 +422,9 @@ impl Supervisor {
         let changes = self.config.changes_to(&new);
         self.config = new;
         self.generation += 1;
+        if let Some(http) = &self.http {
+            http.config_changed(&self.config);
+        }
         self.events
             .set_limits(self.config.events.rotate_bytes, self.config.events.keep);
         self.retention.update(self.config.retention.clone());

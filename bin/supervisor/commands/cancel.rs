@@ -4,7 +4,10 @@
 use std::io::Write;
 use std::path::Path;
 
+use supervisor_config::Config;
 use supervisor_store::CancelResult;
+
+use crate::store::Store;
 
 use super::{config, open_store, parse_id, ring, CommandError};
 use crate::events_file::wall_now;
@@ -14,11 +17,10 @@ pub fn cancel(path: &Path, id: &str) -> Result<(), CommandError> {
     let config = config::load(path)?;
     let id = parse_id(id)?;
     let mut store = open_store(&config.store)?;
-    match store.cancel(id, wall_now())? {
+    match cancel_job(&config, &mut store, id)? {
         CancelResult::Canceled => say!("job {id} canceled")?,
         CancelResult::Requested => {
-            ring(&config);
-            say!("job {id} is running: it is being stopped and will be canceled")?;
+            say!("job {id} is running: it is being stopped and will be canceled")?
         }
         CancelResult::AlreadyFinished(state) => {
             say!("job {id} already finished: {}", state.as_str())?
@@ -26,4 +28,18 @@ pub fn cancel(path: &Path, id: &str) -> Result<(), CommandError> {
         CancelResult::Unknown => return Err(CommandError::UnknownJob(id)),
     }
     Ok(())
+}
+
+/// Cancel job `id` (`supervisor cancel` and the HTTP API): a running one is marked, and
+/// the supervisor rung to stop it.
+pub(crate) fn cancel_job(
+    config: &Config,
+    store: &mut Store,
+    id: i64,
+) -> Result<CancelResult, CommandError> {
+    let result = store.cancel(id, wall_now())?;
+    if result == CancelResult::Requested {
+        ring(config);
+    }
+    Ok(result)
 }

@@ -14,6 +14,11 @@ use super::{config, pidfile, CommandError};
 /// config would do that an operator may not mean (see [`check_warnings`]).
 pub fn check(path: &Path) -> Result<(), CommandError> {
     let config = config::load(path)?;
+    if let Some(http) = &config.http {
+        // `run` would refuse to start with it.
+        http.read_token()
+            .map_err(|e| CommandError::Usage(format!("{}: {e}", config.path.display())))?;
+    }
     say!("{}", config.summary())?;
     for warning in check_warnings(&config, supervisor_os::users::effective_uid()) {
         eprintln!("supervisor: warning: {warning}");
@@ -27,6 +32,18 @@ pub fn check(path: &Path) -> Result<(), CommandError> {
 /// itself, which a supervisor started the same way would share).
 fn check_warnings(config: &Config, euid: u32) -> Vec<String> {
     let mut warnings = Vec::new();
+    if let Some(file) = config.http.as_ref().and_then(|h| h.token_file.as_ref()) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(file) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "http.token_file {} can be read by other users (mode {:03o}); chmod 600 it",
+                    file.display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
     if euid == 0 {
         for (i, g) in config.groups.iter().enumerate() {
             if g.process.run_as.is_none() {

@@ -8,6 +8,8 @@ use std::path::Path;
 use supervisor_config::Config;
 use supervisor_store::JobState;
 
+use crate::store::Store;
+
 use super::format::{parse_duration, parse_time};
 use super::{config, open_store, parse_id, ring, CommandError};
 use crate::events_file::wall_now;
@@ -24,8 +26,22 @@ pub fn retry(path: &Path, ids: &[String]) -> Result<(), CommandError> {
         .map(|id| parse_id(id))
         .collect::<Result<Vec<_>, _>>()?;
     let mut store = open_store(&config.store)?;
+    for id in retry_jobs(&config, &mut store, &ids)? {
+        say!("{id}")?;
+    }
+    Ok(())
+}
+
+/// Queue jobs `ids` again with a fresh attempt budget (`supervisor retry` and the HTTP
+/// API), all or none: each must have ended otherwise than `succeeded`. Rings the
+/// supervisor; returns the ids retried.
+pub(crate) fn retry_jobs(
+    config: &Config,
+    store: &mut Store,
+    ids: &[i64],
+) -> Result<Vec<i64>, CommandError> {
     let now = wall_now();
-    for &id in &ids {
+    for &id in ids {
         let job = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
         if !job.is_finished() || job.state == JobState::Succeeded {
             return Err(CommandError::Usage(format!(
@@ -39,17 +55,18 @@ pub fn retry(path: &Path, ids: &[String]) -> Result<(), CommandError> {
             )));
         }
     }
-    for &id in &ids {
-        if store.retry(id)? {
-            say!("{id}")?;
-        } else {
+    let mut done = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if !store.retry(id)? {
+            ring(config);
             return Err(CommandError::Failed(anyhow::anyhow!(
                 "job {id} changed meanwhile and was not retried"
             )));
         }
+        done.push(id);
     }
-    ring(&config);
-    Ok(())
+    ring(config);
+    Ok(done)
 }
 
 /// `supervisor purge [--before TIME] [--state STATE]`: deletes finished jobs (all, or
@@ -104,22 +121,33 @@ pub fn purge(path: &Path, before: Option<&str>, state: Option<&str>) -> Result<(
 /// without names).
 pub fn pause(path: &Path, groups: &[String], pause: bool) -> Result<(), CommandError> {
     let config = config::load(path)?;
-    let named = known_groups(&config, groups)?;
     let mut store = open_store(&config.store)?;
-    if pause {
-        let all: Vec<String> = config.groups.iter().map(|g| g.name.clone()).collect();
-        let which = named.as_deref().unwrap_or(&all);
-        store.pause(which, wall_now())?;
-        say!("paused: {}", which.join(", "))?;
-    } else {
-        store.resume(named.as_deref())?;
-        match &named {
-            Some(g) => say!("resumed: {}", g.join(", "))?,
-            None => say!("resumed every group")?,
-        }
-        ring(&config);
+    match (set_paused(&config, &mut store, groups, pause)?, pause) {
+        (which, true) => say!("paused: {}", which.join(", "))?,
+        (which, false) if !groups.is_empty() => say!("resumed: {}", which.join(", "))?,
+        (_, false) => say!("resumed every group")?,
     }
     Ok(())
+}
+
+/// Pause or resume `groups` (every group of the config when empty), for `pause`,
+/// `resume` and the HTTP API: an unknown group changes nothing. Returns the groups
+/// named (each once), or all of the config's.
+pub(crate) fn set_paused(
+    config: &Config,
+    store: &mut Store,
+    groups: &[String],
+    pause: bool,
+) -> Result<Vec<String>, CommandError> {
+    let named = known_groups(config, groups)?;
+    let all: Vec<String> = config.groups.iter().map(|g| g.name.clone()).collect();
+    if pause {
+        store.pause(named.as_deref().unwrap_or(&all), wall_now())?;
+    } else {
+        store.resume(named.as_deref())?;
+        ring(config);
+    }
+    Ok(named.unwrap_or(all))
 }
 
 /// The groups named, each one of the config's; `None` for none named.

@@ -33,7 +33,7 @@ pub fn explain(path: &Path, id: &str) -> Result<(), CommandError> {
 
 /// Why `job` is where it is: for a queued job each reason it is not running (the first
 /// is the one `job ID` shows); for others, what it is doing or how it ended.
-pub(super) fn reasons(
+pub(crate) fn reasons(
     config: &Config,
     store: &mut Store,
     job: &Job,

@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::Args;
 use serde_json::{json, Value};
 use supervisor_config::Config;
-use supervisor_store::{Job, JobState};
+use supervisor_store::{Job, JobFilter, JobState};
 
 use super::format::{format_duration, local_time, shell_words};
 use super::{config, log_path, open_store, parse_id, CommandError};
@@ -39,34 +39,17 @@ const OUTCOMES: [&str; 5] = ["succeeded", "failed", "timed_out", "lost", "cancel
 /// `supervisor jobs`.
 pub fn jobs(path: &Path, filter: &JobsFilter) -> Result<(), CommandError> {
     let config = config::load(path)?;
-    let state = filter
-        .state
-        .as_deref()
-        .map(str::parse::<JobState>)
-        .transpose()
-        .map_err(|e| CommandError::Usage(format!("--state: {e}")))?;
-    if let Some(o) = filter.outcome.as_deref().filter(|o| !OUTCOMES.contains(o)) {
-        return Err(CommandError::Usage(format!(
-            "--outcome: `{o}` is none of {}",
-            OUTCOMES.join(", ")
-        )));
-    }
-    let mut store = open_store(&config.store)?;
-    let mut jobs = store.list(state, wall_now())?;
-    jobs.retain(|j| {
+    let wanted = job_filter(
+        filter.state.as_deref(),
+        filter.group.as_deref(),
+        filter.outcome.as_deref(),
         filter
-            .group
-            .as_ref()
-            .is_none_or(|g| j.group.as_ref() == Some(g))
-            && filter
-                .outcome
-                .as_ref()
-                .is_none_or(|o| j.last_outcome.as_ref() == Some(o))
-    });
-    if let Some(n) = filter.limit {
-        // The newest n, still in id order.
-        jobs.drain(..jobs.len().saturating_sub(n));
-    }
+            .limit
+            .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+    )
+    .map_err(CommandError::Usage)?;
+    let mut store = open_store(&config.store)?;
+    let jobs = store.list_newest(&wanted, wall_now())?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     if filter.json {
         let list: Vec<Value> = jobs.iter().map(|j| job_json(&config, j)).collect();
@@ -127,8 +110,34 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// A job as `jobs --json` and `job --json` show it.
-fn job_json(config: &Config, j: &Job) -> Value {
+/// The jobs `jobs` (and the HTTP API) list: the newest `limit` of `state`, `group` and
+/// `outcome`, each checked (an error names the flag: `--state: ...`).
+pub(crate) fn job_filter(
+    state: Option<&str>,
+    group: Option<&str>,
+    outcome: Option<&str>,
+    limit: u32,
+) -> Result<JobFilter, String> {
+    let state = state
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| format!("--state: {e}"))?;
+    if let Some(o) = outcome.filter(|o| !OUTCOMES.contains(o)) {
+        return Err(format!(
+            "--outcome: `{o}` is none of {}",
+            OUTCOMES.join(", ")
+        ));
+    }
+    Ok(JobFilter {
+        state,
+        group: group.map(str::to_owned),
+        outcome: outcome.map(str::to_owned),
+        limit,
+    })
+}
+
+/// A job as `jobs --json` and `job --json` (and the HTTP API) show it.
+pub(crate) fn job_json(config: &Config, j: &Job) -> Value {
     json!({
         "id": j.id,
         "state": j.state.as_str(),

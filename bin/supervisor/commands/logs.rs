@@ -4,8 +4,10 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
 use std::time::Duration;
+use supervisor_config::Config;
 
 use supervisor_store::Job;
 
@@ -14,43 +16,93 @@ use crate::events_file::wall_now;
 use crate::joblog;
 
 /// How often `--follow` looks for more output and at the job's state.
-const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 
 /// `supervisor logs`.
 pub fn logs(path: &Path, id: &str, follow: bool, attempt: Option<u32>) -> Result<(), CommandError> {
     let config = config::load(path)?;
     let id = parse_id(id)?;
     let mut store = open_store(&config.store)?;
-    let mut job = store
-        .get(id, wall_now())?
-        .ok_or(CommandError::UnknownJob(id))?;
-    if let Some(n) = attempt {
-        let within = n >= 1 && (n <= job.attempts || (follow && !job.is_finished()));
-        if !within {
-            return Err(CommandError::Usage(format!(
-                "job {id} has had {} attempt(s): there is no attempt {n}",
-                job.attempts
-            )));
+    let log = JobLog::open(&config, &mut store, id, follow, attempt)?;
+    log.copy_to(&mut store, &mut io::stdout().lock())
+}
+
+/// A job's log to show (`supervisor logs` and the HTTP API): all its attempts or one, and
+/// with `follow` what it writes next until the job (or that attempt) is final.
+#[derive(Debug)]
+pub(crate) struct JobLog {
+    logs: PathBuf,
+    job: Job,
+    follow: bool,
+    attempt: Option<u32>,
+    /// Bytes of the log shown (or skipped) so far.
+    at: u64,
+}
+
+impl JobLog {
+    /// The log of job `id`; an unknown job, or an attempt it has not had, is an error.
+    pub(crate) fn open(
+        config: &Config,
+        store: &mut crate::store::Store,
+        id: i64,
+        follow: bool,
+        attempt: Option<u32>,
+    ) -> Result<JobLog, CommandError> {
+        let job = store
+            .get(id, wall_now())?
+            .ok_or(CommandError::UnknownJob(id))?;
+        if let Some(n) = attempt {
+            let within = n >= 1 && (n <= job.attempts || (follow && !job.is_finished()));
+            if !within {
+                return Err(CommandError::Usage(format!(
+                    "job {id} has had {} attempt(s): there is no attempt {n}",
+                    job.attempts
+                )));
+            }
         }
+        Ok(JobLog {
+            logs: config.state_dir.join("logs"),
+            job,
+            follow,
+            attempt,
+            at: 0,
+        })
     }
-    let logs = config.state_dir.join("logs");
-    let mut out = io::stdout().lock();
-    let mut at = 0; // bytes of the log shown (or skipped) so far
-    loop {
+
+    /// Write the log to `out`, and follow it if asked (looking at the store every
+    /// [`FOLLOW_EVERY`]); ends when `out` fails (a reader gone).
+    pub(crate) fn copy_to(
+        mut self,
+        store: &mut crate::store::Store,
+        out: &mut impl Write,
+    ) -> Result<(), CommandError> {
+        while self.step(out)? {
+            std::thread::sleep(FOLLOW_EVERY);
+            self.refresh(store)?;
+        }
+        Ok(())
+    }
+
+    /// Write what is new in the log to `out`; whether more may come (following, and the
+    /// job not final yet): then [`refresh`](Self::refresh) and step again.
+    pub(crate) fn step(&mut self, out: &mut impl Write) -> Result<bool, CommandError> {
+        let (id, attempt) = (self.job.id, self.attempt);
         // Final first, then read: the worker writes all of an attempt's output before
         // it reports its end, so a job seen final has its whole log on disk.
-        let done = job.is_finished() || attempt.is_some_and(|n| job.attempts > n);
-        let (from, to) = range(&logs, id, attempt)?;
-        at = at.max(from);
-        if to > at {
-            copy(&joblog::log_path(&logs, id), at, to, &mut out)?;
-            at = to;
+        let done = self.job.is_finished() || attempt.is_some_and(|n| self.job.attempts > n);
+        let (from, to) = range(&self.logs, id, attempt)?;
+        self.at = self.at.max(from);
+        if to > self.at {
+            copy(&joblog::log_path(&self.logs, id), self.at, to, out)?;
+            self.at = to;
         }
-        if !follow || done {
-            return Ok(());
-        }
-        std::thread::sleep(FOLLOW_EVERY);
-        job = refresh(&mut store, id)?;
+        Ok(self.follow && !done)
+    }
+
+    /// The job as the store has it now.
+    pub(crate) fn refresh(&mut self, store: &mut crate::store::Store) -> Result<(), CommandError> {
+        self.job = refresh(store, self.job.id)?;
+        Ok(())
     }
 }
 

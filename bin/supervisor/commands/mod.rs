@@ -38,18 +38,28 @@ mod status;
 mod submit;
 
 pub use cancel::cancel;
+// What the HTTP server shares with the verbs: the same reads, writes and JSON shapes.
+pub(crate) use cancel::cancel_job;
 pub use check::check;
 pub use control::{pause, purge, retry};
+pub(crate) use control::{retry_jobs, set_paused};
 pub use error::CommandError;
 pub use events::events;
 pub use explain::explain;
+pub(crate) use explain::reasons;
 pub use jobs::{job, jobs, JobsFilter};
+pub(crate) use jobs::{job_filter, job_json};
 pub use logs::logs;
+pub(crate) use logs::{JobLog, FOLLOW_EVERY};
 pub use signal::{signal, Control};
+pub(crate) use signal::{ReloadAnswer, RELOAD_ANSWER_WITHIN};
+pub(crate) use status::replay::Replay;
+pub(crate) use status::running_json;
 pub use status::status;
+pub(crate) use submit::queue;
 pub use submit::{submit, SubmitArgs};
 
-fn open_store(store: &StoreConfig) -> anyhow::Result<crate::store::Store> {
+pub(crate) fn open_store(store: &StoreConfig) -> anyhow::Result<crate::store::Store> {
     crate::store::open(store)
 }
 
@@ -83,7 +93,7 @@ fn ring(config: &Config) {
 }
 
 /// A job id given on the command line.
-fn parse_id(id: &str) -> Result<i64, CommandError> {
+pub(crate) fn parse_id(id: &str) -> Result<i64, CommandError> {
     id.parse::<i64>()
         .map_err(|_| CommandError::Usage(format!("`{id}` is not a job id (a number)")))
 }

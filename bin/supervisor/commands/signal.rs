@@ -17,6 +17,9 @@ use super::{pidfile, CommandError};
 use crate::events_file::read_events;
 use crate::record::{EventLine, EventRecord};
 
+/// How long `reload` (and the HTTP API's) waits for the supervisor's answer.
+pub(crate) const RELOAD_ANSWER_WITHIN: Duration = ANSWER_WITHIN;
+
 /// How long `reload` waits for the supervisor's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
@@ -68,30 +71,59 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
     }
 }
 
+/// The supervisor's answer to a reload, as its events tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ReloadAnswer {
+    Accepted {
+        generation: u64,
+        changes: Vec<String>,
+    },
+    Rejected {
+        error: String,
+    },
+}
+
+impl ReloadAnswer {
+    /// The answer an event gives, if it is one (`config_loaded`, `config_rejected`).
+    pub(crate) fn of(record: EventRecord) -> Option<ReloadAnswer> {
+        match record {
+            EventRecord::ConfigLoaded {
+                generation,
+                changes,
+                ..
+            } => Some(ReloadAnswer::Accepted {
+                generation,
+                changes,
+            }),
+            EventRecord::ConfigRejected { error, .. } => Some(ReloadAnswer::Rejected { error }),
+            _ => None,
+        }
+    }
+}
+
 /// Wait for the answer to a reload asked after event `after`: `config_loaded` (exit 0,
 /// its generation said) or `config_rejected` (exit 2, its errors said).
 fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
         for e in tail(events).into_iter().filter(|e| e.seq > after) {
-            match e.record {
-                EventRecord::ConfigLoaded {
+            match ReloadAnswer::of(e.record) {
+                Some(ReloadAnswer::Accepted {
                     generation,
                     changes,
-                    ..
-                } => {
+                }) => {
                     say!("supervisor {pid}: accepted (generation {generation})")?;
                     for change in changes {
                         say!("  {change}")?;
                     }
                     return Ok(());
                 }
-                EventRecord::ConfigRejected { error, .. } => {
+                Some(ReloadAnswer::Rejected { error }) => {
                     return Err(CommandError::Usage(format!(
                         "supervisor {pid} rejected the config and runs on as before: {error}"
                     )));
                 }
-                _ => {}
+                None => {}
             }
         }
         if Instant::now() >= deadline {

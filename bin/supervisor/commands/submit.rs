@@ -66,21 +66,34 @@ pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
         None => vec![job_of_flags(&args, here.as_deref())?],
     };
     let mut store = open_store(&config.store)?;
-    let ids = match store.submit(&jobs, wall_now()) {
-        Ok(ids) => ids,
-        Err(e @ StoreError::InvalidJob { .. }) => return Err(CommandError::Usage(e.to_string())),
-        Err(e) => return Err(anyhow::Error::new(e).context("cannot queue the job").into()),
-    };
-    // Said once they are queued (a refused submit warns of nothing).
-    warn_of_untaken(&config, &jobs);
-    // The doorbell first: the jobs are queued whatever becomes of our output.
-    ring(&config);
+    let (ids, warning) = queue(&config, &mut store, &jobs)?;
+    if let Some(w) = warning {
+        eprintln!("supervisor: warning: {w}");
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     for id in ids {
         writeln!(out, "{id}")?;
     }
     out.flush()?;
     Ok(())
+}
+
+/// Queue `jobs`, all or none (`submit` and the HTTP API), and ring the supervisor's
+/// doorbell. Returns their ids, and a warning if no group of the config takes some.
+pub(crate) fn queue(
+    config: &supervisor_config::Config,
+    store: &mut crate::store::Store,
+    jobs: &[NewJob],
+) -> Result<(Vec<i64>, Option<String>), CommandError> {
+    let ids = match store.submit(jobs, wall_now()) {
+        Ok(ids) => ids,
+        Err(e @ StoreError::InvalidJob { .. }) => return Err(CommandError::Usage(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot queue the job").into()),
+    };
+    // The doorbell first: the jobs are queued whatever becomes of our output. Warned of
+    // once they are queued (a refused submit warns of nothing).
+    ring(config);
+    Ok((ids, untaken(config, jobs)))
 }
 
 /// The jobs of `submit --file`, each line a job, each `cwd` resolved against `here`.
@@ -201,18 +214,15 @@ fn resolve_cwd(cwd: Option<&Path>, here: Option<&Path>) -> Result<Option<String>
     }
 }
 
-/// Say on stderr which jobs no group of the current config takes (they are queued all
-/// the same: a reload may add a group for them): one line for the first, and how many
-/// more.
-fn warn_of_untaken(config: &supervisor_config::Config, jobs: &[NewJob]) {
+/// Which jobs no group of the current config takes (they are queued all the same: a
+/// reload may add a group for them): one line for the first, and how many more.
+fn untaken(config: &supervisor_config::Config, jobs: &[NewJob]) -> Option<String> {
     let routes = config.routes();
     let mut untaken = jobs
         .iter()
         .enumerate()
         .filter(|(_, j)| supervisor_config::route(&routes, j.group.as_deref(), &j.tags).is_none());
-    let Some((i, first)) = untaken.next() else {
-        return;
-    };
+    let (i, first) = untaken.next()?;
     let why = match &first.group {
         Some(name) => format!(
             "it names group {name:?}, which {} lacks",
@@ -238,8 +248,8 @@ fn warn_of_untaken(config: &supervisor_config::Config, jobs: &[NewJob]) {
     } else {
         String::new()
     };
-    eprintln!(
-        "supervisor: warning: no group takes {which}: {why}; it stays queued until a \
-         reload adds a group for it{more}"
-    );
+    Some(format!(
+        "no group takes {which}: {why}; it stays queued until a reload adds a group for \
+         it{more}"
+    ))
 }

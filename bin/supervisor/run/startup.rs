@@ -34,6 +34,11 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
             return Ok(EXIT_USAGE);
         }
     };
+    // A token file that cannot be used stops the start before anything is touched.
+    if let Some(Err(e)) = config.http.as_ref().map(|h| h.read_token()) {
+        eprintln!("{}: {e}", config.path.display());
+        return Ok(EXIT_USAGE);
+    }
     let Some(_pidfile) = take_state_dir(&config)? else {
         return Ok(EXIT_FAILURE);
     };
@@ -65,7 +70,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let lease = start_lease(&config, &store_arg, instance, me, &queue_tx)?;
     let hub = Hub::start(queue_tx.clone(), crate::instances::marker(pid, &token))
         .context("cannot start the IPC hub")?;
-    let events = EventsFile::open(
+    let mut events = EventsFile::open(
         &config.events.path,
         config.events.rotate_bytes,
         config.events.keep,
@@ -76,6 +81,14 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
             config.events.path.display()
         )
     })?;
+    let http = match crate::http::Server::start(&config, &mut events) {
+        Ok(h) => h,
+        Err(crate::http::StartError::Config(e)) => {
+            eprintln!("{}: {e}", config.path.display());
+            return Ok(EXIT_USAGE);
+        }
+        Err(crate::http::StartError::Other(e)) => return Err(e),
+    };
     let seed = (wall_now() * 1e9) as u64 ^ u64::from(pid);
     let core = Core::new(config.spec(until_empty), Box::new(SplitMix64::new(seed)));
     let mut sv = Supervisor {
@@ -102,6 +115,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         pending: Pending::default(),
         store_arg,
         retention,
+        http,
     };
     sv.begin(left);
     sv.run_until_stopped(&queue_rx)

@@ -63,6 +63,9 @@ impl Config {
         setting("events", self.events != new.events);
         setting("retention", self.retention != new.retention);
         setting("instances", self.instances != new.instances);
+        if self.http != new.http {
+            out.push("http changed (it takes effect at the next start)".into());
+        }
         out
     }
 }

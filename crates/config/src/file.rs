@@ -111,6 +111,30 @@ pub struct ConfigFile {
     /// that no job runs on two hosts at once.
     #[serde(default)]
     pub instances: Instances,
+
+    /// The HTTP server inside `supervisor run`: a JSON API, a live dashboard at `/` and
+    /// Prometheus metrics at `/metrics`. Off without this key. Read at start: a reload
+    /// that changes it takes effect at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// The address and port to listen on, like `127.0.0.1:7070` or `[::1]:7070`; port 0
+    /// takes a free port (written to `<state_dir>/http.addr`). Any address but a
+    /// loopback one needs `token_file`.
+    #[schemars(length(min = 1))]
+    pub listen: String,
+    /// A file holding the bearer token (its content, without surrounding whitespace)
+    /// that every request changing something must carry (`Authorization: Bearer
+    /// <token>`), and every request when `listen` is not a loopback address. Without
+    /// it, nothing can be changed over HTTP. Relative to the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub token_file: Option<String>,
 }
 
 /// Liveness timings on a shared store.

@@ -68,6 +68,56 @@ pub struct Config {
     pub retention: Option<RetentionConfig>,
     /// Liveness of supervisors on a shared store.
     pub instances: InstancesConfig,
+    /// The HTTP server, if one is wanted.
+    pub http: Option<HttpConfig>,
+}
+
+/// The HTTP server inside `supervisor run`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where it listens (port 0: any free port).
+    pub listen: std::net::SocketAddr,
+    /// The file holding the bearer token, absolute.
+    pub token_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// Whether reads are open to anyone who can connect (a loopback address).
+    pub fn is_loopback(&self) -> bool {
+        self.listen.ip().is_loopback()
+    }
+
+    /// The bearer token, read from `token_file` now (so that it can be changed without a
+    /// restart): its content without surrounding whitespace. `None` without a token file.
+    pub fn read_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        // A token is short; a huge file is a mistake, not a token.
+        const MAX_TOKEN_BYTES: u64 = 4096;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("http.token_file: {}: {e}", path.display()))?;
+        if meta.len() > MAX_TOKEN_BYTES {
+            return Err(format!(
+                "http.token_file: {} is {} bytes; a token is at most {MAX_TOKEN_BYTES}",
+                path.display(),
+                meta.len()
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("http.token_file: {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("http.token_file: {} is empty", path.display()));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "http.token_file: {} holds whitespace or control characters inside the token",
+                path.display()
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
 }
 
 /// Liveness of supervisors on a shared store.
@@ -614,6 +664,13 @@ impl Config {
             retention: f.retention.map(|r| RetentionConfig {
                 max_age: r.finished_max_age_s.map(seconds),
                 max_count: r.finished_max_count,
+            }),
+            // The validator has checked that `listen` is an address.
+            http: f.http.and_then(|h| {
+                Some(HttpConfig {
+                    listen: h.listen.parse().ok()?,
+                    token_file: h.token_file.map(|t| resolve(&base, &t)),
+                })
             }),
         }
     }

@@ -496,6 +496,30 @@ fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
         }
     }
 
+    if let Some(Value::Object(http)) = root.get("http") {
+        if let Some(Value::String(listen)) = http.get("listen") {
+            match listen.parse::<std::net::SocketAddr>() {
+                Err(_) => problems.push(Problem {
+                    path: "http.listen".into(),
+                    message: format!(
+                        "{listen:?} is not an address and port (like 127.0.0.1:7070 or \
+                         [::1]:7070; a name like localhost is not taken)"
+                    ),
+                }),
+                Ok(addr) if !addr.ip().is_loopback() && http.get("token_file").is_none() => {
+                    problems.push(Problem {
+                        path: "http.token_file".into(),
+                        message: format!(
+                            "required when http.listen is not a loopback address ({listen}): \
+                             without a token anyone who can reach it could read every job"
+                        ),
+                    })
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
     let grabber = root.get("grabber");
     let error_backoff = file::ErrorBackoff::default();
     backoff(

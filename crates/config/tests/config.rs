@@ -125,7 +125,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         error(&with(r#""colour": "red""#, "")),
         "colour: unknown key (expected one of: events, grabber, groups, heartbeat, \
-         instances, retention, shutdown_grace_s, state_dir, store)"
+         http, instances, retention, shutdown_grace_s, state_dir, store)"
     );
 }
 
@@ -467,7 +467,7 @@ fn every_problem_is_reported_at_once() {
     let mut got = errors(text);
     got.sort();
     let mut want: Vec<String> = [
-        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, instances, retention, shutdown_grace_s, state_dir, store)",
+        "colour: unknown key (expected one of: events, grabber, groups, heartbeat, http, instances, retention, shutdown_grace_s, state_dir, store)",
         "store.postgres.url: required",
         "grabber.poll_interval_s: must be > 0 and <= 1000000000, found -1",
         "grabber.error_backoff.jitter: expected a number, found a string",

@@ -15,18 +15,85 @@ pub fn parse_jobs_jsonl(text: &str) -> Result<Vec<NewJob>, Vec<String>> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<NewJob>(line) {
+        let mut de = serde_json::Deserializer::from_str(line);
+        let parsed = serde_path_to_error::deserialize::<_, NewJob>(&mut de)
+            .map_err(|e| with_path(&e))
+            .and_then(|job| de.end().map(|()| job).map_err(|e| describe(&e)));
+        match parsed {
             Ok(job) => match job.validate() {
                 Ok(()) => jobs.push(job),
                 Err(what) => errors.push(format!("line {n}: {what}")),
             },
-            Err(e) => errors.push(format!("line {n}: {}", describe(&e))),
+            Err(e) => errors.push(format!("line {n}: {e}")),
         }
     }
     if errors.is_empty() {
         Ok(jobs)
     } else {
         Err(errors)
+    }
+}
+
+/// Parses the body of an HTTP submit: one JSON job object, or an array of them (at most
+/// `max_jobs`), validating each. On failure, returns one message per bad job (`job N:
+/// what is wrong`, N from 1), or one for the whole body.
+pub fn parse_jobs_json(body: &[u8], max_jobs: usize) -> Result<Vec<NewJob>, Vec<String>> {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![format!(
+                "{} (line {}, column {})",
+                describe(&e),
+                e.line(),
+                e.column()
+            )])
+        }
+    };
+    let (items, single) = match value {
+        serde_json::Value::Array(items) => (items, false),
+        object @ serde_json::Value::Object(_) => (vec![object], true),
+        _ => return Err(vec!["expected a job object or an array of them".into()]),
+    };
+    if items.is_empty() {
+        return Err(vec!["no jobs in the array".into()]);
+    }
+    if items.len() > max_jobs {
+        return Err(vec![format!(
+            "{} jobs in one request; at most {max_jobs}",
+            items.len()
+        )]);
+    }
+    let mut jobs = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let which = if single {
+            "job".to_string()
+        } else {
+            format!("job {}", index + 1)
+        };
+        match serde_path_to_error::deserialize::<_, NewJob>(item) {
+            Ok(job) => match job.validate() {
+                Ok(()) => jobs.push(job),
+                Err(what) => errors.push(format!("{which}: {what}")),
+            },
+            Err(e) => errors.push(match e.path().to_string().as_str() {
+                "." => format!("{which}: {}", e.inner()),
+                path => format!("{which}: {path}: {}", e.inner()),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(jobs)
+    } else {
+        Err(errors)
+    }
+}
+
+/// [`describe`], after the field the error is in, if it is in one.
+fn with_path(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    match e.path().to_string().as_str() {
+        "." => describe(e.inner()),
+        path => format!("{path}: {}", describe(e.inner())),
     }
 }
 
@@ -51,6 +118,32 @@ fn describe(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_body_is_one_job_or_an_array_every_bad_one_named() {
+        let one = parse_jobs_json(br#"{"command": ["true"], "group": "g"}"#, 10).unwrap();
+        assert_eq!(one[0].group.as_deref(), Some("g"));
+        let two = parse_jobs_json(br#"[{"command": ["a"]}, {"command": ["b"]}]"#, 10).unwrap();
+        assert_eq!(two.len(), 2);
+        let bad = parse_jobs_json(
+            br#"[{"command": ["a"]}, {"command": []}, {"command": ["c"], "x": 1}]"#,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("job 2: "), "{bad:?}");
+        assert!(
+            bad[1].starts_with("job 3: ") && bad[1].contains("`x`"),
+            "{bad:?}"
+        );
+        for body in [&b"[]"[..], b"17", b"\"x\"", b"{", b""] {
+            assert_eq!(parse_jobs_json(body, 10).unwrap_err().len(), 1);
+        }
+        let many = format!("[{}]", [r#"{"command": ["a"]}"#; 11].join(","));
+        assert!(parse_jobs_json(many.as_bytes(), 10).unwrap_err()[0].contains("at most 10"));
+        let deep = "[".repeat(100_000);
+        assert!(parse_jobs_json(deep.as_bytes(), 10).is_err());
+    }
 
     #[test]
     fn good_lines_parse_and_blank_lines_are_skipped() {

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use claim::{unrunnable_reason, StoredRun};
 pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
-pub use jsonl::parse_jobs_jsonl;
+pub use jsonl::{parse_jobs_json, parse_jobs_jsonl};
 pub use postgres::{Listener, Patience, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -702,6 +702,52 @@ pub trait JobStore {
 
     /// The number of jobs in each state; every state is present, zeros included.
     fn counts(&mut self, now: f64) -> Result<BTreeMap<JobState, u64>>;
+
+    /// The newest jobs that pass `filter`, at most `filter.limit`, in id order: a page
+    /// read from the newest end, however many jobs the store holds.
+    fn list_newest(&mut self, filter: &JobFilter, now: f64) -> Result<Vec<Job>>;
+
+    /// How many jobs there are of each state and group: the group that ran the job, else
+    /// the one it is routed to, else the one it names (`None`: it has none).
+    fn counts_by_group(&mut self, now: f64) -> Result<Vec<GroupCount>>;
+}
+
+/// Which jobs [`JobStore::list_newest`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this group (the one that ran them, else the one they name).
+    pub group: Option<String>,
+    /// Only jobs whose last attempt ended so (`succeeded`, `failed`, ...).
+    pub outcome: Option<String>,
+    /// At most this many, the newest.
+    pub limit: u32,
+}
+
+/// A count of [`JobStore::counts_by_group`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupCount {
+    pub state: JobState,
+    pub group: Option<String>,
+    pub jobs: u64,
+}
+
+/// [`GroupCount`]s from rows of `(state, group, number of jobs)`.
+pub(crate) fn group_counts(
+    rows: impl IntoIterator<Item = (String, Option<String>, i64)>,
+) -> Result<Vec<GroupCount>> {
+    rows.into_iter()
+        .map(|(state, group, n)| {
+            Ok(GroupCount {
+                state: state
+                    .parse::<JobState>()
+                    .map_err(|e| StoreError::Corrupt(format!("a job has an {e}")))?,
+                group,
+                jobs: n.try_into().unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! the events file and the store (found leniently) say.
 
 mod last_run;
-pub(super) mod replay;
+pub(crate) mod replay;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -18,7 +18,7 @@ use supervisor_os::{PidFile, PidFileState};
 use supervisor_store::JobState;
 
 use self::last_run::{last_run, Ending};
-use self::replay::replay;
+use self::replay::{replay, Replay};
 use super::config::{self, Lenient};
 use super::format::{format_duration, local_time};
 use super::{open_existing_store, pidfile, CommandError};
@@ -27,6 +27,12 @@ use crate::record::{ChildKind, ChildRow, EventLine, EventRecord};
 
 /// A child's state in `status` when no supervisor runs.
 const GONE: &str = "gone";
+
+/// `status --json` of the running supervisor, for its HTTP server: the same object,
+/// from the child table it replays live (`live`) rather than from the events file.
+pub(crate) fn running_json(found: &Locations, live: &Replay, last_event_at: Option<f64>) -> Value {
+    Report::of_running(found, live, last_event_at).json()
+}
 
 /// `supervisor status`.
 ///
@@ -85,19 +91,7 @@ impl Report {
         };
         let events = read_events(&found.events).unwrap_or_default();
         let replayed = replay(&events);
-        let counts: BTreeMap<String, u64> = match store_counts(&found.store) {
-            Ok(c) => c
-                .into_iter()
-                .map(|(k, v)| (k.as_str().to_string(), v))
-                .collect(),
-            Err(e) => {
-                log::warn!("job counts unavailable: {e:#}");
-                JobState::ALL
-                    .iter()
-                    .map(|s| (s.as_str().to_string(), 0))
-                    .collect()
-            }
-        };
+        let counts = job_counts(&found.store);
         let stale_pid = match state {
             PidFileState::Stale(pid) => pid,
             _ => None,
@@ -122,7 +116,6 @@ impl Report {
             .or(replayed.supervisor_pid)
             .or(stale_pid)
             .map(u64::from);
-        let cgroups = cgroups_of(running_pid);
         let mut children: Vec<ChildRow> = replayed.children.into_values().collect();
         if running_pid.is_none() {
             // Whatever the events last said of them, children die with their supervisor
@@ -140,10 +133,6 @@ impl Report {
                 }),
             _ => Vec::new(),
         };
-        let paused = paused_groups(&found.store).unwrap_or_else(|e| {
-            log::warn!("paused groups unavailable: {e:#}");
-            Vec::new()
-        });
         Report {
             running_pid,
             pid,
@@ -153,8 +142,26 @@ impl Report {
             counts,
             outcomes_waiting,
             stranded,
-            cgroups,
-            paused,
+            cgroups: cgroups_of(running_pid),
+            paused: paused_of(&found.store),
+        }
+    }
+
+    /// The report of the running supervisor itself (its HTTP server), from what it has
+    /// replayed of its own events as they were written, and the store.
+    fn of_running(found: &Locations, live: &Replay, last_event_at: Option<f64>) -> Report {
+        let pid = std::process::id();
+        Report {
+            running_pid: Some(pid),
+            pid: Some(u64::from(pid)),
+            ending: None,
+            last_event_at,
+            children: live.children.values().cloned().collect(),
+            counts: job_counts(&found.store),
+            outcomes_waiting: live.outcomes_waiting,
+            stranded: Vec::new(),
+            cgroups: cgroups_of(Some(pid)),
+            paused: paused_of(&found.store),
         }
     }
 
@@ -363,6 +370,31 @@ fn running_jobs(store: &StoreConfig) -> Result<Vec<i64>> {
     };
     let jobs = store.list(Some(JobState::Running), wall_now())?;
     Ok(jobs.iter().map(|j| j.id).collect())
+}
+
+/// Jobs by state, by name; all 0 (and a warning) when the store cannot say.
+fn job_counts(store: &StoreConfig) -> BTreeMap<String, u64> {
+    match store_counts(store) {
+        Ok(c) => c
+            .into_iter()
+            .map(|(k, v)| (k.as_str().to_string(), v))
+            .collect(),
+        Err(e) => {
+            log::warn!("job counts unavailable: {e:#}");
+            JobState::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), 0))
+                .collect()
+        }
+    }
+}
+
+/// The paused groups (none, and a warning, when the store cannot say).
+fn paused_of(store: &StoreConfig) -> Vec<String> {
+    paused_groups(store).unwrap_or_else(|e| {
+        log::warn!("paused groups unavailable: {e:#}");
+        Vec::new()
+    })
 }
 
 /// Jobs by state; all 0 when the store does not exist yet (`status` creates nothing).

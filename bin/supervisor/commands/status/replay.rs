@@ -7,11 +7,14 @@ use crate::record::{ChildKind, ChildName, ChildRow, EventLine, EventRecord};
 
 /// The child table and supervisor facts rebuilt from the events file.
 #[derive(Debug, Default)]
-pub(in crate::commands) struct Replay {
-    pub(in crate::commands) supervisor_pid: Option<u32>,
+pub(crate) struct Replay {
+    pub(crate) supervisor_pid: Option<u32>,
     /// A row per child (grabber first, then workers by group and slot), with
     /// `started_at` (wall clock) when known.
-    pub(in crate::commands) children: BTreeMap<ChildName, ChildRow>,
+    pub(crate) children: BTreeMap<ChildName, ChildRow>,
+    /// Outcomes the supervisor holds because the store refused them, as its last word on
+    /// them says.
+    pub(crate) outcomes_waiting: u64,
 }
 
 /// A row for a child the table has not seen yet.
@@ -27,24 +30,36 @@ fn new_row(child: &ChildName) -> ChildRow {
 }
 
 /// The child table as `events` (the current events file, in order) leave it.
-pub(in crate::commands) fn replay(events: &[EventLine]) -> Replay {
+pub(crate) fn replay(events: &[EventLine]) -> Replay {
     let start = events
         .iter()
         .rposition(|e| matches!(e.record, EventRecord::Snapshot { .. }))
         .unwrap_or(0);
     let mut r = Replay::default();
     for e in &events[start..] {
+        r.apply(e);
+    }
+    r
+}
+
+impl Replay {
+    /// The table after one more event (a snapshot replaces it whole).
+    pub(crate) fn apply(&mut self, e: &EventLine) {
+        let r = self;
         match &e.record {
             EventRecord::Snapshot {
                 supervisor_pid,
                 children,
+                outcomes_waiting,
                 ..
             } => {
                 r.supervisor_pid = Some(*supervisor_pid);
+                r.outcomes_waiting = *outcomes_waiting;
                 r.children = (children.iter())
                     .map(|c| (c.child.clone(), c.clone()))
                     .collect();
             }
+            EventRecord::OutcomesWaiting { count } => r.outcomes_waiting = *count,
             EventRecord::SupervisorStarted { pid, .. } => r.supervisor_pid = Some(*pid),
             EventRecord::ChildStarted { child, pid } => {
                 let row = (r.children.entry(child.clone())).or_insert_with(|| new_row(child));
@@ -102,7 +117,6 @@ pub(in crate::commands) fn replay(events: &[EventLine]) -> Replay {
             _ => {}
         }
     }
-    r
 }
 
 #[cfg(test)]

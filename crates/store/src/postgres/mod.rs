@@ -47,11 +47,12 @@ use crate::sql::{
     self, CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL,
     TAKE_BACK, TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
 };
-use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
+use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, state_counts};
 use crate::{
     AfterAttempt, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
     NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
+use crate::{GroupCount, JobFilter};
 
 mod claim_sql;
 mod connect;
@@ -722,5 +723,47 @@ impl JobStore for PostgresStore {
             .map(|row| Ok((row.try_get(0).ctx(op)?, row.try_get(1).ctx(op)?)))
             .collect::<Result<Vec<(String, i64)>>>()?;
         state_counts(rows)
+    }
+
+    fn list_newest(&mut self, filter: &JobFilter, now: f64) -> Result<Vec<Job>> {
+        materialise_if_due(&mut self.stmts, &mut self.client, now)?;
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            &sql::list_newest(),
+            &[
+                &filter.state.map(JobState::as_str),
+                &filter.group,
+                &filter.outcome,
+                &i64::from(filter.limit),
+            ],
+            "list jobs",
+        )?;
+        let mut jobs = rows.iter().map(read_job).collect::<Result<Vec<Job>>>()?;
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    fn counts_by_group(&mut self, now: f64) -> Result<Vec<GroupCount>> {
+        let op = "count jobs by group";
+        materialise_if_due(&mut self.stmts, &mut self.client, now)?;
+        let rows = query(
+            &mut self.stmts,
+            &mut self.client,
+            sql::COUNTS_BY_GROUP,
+            &[],
+            op,
+        )?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).ctx(op)?,
+                    row.try_get(1).ctx(op)?,
+                    row.try_get(2).ctx(op)?,
+                ))
+            })
+            .collect::<Result<Vec<(String, Option<String>, i64)>>>()?;
+        group_counts(rows)
     }
 }

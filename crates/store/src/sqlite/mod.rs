@@ -24,11 +24,12 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transact
 
 use crate::error::Context;
 use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
-use crate::{cancel_step, claim, outcome_state, parse_state, state_counts};
+use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, state_counts};
 use crate::{
     AfterAttempt, AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState,
     JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
+use crate::{GroupCount, JobFilter};
 
 mod claim_sql;
 mod rows;
@@ -779,5 +780,41 @@ impl JobStore for SqliteStore {
             })
             .ctx("count jobs")?;
         state_counts(rows)
+    }
+
+    fn list_newest(&mut self, filter: &JobFilter, now: f64) -> Result<Vec<Job>> {
+        let op = "list jobs";
+        materialise_if_due(&self.conn, now)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&for_sqlite(&sql::list_newest()))
+            .ctx(op)?;
+        let mut rows = stmt
+            .query(params![
+                filter.state.map(JobState::as_str),
+                filter.group,
+                filter.outcome,
+                i64::from(filter.limit)
+            ])
+            .ctx(op)?;
+        let mut jobs = Vec::new();
+        while let Some(row) = rows.next().ctx(op)? {
+            jobs.push(read_job(row)?);
+        }
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    fn counts_by_group(&mut self, now: f64) -> Result<Vec<GroupCount>> {
+        materialise_if_due(&self.conn, now)?;
+        let rows: Vec<(String, Option<String>, i64)> = self
+            .conn
+            .prepare_cached(sql::COUNTS_BY_GROUP)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                    .collect()
+            })
+            .ctx("count jobs by group")?;
+        group_counts(rows)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use supervisor_store::{
-    AfterAttempt, CancelResult, JobState, NewJob, OutcomeKind, OutcomeRecord, StoreError,
+    AfterAttempt, CancelResult, JobFilter, JobState, NewJob, OutcomeKind, OutcomeRecord, StoreError,
 };
 
 pub fn outcome(kind: OutcomeKind) -> OutcomeRecord {
@@ -864,6 +864,70 @@ pub fn list_filters_by_state_in_id_order(new: Factory) {
     assert!(s.list(Some(JobState::Dead), 3.0).unwrap().is_empty());
 }
 
+pub fn a_page_of_the_newest_jobs_and_counts_by_group(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let ids = s
+        .submit(
+            &[job_in("g"), job("x"), job_in("g"), job_in("h"), job_in("g")],
+            1.0,
+        )
+        .unwrap();
+    s.claim(
+        me,
+        &[named("g"), named("h")],
+        &mut credits(&[("g", 1)]),
+        2.0,
+    )
+    .unwrap();
+    let page = |s: &mut dyn JobStore, f: JobFilter| -> Vec<i64> {
+        s.list_newest(&f, 3.0)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    };
+    let all = |limit| JobFilter {
+        limit,
+        ..JobFilter::default()
+    };
+    assert_eq!(page(&mut *s, all(100)), ids, "every job, in id order");
+    assert_eq!(page(&mut *s, all(2)), ids[3..].to_vec(), "the newest two");
+    assert!(page(&mut *s, all(0)).is_empty());
+    let queued_g = JobFilter {
+        state: Some(JobState::Queued),
+        group: Some("g".into()),
+        ..all(10)
+    };
+    assert_eq!(page(&mut *s, queued_g), vec![ids[2], ids[4]]);
+    let running = JobFilter {
+        state: Some(JobState::Running),
+        ..all(10)
+    };
+    assert_eq!(page(&mut *s, running), vec![ids[0]]);
+    let failed = JobFilter {
+        outcome: Some("failed".into()),
+        ..all(10)
+    };
+    assert!(page(&mut *s, failed).is_empty());
+
+    let mut counts = s.counts_by_group(3.0).unwrap();
+    counts.sort_by(|a, b| (a.state, &a.group).cmp(&(b.state, &b.group)));
+    let seen: Vec<(JobState, Option<&str>, u64)> = counts
+        .iter()
+        .map(|c| (c.state, c.group.as_deref(), c.jobs))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (JobState::Queued, None, 1),
+            (JobState::Queued, Some("g"), 2),
+            (JobState::Queued, Some("h"), 1),
+            (JobState::Running, Some("g"), 1),
+        ]
+    );
+}
+
 pub fn many_unroutable_jobs_do_not_hide_routable_ones(new: Factory) {
     let mut s = new();
     let me = instance(&mut *s, 1);
@@ -1637,6 +1701,7 @@ macro_rules! conformance_tests {
             requeue_orphans_touches_only_dead_instances,
             counts_include_every_state,
             list_filters_by_state_in_id_order,
+            a_page_of_the_newest_jobs_and_counts_by_group,
             many_unroutable_jobs_do_not_hide_routable_ones,
             two_thousand_cycles,
             ten_thousand_queued_claimed_a_few_at_a_time,

@@ -1,0 +1,628 @@
+//! The routes: the JSON API, the event stream, the metrics and the dashboard's files.
+//! Every store access runs on a blocking thread with a pooled connection, through the
+//! same functions as the verbs; every error is a JSON `{"error": ...}`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use supervisor_config::{Config, HttpConfig};
+use supervisor_store::{CancelResult, JobState};
+use tokio::sync::Semaphore;
+
+use super::auth::{self, Access};
+use super::feed::Feed;
+use super::{assets, metrics, stream};
+use crate::commands::{self, CommandError, JobLog, ReloadAnswer};
+use crate::events_file::wall_now;
+use crate::record::EventLine;
+use crate::store::Store;
+
+/// The largest request body (a submit of many jobs).
+const MAX_BODY: usize = 1 << 20;
+/// The most jobs one `POST /api/jobs` queues.
+const MAX_JOBS_PER_SUBMIT: usize = 10_000;
+/// `limit` of `GET /api/jobs`: its default and its most.
+const JOBS_DEFAULT: u32 = 100;
+const JOBS_MAX: u32 = 1000;
+/// The most event streams and log follows at once.
+const MAX_STREAMS: usize = 64;
+/// The most blocking threads (each with its store connection) requests use at once.
+const BLOCKING_THREADS: usize = 8;
+
+/// What every request handler shares.
+pub struct App {
+    pub feed: Arc<Feed>,
+    http: HttpConfig,
+    /// Store connections not in use.
+    stores: Mutex<Vec<Store>>,
+    streams: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn new(feed: Arc<Feed>, http: HttpConfig) -> App {
+        App {
+            feed,
+            http,
+            stores: Mutex::new(Vec::new()),
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        }
+    }
+
+    /// Run `f` with the config and a store connection (a pooled one, else a new one); a
+    /// connection whose call failed is dropped, not pooled. Call on a blocking thread.
+    pub fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Config, &mut Store) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        let config = self.feed.config();
+        let pooled = self
+            .stores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut store = match pooled {
+            Some(s) => s,
+            None => commands::open_store(&config.store)?,
+        };
+        let result = f(&config, &mut store);
+        if !matches!(result, Err(CommandError::Failed(_))) {
+            let mut pool = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.len() < BLOCKING_THREADS {
+                pool.push(store);
+            }
+        }
+        result
+    }
+}
+
+/// Run `f` on a blocking thread with a store connection.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&Config, &mut Store) -> Result<T, CommandError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.with_store(f))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))?
+        .map_err(ApiError::from)
+}
+
+/// Serve `app` on `listener` until the process ends (on the calling thread).
+pub fn serve(listener: std::net::TcpListener, app: App) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("http-blocking")
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, router(Arc::new(app))).await?;
+        Ok(())
+    })
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/style.css", get(assets::style))
+        .route("/metrics", get(metrics_text))
+        .route("/api/status", get(status))
+        .route("/api/jobs", get(jobs).post(submit))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/log", get(job_log))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/groups/{name}/pause", post(pause))
+        .route("/api/groups/{name}/resume", post(resume))
+        .route("/api/reload", post(reload))
+        .route("/api/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// An error answer: its status and `{"error": message}` (and more fields, if any).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> ApiError {
+        let text = e.to_string();
+        let message = text
+            .strip_prefix("supervisor: ")
+            .unwrap_or(&text)
+            .to_string();
+        let status = match e {
+            CommandError::Usage(_) | CommandError::JobFile { .. } => StatusCode::BAD_REQUEST,
+            CommandError::UnknownJob(_) => StatusCode::NOT_FOUND,
+            CommandError::NotRunning(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CommandError::Config(_) | CommandError::Failed(_) => {
+                log::warn!("http: {message}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, message)
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Before every route: the `Host` (no DNS rebinding), the token (reads on a non-loopback
+/// address, every write), and after it JSON for axum's own bare answers (405) and the
+/// headers every answer carries.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if !auth::host_is_allowed(req.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the Host header names this server by a name other than an address or \
+             localhost; use its address",
+        )
+        .into_response();
+    }
+    let access = match *req.method() {
+        Method::GET | Method::HEAD => Access::Read,
+        _ => Access::Write,
+    };
+    let query_token = req.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<BTreeMap<String, String>>(q)
+            .ok()
+            .and_then(|mut m| m.remove("token"))
+    });
+    // The dashboard's own files carry nothing secret: they load without the token,
+    // which the page then asks for.
+    let is_asset = matches!(req.uri().path(), "/" | "/app.js" | "/style.css");
+    if !is_asset {
+        if let Err(e) = auth::check(&app.http, req.headers(), query_token.as_deref(), access) {
+            return e.into_response();
+        }
+    }
+    let mut r = next.run(req).await;
+    if r.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = r.headers().get(header::ALLOW).cloned();
+        r = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+            .into_response();
+        if let Some(a) = allow {
+            r.headers_mut().insert(header::ALLOW, a);
+        }
+    }
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// A job id of a path.
+fn id_of(text: &str) -> Result<i64, ApiError> {
+    match text.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(bad_request(format!(
+            "`{text}` is not a job id (a positive number)"
+        ))),
+    }
+}
+
+/// A query string, or a 400 that says what is wrong with it.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad_request(format!("bad query: {}", e.body_text())))
+}
+
+// ---- reads ---------------------------------------------------------------------------
+
+async fn status(State(app): State<Arc<App>>) -> Answer {
+    let (live, last_ts, last_seq, disabled, restarts) = {
+        let f = app.feed.state();
+        let now = wall_now();
+        let restarts: BTreeMap<String, Vec<u64>> = (f.config.groups.iter())
+            .map(|g| (g.name.clone(), f.restarts_per_minute(&g.name, now)))
+            .collect();
+        let live = commands::Replay {
+            supervisor_pid: f.replay.supervisor_pid,
+            children: f.replay.children.clone(),
+            outcomes_waiting: f.replay.outcomes_waiting,
+        };
+        (live, f.last_ts, f.last_seq, f.disabled.clone(), restarts)
+    };
+    let reads_need_token = !super::reads_are_open(&app.http);
+    let mut body = blocking(&app, move |config, store| {
+        let mut report = commands::running_json(&config.locations(), &live, last_ts);
+        let counts = store.counts_by_group(wall_now())?;
+        let paused = report["paused"].clone();
+        let groups: Vec<Value> = (config.groups.iter())
+            .map(|g| {
+                let mut workers: BTreeMap<&str, u64> = BTreeMap::new();
+                for row in live.children.values() {
+                    if row.child.group.as_deref() == Some(g.name.as_str())
+                        && row.child.role == crate::record::ChildKind::Worker
+                    {
+                        *workers.entry(row.state.as_str()).or_default() += 1;
+                    }
+                }
+                let queued: u64 = (counts.iter())
+                    .filter(|c| c.state == JobState::Queued && c.group.as_deref() == Some(&g.name))
+                    .map(|c| c.jobs)
+                    .sum();
+                json!({
+                    "name": g.name,
+                    "max_workers": g.max_workers,
+                    "workers": workers,
+                    "queued": queued,
+                    "paused": paused.as_array().is_some_and(|p| p.iter().any(|n| n == g.name.as_str())),
+                    "disabled": disabled.contains(&g.name),
+                    "restarts_per_minute": restarts.get(&g.name),
+                })
+            })
+            .collect();
+        report["groups"] = Value::Array(groups);
+        Ok(report)
+    })
+    .await?;
+    body["last_seq"] = json!(last_seq);
+    body["now"] = json!(wall_now());
+    body["auth"] = json!({ "reads_need_token": reads_need_token });
+    Ok(Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    state: Option<String>,
+    group: Option<String>,
+    outcome: Option<String>,
+    limit: Option<String>,
+    /// Read by [`guard`] (an `EventSource` cannot send the header).
+    #[serde(rename = "token")]
+    _token: Option<String>,
+}
+
+async fn jobs(State(app): State<Arc<App>>, q: Result<Query<JobsQuery>, QueryRejection>) -> Answer {
+    let q = query(q)?;
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => JOBS_DEFAULT,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if n <= JOBS_MAX => n,
+            _ => {
+                return Err(bad_request(format!(
+                    "limit: `{l}` is not a number from 0 to {JOBS_MAX}"
+                )))
+            }
+        },
+    };
+    let empty_none = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let filter = commands::job_filter(
+        empty_none(q.state).as_deref(),
+        empty_none(q.group).as_deref(),
+        empty_none(q.outcome).as_deref(),
+        limit,
+    )
+    .map_err(|e| bad_request(e.trim_start_matches("--").to_string()))?;
+    let list = blocking(&app, move |config, store| {
+        let jobs = store.list_newest(&filter, wall_now())?;
+        Ok(jobs
+            .iter()
+            .map(|j| commands::job_json(config, j))
+            .collect::<Vec<Value>>())
+    })
+    .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id_of(&id)?;
+    let body = blocking(&app, move |config, store| {
+        let now = wall_now();
+        let j = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
+        let mut body = commands::job_json(config, &j);
+        body["explain"] = json!(commands::reasons(config, store, &j, now)?);
+        Ok(body)
+    })
+    .await?;
+    Ok(Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    follow: Option<String>,
+    attempt: Option<String>,
+    /// Read by [`guard`] (an `EventSource` cannot send the header).
+    #[serde(rename = "token")]
+    _token: Option<String>,
+}
+
+async fn job_log(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Answer {
+    let id = id_of(&id)?;
+    let q = query(q)?;
+    let follow = match q.follow.as_deref() {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => return Err(bad_request(format!("follow: `{other}` is not 1 or 0"))),
+    };
+    let attempt = match q.attempt.as_deref() {
+        None | Some("") => None,
+        Some(a) => Some(
+            a.parse::<u32>()
+                .map_err(|_| bad_request(format!("attempt: `{a}` is not an attempt number")))?,
+        ),
+    };
+    let permit = if follow {
+        Some(app.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many streams open; try later",
+            )
+        })?)
+    } else {
+        None
+    };
+    let log = blocking(&app, move |config, store| {
+        JobLog::open(config, store, id, follow, attempt)
+    })
+    .await?;
+    let body = stream::log(&app, log, permit);
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<String>,
+    /// Read by [`guard`] (an `EventSource` cannot send the header).
+    #[serde(rename = "token")]
+    _token: Option<String>,
+}
+
+async fn events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Answer {
+    let q = query(q)?;
+    // A reconnecting EventSource says where it was; that wins over the URL's `after`.
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let after = match resumed.or(q.after.as_deref().filter(|a| !a.is_empty())) {
+        None => None,
+        Some(a) => Some(
+            a.trim()
+                .parse::<u64>()
+                .map_err(|_| bad_request(format!("after: `{a}` is not an event seq")))?,
+        ),
+    };
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streams open; try later",
+        )
+    })?;
+    let path = app.feed.config().events.path.clone();
+    let body = stream::events(&app, path, after, permit);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Answer {
+    let counts = blocking(&app, |_, store| Ok(store.counts_by_group(wall_now())?)).await?;
+    let text = metrics::render(&app.feed.state(), &counts);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+// ---- writes --------------------------------------------------------------------------
+
+async fn submit(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Answer {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("cannot read the body: {}", e.body_text()),
+        )
+    })?;
+    let jobs = supervisor_store::parse_jobs_json(&body, MAX_JOBS_PER_SUBMIT).map_err(|errors| {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
+                "error": format!("nothing was queued: {}", errors.join("; ")),
+                "errors": errors,
+            }),
+        }
+    })?;
+    if let Some((n, j)) = jobs.iter().enumerate().find(|(_, j)| {
+        j.cwd
+            .as_deref()
+            .is_some_and(|c| !std::path::Path::new(c).is_absolute())
+    }) {
+        return Err(bad_request(format!(
+            "nothing was queued: job {}: cwd {:?} is relative; over HTTP it must be absolute",
+            n + 1,
+            j.cwd.as_deref().unwrap_or_default()
+        )));
+    }
+    let (ids, warning) = blocking(&app, move |config, store| {
+        commands::queue(config, store, &jobs)
+    })
+    .await?;
+    let body = json!({ "ids": ids, "warnings": warning.into_iter().collect::<Vec<_>>() });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id_of(&id)?;
+    let result = blocking(&app, move |config, store| {
+        commands::cancel_job(config, store, id)
+    })
+    .await?;
+    let (result, state) = match result {
+        CancelResult::Canceled => ("canceled", JobState::Canceled),
+        CancelResult::Requested => ("stopping", JobState::Running),
+        CancelResult::AlreadyFinished(s) => ("already_finished", s),
+        CancelResult::Unknown => return Err(CommandError::UnknownJob(id).into()),
+    };
+    Ok(Json(json!({ "id": id, "result": result, "state": state.as_str() })).into_response())
+}
+
+async fn retry(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id_of(&id)?;
+    let ids = blocking(&app, move |config, store| {
+        commands::retry_jobs(config, store, &[id])
+    })
+    .await
+    .map_err(|e| match e.status {
+        // Known, but not a job that can be retried.
+        StatusCode::BAD_REQUEST => ApiError {
+            status: StatusCode::CONFLICT,
+            ..e
+        },
+        _ => e,
+    })?;
+    Ok(Json(json!({ "ids": ids })).into_response())
+}
+
+async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer {
+    set_paused(&app, name, true).await
+}
+
+async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer {
+    set_paused(&app, name, false).await
+}
+
+async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
+    let paused = blocking(app, move |config, store| {
+        commands::set_paused(config, store, std::slice::from_ref(&name), pause)?;
+        Ok(store.paused()?)
+    })
+    .await
+    .map_err(|e| match e.status {
+        // The only usage error here: no such group.
+        StatusCode::BAD_REQUEST => ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..e
+        },
+        _ => e,
+    })?;
+    Ok(Json(json!({ "paused": paused })).into_response())
+}
+
+/// `POST /api/reload`: SIGHUP to ourselves, as `supervisor reload` sends it, and the
+/// answer from the events that follow.
+async fn reload(State(app): State<Arc<App>>) -> Answer {
+    let mut live = app.feed.subscribe();
+    supervisor_os::signal_pid(std::process::id(), supervisor_os::Sig::SIGHUP).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot signal: {e}"),
+        )
+    })?;
+    let answer = tokio::time::timeout(commands::RELOAD_ANSWER_WITHIN, async {
+        loop {
+            match live.recv().await {
+                Ok(l) => {
+                    let answer = EventLine::parse(&l.line).and_then(|e| ReloadAnswer::of(e.record));
+                    if let Some(a) = answer {
+                        return Some(a);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Some(ReloadAnswer::Accepted {
+            generation,
+            changes,
+        })) => Ok(Json(json!({ "generation": generation, "changes": changes })).into_response()),
+        Ok(Some(ReloadAnswer::Rejected { error })) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({
+                "error": format!("the config was rejected; the supervisor runs on as before: {error}"),
+                "errors": error.lines().collect::<Vec<_>>(),
+            }),
+        }),
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the supervisor has not answered the reload in time",
+        )),
+    }
+}
