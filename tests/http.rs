@@ -588,3 +588,165 @@ fn the_config_refuses_an_exposed_or_unusable_server() {
         "{err}"
     );
 }
+
+/// A real Prometheus (Debian's `prometheus`), scraping the server every 200 ms, killed
+/// and its data dir removed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Started on a free port, scraping `target` (`127.0.0.1:PORT`); `None` (said on
+    /// stderr) where it is not installed.
+    fn start(target: &str) -> Option<Prometheus> {
+        let installed = Command::new("prometheus")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            eprintln!(
+                "SKIP real Prometheus: `prometheus` is not installed (Debian package prometheus)"
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sv-prom-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n\
+                 scrape_configs:\n  - job_name: supervisor\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        // A port free now (Prometheus cannot be asked for any free one).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        Some(Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// The value of the instant query `q`'s first sample, if it has one.
+    fn query(&self, q: &str) -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-G", "--data-urlencode"])
+            .arg(format!("query={q}"))
+            .arg(format!("{}/api/v1/query", self.base))
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_metrics_and_answers_promql() {
+    let sb = with_http(1, "127.0.0.1:0");
+    let mut sv = sb.start(&[]);
+    let api = api(&sb);
+    let Some(prom) = Prometheus::start(api.base.trim_start_matches("http://")) else {
+        sv.stop_cleanly();
+        return;
+    };
+    let id = sb.submit(&["--group", "g", "--", "true"]);
+    sb.wait_job(id, &["succeeded"], T);
+    let q = r#"sum(supervisor_jobs{state="succeeded"}) + on() up{job="supervisor"}"#;
+    let mut got = None;
+    wait_until(Duration::from_secs(30), || {
+        got = prom.query(q);
+        got == Some(2.0)
+    })
+    .unwrap_or_else(|_| panic!("Prometheus never answered {q} with 2 (1 job + up): {got:?}"));
+    let rate = "sum(supervisor_events_total{event=\"job_finished\"})";
+    wait_until(T, || prom.query(rate) == Some(1.0)).expect("the events counter is scraped");
+    drop(prom);
+    sv.stop_cleanly();
+}
+
+/// The dashboard in headless Chromium (`tests/browser/dashboard.mjs`, Playwright): a job
+/// seen queued, running and succeeded without a reload, a killed worker's restart, a
+/// cancel from the page. Skips, saying why, without Node.js, Chromium or playwright-core
+/// (`.ci/run` installs them). With `SUPERVISOR_SCREENSHOTS=DIR`, the page's screenshots
+/// at two sizes go there (`docs/` is made so).
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP the browser test: Node.js is not installed");
+        return;
+    }
+    let sb = with_http(2, "127.0.0.1:0");
+    let mut sv = sb.start(&[]);
+    let api = api(&sb);
+    let work = sb.path().join("browser");
+    std::fs::create_dir(&work).unwrap();
+    let mut cmd = Command::new("node");
+    cmd.arg(&script)
+        .env("SUPERVISOR_URL", &api.base)
+        .env("SUPERVISOR_TOKEN", TOKEN)
+        .env("SUPERVISOR_GROUP", "g")
+        .env("SUPERVISOR_WORK_DIR", &work)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = std::env::var_os("SUPERVISOR_SCREENSHOTS") {
+        cmd.env("SCREENSHOT_DIR", dir);
+    }
+    let child = cmd.spawn().unwrap();
+    // The script has its own deadlines; this one is for a hang of Node itself.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(180))
+        .expect("the browser test ended within 3 minutes")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(77) => eprintln!("SKIP the browser test: {}", said.trim()),
+        Some(0) => eprintln!("{said}"),
+        _ => panic!(
+            "the browser test failed ({:?}):\n{said}\n{}",
+            out.status,
+            sv.dump()
+        ),
+    }
+    sv.stop_cleanly();
+}

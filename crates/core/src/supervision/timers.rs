@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::time::Time;
 
 use super::child::{Child, ChildState};
-use super::{ChildId, Core, Phase, Role};
+use super::{ChildId, Core, Role};
 
 /// Deadlines by key, each at one instant; the earliest is found without a scan.
 ///
@@ -196,7 +196,7 @@ impl Core {
         assert_eq!(of_children, wanted, "the children's timers");
         let graceful = matches!(
             self.phase,
-            Phase::Stopping {
+            super::Phase::Stopping {
                 immediate: false,
                 ..
             }
@@ -218,7 +218,7 @@ impl Core {
                 assert!(waiting, "a restart of {role} with no slot waiting for it");
             }
         }
-        if self.phase == Phase::Stopped {
+        if self.phase == super::Phase::Stopped {
             assert!(self.timers.is_empty(), "timers after the stop");
         }
     }
