@@ -102,6 +102,8 @@ fn reads_match_the_cli_and_writes_need_the_token() {
     );
     assert_eq!(two.status, 201, "{}", two.body);
     let warnings = two.json()["warnings"].clone();
+    let runs = two.json()["ids"][0].as_i64().unwrap();
+    wait_state(&api, runs, "succeeded");
     assert!(
         warnings[0]
             .as_str()
@@ -189,7 +191,18 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         ),
         ("POST", "/api/jobs", Some(vec![b' '; 2 << 20]), 413, "body"),
         ("GET", "/api/jobs/abc", None, 400, "job id"),
-        ("GET", "/api/jobs/-1", None, 400, "job id"),
+        ("GET", "/api/jobs/-1", None, 404, "unknown job"),
+        ("GET", "/api/jobs/%FF", None, 400, "bad path"),
+        (
+            "POST",
+            "/api/groups/%C0/pause",
+            Some(Vec::new()),
+            400,
+            "bad path",
+        ),
+        ("GET", "/api/status?colour=red", None, 400, "colour"),
+        ("GET", "/metrics?x=1", None, 400, "x"),
+        ("POST", "/api/reload?now=1", Some(Vec::new()), 400, "now"),
         ("GET", "/api/jobs/99999", None, 404, "unknown job"),
         ("GET", "/api/jobs/99999/log", None, 404, "unknown job"),
         (
@@ -238,6 +251,23 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         );
         assert!(r.error().contains(says), "{method} {path}: {}", r.body);
     }
+    // Through a proxy, loopback is not this host's users only: reads need the token.
+    let proxied = api.call(
+        "GET",
+        "/api/status",
+        None,
+        false,
+        &["X-Forwarded-For: 203.0.113.9"],
+    );
+    assert_eq!(proxied.status, 401, "{}", proxied.body);
+    let proxied = api.call(
+        "GET",
+        "/api/status",
+        None,
+        true,
+        &["Forwarded: for=203.0.113.9"],
+    );
+    assert_eq!(proxied.status, 200, "{}", proxied.body);
     // A page of another site that reached us through DNS rebinding is refused.
     let r = api.call(
         "GET",
@@ -405,6 +435,41 @@ fn the_event_stream_replays_after_a_seq_then_follows_live() {
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(!text.contains(&format!("\"seq\":{},", last + 1)), "{text}");
     assert!(text.contains(&format!("\"seq\":{},", last + 2)), "{text}");
+    sv.stop_cleanly();
+}
+
+#[test]
+fn the_event_stream_reads_rotated_files_for_what_came_before_the_current_one() {
+    let sb = with_http(2, "127.0.0.1:0");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb.config_path()).unwrap()).unwrap();
+    cfg["events"] = json!({"rotate_bytes": 4096, "keep": 5});
+    sb.write_config(&cfg);
+    let mut sv = sb.start(&[]);
+    let api = api(&sb);
+    // Enough jobs for the events to rotate at least once.
+    let ids: Vec<i64> = (0..20)
+        .map(|_| sb.submit(&["--group", "g", "--", "true"]))
+        .collect();
+    for id in &ids {
+        sb.wait_job(*id, &["succeeded"], T);
+    }
+    let rotated = sb.path().join("state/events.jsonl.1");
+    assert!(rotated.exists(), "the events file rotated");
+    let (mut curl, rx) = stream(&format!("{}/api/events?after=1", api.base));
+    let last = *ids.last().unwrap();
+    let seen = data_until(&rx, |e| e["event"] == "job_finished" && e["job_id"] == last);
+    let seqs: Vec<u64> = seen.iter().map(seq).collect();
+    assert_eq!(
+        seqs[0], 2,
+        "from just after seq 1, in the oldest file: {seqs:?}"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap across files: {seqs:?}"
+    );
+    let _ = curl.kill();
+    let _ = curl.wait();
     sv.stop_cleanly();
 }
 

@@ -560,6 +560,9 @@ fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() 
 
     // The next run on the same store finds it by its environment and kills it.
     let mut next = sb.start(&[]);
+    // Its own start (the events file still holds the killed run's until it rotates it):
+    // a SIGTERM before its handlers are in would kill it outright.
+    next.wait_started();
     wait_until(5 * SEC, || !alive(left))
         .unwrap_or_else(|_| panic!("{left} still runs after the next start\n{}", next.dump()));
     next.signal(Signal::SIGTERM);

@@ -25,7 +25,8 @@ pub fn explain(path: &Path, id: &str) -> Result<(), CommandError> {
     let now = wall_now();
     let job = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
     say!("job {id}: {}", job.state.as_str())?;
-    for line in reasons(&config, &mut store, &job, now)? {
+    let disabled = |g: &str| DisabledGroups::of_file(&config.events.path).contains(g);
+    for line in reasons(&config, &mut store, &job, now, &disabled)? {
         say!("  {line}")?;
     }
     Ok(())
@@ -38,6 +39,7 @@ pub(crate) fn reasons(
     store: &mut Store,
     job: &Job,
     now: f64,
+    disabled: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<Vec<String>> {
     let when = |t: f64| local_time(t, false);
     match job.state {
@@ -104,7 +106,7 @@ pub(crate) fn reasons(
     }
     if spec.max_workers == 0 {
         out.push(format!("group {group} has no workers (max_workers 0)"));
-    } else if gave_up(config, &group) {
+    } else if disabled(&group) {
         out.push(format!(
             "group {group} gave up (its restart limit) and is disabled until a reload"
         ));
@@ -164,25 +166,43 @@ fn no_group(config: &Config, job: &Job) -> String {
     )
 }
 
-/// Whether `group` gave up with `disable` in the current run (since the last
-/// `supervisor_started`) and no reload gave it another chance since.
-fn gave_up(config: &Config, group: &str) -> bool {
-    let events = crate::events_file::read_events(&config.events.path).unwrap_or_default();
-    let mut disabled = false;
-    for line in &events {
-        match &line.record {
+/// The groups that gave up with `disable` in the current run (since the last
+/// `supervisor_started`) and that no reload gave another chance since, as the events
+/// tell: read from the events file by `explain` and `job`, kept up to date event by
+/// event by the HTTP server.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DisabledGroups(std::collections::BTreeSet<String>);
+
+impl DisabledGroups {
+    /// As the events file at `path` leaves them.
+    pub(crate) fn of_file(path: &Path) -> DisabledGroups {
+        let mut d = DisabledGroups::default();
+        for line in crate::events_file::read_events(path).unwrap_or_default() {
+            d.apply(&line.record);
+        }
+        d
+    }
+
+    /// After one more event.
+    pub(crate) fn apply(&mut self, record: &EventRecord) {
+        match record {
             EventRecord::SupervisorStarted { .. } | EventRecord::ConfigLoaded { .. } => {
-                disabled = false
+                self.0.clear()
             }
             EventRecord::GroupGaveUp {
                 group: Some(g),
                 action: GaveUpAction::Disable,
                 ..
-            } if g == group => disabled = true,
+            } => {
+                self.0.insert(g.clone());
+            }
             _ => {}
         }
     }
-    disabled
+
+    pub(crate) fn contains(&self, group: &str) -> bool {
+        self.0.contains(group)
+    }
 }
 
 /// `1st`, `2nd`, `3rd`, `4th`, ..., `11th`, `21st`.

@@ -19,7 +19,7 @@ pub struct JobsFilter {
     /// Only jobs in this state (queued, running, succeeded, failed, timed_out, dead, canceled).
     #[arg(long)]
     state: Option<String>,
-    /// Only jobs of this group (the one that ran them, else the one they name).
+    /// Only jobs of this group (the one that ran them, else the one they are routed to).
     #[arg(long)]
     group: Option<String>,
     /// Only jobs whose last attempt ended so (succeeded, failed, timed_out, lost, canceled).
@@ -101,7 +101,9 @@ pub fn job(path: &Path, id: &str, as_json: bool) -> Result<(), CommandError> {
         print_job(&config, &j)?;
         if j.state == JobState::Queued {
             // Why it waits: the first reason `explain` gives.
-            let why = super::explain::reasons(&config, &mut store, &j, wall_now())?;
+            let disabled =
+                |g: &str| super::explain::DisabledGroups::of_file(&config.events.path).contains(g);
+            let why = super::explain::reasons(&config, &mut store, &j, wall_now(), &disabled)?;
             if let Some(first) = why.first() {
                 say!("  {:<12}{first}", "waiting")?;
             }

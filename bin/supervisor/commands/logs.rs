@@ -27,6 +27,17 @@ pub fn logs(path: &Path, id: &str, follow: bool, attempt: Option<u32>) -> Result
     log.copy_to(&mut store, &mut io::stdout().lock())
 }
 
+/// What [`JobLog::step`] leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogStep {
+    /// All of it is written.
+    Done,
+    /// More is there to write now (the step's limit was reached).
+    More,
+    /// Following: nothing more yet; [`JobLog::refresh`] after [`FOLLOW_EVERY`], then step.
+    Wait,
+}
+
 /// A job's log to show (`supervisor logs` and the HTTP API): all its attempts or one, and
 /// with `follow` what it writes next until the job (or that attempt) is final.
 #[derive(Debug)]
@@ -76,16 +87,25 @@ impl JobLog {
         store: &mut crate::store::Store,
         out: &mut impl Write,
     ) -> Result<(), CommandError> {
-        while self.step(out)? {
-            std::thread::sleep(FOLLOW_EVERY);
-            self.refresh(store)?;
+        loop {
+            match self.step(out, u64::MAX)? {
+                LogStep::Done => return Ok(()),
+                LogStep::More => {}
+                LogStep::Wait => {
+                    std::thread::sleep(FOLLOW_EVERY);
+                    self.refresh(store)?;
+                }
+            }
         }
-        Ok(())
     }
 
-    /// Write what is new in the log to `out`; whether more may come (following, and the
-    /// job not final yet): then [`refresh`](Self::refresh) and step again.
-    pub(crate) fn step(&mut self, out: &mut impl Write) -> Result<bool, CommandError> {
+    /// Write what is new in the log to `out`, at most `limit` bytes of it, and say what
+    /// comes next.
+    pub(crate) fn step(
+        &mut self,
+        out: &mut impl Write,
+        limit: u64,
+    ) -> Result<LogStep, CommandError> {
         let (id, attempt) = (self.job.id, self.attempt);
         // Final first, then read: the worker writes all of an attempt's output before
         // it reports its end, so a job seen final has its whole log on disk.
@@ -93,10 +113,18 @@ impl JobLog {
         let (from, to) = range(&self.logs, id, attempt)?;
         self.at = self.at.max(from);
         if to > self.at {
-            copy(&joblog::log_path(&self.logs, id), self.at, to, out)?;
-            self.at = to;
+            let upto = to.min(self.at.saturating_add(limit));
+            copy(&joblog::log_path(&self.logs, id), self.at, upto, out)?;
+            self.at = upto;
+            if upto < to {
+                return Ok(LogStep::More);
+            }
         }
-        Ok(self.follow && !done)
+        Ok(if self.follow && !done {
+            LogStep::Wait
+        } else {
+            LogStep::Done
+        })
     }
 
     /// The job as the store has it now.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use supervisor_config::{Config, HttpConfig};
-use supervisor_store::{CancelResult, JobState};
+use supervisor_store::{CancelResult, GroupCount, JobState};
 use tokio::sync::Semaphore;
 
 use super::auth::{self, Access};
@@ -36,8 +36,12 @@ const MAX_JOBS_PER_SUBMIT: usize = 10_000;
 /// `limit` of `GET /api/jobs`: its default and its most.
 const JOBS_DEFAULT: u32 = 100;
 const JOBS_MAX: u32 = 1000;
+/// The most connections at once.
+const MAX_CONNECTIONS: usize = 256;
 /// The most event streams and log follows at once.
 const MAX_STREAMS: usize = 64;
+/// How long a count of the jobs serves.
+const COUNTS_FOR: Duration = Duration::from_secs(1);
 /// The most blocking threads (each with its store connection) requests use at once.
 const BLOCKING_THREADS: usize = 8;
 
@@ -48,6 +52,10 @@ pub struct App {
     /// Store connections not in use.
     stores: Mutex<Vec<Store>>,
     streams: Arc<Semaphore>,
+    /// The last count of jobs by state and group, and when it was made: one query a
+    /// second at most, whatever the number of dashboards and scrapers (it reads every
+    /// job).
+    counts: Mutex<Option<(std::time::Instant, Arc<Vec<GroupCount>>)>>,
 }
 
 impl std::fmt::Debug for App {
@@ -65,7 +73,21 @@ impl App {
             http,
             stores: Mutex::new(Vec::new()),
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            counts: Mutex::new(None),
         }
+    }
+
+    /// Jobs by state and group, at most [`COUNTS_FOR`] old. Call on a blocking thread.
+    fn group_counts(&self, store: &mut Store) -> Result<Arc<Vec<GroupCount>>, CommandError> {
+        let mut cached = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, counts)) = &*cached {
+            if at.elapsed() < COUNTS_FOR {
+                return Ok(counts.clone());
+            }
+        }
+        let counts = Arc::new(store.counts_by_group(wall_now())?);
+        *cached = Some((std::time::Instant::now(), counts.clone()));
+        Ok(counts)
     }
 
     /// Run `f` with the config and a store connection (a pooled one, else a new one); a
@@ -117,10 +139,108 @@ pub fn serve(listener: std::net::TcpListener, app: App) -> Result<()> {
         .thread_keep_alive(Duration::from_secs(10))
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listener = Limited {
+            inner: tokio::net::TcpListener::from_std(listener)?,
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        };
         axum::serve(listener, router(Arc::new(app))).await?;
         Ok(())
     })
+}
+
+/// The listener, holding at most [`MAX_CONNECTIONS`] connections at once: the server
+/// lives in the supervisor's process, whose file descriptors its children and jobs
+/// need.
+struct Limited {
+    inner: tokio::net::TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection, with its place among the [`MAX_CONNECTIONS`].
+struct Connection {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Connection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Connection, std::net::SocketAddr) {
+        // The semaphore is never closed.
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            std::future::pending::<()>().await;
+            unreachable!("a pending future never ends");
+        };
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    return (
+                        Connection {
+                            stream,
+                            _permit: permit,
+                        },
+                        addr,
+                    )
+                }
+                // Out of descriptors, say: wait a little rather than spin.
+                Err(e) => {
+                    log::debug!("http: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Connection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Connection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -254,14 +374,15 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-/// A job id of a path.
-fn id_of(text: &str) -> Result<i64, ApiError> {
-    match text.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(bad_request(format!(
-            "`{text}` is not a job id (a positive number)"
-        ))),
-    }
+/// The path's one parameter, or a 400 that says what is wrong with it.
+fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(p)| p)
+        .map_err(|e| bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// The job id of a path, read as the verbs read one (an id no job has is a 404).
+fn id_of(p: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    Ok(commands::parse_id(&path_param(p)?)?)
 }
 
 /// A query string, or a 400 that says what is wrong with it.
@@ -272,58 +393,79 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 // ---- reads ---------------------------------------------------------------------------
 
-async fn status(State(app): State<Arc<App>>) -> Answer {
-    let (live, last_ts, last_seq, disabled, restarts) = {
+async fn status(State(app): State<Arc<App>>, q: Result<Query<Plain>, QueryRejection>) -> Answer {
+    query(q)?;
+    let (live, last_ts, last_seq, workers, disabled, restarts) = {
         let f = app.feed.state();
         let now = wall_now();
         let restarts: BTreeMap<String, Vec<u64>> = (f.config.groups.iter())
             .map(|g| (g.name.clone(), f.restarts_per_minute(&g.name, now)))
             .collect();
-        let live = commands::Replay {
-            supervisor_pid: f.replay.supervisor_pid,
-            children: f.replay.children.clone(),
-            outcomes_waiting: f.replay.outcomes_waiting,
-        };
-        (live, f.last_ts, f.last_seq, f.disabled.clone(), restarts)
+        let workers = f.workers_by_group();
+        (
+            f.replay.clone(),
+            f.last_ts,
+            f.last_seq,
+            workers,
+            f.disabled.clone(),
+            restarts,
+        )
     };
     let reads_need_token = !super::reads_are_open(&app.http);
-    let mut body = blocking(&app, move |config, store| {
-        let mut report = commands::running_json(&config.locations(), &live, last_ts);
-        let counts = store.counts_by_group(wall_now())?;
-        let paused = report["paused"].clone();
+    let app2 = app.clone();
+    let mut body = tokio::task::spawn_blocking(move || {
+        let config = app2.feed.config();
+        // The child table is worth having when the store is not: its counts are then
+        // zeros, with a warning, as in `status`.
+        let read = app2.with_store(|_, store| Ok((app2.group_counts(store)?, store.paused()?)));
+        let (counts, paused) = match read {
+            Ok((counts, paused)) => (Ok(counts), Ok(paused)),
+            Err(e) => {
+                let e = anyhow::anyhow!("{e}");
+                (Err(anyhow::anyhow!("{e}")), Err(e))
+            }
+        };
+        let groups_counts = counts.as_ref().map(|c| c.to_vec()).unwrap_or_default();
+        let by_state = counts.map(|c| {
+            let mut by_state: BTreeMap<JobState, u64> =
+                JobState::ALL.iter().map(|s| (*s, 0)).collect();
+            for g in c.iter() {
+                *by_state.entry(g.state).or_default() += g.jobs;
+            }
+            by_state
+        });
+        let paused_list = paused.as_ref().cloned().unwrap_or_default();
+        let mut report = commands::running_json(&live, last_ts, by_state, paused);
         let groups: Vec<Value> = (config.groups.iter())
             .map(|g| {
-                let mut workers: BTreeMap<&str, u64> = BTreeMap::new();
-                for row in live.children.values() {
-                    if row.child.group.as_deref() == Some(g.name.as_str())
-                        && row.child.role == crate::record::ChildKind::Worker
-                    {
-                        *workers.entry(row.state.as_str()).or_default() += 1;
-                    }
-                }
-                let queued: u64 = (counts.iter())
-                    .filter(|c| c.state == JobState::Queued && c.group.as_deref() == Some(&g.name))
-                    .map(|c| c.jobs)
-                    .sum();
                 json!({
                     "name": g.name,
                     "max_workers": g.max_workers,
-                    "workers": workers,
-                    "queued": queued,
-                    "paused": paused.as_array().is_some_and(|p| p.iter().any(|n| n == g.name.as_str())),
+                    "workers": workers.get(&g.name).cloned().unwrap_or_default(),
+                    "queued": metrics::queued_in(&groups_counts, &g.name),
+                    "paused": paused_list.contains(&g.name),
                     "disabled": disabled.contains(&g.name),
                     "restarts_per_minute": restarts.get(&g.name),
                 })
             })
             .collect();
         report["groups"] = Value::Array(groups);
-        Ok(report)
+        report
     })
-    .await?;
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the request failed"))?;
     body["last_seq"] = json!(last_seq);
     body["now"] = json!(wall_now());
     body["auth"] = json!({ "reads_need_token": reads_need_token });
     Ok(Json(body).into_response())
+}
+
+/// A query that takes nothing but the token (which [`guard`] reads).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plain {
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -370,13 +512,21 @@ async fn jobs(State(app): State<Arc<App>>, q: Result<Query<JobsQuery>, QueryReje
     Ok(Json(list).into_response())
 }
 
-async fn job(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
-    let id = id_of(&id)?;
+async fn job(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    let id = id_of(id)?;
+    query(q)?;
+    // Which groups gave up, as the feed has followed them (not the whole events file).
+    let disabled = app.feed.state().disabled.clone();
     let body = blocking(&app, move |config, store| {
         let now = wall_now();
         let j = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
         let mut body = commands::job_json(config, &j);
-        body["explain"] = json!(commands::reasons(config, store, &j, now)?);
+        let disabled = |g: &str| disabled.contains(g);
+        body["explain"] = json!(commands::reasons(config, store, &j, now, &disabled)?);
         Ok(body)
     })
     .await?;
@@ -395,10 +545,10 @@ struct LogQuery {
 
 async fn job_log(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Answer {
-    let id = id_of(&id)?;
+    let id = id_of(id)?;
     let q = query(q)?;
     let follow = match q.follow.as_deref() {
         None | Some("" | "0" | "false") => false,
@@ -476,8 +626,13 @@ async fn events(
         .into_response())
 }
 
-async fn metrics_text(State(app): State<Arc<App>>) -> Answer {
-    let counts = blocking(&app, |_, store| Ok(store.counts_by_group(wall_now())?)).await?;
+async fn metrics_text(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    query(q)?;
+    let app2 = app.clone();
+    let counts = blocking(&app, move |_, store| app2.group_counts(store)).await?;
     let text = metrics::render(&app.feed.state(), &counts);
     Ok((
         [(
@@ -491,7 +646,12 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Answer {
 
 // ---- writes --------------------------------------------------------------------------
 
-async fn submit(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Answer {
+async fn submit(
+    State(app): State<Arc<App>>,
+    q: Result<Query<Plain>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    query(q)?;
     let body = body.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -526,8 +686,13 @@ async fn submit(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
-    let id = id_of(&id)?;
+async fn cancel(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    let id = id_of(id)?;
+    query(q)?;
     let result = blocking(&app, move |config, store| {
         commands::cancel_job(config, store, id)
     })
@@ -541,8 +706,13 @@ async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     Ok(Json(json!({ "id": id, "result": result, "state": state.as_str() })).into_response())
 }
 
-async fn retry(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
-    let id = id_of(&id)?;
+async fn retry(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    let id = id_of(id)?;
+    query(q)?;
     let ids = blocking(&app, move |config, store| {
         commands::retry_jobs(config, store, &[id])
     })
@@ -558,12 +728,22 @@ async fn retry(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     Ok(Json(json!({ "ids": ids })).into_response())
 }
 
-async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer {
-    set_paused(&app, name, true).await
+async fn pause(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    query(q)?;
+    set_paused(&app, path_param(name)?, true).await
 }
 
-async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer {
-    set_paused(&app, name, false).await
+async fn resume(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<Plain>, QueryRejection>,
+) -> Answer {
+    query(q)?;
+    set_paused(&app, path_param(name)?, false).await
 }
 
 async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
@@ -585,7 +765,8 @@ async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
 
 /// `POST /api/reload`: SIGHUP to ourselves, as `supervisor reload` sends it, and the
 /// answer from the events that follow.
-async fn reload(State(app): State<Arc<App>>) -> Answer {
+async fn reload(State(app): State<Arc<App>>, q: Result<Query<Plain>, QueryRejection>) -> Answer {
+    query(q)?;
     let mut live = app.feed.subscribe();
     supervisor_os::signal_pid(std::process::id(), supervisor_os::Sig::SIGHUP).map_err(|e| {
         ApiError::new(

@@ -2,6 +2,9 @@
 //! writes always need it. The token is `http.token_file`'s content, read at each request
 //! that needs it (so it can be changed without a restart), and compared in constant time.
 //!
+//! A request that a proxy forwarded (`Forwarded`, `X-Forwarded-For`) needs the token to
+//! read too: behind a reverse proxy, loopback is no longer this host's users only.
+//!
 //! A browser on this host may be led by a page of another site to this server's
 //! address (DNS rebinding): requests are answered only when their `Host` is an address
 //! or `localhost`, never another name.
@@ -26,7 +29,10 @@ pub fn check(
     query_token: Option<&str>,
     access: Access,
 ) -> Result<(), ApiError> {
-    if access == Access::Read && super::reads_are_open(http) {
+    // A request that came through a proxy may come from anywhere the proxy serves.
+    let proxied =
+        headers.contains_key(header::FORWARDED) || headers.contains_key("x-forwarded-for");
+    if access == Access::Read && super::reads_are_open(http) && !proxied {
         return Ok(());
     }
     let token = match http.read_token() {

@@ -3,14 +3,14 @@
 //! supervisor (the child table, counters, restarts by minute) and broadcasts each line to
 //! the event streams. The supervision loop only ever sends to it, never waits for it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
 use supervisor_config::Config;
 
-use crate::commands::Replay;
+use crate::commands::{DisabledGroups, Replay};
 use crate::events_file::Tapped;
 use crate::record::{ChildKind, EventRecord};
 
@@ -79,9 +79,8 @@ pub struct FeedState {
     /// Restarts scheduled per minute (unix minute, count), per group, the last
     /// [`RESTART_MINUTES`].
     pub restart_minutes: BTreeMap<String, VecDeque<(u64, u64)>>,
-    /// Groups that gave up with `on_exhausted: "disable"` (and have not started a worker
-    /// since).
-    pub disabled: BTreeSet<String>,
+    /// Groups that gave up with `on_exhausted: "disable"`, as `explain` tells them.
+    pub disabled: DisabledGroups,
 }
 
 impl FeedState {
@@ -120,18 +119,23 @@ impl FeedState {
                 let outcome = outcome_name(*outcome);
                 (self.durations.entry((group.clone(), outcome)).or_default()).observe(*duration_s);
             }
-            EventRecord::GroupGaveUp { group, action, .. } => {
-                if let (crate::record::GaveUpAction::Disable, Some(g)) = (action, group) {
-                    self.disabled.insert(g.clone());
-                }
-            }
-            EventRecord::ChildStarted { child, .. } => {
-                if let Some(g) = &child.group {
-                    self.disabled.remove(g);
-                }
-            }
             _ => {}
         }
+        self.disabled.apply(&e.record);
+    }
+
+    /// Workers by group and state (`idle`, `busy`, ...), as the child table has them.
+    pub fn workers_by_group(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for row in self.replay.children.values() {
+            if let (ChildKind::Worker, Some(g)) = (row.child.role, &row.child.group) {
+                *out.entry(g.clone())
+                    .or_default()
+                    .entry(row.state.clone())
+                    .or_default() += 1;
+            }
+        }
+        out
     }
 
     /// Restarts of `group`'s workers in each of the last [`RESTART_MINUTES`] minutes up
@@ -189,7 +193,7 @@ impl Feed {
                 restarts: BTreeMap::new(),
                 durations: BTreeMap::new(),
                 restart_minutes: BTreeMap::new(),
-                disabled: BTreeSet::new(),
+                disabled: DisabledGroups::default(),
             }),
             live,
         });

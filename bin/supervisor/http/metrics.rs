@@ -19,7 +19,7 @@ pub fn render(feed: &FeedState, counts: &[GroupCount]) -> String {
     let mut out = String::with_capacity(4096);
     let groups: Vec<&str> = feed.config.groups.iter().map(|g| g.name.as_str()).collect();
 
-    family(&mut out, "supervisor_jobs", "gauge", "Jobs in the store by state and group (the group that ran the job, else the one it is routed to; \"\" for none).");
+    family(&mut out, "supervisor_jobs", "gauge", "Jobs in the store by state and group (the group that ran the job, else the one it is routed to; \"\" for none of the config's).");
     let mut jobs: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for g in &groups {
         for s in JobState::ALL {
@@ -27,9 +27,14 @@ pub fn render(feed: &FeedState, counts: &[GroupCount]) -> String {
         }
     }
     for c in counts {
-        *jobs
-            .entry((c.state.as_str(), c.group.as_deref().unwrap_or("")))
-            .or_default() += c.jobs;
+        // A group the config does not have (a job naming one, a group removed) is "":
+        // a series per name a job gave would grow without bound.
+        let group = c
+            .group
+            .as_deref()
+            .filter(|g| groups.contains(g))
+            .unwrap_or("");
+        *jobs.entry((c.state.as_str(), group)).or_default() += c.jobs;
     }
     for ((state, group), n) in &jobs {
         sample(
@@ -69,9 +74,10 @@ pub fn render(feed: &FeedState, counts: &[GroupCount]) -> String {
             workers.insert((g, s), 0);
         }
     }
-    for row in feed.replay.children.values() {
-        if let (crate::record::ChildKind::Worker, Some(g)) = (row.child.role, &row.child.group) {
-            *workers.entry((g.as_str(), row.state.as_str())).or_default() += 1;
+    let by_group = feed.workers_by_group();
+    for (g, states) in &by_group {
+        for (s, n) in states {
+            *workers.entry((g.as_str(), s.as_str())).or_default() += n;
         }
     }
     for ((group, state), n) in &workers {
@@ -155,6 +161,14 @@ pub fn render(feed: &FeedState, counts: &[GroupCount]) -> String {
         );
     }
     out
+}
+
+/// Queued jobs routed to `group`.
+pub fn queued_in(counts: &[GroupCount], group: &str) -> u64 {
+    (counts.iter())
+        .filter(|c| c.state == JobState::Queued && c.group.as_deref() == Some(group))
+        .map(|c| c.jobs)
+        .sum()
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

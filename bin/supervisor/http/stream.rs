@@ -4,7 +4,7 @@
 //! only its own task, and a client gone ends it at its next write.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::api::App;
 use super::feed::Live;
-use crate::commands::{JobLog, FOLLOW_EVERY};
+use crate::commands::{JobLog, LogStep, FOLLOW_EVERY};
 use crate::record::EventLine;
 
 /// How long an idle event stream waits before a comment line that keeps proxies from
@@ -25,6 +25,9 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The least time between two writes to one event stream: the events of that time go
 /// in one write, whatever their rate.
 const COALESCE: Duration = Duration::from_millis(100);
+
+/// How often a followed log's job is looked at in the store.
+const LOOK_AT_STORE_EVERY: Duration = Duration::from_secs(1);
 
 /// The most bytes of one write to a stream.
 const CHUNK: usize = 256 * 1024;
@@ -36,6 +39,18 @@ fn body_of(rx: mpsc::Receiver<Bytes>) -> Body {
             .await
             .map(|b| (Ok::<Bytes, std::io::Error>(b), rx))
     }))
+}
+
+/// How long a write to a stream may wait for its client to read: a client that stops
+/// reading is cut off, and nothing of ours waits for it longer.
+const SEND_WITHIN: Duration = Duration::from_secs(30);
+
+/// Send `bytes` to a body's channel; false when the client is gone or stopped reading.
+async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_WITHIN, tx.send(bytes)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// The event stream after `after` (`None`: only events from now on), holding `permit`
@@ -51,21 +66,34 @@ pub fn events(
     let live = app.feed.subscribe();
     tokio::spawn(async move {
         let _permit = permit;
-        if tx
-            .send(Bytes::from_static(b"retry: 1000\n\n"))
-            .await
-            .is_err()
-        {
+        if !send(&tx, Bytes::from_static(b"retry: 1000\n\n")).await {
             return;
         }
         let mut last = after.unwrap_or(0);
         if let Some(after) = after {
-            let tx2 = tx.clone();
-            let read = tokio::task::spawn_blocking(move || backlog(&events_path, after, &tx2));
-            match read.await {
-                Ok(Some(seq)) => last = seq,
-                Ok(None) => {}
-                Err(_) => return,
+            // The file a chunk at a time, each read on a blocking thread, each sent from
+            // here: no thread waits for the client.
+            let opened = tokio::task::spawn_blocking(move || Backlog::open(&events_path, after));
+            let mut backlog = opened.await.ok().flatten();
+            while let Some(mut b) = backlog.take() {
+                let Ok((b, chunk)) = tokio::task::spawn_blocking(move || {
+                    let chunk = b.next_chunk();
+                    (b, chunk)
+                })
+                .await
+                else {
+                    return;
+                };
+                last = last.max(b.last);
+                match chunk {
+                    Some(chunk) => {
+                        if !send(&tx, Bytes::from(chunk)).await {
+                            return;
+                        }
+                        backlog = Some(b);
+                    }
+                    None => break,
+                }
             }
         }
         forward(live, tx, last).await;
@@ -84,11 +112,7 @@ async fn forward(
     loop {
         let first = match tokio::time::timeout(KEEPALIVE, live.recv()).await {
             Err(_) => {
-                if tx
-                    .send(Bytes::from_static(b": keepalive\n\n"))
-                    .await
-                    .is_err()
-                {
+                if !send(&tx, Bytes::from_static(b": keepalive\n\n")).await {
                     return;
                 }
                 continue;
@@ -105,7 +129,7 @@ async fn forward(
                 Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => return,
             }
         }
-        if !buf.is_empty() && tx.send(Bytes::from(buf)).await.is_err() {
+        if !buf.is_empty() && !send(&tx, Bytes::from(buf)).await {
             return;
         }
         tokio::time::sleep(COALESCE).await;
@@ -127,99 +151,171 @@ fn message(buf: &mut String, seq: u64, line: &str) {
     let _ = write!(buf, "id: {seq}\ndata: {line}\n\n");
 }
 
-/// Send the lines of the events file after `after` to `tx`; the `seq` of the last one
-/// sent, if any. Starts near the end when the file's tail holds them all.
-fn backlog(path: &Path, after: u64, tx: &mpsc::Sender<Bytes>) -> Option<u64> {
-    const TAIL: u64 = 1 << 20;
-    let mut file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let mut start = 0;
-    if len > TAIL {
-        let from = len - TAIL;
-        file.seek(SeekFrom::Start(from)).ok()?;
-        let mut reader = BufReader::new(&mut file);
-        let mut torn = String::new();
-        let skipped = reader.read_line(&mut torn).ok()? as u64;
-        let mut first = String::new();
-        reader.read_line(&mut first).ok()?;
-        if EventLine::seq_of(first.trim_end()).is_some_and(|s| s <= after.saturating_add(1)) {
-            start = from + skipped;
-        }
-    }
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut last = None;
-    let mut buf = String::new();
-    for line in BufReader::new(file).lines().map_while(Result::ok) {
-        let Some(seq) = EventLine::seq_of(&line) else {
-            continue;
-        };
-        if seq <= after {
-            continue;
-        }
-        message(&mut buf, seq, &line);
-        last = Some(seq);
-        if buf.len() >= CHUNK
-            && tx
-                .blocking_send(Bytes::from(std::mem::take(&mut buf)))
-                .is_err()
+/// The lines of the events file after a `seq`, read a chunk at a time: from the rotated
+/// files (`.N`, ..., `.1`) when the current one begins later, then the current one.
+struct Backlog {
+    /// The files still to read, oldest first, the current one last.
+    files: std::collections::VecDeque<PathBuf>,
+    reader: Option<BufReader<File>>,
+    after: u64,
+    /// The `seq` of the last line read (`after` until one is).
+    last: u64,
+}
+
+/// The most rotated files looked at.
+const MAX_ROTATED: u32 = 1000;
+
+/// The `seq` of a file's first line.
+fn first_seq(path: &Path) -> Option<u64> {
+    let mut line = String::new();
+    BufReader::new(File::open(path).ok()?)
+        .read_line(&mut line)
+        .ok()?;
+    EventLine::seq_of(line.trim_end())
+}
+
+impl Backlog {
+    fn open(path: &Path, after: u64) -> Option<Backlog> {
+        let mut files = std::collections::VecDeque::from([path.to_path_buf()]);
+        let wanted = after.saturating_add(1);
+        let mut n = 1;
+        while n <= MAX_ROTATED
+            && files
+                .front()
+                .and_then(|f| first_seq(f))
+                .is_some_and(|s| s > wanted)
         {
-            return None;
+            let older = crate::events_file::rotated(path, n);
+            if !older.exists() {
+                break;
+            }
+            files.push_front(older);
+            n += 1;
         }
+        let mut b = Backlog {
+            files,
+            reader: None,
+            after,
+            last: after,
+        };
+        if b.files.len() == 1 {
+            // Only the current file: start near its end when its last MiB holds it all.
+            b.reader = Some(Self::near(path, after)?);
+            b.files.clear();
+        }
+        Some(b)
     }
-    if !buf.is_empty() && tx.blocking_send(Bytes::from(buf)).is_err() {
-        return None;
+
+    /// `path` from where its lines after `after` begin.
+    fn near(path: &Path, after: u64) -> Option<BufReader<File>> {
+        const TAIL: u64 = 1 << 20;
+        let mut file = File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let mut start = 0;
+        if len > TAIL {
+            let from = len - TAIL;
+            file.seek(SeekFrom::Start(from)).ok()?;
+            let mut reader = BufReader::new(&mut file);
+            let mut torn = String::new();
+            let skipped = reader.read_line(&mut torn).ok()? as u64;
+            let mut first = String::new();
+            reader.read_line(&mut first).ok()?;
+            if EventLine::seq_of(first.trim_end()).is_some_and(|s| s <= after.saturating_add(1)) {
+                start = from + skipped;
+            }
+        }
+        file.seek(SeekFrom::Start(start)).ok()?;
+        Some(BufReader::new(file))
     }
-    last
+
+    /// The next messages, about [`CHUNK`] bytes of them; `None` at the end (or at a
+    /// line still being written, which the live stream brings).
+    fn next_chunk(&mut self) -> Option<String> {
+        let mut buf = String::new();
+        let mut line = String::new();
+        while buf.len() < CHUNK {
+            let Some(reader) = self.reader.as_mut() else {
+                let next = self.files.pop_front()?;
+                // A file rotated away meanwhile is skipped; the live stream has what follows.
+                self.reader = File::open(next).ok().map(BufReader::new);
+                continue;
+            };
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 && line.ends_with('\n') => {}
+                _ => {
+                    self.reader = None;
+                    if self.files.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let text = line.trim_end();
+            let Some(seq) = EventLine::seq_of(text) else {
+                continue;
+            };
+            if seq <= self.after.max(self.last) {
+                continue;
+            }
+            message(&mut buf, seq, text);
+            self.last = seq;
+        }
+        (!buf.is_empty()).then_some(buf)
+    }
 }
 
-/// A `Write` into a body channel (from a blocking thread).
-struct ToBody<'a>(&'a mpsc::Sender<Bytes>);
-
-impl Write for ToBody<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Bytes::copy_from_slice(buf))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A job's log, followed until the job is final when `log` follows: each step (and the
-/// look at the store) on a blocking thread, the waits between them not.
+/// A job's log, followed until the job is final when `log` follows: each chunk read
+/// (and each look at the store) on a blocking thread, each sent from here, so that no
+/// thread waits for the client.
 pub fn log(app: &Arc<App>, log: JobLog, permit: Option<OwnedSemaphorePermit>) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let app = app.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut log = Some(log);
+        let mut log = log;
+        let mut looked_at = std::time::Instant::now();
         loop {
-            let (Some(mut l), tx2, app2) = (log.take(), tx.clone(), app.clone()) else {
+            let step = tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::new();
+                let step = log.step(&mut chunk, CHUNK as u64);
+                (log, chunk, step)
+            });
+            let Ok((l, chunk, step)) = step.await else {
                 return;
             };
-            let step = tokio::task::spawn_blocking(move || {
-                let more = l.step(&mut ToBody(&tx2))?;
-                if more {
-                    app2.with_store(|_, store| l.refresh(store))?;
-                }
-                Ok::<_, crate::commands::CommandError>((more, l))
-            });
-            match step.await {
-                Ok(Ok((true, l))) => log = Some(l),
-                Ok(Ok((false, _))) => return,
-                Ok(Err(e)) => {
+            log = l;
+            if !chunk.is_empty() && !send(&tx, Bytes::from(chunk)).await {
+                return;
+            }
+            match step {
+                Ok(LogStep::More) => continue,
+                Ok(LogStep::Wait) => {}
+                Ok(LogStep::Done) => return,
+                Err(e) => {
                     log::debug!("http: a log stream ended: {e}");
                     return;
                 }
-                Err(_) => return,
             }
+            tokio::time::sleep(FOLLOW_EVERY).await;
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(FOLLOW_EVERY).await;
+            // The log is looked at every FOLLOW_EVERY, the store (is the job final?)
+            // once a second: many followers must not keep the store busy.
+            if looked_at.elapsed() < LOOK_AT_STORE_EVERY {
+                continue;
+            }
+            looked_at = std::time::Instant::now();
+            let app2 = app.clone();
+            let looked = tokio::task::spawn_blocking(move || {
+                let r = app2.with_store(|_, store| log.refresh(store));
+                (log, r)
+            });
+            match looked.await {
+                Ok((l, Ok(()))) => log = l,
+                _ => return,
+            }
         }
     });
     body_of(rx)

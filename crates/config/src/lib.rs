@@ -97,6 +97,13 @@ impl HttpConfig {
         const MAX_TOKEN_BYTES: u64 = 4096;
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("http.token_file: {}: {e}", path.display()))?;
+        // Not a FIFO or a device, which a read could wait on for ever.
+        if !meta.is_file() {
+            return Err(format!(
+                "http.token_file: {} is not a regular file",
+                path.display()
+            ));
+        }
         if meta.len() > MAX_TOKEN_BYTES {
             return Err(format!(
                 "http.token_file: {} is {} bytes; a token is at most {MAX_TOKEN_BYTES}",
@@ -110,9 +117,10 @@ impl HttpConfig {
         if token.is_empty() {
             return Err(format!("http.token_file: {} is empty", path.display()));
         }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // What an `Authorization` header can carry.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!(
-                "http.token_file: {} holds whitespace or control characters inside the token",
+                "http.token_file: {}: a token is printable ASCII without spaces",
                 path.display()
             ));
         }

@@ -717,7 +717,8 @@ pub trait JobStore {
 pub struct JobFilter {
     /// Only jobs in this state.
     pub state: Option<JobState>,
-    /// Only jobs of this group (the one that ran them, else the one they name).
+    /// Only jobs of this group (the one that ran them, else the one they are routed to,
+    /// else the one they name).
     pub group: Option<String>,
     /// Only jobs whose last attempt ended so (`succeeded`, `failed`, ...).
     pub outcome: Option<String>,

@@ -99,11 +99,12 @@ pub(crate) const CANCEL_WAITING: &str = "UPDATE jobs SET state = 'canceled', fin
      AND not_before IS NOT NULL))";
 
 /// The newest `$4` jobs, newest first, of state `$1`, group `$2` (the one that ran it,
-/// else the one it names) and last outcome `$3`, each filter skipped when NULL.
+/// else the one it is routed to, else the one it names: as [`COUNTS_BY_GROUP`] counts
+/// them) and last outcome `$3`, each filter skipped when NULL.
 pub(crate) fn list_newest() -> String {
     format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE (CAST($1 AS text) IS NULL OR state = $1) \
-         AND (CAST($2 AS text) IS NULL OR COALESCE(run_group, named_group) = $2) \
+         AND (CAST($2 AS text) IS NULL OR COALESCE(run_group, route, named_group) = $2) \
          AND (CAST($3 AS text) IS NULL OR last_outcome = $3) \
          ORDER BY id DESC LIMIT $4"
     )

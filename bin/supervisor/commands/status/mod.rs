@@ -29,9 +29,17 @@ use crate::record::{ChildKind, ChildRow, EventLine, EventRecord};
 const GONE: &str = "gone";
 
 /// `status --json` of the running supervisor, for its HTTP server: the same object,
-/// from the child table it replays live (`live`) rather than from the events file.
-pub(crate) fn running_json(found: &Locations, live: &Replay, last_event_at: Option<f64>) -> Value {
-    Report::of_running(found, live, last_event_at).json()
+/// from the child table it replays live (`live`) rather than from the events file, and
+/// the job counts and paused groups it read (the server shares one count a second among
+/// its clients); counts or groups the store could not give are zeros and none, with a
+/// warning, as in `status`.
+pub(crate) fn running_json(
+    live: &Replay,
+    last_event_at: Option<f64>,
+    counts: Result<BTreeMap<JobState, u64>>,
+    paused: Result<Vec<String>>,
+) -> Value {
+    Report::of_running(live, last_event_at, counts, paused).json()
 }
 
 /// `supervisor status`.
@@ -91,7 +99,7 @@ impl Report {
         };
         let events = read_events(&found.events).unwrap_or_default();
         let replayed = replay(&events);
-        let counts = job_counts(&found.store);
+        let counts = job_counts(store_counts(&found.store));
         let stale_pid = match state {
             PidFileState::Stale(pid) => pid,
             _ => None,
@@ -143,13 +151,18 @@ impl Report {
             outcomes_waiting,
             stranded,
             cgroups: cgroups_of(running_pid),
-            paused: paused_of(&found.store),
+            paused: paused_of(paused_groups(&found.store)),
         }
     }
 
     /// The report of the running supervisor itself (its HTTP server), from what it has
-    /// replayed of its own events as they were written, and the store.
-    fn of_running(found: &Locations, live: &Replay, last_event_at: Option<f64>) -> Report {
+    /// replayed of its own events as they were written, and what it has of the store.
+    fn of_running(
+        live: &Replay,
+        last_event_at: Option<f64>,
+        counts: Result<BTreeMap<JobState, u64>>,
+        paused: Result<Vec<String>>,
+    ) -> Report {
         let pid = std::process::id();
         Report {
             running_pid: Some(pid),
@@ -157,11 +170,11 @@ impl Report {
             ending: None,
             last_event_at,
             children: live.children.values().cloned().collect(),
-            counts: job_counts(&found.store),
+            counts: job_counts(counts),
             outcomes_waiting: live.outcomes_waiting,
             stranded: Vec::new(),
             cgroups: cgroups_of(Some(pid)),
-            paused: paused_of(&found.store),
+            paused: paused_of(paused),
         }
     }
 
@@ -373,8 +386,8 @@ fn running_jobs(store: &StoreConfig) -> Result<Vec<i64>> {
 }
 
 /// Jobs by state, by name; all 0 (and a warning) when the store cannot say.
-fn job_counts(store: &StoreConfig) -> BTreeMap<String, u64> {
-    match store_counts(store) {
+fn job_counts(counts: Result<BTreeMap<JobState, u64>>) -> BTreeMap<String, u64> {
+    match counts {
         Ok(c) => c
             .into_iter()
             .map(|(k, v)| (k.as_str().to_string(), v))
@@ -390,8 +403,8 @@ fn job_counts(store: &StoreConfig) -> BTreeMap<String, u64> {
 }
 
 /// The paused groups (none, and a warning, when the store cannot say).
-fn paused_of(store: &StoreConfig) -> Vec<String> {
-    paused_groups(store).unwrap_or_else(|e| {
+fn paused_of(paused: Result<Vec<String>>) -> Vec<String> {
+    paused.unwrap_or_else(|e| {
         log::warn!("paused groups unavailable: {e:#}");
         Vec::new()
     })

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::record::{ChildKind, ChildName, ChildRow, EventLine, EventRecord};
 
 /// The child table and supervisor facts rebuilt from the events file.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Replay {
     pub(crate) supervisor_pid: Option<u32>,
     /// A row per child (grabber first, then workers by group and slot), with
