@@ -13,6 +13,8 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+
+use crate::mailbox::{mailbox, Post};
 use ipc_channel::ipc::{
     self, IpcOneShotServer, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
 };
@@ -281,10 +283,11 @@ pub fn unblock(name: &str) {
     }
 }
 
-/// A queue to one child, drained by its own writer thread.
+/// A queue to one child, drained by its own writer thread (a [`mailbox`], which sleeps
+/// at once when empty: see there why not a channel).
 #[derive(Debug)]
 pub struct Writer {
-    queue: Sender<ToChild>,
+    queue: Post<ToChild>,
     /// Messages queued and not yet written: the bound on the queue. (A bounded channel
     /// would allocate its whole capacity up front: 100 KB a child, 100 MB for 1,000
     /// workers; this one grows with what is queued.)
@@ -294,14 +297,14 @@ pub struct Writer {
 impl Writer {
     /// Start the writer thread for one child.
     pub fn start(child: ChildId, sender: IpcSender<ToChild>) -> Writer {
-        let (queue, rx) = crossbeam_channel::unbounded::<ToChild>();
+        let (queue, rx) = mailbox::<ToChild>();
         let queued = Arc::new(AtomicUsize::new(0));
         let written = Arc::clone(&queued);
         let spawned = thread::Builder::new()
             .name(format!("writer-{child}"))
             .stack_size(WRITER_STACK)
             .spawn(move || {
-                for msg in rx {
+                for msg in &rx {
                     let sent = sender.send(msg);
                     written.fetch_sub(1, Ordering::Relaxed);
                     if sent.is_err() {

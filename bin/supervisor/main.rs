@@ -13,6 +13,7 @@ mod ipc;
 mod joblog;
 mod journal;
 mod lease;
+mod mailbox;
 mod notify;
 mod pending;
 mod record;

@@ -42,7 +42,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::mailbox::{mailbox, Mailbox, Post};
 use ipc_channel::ipc::IpcSender;
 use supervisor_os::cgroup::JobCgroup;
 use supervisor_os::{Ended, Sig, Spawner};
@@ -104,7 +104,7 @@ struct Running {
 
 struct Worker {
     tx: IpcSender<FromChild>,
-    wait_tx: Sender<WaitFor>,
+    wait_tx: Post<WaitFor>,
     spawner: Spawner,
     devnull: File,
     env: Vec<(OsString, OsString)>,
@@ -139,7 +139,7 @@ impl Worker {
         logs: PathBuf,
         group: &str,
         slot: u32,
-    ) -> Option<(Worker, Receiver<WorkerEv>)> {
+    ) -> Option<(Worker, Mailbox<WorkerEv>)> {
         if let Err(e) = threads::start_sigterm_thread() {
             log::error!("worker: cannot handle SIGTERM: {e}");
             return None;
@@ -162,7 +162,7 @@ impl Worker {
                 return None;
             }
         };
-        let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<WorkerEv>();
+        let (ev_tx, ev_rx) = mailbox::<WorkerEv>();
         let reader = threads::start_ipc_reader(rx, ev_tx.clone());
         let (wait_tx, waiter) = threads::start_waiter(ev_tx);
         if reader.is_err() || waiter.is_err() || tx.send(FromChild::Ready).is_err() {

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crate::mailbox::{Empty, Mailbox};
 use supervisor_os::{Ended, Sig};
 
 use super::cgroups::note_oom;
@@ -25,7 +25,7 @@ enum Next {
 
 impl Worker {
     /// Handle events until told to stop or the supervisor goes away; the exit code.
-    pub(super) fn run(&mut self, events: &Receiver<WorkerEv>) -> i32 {
+    pub(super) fn run(&mut self, events: &Mailbox<WorkerEv>) -> i32 {
         while let Some(ev) = self.next_event(events) {
             match self.handle(ev) {
                 Next::Wait => {}
@@ -39,20 +39,20 @@ impl Worker {
 
     /// The next event (`None`: none can come). While an attempt's stragglers have their
     /// grace, SIGKILL them when it is over, and again every [`KILL_AGAIN`].
-    fn next_event(&mut self, events: &Receiver<WorkerEv>) -> Option<WorkerEv> {
+    fn next_event(&mut self, events: &Mailbox<WorkerEv>) -> Option<WorkerEv> {
         loop {
             let Some(c) = self.cleanup.as_mut() else {
-                return events.recv().ok();
+                return events.recv();
             };
             let wait = c.kill_at.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(ev) => return Some(ev),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(Empty::Timeout) => {
                     // The grace is over: SIGKILL what is left, and look again soon.
                     kill_stragglers(Sig::SIGKILL);
                     c.kill_at = Instant::now() + KILL_AGAIN;
                 }
-                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(Empty::Disconnected) => return None,
             }
         }
     }

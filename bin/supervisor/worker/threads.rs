@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
+use crate::mailbox::{mailbox, Post};
 use ipc_channel::ipc::IpcReceiver;
 use supervisor_os::{Ended, Sig};
 
@@ -39,7 +39,7 @@ pub(super) fn start_sigterm_thread() -> std::io::Result<()> {
 /// Hand the supervisor's messages on as events, and `Closed` once it is gone.
 pub(super) fn start_ipc_reader(
     rx: IpcReceiver<ToChild>,
-    events: Sender<WorkerEv>,
+    events: Post<WorkerEv>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ipc-reader".into())
@@ -61,13 +61,13 @@ pub(super) fn start_ipc_reader(
 /// One long-lived thread waits for each job in turn (no thread per job): for what it
 /// is sent, it sends back `JobExit` or `AllReaped`.
 pub(super) fn start_waiter(
-    events: Sender<WorkerEv>,
-) -> (Sender<WaitFor>, std::io::Result<JoinHandle<()>>) {
-    let (wait_tx, wait_rx) = crossbeam_channel::unbounded::<WaitFor>();
+    events: Post<WorkerEv>,
+) -> (Post<WaitFor>, std::io::Result<JoinHandle<()>>) {
+    let (wait_tx, wait_rx) = mailbox::<WaitFor>();
     let waiter = std::thread::Builder::new()
         .name("job-waiter".into())
         .spawn(move || {
-            for what in wait_rx {
+            for what in &wait_rx {
                 let ev = match what {
                     WaitFor::Job { job, pid, since } => {
                         let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
