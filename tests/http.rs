@@ -190,6 +190,41 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             "absolute",
         ),
         ("POST", "/api/jobs", Some(vec![b' '; 2 << 20]), 413, "body"),
+        (
+            "POST",
+            "/api/jobs",
+            Some(vec![b'['; 100_000]),
+            400,
+            "nothing was queued",
+        ),
+        (
+            "POST",
+            "/api/jobs",
+            Some(b"\xff\xfe{}".to_vec()),
+            400,
+            "nothing was queued",
+        ),
+        (
+            "POST",
+            "/api/jobs",
+            Some(br#"{"command": ["a\u0000b"]}"#.to_vec()),
+            400,
+            "NUL",
+        ),
+        (
+            "POST",
+            "/api/jobs",
+            Some(br#"{"command": ["true"], "timeout_s": -1}"#.to_vec()),
+            400,
+            "timeout_s",
+        ),
+        (
+            "POST",
+            "/api/jobs",
+            Some(br#"{"command": ["true"], "after": [1e99]}"#.to_vec()),
+            400,
+            "after",
+        ),
         ("GET", "/api/jobs/abc", None, 400, "job id"),
         ("GET", "/api/jobs/-1", None, 404, "unknown job"),
         ("GET", "/api/jobs/%FF", None, 400, "bad path"),
@@ -251,6 +286,15 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         );
         assert!(r.error().contains(says), "{method} {path}: {}", r.body);
     }
+    // A token in the query is for a browser's event stream: it never authorizes a write.
+    let r = api.call(
+        "POST",
+        &format!("/api/groups/g/pause?token={TOKEN}"),
+        Some(b""),
+        false,
+        &[],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
     // Through a proxy, loopback is not this host's users only: reads need the token.
     let proxied = api.call(
         "GET",

@@ -40,8 +40,11 @@ const JOBS_MAX: u32 = 1000;
 const MAX_CONNECTIONS: usize = 256;
 /// The most event streams and log follows at once.
 const MAX_STREAMS: usize = 64;
-/// How long a count of the jobs serves.
+/// How long a count of the jobs serves, at least and at most.
 const COUNTS_FOR: Duration = Duration::from_secs(1);
+const COUNTS_AT_MOST: Duration = Duration::from_secs(15);
+/// A count serves at least this many times as long as it took to make.
+const COUNTS_SHARE: u32 = 100;
 /// The most blocking threads (each with its store connection) requests use at once.
 const BLOCKING_THREADS: usize = 8;
 
@@ -55,7 +58,15 @@ pub struct App {
     /// The last count of jobs by state and group, and when it was made: one query a
     /// second at most, whatever the number of dashboards and scrapers (it reads every
     /// job).
-    counts: Mutex<Option<(std::time::Instant, Arc<Vec<GroupCount>>)>>,
+    counts: Mutex<Option<Counts>>,
+}
+
+/// A count of the jobs by state and group, when it was made and how long it took.
+#[derive(Debug)]
+struct Counts {
+    at: std::time::Instant,
+    took: Duration,
+    counts: Arc<Vec<GroupCount>>,
 }
 
 impl std::fmt::Debug for App {
@@ -77,16 +88,24 @@ impl App {
         }
     }
 
-    /// Jobs by state and group, at most [`COUNTS_FOR`] old. Call on a blocking thread.
+    /// Jobs by state and group, made at most [`COUNTS_FOR`] ago, or longer ago when the
+    /// query is slow (a deep store): never more than 1/[`COUNTS_SHARE`] of a thread's
+    /// time goes to counting. Call on a blocking thread.
     fn group_counts(&self, store: &mut Store) -> Result<Arc<Vec<GroupCount>>, CommandError> {
         let mut cached = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, counts)) = &*cached {
-            if at.elapsed() < COUNTS_FOR {
-                return Ok(counts.clone());
+        if let Some(c) = &*cached {
+            let serves = (c.took * COUNTS_SHARE).clamp(COUNTS_FOR, COUNTS_AT_MOST);
+            if c.at.elapsed() < serves {
+                return Ok(c.counts.clone());
             }
         }
+        let started = std::time::Instant::now();
         let counts = Arc::new(store.counts_by_group(wall_now())?);
-        *cached = Some((std::time::Instant::now(), counts.clone()));
+        *cached = Some(Counts {
+            at: std::time::Instant::now(),
+            took: started.elapsed(),
+            counts: counts.clone(),
+        });
         Ok(counts)
     }
 
@@ -313,6 +332,15 @@ impl From<CommandError> for ApiError {
 }
 
 type Answer = Result<Response, ApiError>;
+
+/// A verb's usage error (400) that can mean only one thing where it is called: answered
+/// as `status`.
+fn usage_means(status: StatusCode) -> impl FnOnce(ApiError) -> ApiError {
+    move |e| match e.status {
+        StatusCode::BAD_REQUEST => ApiError { status, ..e },
+        _ => e,
+    }
+}
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -717,14 +745,8 @@ async fn retry(
         commands::retry_jobs(config, store, &[id])
     })
     .await
-    .map_err(|e| match e.status {
-        // Known, but not a job that can be retried.
-        StatusCode::BAD_REQUEST => ApiError {
-            status: StatusCode::CONFLICT,
-            ..e
-        },
-        _ => e,
-    })?;
+    // Known, but not a job that can be retried.
+    .map_err(usage_means(StatusCode::CONFLICT))?;
     Ok(Json(json!({ "ids": ids })).into_response())
 }
 
@@ -752,14 +774,8 @@ async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
         Ok(store.paused()?)
     })
     .await
-    .map_err(|e| match e.status {
-        // The only usage error here: no such group.
-        StatusCode::BAD_REQUEST => ApiError {
-            status: StatusCode::NOT_FOUND,
-            ..e
-        },
-        _ => e,
-    })?;
+    // The only usage error here: no such group.
+    .map_err(usage_means(StatusCode::NOT_FOUND))?;
     Ok(Json(json!({ "paused": paused })).into_response())
 }
 

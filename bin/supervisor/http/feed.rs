@@ -26,11 +26,21 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// One line of the events file, as the event streams send it.
+/// One line of the events file, as the event streams send it: made into its SSE
+/// message once, here, for every stream.
 #[derive(Debug, Clone)]
 pub struct Live {
     pub seq: u64,
+    /// The line of the events file.
     pub line: Arc<str>,
+    /// `id: SEQ`, `data: LINE` and the blank line that ends an SSE message.
+    pub message: Arc<str>,
+}
+
+/// The SSE message of the line `line` of seq `seq` (a line of the events file is one
+/// JSON object: no newline inside).
+pub fn sse_message(seq: u64, line: &str) -> String {
+    format!("id: {seq}\ndata: {line}\n\n")
 }
 
 /// A histogram of job durations.
@@ -219,6 +229,7 @@ impl Feed {
                 // No stream listening is no error.
                 let _ = self.live.send(Live {
                     seq: t.event.seq,
+                    message: sse_message(t.event.seq, &t.line).into(),
                     line: t.line,
                 });
             }

@@ -141,14 +141,12 @@ fn push(buf: &mut String, line: &Live, last: &mut u64) {
     if line.seq <= *last {
         return;
     }
-    message(buf, line.seq, &line.line);
+    buf.push_str(&line.message);
     *last = line.seq;
 }
 
 fn message(buf: &mut String, seq: u64, line: &str) {
-    use std::fmt::Write as _;
-    // A line of the events file is one JSON object: no newline inside.
-    let _ = write!(buf, "id: {seq}\ndata: {line}\n\n");
+    buf.push_str(&super::feed::sse_message(seq, line));
 }
 
 /// The lines of the events file after a `seq`, read a chunk at a time: from the rotated

@@ -30,7 +30,7 @@ const GONE: &str = "gone";
 
 /// `status --json` of the running supervisor, for its HTTP server: the same object,
 /// from the child table it replays live (`live`) rather than from the events file, and
-/// the job counts and paused groups it read (the server shares one count a second among
+/// the job counts and paused groups it read (the server shares one count among
 /// its clients); counts or groups the store could not give are zeros and none, with a
 /// warning, as in `status`.
 pub(crate) fn running_json(
