@@ -52,8 +52,9 @@ struct Grabber {
     /// The routes changed (or this grabber just started): decide the group of every job
     /// in the queue again, once, before the next claim.
     reroute: bool,
-    /// The wall time the current (or last) pass began: a claim it made that was lost
-    /// with the connection is no later than this.
+    /// The wall time of the current (or last) pass's claim, which is every claimed
+    /// job's `started_at`: a claim it made that was lost with the connection is no
+    /// later than this.
     pass_began: f64,
 }
 
@@ -227,7 +228,13 @@ impl Grabber {
             }
             self.reroute = false;
         }
-        let wall = wall_now();
+        // The claim's time is the pass's: a claim of this pass whose answer is lost
+        // with the connection has `started_at` = `pass_began`, which `SourceFailed`
+        // reports, and the supervisor gives back what was claimed then or before.
+        // (Taken anew here, its claims were later than what was reported, and such a
+        // claim stayed running under us for good.)
+        self.pass_began = wall_now();
+        let wall = self.pass_began;
         let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
         for r in &result.refused {
             let refused = FromChild::Refused {

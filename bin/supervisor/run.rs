@@ -64,6 +64,11 @@ struct Supervisor {
     /// A failed claim pass began at this (wall) time: its claims may have committed with
     /// their answer lost; given back once the store answers.
     lost_claims: Option<f64>,
+    /// Until when (wall time) the lost claims are looked for again at every pass: a
+    /// claim's COMMIT cut off with its connection may still land on the server after
+    /// the first look (`instances.dead_after_s` later, any other supervisor would take
+    /// the job back anyway).
+    lost_claims_until: f64,
     /// How many outcomes waited before the input being fed (see `pending_changed`).
     pending_was: Option<usize>,
     notifier: Notifier,

@@ -71,6 +71,8 @@ impl Supervisor {
                     .lost_claims
                     .map_or(claimed_before, |t| t.max(claimed_before));
                 self.lost_claims = Some(t);
+                self.lost_claims_until =
+                    wall_now() + self.config.instances.dead_after.as_secs_f64();
                 self.give_back_lost_claims();
                 Input::SourceFailed { error }
             }

@@ -239,7 +239,9 @@ impl Supervisor {
             .release_strays(self.instance, &known, Some(before), wall_now())
         {
             Ok(ids) => {
-                self.lost_claims = None;
+                if wall_now() >= self.lost_claims_until {
+                    self.lost_claims = None;
+                }
                 if !ids.is_empty() {
                     log::warn!("gave back jobs {ids:?}: claimed, but the claim's answer was lost");
                     if let Some(g) = self.core.grabber() {

@@ -109,6 +109,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         exit_code: None,
         lease,
         lost_claims: None,
+        lost_claims_until: 0.0,
         pending_was: None,
         notifier: Notifier::from_env(),
         told_stopping: false,
