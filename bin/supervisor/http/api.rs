@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Result;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -408,9 +409,42 @@ fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError
         .map_err(|e| bad_request(format!("bad path: {}", e.body_text())))
 }
 
-/// The job id of a path, read as the verbs read one (an id no job has is a 404).
-fn id_of(p: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    Ok(commands::parse_id(&path_param(p)?)?)
+/// The job id of a path (`/api/jobs/{id}...`), read as the verbs read one (an id no
+/// job has is a 404).
+struct JobIdPath(i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let text = path_param(Path::<String>::from_request_parts(parts, state).await)?;
+        Ok(JobIdPath(commands::parse_id(&text)?))
+    }
+}
+
+/// The group name of a path (`/api/groups/{name}/...`).
+struct GroupPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for GroupPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Ok(GroupPath(path_param(
+            Path::<String>::from_request_parts(parts, state).await,
+        )?))
+    }
+}
+
+/// A query that holds nothing but the token, if anything: any other key is a 400.
+struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        query(Query::<Plain>::from_request_parts(parts, state).await)?;
+        Ok(NoQuery)
+    }
 }
 
 /// A query string, or a 400 that says what is wrong with it.
@@ -421,8 +455,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 // ---- reads ---------------------------------------------------------------------------
 
-async fn status(State(app): State<Arc<App>>, q: Result<Query<Plain>, QueryRejection>) -> Answer {
-    query(q)?;
+async fn status(State(app): State<Arc<App>>, _: NoQuery) -> Answer {
     let (live, last_ts, last_seq, workers, disabled, restarts) = {
         let f = app.feed.state();
         let now = wall_now();
@@ -540,13 +573,7 @@ async fn jobs(State(app): State<Arc<App>>, q: Result<Query<JobsQuery>, QueryReje
     Ok(Json(list).into_response())
 }
 
-async fn job(
-    State(app): State<Arc<App>>,
-    id: Result<Path<String>, PathRejection>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    let id = id_of(id)?;
-    query(q)?;
+async fn job(State(app): State<Arc<App>>, JobIdPath(id): JobIdPath, _: NoQuery) -> Answer {
     // Which groups gave up, as the feed has followed them (not the whole events file).
     let disabled = app.feed.state().disabled.clone();
     let body = blocking(&app, move |config, store| {
@@ -573,10 +600,9 @@ struct LogQuery {
 
 async fn job_log(
     State(app): State<Arc<App>>,
-    id: Result<Path<String>, PathRejection>,
+    JobIdPath(id): JobIdPath,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Answer {
-    let id = id_of(id)?;
     let q = query(q)?;
     let follow = match q.follow.as_deref() {
         None | Some("" | "0" | "false") => false,
@@ -654,11 +680,7 @@ async fn events(
         .into_response())
 }
 
-async fn metrics_text(
-    State(app): State<Arc<App>>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    query(q)?;
+async fn metrics_text(State(app): State<Arc<App>>, _: NoQuery) -> Answer {
     let app2 = app.clone();
     let counts = blocking(&app, move |_, store| app2.group_counts(store)).await?;
     let text = metrics::render(&app.feed.state(), &counts);
@@ -676,10 +698,9 @@ async fn metrics_text(
 
 async fn submit(
     State(app): State<Arc<App>>,
-    q: Result<Query<Plain>, QueryRejection>,
+    _: NoQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    query(q)?;
     let body = body.map_err(|e| {
         ApiError::new(
             e.status(),
@@ -714,13 +735,7 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn cancel(
-    State(app): State<Arc<App>>,
-    id: Result<Path<String>, PathRejection>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    let id = id_of(id)?;
-    query(q)?;
+async fn cancel(State(app): State<Arc<App>>, JobIdPath(id): JobIdPath, _: NoQuery) -> Answer {
     let result = blocking(&app, move |config, store| {
         commands::cancel_job(config, store, id)
     })
@@ -734,13 +749,7 @@ async fn cancel(
     Ok(Json(json!({ "id": id, "result": result, "state": state.as_str() })).into_response())
 }
 
-async fn retry(
-    State(app): State<Arc<App>>,
-    id: Result<Path<String>, PathRejection>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    let id = id_of(id)?;
-    query(q)?;
+async fn retry(State(app): State<Arc<App>>, JobIdPath(id): JobIdPath, _: NoQuery) -> Answer {
     let ids = blocking(&app, move |config, store| {
         commands::retry_jobs(config, store, &[id])
     })
@@ -750,22 +759,12 @@ async fn retry(
     Ok(Json(json!({ "ids": ids })).into_response())
 }
 
-async fn pause(
-    State(app): State<Arc<App>>,
-    name: Result<Path<String>, PathRejection>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    query(q)?;
-    set_paused(&app, path_param(name)?, true).await
+async fn pause(State(app): State<Arc<App>>, GroupPath(name): GroupPath, _: NoQuery) -> Answer {
+    set_paused(&app, name, true).await
 }
 
-async fn resume(
-    State(app): State<Arc<App>>,
-    name: Result<Path<String>, PathRejection>,
-    q: Result<Query<Plain>, QueryRejection>,
-) -> Answer {
-    query(q)?;
-    set_paused(&app, path_param(name)?, false).await
+async fn resume(State(app): State<Arc<App>>, GroupPath(name): GroupPath, _: NoQuery) -> Answer {
+    set_paused(&app, name, false).await
 }
 
 async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
@@ -781,8 +780,7 @@ async fn set_paused(app: &Arc<App>, name: String, pause: bool) -> Answer {
 
 /// `POST /api/reload`: SIGHUP to ourselves, as `supervisor reload` sends it, and the
 /// answer from the events that follow.
-async fn reload(State(app): State<Arc<App>>, q: Result<Query<Plain>, QueryRejection>) -> Answer {
-    query(q)?;
+async fn reload(State(app): State<Arc<App>>, _: NoQuery) -> Answer {
     let mut live = app.feed.subscribe();
     supervisor_os::signal_pid(std::process::id(), supervisor_os::Sig::SIGHUP).map_err(|e| {
         ApiError::new(
