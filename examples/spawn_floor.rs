@@ -1,6 +1,7 @@
 //! The floor of dispatch, for `scripts/bench depth`: N spawn + exec + wait of
 //! `/bin/true` with the project's own spawner on T threads, one job at a time each,
-//! nothing stored and nothing reported. Prints jobs per second.
+//! nothing stored and nothing reported. Prints jobs per second, and the CPU time per job
+//! of this process and its jobs together (user + system).
 //!
 //!     cargo run --release --example spawn_floor -- 10000 4
 
@@ -18,6 +19,16 @@ fn main() {
     let left = AtomicU64::new(n);
     let env: Vec<_> = std::env::vars_os().collect();
     let argv = vec!["/bin/true".to_string()];
+    let cpu = || {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+            .into_iter()
+            .map(|who| getrusage(who).expect("getrusage"))
+            .map(|u| secs(u.user_time()) + secs(u.system_time()))
+            .sum::<f64>()
+    };
+    let cpu0 = cpu();
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -47,8 +58,10 @@ fn main() {
         }
     });
     let secs = started.elapsed().as_secs_f64();
+    let per_job = (cpu() - cpu0) / n as f64 * 1e6;
     println!(
-        "{:.0} jobs/s ({n} jobs on {threads} threads in {secs:.2} s)",
+        "{:.0} jobs/s ({n} jobs on {threads} threads in {secs:.2} s; {per_job:.0} µs CPU per \
+         job, spawner and jobs)",
         n as f64 / secs
     );
 }

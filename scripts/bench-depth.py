@@ -11,7 +11,14 @@ the time goes (CPU per job, in µs, per process).
 
 The floor, in the same invocation: the fastest of `seq N | xargs -P4 -I{} /bin/true`
 and `spawn_floor` (N spawn+exec+wait of /bin/true on 4 threads with the project's own
-spawner, nothing stored). Ours is reported as a fraction of it.
+spawner, nothing stored). Ours is reported as a fraction of it, with the whole machine's
+CPU per job (from /proc/stat: every process, the jobs too) and how busy it was.
+
+Then what the contract adds to every job, each part measured alone by
+`examples/dispatch_parts` (a claim and an outcome stored; one message hop between two
+processes, of the five a job takes: Claimed, Run, JobStarted, JobEnded, Grant), and the
+best rate that leaves on this machine's cores: the floor's CPU per job plus those parts,
+with every core busy and nothing else spent.
 """
 
 import json
@@ -25,6 +32,8 @@ import time
 
 BIN = sys.argv[1]
 FLOOR_BIN = sys.argv[2]
+PARTS_BIN = sys.argv[3]
+HOPS = 5  # Claimed, Run, JobStarted, JobEnded, Grant
 DEPTHS = [int(x) for x in os.environ.get("BENCH_DEPTHS", "1000,10000,100000").split(",")]
 KINDS = os.environ.get("BENCH_KINDS", "tagged,named").split(",")
 FLOOR_N = int(os.environ.get("BENCH_FLOOR_JOBS", "10000"))
@@ -39,6 +48,15 @@ def cpu_of(pid):
         return (int(rest[11]) + int(rest[12])) / TICK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def machine_cpu():
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is counted in user already
+    return (total - idle) / TICK, total / TICK
 
 
 def children_of(pid):
@@ -133,6 +151,7 @@ def one_run(work, n, kind, store):
     subprocess.run([BIN, "submit", "-c", conf, "--file", jobs], check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run(["sync"])
+    busy0, all0 = machine_cpu()
     t0 = time.monotonic()
     with open(os.path.join(d, "run.err"), "w") as err:
         p = subprocess.Popen([BIN, "run", "-c", conf, "--until-empty"], stderr=err)
@@ -141,6 +160,8 @@ def one_run(work, n, kind, store):
         code = p.wait()
         s.stop.set()
     t1 = time.monotonic()
+    busy1, all1 = machine_cpu()
+    machine = ((busy1 - busy0) / n * 1e6, (busy1 - busy0) / max(all1 - all0, 1e-9))
     if code != 0:
         raise SystemExit(f"run --until-empty exited {code}; see {d}/run.err")
     out = subprocess.run([BIN, "status", "-c", conf, "--json"], check=True,
@@ -151,7 +172,7 @@ def one_run(work, n, kind, store):
     roles = s.by_role()
     per_job = {r: sum(v) / n * 1e6 for r, v in roles.items()}
     worker_each = [round(x / n * 1e6) for x in roles.get("worker", [])]
-    return n / (t1 - t0), per_job, worker_each
+    return n / (t1 - t0), per_job, worker_each, machine
 
 
 def floor(work):
@@ -161,7 +182,19 @@ def floor(work):
     out = subprocess.run([FLOOR_BIN, str(FLOOR_N), "4"], check=True,
                          capture_output=True, text=True).stdout
     spawner = float(out.split()[0])
-    return xargs, spawner
+    spawner_cpu = float(out.split("; ")[1].split()[0])
+    return xargs, spawner, spawner_cpu
+
+
+def parts():
+    """CPU µs per job of a claim and an outcome stored, and of one message hop."""
+    def run(*args):
+        out = subprocess.run([PARTS_BIN, *args], check=True, capture_output=True,
+                             text=True).stdout
+        return [float(line.split(": ")[1].split()[0]) for line in out.splitlines()]
+    store = min(run("store", str(FLOOR_N)))
+    hop = run("ipc", str(2 * FLOOR_N))[0]
+    return store, hop
 
 
 def main():
@@ -169,11 +202,21 @@ def main():
     url = os.environ.get("SUPERVISOR_TEST_POSTGRES_URL")
     work = tempfile.mkdtemp(prefix="sv-depth-", dir=os.environ.get("BENCH_DIR", "/tmp"))
     try:
-        xargs, spawner = floor(work)
+        xargs, spawner, spawner_cpu = floor(work)
         best = max(xargs, spawner)
+        store_cpu, hop_cpu = parts()
+        cores = os.cpu_count()
         print(f"depth: /bin/true jobs on 4 workers, a second group matching none of them")
         print(f"  floor: xargs -P4 -I{{}} /bin/true {xargs:.0f} jobs/s; "
-              f"spawn_floor (our spawner, 4 threads, nothing stored) {spawner:.0f} jobs/s")
+              f"spawn_floor (our spawner, 4 threads, nothing stored) {spawner:.0f} jobs/s, "
+              f"{spawner_cpu:.0f} µs CPU per job")
+        least = spawner_cpu + store_cpu + HOPS * hop_cpu
+        print(f"  what the contract adds to each job, alone: a claim and an outcome stored "
+              f"{store_cpu:.0f} µs, {HOPS} message hops x {hop_cpu:.0f} µs; with the "
+              f"floor's {spawner_cpu:.0f} µs, {least:.0f} µs of CPU per job: at best "
+              f"{cores * 1e6 / least:.0f} jobs/s on {cores} cores = "
+              f"{cores * 1e6 / least / best:.2f} of the floor (0.8 of it allows "
+              f"{cores * 1e6 / (0.8 * best):.0f} µs)", flush=True)
         rows = []
         for name, store in stores + ([("postgres", url)] if url else []):
             for kind in KINDS:
@@ -188,12 +231,13 @@ def main():
                         dburl = url + f" dbname={db}" if "://" not in url else url.replace(
                             "/postgres?", f"/{db}?", 1)
                         st = {"postgres": {"url": dburl}}
-                    rate, per_job, workers = one_run(work, n, kind, st)
+                    rate, per_job, workers, (machine, busy) = one_run(work, n, kind, st)
                     rows.append((name, kind, n, rate, per_job, workers))
                     cpu = ", ".join(f"{r} {v:.0f}" for r, v in sorted(per_job.items()))
                     print(f"  {name:8} {kind:6} {n:>7} queued: {rate:7.0f} jobs/s "
                           f"= {rate / best:.2f} of the floor; CPU µs/job: {cpu} "
-                          f"(each worker: {workers})", flush=True)
+                          f"(each worker: {workers}); machine {machine:.0f} µs/job, "
+                          f"{busy:.0%} busy", flush=True)
         for name in {r[0] for r in rows}:
             for kind in KINDS:
                 rs = {r[2]: r[3] for r in rows if r[0] == name and r[1] == kind}

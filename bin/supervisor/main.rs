@@ -186,6 +186,7 @@ enum Verb {
 }
 
 fn main() -> ExitCode {
+    supervisor_os::keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();

@@ -22,10 +22,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 pub mod cgroup;
+mod malloc;
 mod spawn;
 mod title;
 mod tree;
 pub mod users;
+pub use malloc::keep_freed_memory;
 pub use spawn::{
     wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
 };

@@ -1,0 +1,174 @@
+//! The parts of one job's dispatch that the contract makes every job pay, each measured
+//! alone, for `scripts/bench depth`: it prints CPU time per job (user + system, of every
+//! process involved), so that the sum can be set against the whole system's.
+//!
+//!     cargo run --release --example dispatch_parts -- store 10000   # claim + outcome
+//!     cargo run --release --example dispatch_parts -- ipc 10000     # one message hop
+//!
+//! `store`: a SQLite store in a temporary directory, N named jobs queued, then N times
+//! what the grabber and the supervisor do for one job: a claim with one credit, and its
+//! outcome stored. One thread, no process, no IPC; twice: claims and outcomes through
+//! one connection, then through two (as the grabber and the supervisor have: each
+//! then finds the other's writes and reloads what it cached).
+//!
+//! `ipc`: N round trips of a small message (the size of `Claimed`) between this process
+//! and a copy of it over ipc-channel, each side blocked in `recv` (as the hub and a
+//! worker's reader are). Prints the CPU of one hop (half a round trip), both sides.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
+use nix::sys::resource::{getrusage, UsageWho};
+use serde::{Deserialize, Serialize};
+use supervisor_store::{
+    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, Route, SqliteStore,
+};
+
+/// User + system CPU seconds of `who`.
+fn cpu(who: UsageWho) -> f64 {
+    let u = getrusage(who).expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    secs(u.user_time()) + secs(u.system_time())
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+fn store(n: u64, connections: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jobs.db");
+    let mut store = SqliteStore::open(&path).expect("open the store");
+    let mut other = (connections == 2).then(|| SqliteStore::open(&path).expect("open again"));
+    let me = store
+        .register_instance("bench", std::process::id(), "bench", now())
+        .expect("register");
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|_| NewJob {
+            command: vec!["/bin/true".into()],
+            group: Some("g".into()),
+            ..Default::default()
+        })
+        .collect();
+    store.submit(&jobs, now()).expect("submit");
+    let routes = vec![Route {
+        group: "g".into(),
+        matches: None,
+    }];
+    let outcome = OutcomeRecord {
+        kind: OutcomeKind::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        start_error: None,
+        reason: None,
+    };
+    let (cpu0, t0) = (cpu(UsageWho::RUSAGE_SELF), Instant::now());
+    for _ in 0..n {
+        let mut credits = BTreeMap::from([("g".to_string(), 1)]);
+        let claimed = store
+            .claim(me, &routes, &mut credits, now())
+            .expect("claim");
+        let job = claimed.jobs.first().expect("a job to claim");
+        let recorder = other.as_mut().unwrap_or(&mut store);
+        let stored = recorder
+            .record_outcome(job.id, job.attempt, me, &outcome, AfterAttempt::Done, now())
+            .expect("outcome");
+        assert!(stored, "outcome refused");
+    }
+    let (cpu1, wall) = (cpu(UsageWho::RUSAGE_SELF), t0.elapsed().as_secs_f64());
+    println!(
+        "store ({connections} connection{}): {:.1} µs CPU per job (claim + outcome; \
+         {n} jobs in {wall:.2} s)",
+        if connections == 1 { "" } else { "s" },
+        (cpu1 - cpu0) / n as f64 * 1e6
+    );
+}
+
+/// A message the size of the ones dispatch sends.
+#[derive(Serialize, Deserialize)]
+enum Msg {
+    Hello(IpcSender<Msg>),
+    Ping {
+        job: i64,
+        group: String,
+        command: Vec<String>,
+    },
+    Stop,
+}
+
+fn ipc_parent(n: u64) {
+    let (server, name) = IpcOneShotServer::<Msg>::new().expect("one-shot server");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(["ipc-child", &name])
+        .spawn()
+        .expect("spawn the other side");
+    let (from_child, hello) = server.accept().expect("accept");
+    let Msg::Hello(to_child) = hello else {
+        panic!("expected Hello")
+    };
+    let ping = |job| Msg::Ping {
+        job,
+        group: "x86_64".into(),
+        command: vec!["/bin/true".into()],
+    };
+    let (cpu0, t0) = (cpu(UsageWho::RUSAGE_SELF), Instant::now());
+    for i in 0..n as i64 {
+        to_child.send(ping(i)).expect("send");
+        from_child.recv().expect("recv");
+    }
+    let (cpu1, wall) = (cpu(UsageWho::RUSAGE_SELF), t0.elapsed().as_secs_f64());
+    to_child.send(Msg::Stop).expect("stop");
+    child.wait().expect("wait");
+    // The child measured the same loop: its whole CPU, less its start (a few ms), is
+    // well within the noise of N round trips; take it whole.
+    let other = cpu(UsageWho::RUSAGE_CHILDREN);
+    println!(
+        "ipc: {:.1} µs CPU per message hop (both sides; {n} round trips in {wall:.2} s)",
+        ((cpu1 - cpu0) + other) / (2 * n) as f64 * 1e6
+    );
+}
+
+fn ipc_child(name: &str) {
+    let to_parent = IpcSender::<Msg>::connect(name.to_string()).expect("connect");
+    let (tx, rx) = ipc::channel::<Msg>().expect("channel");
+    to_parent.send(Msg::Hello(tx)).expect("hello");
+    while let Ok(Msg::Ping {
+        job,
+        group,
+        command,
+    }) = rx.recv()
+    {
+        to_parent
+            .send(Msg::Ping {
+                job,
+                group,
+                command,
+            })
+            .expect("pong");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = |i: usize| {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(10_000u64)
+    };
+    match args.first().map(String::as_str) {
+        Some("store") => {
+            store(n(1), 1);
+            store(n(1), 2);
+        }
+        Some("ipc") => ipc_parent(n(1)),
+        Some("ipc-child") => ipc_child(args.get(1).expect("a server name")),
+        _ => {
+            eprintln!("usage: dispatch_parts store|ipc [N]");
+            std::process::exit(2);
+        }
+    }
+}
