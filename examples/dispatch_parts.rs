@@ -3,13 +3,17 @@
 //! process involved), so that the sum can be set against the whole system's.
 //!
 //!     cargo run --release --example dispatch_parts -- store 10000   # claim + outcome
+//!     cargo run --release --example dispatch_parts -- store 10000 URL   # on PostgreSQL
 //!     cargo run --release --example dispatch_parts -- ipc 10000     # one message hop
 //!
 //! `store`: a SQLite store in a temporary directory, N named jobs queued, then N times
 //! what the grabber and the supervisor do for one job: a claim with one credit, and its
 //! outcome stored. One thread, no process, no IPC; twice: claims and outcomes through
 //! one connection, then through two (as the grabber and the supervisor have: each
-//! then finds the other's writes and reloads what it cached).
+//! then finds the other's writes and reloads what it cached). With a PostgreSQL URL (an
+//! empty database), the same through two connections to it; the CPU printed is then
+//! this process's only, and the server's is the caller's to measure (`scripts/bench
+//! depth` takes the whole machine's).
 //!
 //! `ipc`: N round trips of a small message (the size of `Claimed`) between this process
 //! and a copy of it over ipc-channel, each side blocked in `recv` (as the hub and a
@@ -22,7 +26,7 @@ use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
 use nix::sys::resource::{getrusage, UsageWho};
 use serde::{Deserialize, Serialize};
 use supervisor_store::{
-    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, Route, SqliteStore,
+    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, SqliteStore,
 };
 
 /// User + system CPU seconds of `who`.
@@ -39,11 +43,33 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn store(n: u64, connections: usize) {
+fn sqlite(n: u64, connections: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("jobs.db");
-    let mut store = SqliteStore::open(&path).expect("open the store");
-    let mut other = (connections == 2).then(|| SqliteStore::open(&path).expect("open again"));
+    let store = SqliteStore::open(&path).expect("open the store");
+    let other = (connections == 2).then(|| SqliteStore::open(&path).expect("open again"));
+    store_loop(
+        n,
+        store,
+        other,
+        &format!("sqlite, {connections} connection(s)"),
+    );
+}
+
+fn postgres(n: u64, url: &str) {
+    let store = PostgresStore::connect(url).expect("connect");
+    let other = PostgresStore::connect(url).expect("connect again");
+    store_loop(
+        n,
+        store,
+        Some(other),
+        "postgres, 2 connections, this process only",
+    );
+}
+
+/// N jobs queued, then N times a claim of one through `store` and its outcome through
+/// `other` (or `store`).
+fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, what: &str) {
     let me = store
         .register_instance("bench", std::process::id(), "bench", now())
         .expect("register");
@@ -81,9 +107,7 @@ fn store(n: u64, connections: usize) {
     }
     let (cpu1, wall) = (cpu(UsageWho::RUSAGE_SELF), t0.elapsed().as_secs_f64());
     println!(
-        "store ({connections} connection{}): {:.1} µs CPU per job (claim + outcome; \
-         {n} jobs in {wall:.2} s)",
-        if connections == 1 { "" } else { "s" },
+        "store ({what}): {:.1} µs CPU per job (claim + outcome; {n} jobs in {wall:.2} s)",
         (cpu1 - cpu0) / n as f64 * 1e6
     );
 }
@@ -160,14 +184,17 @@ fn main() {
             .unwrap_or(10_000u64)
     };
     match args.first().map(String::as_str) {
-        Some("store") => {
-            store(n(1), 1);
-            store(n(1), 2);
-        }
+        Some("store") => match args.get(2) {
+            Some(url) => postgres(n(1), url),
+            None => {
+                sqlite(n(1), 1);
+                sqlite(n(1), 2);
+            }
+        },
         Some("ipc") => ipc_parent(n(1)),
         Some("ipc-child") => ipc_child(args.get(1).expect("a server name")),
         _ => {
-            eprintln!("usage: dispatch_parts store|ipc [N]");
+            eprintln!("usage: dispatch_parts store [N [POSTGRES_URL]] | ipc [N]");
             std::process::exit(2);
         }
     }
