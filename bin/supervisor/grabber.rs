@@ -22,7 +22,7 @@ use supervisor_store::Route;
 
 use crate::events_file::wall_now;
 use crate::ipc;
-use crate::wire::{ClaimReport, FromChild, StoreArg, ToChild};
+use crate::wire::{ClaimReport, FromChild, PassItem, StoreArg, ToChild};
 
 /// The grabber's clock: time since it started.
 #[derive(Clone, Copy, Debug)]
@@ -154,7 +154,15 @@ impl Grabber {
                 self.schedule.set_backoff(s.error_backoff.into());
                 Flow::Ring
             }
-            ToChild::Grant { group, n, epoch } => {
+            ToChild::Grant {
+                group,
+                n,
+                epoch,
+                poll,
+            } => {
+                if let Some(poll) = poll {
+                    self.ledger.poll(poll);
+                }
                 self.ledger.grant(&group, n, epoch);
                 Flow::Ring
             }
@@ -236,18 +244,17 @@ impl Grabber {
         self.pass_began = wall_now();
         let wall = self.pass_began;
         let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
+        // Everything the pass found goes in one message, in this order.
+        let mut found = Vec::new();
         for r in &result.refused {
-            let refused = FromChild::Refused {
+            found.push(PassItem::Refused {
                 job: r.id,
                 attempts: r.attempts,
                 reason: r.reason.clone(),
-            };
-            if self.tx.send(refused).is_err() {
-                std::process::exit(0);
-            }
+            });
         }
         for job in &result.jobs {
-            let claim = ClaimReport {
+            found.push(PassItem::Claimed(ClaimReport {
                 id: job.id,
                 group: job.group.clone(),
                 attempt: job.attempt,
@@ -257,22 +264,23 @@ impl Grabber {
                 command: job.command.clone(),
                 env: job.env.clone(),
                 cwd: job.cwd.clone(),
-            };
-            if self.tx.send(FromChild::Claimed(claim)).is_err() {
-                std::process::exit(0);
-            }
+            }));
         }
         if std::mem::take(&mut self.check_cancels) {
             let requests = store.cancel_requests(self.instance)?;
             let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
             for id in requested.difference(&self.cancels_sent) {
-                let _ = self.tx.send(FromChild::CancelRequested { job: *id });
+                found.push(PassItem::CancelRequested { job: *id });
             }
             self.cancels_sent = requested;
         }
         let empty = result.jobs.is_empty() && result.more.is_empty();
         if let Some(epoch) = self.ledger.report(empty) {
-            let _ = self.tx.send(FromChild::SourceReport { epoch, empty });
+            found.push(PassItem::SourceReport { epoch, empty });
+        }
+        // Claims committed must reach the supervisor: without it, nothing is left to do.
+        if !found.is_empty() && self.tx.send(FromChild::Pass(found)).is_err() {
+            std::process::exit(0);
         }
         let retry = result.more.waiting_until;
         Ok(retry.map(|at| supervisor_core::bounds::duration(at - wall)))

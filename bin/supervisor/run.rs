@@ -254,7 +254,8 @@ impl Supervisor {
     /// Carry out actions in order; returns inputs they produced (spawn results).
     fn execute(&mut self, actions: Vec<Action>) -> Vec<Input> {
         let mut back = Vec::new();
-        for action in actions {
+        let mut actions = actions.into_iter().peekable();
+        while let Some(action) = actions.next() {
             match action {
                 Action::Spawn { child, role } => back.push(self.spawn(child, role)),
                 Action::StopChild { child } => self.stop_child(child),
@@ -275,8 +276,34 @@ impl Supervisor {
                     // they were the worker's (a subreaper), and are ours now.
                     self.kill_orphans();
                 }
+                // A poll next to a grant (a job's end asks for both) goes with it.
+                Action::Poll { epoch: poll }
+                    if matches!(actions.peek(), Some(Action::Grant { .. })) =>
+                {
+                    if let Some(Action::Grant { group, n, epoch }) = actions.next() {
+                        let poll = Some(poll);
+                        self.send_to_grabber(ToChild::Grant {
+                            group,
+                            n,
+                            epoch,
+                            poll,
+                        })
+                    }
+                }
                 Action::Grant { group, n, epoch } => {
-                    self.send_to_grabber(ToChild::Grant { group, n, epoch })
+                    let poll = match actions.peek() {
+                        Some(&Action::Poll { epoch }) => {
+                            actions.next();
+                            Some(epoch)
+                        }
+                        _ => None,
+                    };
+                    self.send_to_grabber(ToChild::Grant {
+                        group,
+                        n,
+                        epoch,
+                        poll,
+                    })
                 }
                 Action::Revoke { group, epoch } => {
                     self.send_to_grabber(ToChild::Revoke { group, epoch })

@@ -25,16 +25,14 @@ pub enum FromChild {
     Ready,
     /// The answer to a [`ToChild::Ping`].
     Pong,
-    /// The grabber claimed a job.
-    Claimed(ClaimReport),
-    /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
-    SourceReport { epoch: u64, empty: bool },
+    /// What one pass of the grabber found, in the order it found it: one message per
+    /// pass, however many jobs it claimed (each was a message of its own, and so was
+    /// the report: two hops per job where one does).
+    Pass(Vec<PassItem>),
     /// The grabber could not reach the store.
     /// `claimed_before`: when the failed pass began; a claim of it may have committed
     /// while its answer was lost (the supervisor gives such strays back).
     SourceFailed { error: String, claimed_before: f64 },
-    /// `supervisor cancel` asked to stop this running job.
-    CancelRequested { job: JobId },
     /// A worker started its job's process (also its process group).
     JobStarted { job: JobId, pid: u32 },
     /// A worker's job ended; `end` is `None` when its command could not start, and
@@ -47,6 +45,17 @@ pub enum FromChild {
         /// Why it ended as it did, beyond its exit status (the OOM killer), if known.
         reason: Option<String>,
     },
+}
+
+/// One finding of a grabber's pass (see [`FromChild::Pass`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PassItem {
+    /// The grabber claimed a job.
+    Claimed(ClaimReport),
+    /// `supervisor cancel` asked to stop this running job.
+    CancelRequested { job: JobId },
+    /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
+    SourceReport { epoch: u64, empty: bool },
     /// The grabber found a job it cannot run (its stored row is damaged); the store
     /// ended it `dead` with `reason`.
     Refused {
@@ -65,8 +74,15 @@ pub enum ToChild {
     Stop,
     /// Grabber: its settings from the config, when it is ready and after each reload.
     Settings(GrabberSettings),
-    /// Grabber: `n` more credits for `group` (a newer epoch replaces the count).
-    Grant { group: String, n: u32, epoch: u64 },
+    /// Grabber: `n` more credits for `group` (a newer epoch replaces the count); with
+    /// `poll`, also a [`ToChild::Poll`] with that epoch, applied first (a job's end asks
+    /// for both at once: one message, one wake of the grabber, where there were two).
+    Grant {
+        group: String,
+        n: u32,
+        epoch: u64,
+        poll: Option<u64>,
+    },
     /// Grabber: drop every credit of `group`, counting from `epoch` on.
     Revoke { group: String, epoch: u64 },
     /// Grabber: poll now and report with this epoch.

@@ -29,7 +29,7 @@ use supervisor_store::Route;
 
 use crate::record::{EventLine, EventRecord};
 use crate::wire::{
-    ClaimReport, FromChild, GrabberSettings, JobPayload, ToChild, WireBackoff, WireEnd,
+    ClaimReport, FromChild, GrabberSettings, JobPayload, PassItem, ToChild, WireBackoff, WireEnd,
 };
 
 use harness::{broken, fuzz};
@@ -208,11 +208,13 @@ fn to_child(m: &ToChild, n: u32) -> Result<(), TestCaseError> {
             group,
             n: credits,
             epoch,
+            poll,
         } => {
             let _ = (
                 group.len(),
                 credits.saturating_add(1),
                 epoch.saturating_add(1),
+                poll.map(|p| p.saturating_add(1)),
             );
             Ok(())
         }
@@ -233,8 +235,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
     match m {
         FromChild::Hello { .. } => Err(broken("decoded a Hello outside ipc-channel")),
         FromChild::Ready | FromChild::Pong => Ok(()),
-        FromChild::Claimed(c) => claim(c),
-        FromChild::SourceReport { .. } | FromChild::CancelRequested { .. } => Ok(()),
+        FromChild::Pass(found) => found.iter().try_for_each(pass_item),
         FromChild::SourceFailed { error, .. } => record(&Event::SupervisorStopping {
             reason: error.clone(),
         }),
@@ -279,7 +280,15 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
                 reason: start_error.clone(),
             })
         }
-        FromChild::Refused {
+    }
+}
+
+/// The loop's use of one finding of a grabber's pass.
+fn pass_item(item: &PassItem) -> Result<(), TestCaseError> {
+    match item {
+        PassItem::Claimed(c) => claim(c),
+        PassItem::SourceReport { .. } | PassItem::CancelRequested { .. } => Ok(()),
+        PassItem::Refused {
             job,
             attempts,
             reason,
@@ -497,8 +506,18 @@ fn to_child_bytes() -> BoxedStrategy<Vec<u8>> {
         Just(encode(&ToChild::Stop)),
         Just(encode(&ToChild::Wake)),
         grabber_settings().prop_map(|s| encode(&ToChild::Settings(s))),
-        (string(), any::<u32>(), any::<u64>())
-            .prop_map(|(group, n, epoch)| encode(&ToChild::Grant { group, n, epoch })),
+        (
+            string(),
+            any::<u32>(),
+            any::<u64>(),
+            prop::option::of(any::<u64>())
+        )
+            .prop_map(|(group, n, epoch, poll)| encode(&ToChild::Grant {
+                group,
+                n,
+                epoch,
+                poll
+            })),
         (string(), any::<u64>())
             .prop_map(|(group, epoch)| encode(&ToChild::Revoke { group, epoch })),
         any::<u64>().prop_map(|epoch| encode(&ToChild::Poll { epoch })),
@@ -509,19 +528,35 @@ fn to_child_bytes() -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
+/// A finding of a grabber's pass, of any variant.
+fn pass_item_value() -> BoxedStrategy<PassItem> {
+    prop_oneof![
+        claim_value().prop_map(PassItem::Claimed),
+        (any::<u64>(), any::<bool>())
+            .prop_map(|(epoch, empty)| PassItem::SourceReport { epoch, empty }),
+        any::<i64>().prop_map(|job| PassItem::CancelRequested { job }),
+        (any::<i64>(), any::<u32>(), string()).prop_map(|(job, attempts, reason)| {
+            PassItem::Refused {
+                job,
+                attempts,
+                reason,
+            }
+        }),
+    ]
+    .boxed()
+}
+
 /// The encoding of a [`FromChild`] of any variant but `Hello`.
 fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         Just(encode(&FromChild::Ready)),
         Just(encode(&FromChild::Pong)),
-        claim_value().prop_map(|c| encode(&FromChild::Claimed(c))),
-        (any::<u64>(), any::<bool>())
-            .prop_map(|(epoch, empty)| encode(&FromChild::SourceReport { epoch, empty })),
+        prop::collection::vec(pass_item_value(), 0..4)
+            .prop_map(|found| encode(&FromChild::Pass(found))),
         string().prop_map(|error| encode(&FromChild::SourceFailed {
             error,
             claimed_before: 1.0
         })),
-        any::<i64>().prop_map(|job| encode(&FromChild::CancelRequested { job })),
         (any::<i64>(), any::<u32>())
             .prop_map(|(job, pid)| encode(&FromChild::JobStarted { job, pid })),
         (
@@ -540,13 +575,6 @@ fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
                     reason,
                 }
             )),
-        (any::<i64>(), any::<u32>(), string()).prop_map(|(job, attempts, reason)| encode(
-            &FromChild::Refused {
-                job,
-                attempts,
-                reason
-            }
-        )),
     ]
     .boxed()
 }

@@ -7,7 +7,7 @@ use supervisor_os::Sig;
 use crate::events_file::wall_now;
 use crate::ipc::{self, Writer};
 use crate::record::EventRecord;
-use crate::wire::{ChildArgs, ChildRole, FromChild, ToChild};
+use crate::wire::{ChildArgs, ChildRole, FromChild, PassItem, ToChild};
 
 use super::panics::{injected_fault, Fault};
 use super::{Supervisor, Wake};
@@ -41,25 +41,12 @@ impl Supervisor {
                 Input::Ready { child }
             }
             FromChild::Pong => Input::Alive { child },
-            FromChild::Claimed(claim) => {
-                let job = ClaimedJob {
-                    id: claim.id,
-                    group: claim.group.clone(),
-                    attempt: claim.attempt,
-                    // Checked by the store at the claim; bounded again, as every value
-                    // that crosses a process boundary is.
-                    timeout: claim.timeout_s.map(supervisor_core::bounds::duration),
-                    max_attempts: claim.max_attempts,
-                    epoch: claim.epoch,
-                };
-                self.claims.insert(claim.id, claim);
-                Input::JobClaimed(job)
-            }
-            FromChild::SourceReport { epoch, empty } => {
-                if self.lost_claims.is_some() {
-                    self.give_back_lost_claims(); // the store answers again
+            FromChild::Pass(found) => {
+                for item in found {
+                    let input = self.pass_input(item);
+                    self.feed(input);
                 }
-                Input::SourceReport { epoch, empty }
+                return;
             }
             FromChild::SourceFailed {
                 error,
@@ -77,7 +64,6 @@ impl Supervisor {
                 Input::SourceFailed { error }
             }
 
-            FromChild::CancelRequested { job } => Input::CancelRequested { job },
             FromChild::JobStarted { job, pid } => {
                 if injected_fault() == Some(Fault::PanicOnJobStart) {
                     super::injected_panic(format_args!("panic-on-job-start (job {job})"));
@@ -98,7 +84,35 @@ impl Supervisor {
                 start_error: start_error.map(supervisor_core::bounds::note),
                 reason: reason.map(supervisor_core::bounds::note),
             },
-            FromChild::Refused {
+        };
+        self.feed(input);
+    }
+
+    /// What one finding of a grabber's pass is to the core.
+    fn pass_input(&mut self, item: PassItem) -> Input {
+        match item {
+            PassItem::Claimed(claim) => {
+                let job = ClaimedJob {
+                    id: claim.id,
+                    group: claim.group.clone(),
+                    attempt: claim.attempt,
+                    // Checked by the store at the claim; bounded again, as every value
+                    // that crosses a process boundary is.
+                    timeout: claim.timeout_s.map(supervisor_core::bounds::duration),
+                    max_attempts: claim.max_attempts,
+                    epoch: claim.epoch,
+                };
+                self.claims.insert(claim.id, claim);
+                Input::JobClaimed(job)
+            }
+            PassItem::SourceReport { epoch, empty } => {
+                if self.lost_claims.is_some() {
+                    self.give_back_lost_claims(); // the store answers again
+                }
+                Input::SourceReport { epoch, empty }
+            }
+            PassItem::CancelRequested { job } => Input::CancelRequested { job },
+            PassItem::Refused {
                 job,
                 attempts,
                 reason,
@@ -107,8 +121,7 @@ impl Supervisor {
                 attempts,
                 reason,
             },
-        };
-        self.feed(input);
+        }
     }
 
     /// Reap every ended child; tell the core once its channel has also closed.
