@@ -581,11 +581,18 @@ fn a_child_s_command_line_says_what_it_is_and_nothing_more() {
         .iter()
         .map(|e| {
             let pid = e["pid"].as_u64().unwrap();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-            // A worker keeps room after its title for the job it runs.
-            String::from_utf8_lossy(&cmdline)
-                .trim_end_matches(['\0', ' '])
-                .to_string()
+            let read = || {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+                // A worker keeps room after its title for the job it runs.
+                String::from_utf8_lossy(&cmdline)
+                    .trim_end_matches(['\0', ' '])
+                    .to_string()
+            };
+            // The spawner returns once the child's exec has replaced its memory; the
+            // kernel sets where its arguments are a moment later (until then,
+            // /proc/PID/cmdline reads empty).
+            let _ = crate::common::wait_until(LONG, || !read().is_empty());
+            read()
         })
         .collect();
     titles.sort();

@@ -217,6 +217,14 @@ impl Grabber {
         Ok(Some(next))
     }
 
+    /// Send what a pass found, in one message. Claims committed must reach the
+    /// supervisor: if it is gone, so is our reason to run.
+    fn send_found(&self, found: Vec<PassItem>) {
+        if !found.is_empty() && self.tx.send(FromChild::Pass(found)).is_err() {
+            std::process::exit(0);
+        }
+    }
+
     /// Claim, pass on cancels and report; returns how soon the next pass is wanted when
     /// that is before the poll interval (a job's retry falls due).
     fn try_pass(&mut self) -> anyhow::Result<Option<Duration>> {
@@ -267,21 +275,26 @@ impl Grabber {
             }));
         }
         if std::mem::take(&mut self.check_cancels) {
-            let requests = store.cancel_requests(self.instance)?;
-            let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
-            for id in requested.difference(&self.cancels_sent) {
-                found.push(PassItem::CancelRequested { job: *id });
+            match store.cancel_requests(self.instance) {
+                Ok(requests) => {
+                    let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
+                    for id in requested.difference(&self.cancels_sent) {
+                        found.push(PassItem::CancelRequested { job: *id });
+                    }
+                    self.cancels_sent = requested;
+                }
+                Err(e) => {
+                    // The claims are committed: they still go, and the pass fails.
+                    self.send_found(found);
+                    return Err(e.into());
+                }
             }
-            self.cancels_sent = requested;
         }
         let empty = result.jobs.is_empty() && result.more.is_empty();
         if let Some(epoch) = self.ledger.report(empty) {
             found.push(PassItem::SourceReport { epoch, empty });
         }
-        // Claims committed must reach the supervisor: without it, nothing is left to do.
-        if !found.is_empty() && self.tx.send(FromChild::Pass(found)).is_err() {
-            std::process::exit(0);
-        }
+        self.send_found(found);
         let retry = result.more.waiting_until;
         Ok(retry.map(|at| supervisor_core::bounds::duration(at - wall)))
     }
