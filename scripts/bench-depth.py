@@ -192,7 +192,8 @@ def parts():
         out = subprocess.run([PARTS_BIN, *args], check=True, capture_output=True,
                              text=True).stdout
         return [float(line.split(": ")[1].split()[0]) for line in out.splitlines()]
-    store = min(run("store", str(FLOOR_N)))
+    # Two connections, as the grabber and the supervisor have (the first line is one).
+    store = run("store", str(FLOOR_N))[1]
     hop = run("ipc", str(2 * FLOOR_N))[0]
     return store, hop
 
@@ -213,7 +214,13 @@ def postgres_part(url):
 
 
 def db_url(url, db):
-    return url + f" dbname={db}" if "://" not in url else url.replace("/postgres?", f"/{db}?", 1)
+    """`url` with its database replaced by `db` (a key=value string, or a URL naming
+    the database `postgres`, as scripts/with-postgres makes them)."""
+    if "://" not in url:
+        return url + f" dbname={db}"  # a later key wins
+    if "/postgres?" not in url:
+        raise SystemExit(f"cannot name another database in {url!r}: expected /postgres?")
+    return url.replace("/postgres?", f"/{db}?", 1)
 
 
 def main():

@@ -24,6 +24,30 @@ use crate::events_file::wall_now;
 use crate::ipc;
 use crate::wire::{ClaimReport, FromChild, PassItem, StoreArg, ToChild};
 
+/// The most findings of a pass in one message.
+const PASS_ITEMS: usize = 64;
+
+/// About the most bytes of findings in one message (one claim may hold 1 MiB of command
+/// and environment, and always goes).
+const PASS_BYTES: usize = 1 << 20;
+
+/// About how many bytes a finding takes on the wire.
+fn item_bytes(item: &PassItem) -> usize {
+    match item {
+        PassItem::Claimed(c) => {
+            64 + c.group.len()
+                + c.command.iter().map(|a| a.len() + 2).sum::<usize>()
+                + c.env
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 4)
+                    .sum::<usize>()
+                + c.cwd.as_ref().map_or(0, String::len)
+        }
+        PassItem::Refused { reason, .. } => 32 + reason.len(),
+        PassItem::CancelRequested { .. } | PassItem::SourceReport { .. } => 16,
+    }
+}
+
 /// The grabber's clock: time since it started.
 #[derive(Clone, Copy, Debug)]
 struct Monotonic(Instant);
@@ -217,11 +241,31 @@ impl Grabber {
         Ok(Some(next))
     }
 
-    /// Send what a pass found, in one message. Claims committed must reach the
+    /// Send what a pass found, in as few messages as [`PASS_ITEMS`] and [`PASS_BYTES`]
+    /// allow, so that no message (and no turn of the supervisor's loop) grows with the
+    /// number of workers or the size of their jobs. Claims committed must reach the
     /// supervisor: if it is gone, so is our reason to run.
-    fn send_found(&self, found: Vec<PassItem>) {
-        if !found.is_empty() && self.tx.send(FromChild::Pass(found)).is_err() {
-            std::process::exit(0);
+    fn send_found(tx: &ipc_channel::ipc::IpcSender<FromChild>, found: Vec<PassItem>) {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut items = found.into_iter().peekable();
+        while let Some(item) = items.next() {
+            bytes += item_bytes(&item);
+            batch.push(item);
+            let full = batch.len() >= PASS_ITEMS
+                || items
+                    .peek()
+                    .is_some_and(|next| bytes + item_bytes(next) > PASS_BYTES);
+            if (full || items.peek().is_none())
+                && tx
+                    .send(FromChild::Pass(std::mem::take(&mut batch)))
+                    .is_err()
+            {
+                std::process::exit(0);
+            }
+            if full {
+                bytes = 0;
+            }
         }
     }
 
@@ -252,50 +296,108 @@ impl Grabber {
         self.pass_began = wall_now();
         let wall = self.pass_began;
         let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
-        // Everything the pass found goes in one message, in this order.
+        let empty = result.jobs.is_empty() && result.more.is_empty();
+        let retry = result.more.waiting_until;
+        // What the pass found goes in one message, in this order (see `send_found`).
         let mut found = Vec::new();
-        for r in &result.refused {
+        for r in result.refused {
             found.push(PassItem::Refused {
                 job: r.id,
                 attempts: r.attempts,
-                reason: r.reason.clone(),
+                reason: r.reason,
             });
         }
-        for job in &result.jobs {
+        for job in result.jobs {
+            let epoch = self.ledger.spend(&job.group);
             found.push(PassItem::Claimed(ClaimReport {
                 id: job.id,
-                group: job.group.clone(),
+                group: job.group,
                 attempt: job.attempt,
                 timeout_s: job.timeout_s,
                 max_attempts: job.max_attempts,
-                epoch: self.ledger.spend(&job.group),
-                command: job.command.clone(),
-                env: job.env.clone(),
-                cwd: job.cwd.clone(),
+                epoch,
+                command: job.command,
+                env: job.env,
+                cwd: job.cwd,
             }));
         }
         if std::mem::take(&mut self.check_cancels) {
-            match store.cancel_requests(self.instance) {
-                Ok(requests) => {
-                    let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
-                    for id in requested.difference(&self.cancels_sent) {
-                        found.push(PassItem::CancelRequested { job: *id });
-                    }
-                    self.cancels_sent = requested;
-                }
-                Err(e) => {
-                    // The claims are committed: they still go, and the pass fails.
-                    self.send_found(found);
-                    return Err(e.into());
-                }
+            // The claims are committed: they go before another query can fail or wait
+            // (a pass that a credit rang, the common one, asks nothing more).
+            Self::send_found(&self.tx, std::mem::take(&mut found));
+            let requests = store.cancel_requests(self.instance)?;
+            let requested: BTreeSet<i64> = requests.iter().map(|(id, _)| *id).collect();
+            for id in requested.difference(&self.cancels_sent) {
+                found.push(PassItem::CancelRequested { job: *id });
             }
+            self.cancels_sent = requested;
         }
-        let empty = result.jobs.is_empty() && result.more.is_empty();
         if let Some(epoch) = self.ledger.report(empty) {
             found.push(PassItem::SourceReport { epoch, empty });
         }
-        self.send_found(found);
-        let retry = result.more.waiting_until;
+        Self::send_found(&self.tx, found);
         Ok(retry.map(|at| supervisor_core::bounds::duration(at - wall)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_channel::ipc;
+    use std::collections::BTreeMap;
+
+    fn claim(id: i64, command_bytes: usize) -> PassItem {
+        PassItem::Claimed(ClaimReport {
+            id,
+            group: "g".into(),
+            attempt: 1,
+            timeout_s: None,
+            max_attempts: None,
+            epoch: 1,
+            command: vec!["x".repeat(command_bytes)],
+            env: BTreeMap::new(),
+            cwd: None,
+        })
+    }
+
+    /// What `send_found` sent, as the number of findings in each message, in order,
+    /// and the ids of the claims across them.
+    fn sent(found: Vec<PassItem>) -> (Vec<usize>, Vec<i64>) {
+        let (tx, rx) = ipc::channel::<FromChild>().unwrap();
+        // From another thread: a socket holds a few messages only, and a send then
+        // waits for the reader.
+        let sender = std::thread::spawn(move || Grabber::send_found(&tx, found));
+        let (mut sizes, mut ids) = (Vec::new(), Vec::new());
+        while let Ok(FromChild::Pass(items)) = rx.recv() {
+            sizes.push(items.len());
+            ids.extend(items.iter().filter_map(|i| match i {
+                PassItem::Claimed(c) => Some(c.id),
+                _ => None,
+            }));
+        }
+        sender.join().unwrap();
+        (sizes, ids)
+    }
+
+    #[test]
+    fn a_pass_s_findings_go_in_few_bounded_messages_in_order() {
+        // Nothing found: no message.
+        assert_eq!(sent(vec![]), (vec![], vec![]));
+        // Small findings: PASS_ITEMS to a message.
+        let (sizes, ids) = sent((0..150).map(|i| claim(i, 8)).collect());
+        assert_eq!(sizes, [PASS_ITEMS, PASS_ITEMS, 150 - 2 * PASS_ITEMS]);
+        assert_eq!(ids, (0..150).collect::<Vec<_>>());
+        // Large claims: about PASS_BYTES to a message, and a claim larger than that
+        // still goes, alone.
+        let big = PASS_BYTES / 3;
+        let (sizes, ids) = sent(vec![
+            claim(1, big),
+            claim(2, big),
+            claim(3, big),
+            claim(4, PASS_BYTES + 1),
+            claim(5, 8),
+        ]);
+        assert_eq!(sizes, [2, 1, 1, 1]);
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
     }
 }

@@ -505,6 +505,7 @@ fn to_child_bytes() -> BoxedStrategy<Vec<u8>> {
         Just(encode(&ToChild::Ping)),
         Just(encode(&ToChild::Stop)),
         Just(encode(&ToChild::Wake)),
+        any::<bool>().prop_map(|hold| encode(&ToChild::Hold(hold))),
         grabber_settings().prop_map(|s| encode(&ToChild::Settings(s))),
         (
             string(),
