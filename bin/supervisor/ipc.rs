@@ -1,6 +1,6 @@
 //! Talking to children: spawn with a handshake, one hub thread that receives from every
-//! child, and one writer thread per child so that a child that stops reading can never
-//! block the supervisor.
+//! child, and one thread per child that accepts its handshake and then writes to it, so
+//! that a child that stops reading can never block the supervisor.
 //!
 //! Everything that arrives goes into the supervisor's one event queue as a [`Ev`].
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::mailbox::{mailbox, Post};
+use crate::mailbox::{mailbox, Mailbox, Post};
 use ipc_channel::ipc::{
     self, IpcOneShotServer, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
 };
@@ -33,19 +33,17 @@ pub const MAX_CHILD_ARGS: u64 = 1 << 20;
 /// Messages a child may have waiting before it counts as wedged.
 const WRITE_QUEUE: usize = 1024;
 
-/// A writer thread's stack: it only encodes and sends messages.
-const WRITER_STACK: usize = 64 * 1024;
+/// A child's thread's stack: it accepts one handshake, then only encodes and sends
+/// messages.
+const CHILD_THREAD_STACK: usize = 256 * 1024;
 
 /// One thing that happened, for the supervisor's event loop.
 #[derive(Debug)]
 pub enum Ev {
     /// A signal arrived.
     Signal(i32),
-    /// A child finished its handshake.
-    Connected {
-        child: ChildId,
-        sender: IpcSender<ToChild>,
-    },
+    /// A child finished its handshake: what the loop sends it goes through `writer`.
+    Connected { child: ChildId, writer: Writer },
     /// A child never connected (it died first, or sent garbage).
     HandshakeFailed { child: ChildId, error: String },
     /// A message from a child.
@@ -78,7 +76,18 @@ pub struct Hub {
 
 impl Hub {
     /// Start the hub thread, reporting into `events`.
+    ///
+    /// Each child's handshake socket lives, until the child connects, in a directory
+    /// of its own that ipc-channel creates with tempfile: in memory where we can
+    /// (`supervisor_os::memory_temp_dir`), as four inode operations on a disk cost
+    /// about 0.1 ms of CPU a child. Only this process's temporary files move; its
+    /// children and their jobs keep `TMPDIR` as it was.
     pub fn start(events: Sender<Ev>, instance_marker: String) -> std::io::Result<Hub> {
+        if let Some(dir) = supervisor_os::memory_temp_dir() {
+            if let Err(already) = tempfile::env::override_temp_dir(&dir) {
+                log::debug!("temporary files stay in {}", already.display());
+            }
+        }
         let (add, add_rx) =
             ipc::channel::<(ChildId, IpcReceiver<FromChild>)>().map_err(std::io::Error::other)?;
         let mut set = IpcReceiverSet::new()?;
@@ -141,7 +150,9 @@ impl Hub {
     }
 
     /// Spawn our own binary as a child in `args.role`, and accept its handshake on a
-    /// helper thread (accept has no timeout of its own; see [`unblock`]).
+    /// thread of its own (accept has no timeout of its own; see [`unblock`]), which
+    /// then stays as the child's writer: one thread a child, started once (a thread's
+    /// start and end cost ~30 µs of CPU, and the supervisor starts 1,000 workers).
     pub fn spawn(
         &mut self,
         child: ChildId,
@@ -202,7 +213,8 @@ impl Hub {
         drop(role_in);
         let add = self.add.clone();
         thread::Builder::new()
-            .name(format!("accept-{child}"))
+            .name(format!("child-{child}"))
+            .stack_size(CHILD_THREAD_STACK)
             .spawn(move || {
                 // Here, not on the loop's thread: a pipe holds 64 KiB, and a child that
                 // died before reading gets EPIPE, which its handshake's failure reports.
@@ -220,12 +232,10 @@ impl Hub {
                     Ok((rx, FromChild::Hello { to_child, .. })) => {
                         // Connected first: the hub passes on the child's messages (its
                         // Ready) only once it has `rx`, so they queue after this.
-                        let _ = events.send(Ev::Connected {
-                            child,
-                            sender: to_child,
-                        });
+                        let (writer, queue) = Writer::new();
+                        let _ = events.send(Ev::Connected { child, writer });
                         match add.send((child, rx)) {
-                            Ok(()) => return,
+                            Ok(()) => return queue.write_to(to_child),
                             Err(e) => Ev::HandshakeFailed {
                                 child,
                                 error: e.to_string(),
@@ -275,7 +285,7 @@ pub(crate) fn decoding<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// Release an accept thread whose child died before connecting: connect to its server
+/// Release the thread waiting for the handshake of a child that died before connecting: connect to its server
 /// ourselves, so `accept` returns.
 pub fn unblock(name: &str) {
     if let Ok(tx) = IpcSender::<FromChild>::connect(name.to_string()) {
@@ -283,8 +293,8 @@ pub fn unblock(name: &str) {
     }
 }
 
-/// A queue to one child, drained by its own writer thread (a [`mailbox`], which sleeps
-/// at once when empty: see there why not a channel).
+/// A queue to one child, drained by its own thread (a [`mailbox`], which sleeps at once
+/// when empty: see there why not a channel).
 #[derive(Debug)]
 pub struct Writer {
     queue: Post<ToChild>,
@@ -294,28 +304,34 @@ pub struct Writer {
     queued: Arc<AtomicUsize>,
 }
 
+/// The other end of a [`Writer`]: what the child's thread drains.
+struct Queue {
+    rx: Mailbox<ToChild>,
+    written: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// Write what is queued to the child, in order, until the [`Writer`] is dropped
+    /// (everything queued before is still written) or the child is gone (its exit is
+    /// reported by the reaper).
+    fn write_to(self, sender: IpcSender<ToChild>) {
+        for msg in &self.rx {
+            let sent = sender.send(msg);
+            self.written.fetch_sub(1, Ordering::Relaxed);
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 impl Writer {
-    /// Start the writer thread for one child.
-    pub fn start(child: ChildId, sender: IpcSender<ToChild>) -> Writer {
+    /// A writer and the queue it feeds.
+    fn new() -> (Writer, Queue) {
         let (queue, rx) = mailbox::<ToChild>();
         let queued = Arc::new(AtomicUsize::new(0));
         let written = Arc::clone(&queued);
-        let spawned = thread::Builder::new()
-            .name(format!("writer-{child}"))
-            .stack_size(WRITER_STACK)
-            .spawn(move || {
-                for msg in &rx {
-                    let sent = sender.send(msg);
-                    written.fetch_sub(1, Ordering::Relaxed);
-                    if sent.is_err() {
-                        return; // the child is gone; its exit is reported by the reaper
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start the writer for child {child}: {e}");
-        }
-        Writer { queue, queued }
+        (Writer { queue, queued }, Queue { rx, written })
     }
 
     /// Queue a message. `false` when the child has stopped reading (its queue holds

@@ -24,7 +24,7 @@ use supervisor_os::Sig;
 
 use crate::checkpointer::Checkpointer;
 use crate::events_file::EventsFile;
-use crate::ipc::{Ev, Hub, Writer};
+use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
 use crate::pending::Pending;
 use crate::record::{ChildRow, EventRecord};
@@ -202,8 +202,9 @@ impl Supervisor {
                 }
             }
             Ev::Signal(other) => log::debug!("ignoring signal {other}"),
-            Ev::Connected { child, sender } => match self.children.get_mut(&child) {
-                Some(c) if c.exit.is_none() => c.writer = Some(Writer::start(child, sender)),
+            // A child already gone drops its writer: its thread ends.
+            Ev::Connected { child, writer } => match self.children.get_mut(&child) {
+                Some(c) if c.exit.is_none() => c.writer = Some(writer),
                 _ => {}
             },
             Ev::HandshakeFailed { child, error } => {

@@ -134,7 +134,7 @@ impl Supervisor {
             if let Some(c) = self.children.get_mut(&child) {
                 c.exit = Some(end);
                 if c.writer.is_none() && !c.closed {
-                    // Died before its handshake: free the accept thread.
+                    // Died before its handshake: free its thread, waiting in accept.
                     ipc::unblock(&c.ipc_name);
                 }
             }

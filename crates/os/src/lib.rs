@@ -25,6 +25,7 @@ pub mod cgroup;
 mod malloc;
 mod spawn;
 mod title;
+mod tmp;
 mod tree;
 pub mod users;
 pub use malloc::keep_freed_memory;
@@ -32,6 +33,7 @@ pub use spawn::{
     wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
 };
 pub use title::Title;
+pub use tmp::memory_temp_dir;
 pub use tree::{
     children, descendants, kill_descendants, reap_leaving_any, reap_until_none, sigkill_descendants,
 };
