@@ -258,7 +258,16 @@ impl Supervisor {
         let mut actions = actions.into_iter().peekable();
         while let Some(action) = actions.next() {
             match action {
-                Action::Spawn { child, role } => back.push(self.spawn(child, role)),
+                // A run of starts (a pool filling up) goes as one batch.
+                Action::Spawn { child, role } => {
+                    let mut batch = vec![(child, role)];
+                    while let Some(Action::Spawn { .. }) = actions.peek() {
+                        if let Some(Action::Spawn { child, role }) = actions.next() {
+                            batch.push((child, role));
+                        }
+                    }
+                    back.extend(self.spawn_all(batch));
+                }
                 Action::StopChild { child } => self.stop_child(child),
                 Action::KillChild { pid, signal, .. } => {
                     let _ = supervisor_os::signal_pid(pid, sig(signal));

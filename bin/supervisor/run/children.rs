@@ -190,8 +190,45 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn spawn(&mut self, child: ChildId, role: Role) -> Input {
-        let role_arg = match &role {
+    /// Start children (one or a batch: see `Hub::spawn_all`); the core's inputs, in
+    /// the same order.
+    pub(super) fn spawn_all(&mut self, batch: Vec<(ChildId, Role)>) -> Vec<Input> {
+        let requests = batch
+            .into_iter()
+            .map(|(child, role)| (child, self.child_args(role), self.queue_tx.clone()))
+            .collect::<Vec<_>>();
+        let children: Vec<ChildId> = requests.iter().map(|r| r.0).collect();
+        let results = self.hub.spawn_all(requests);
+        children
+            .into_iter()
+            .zip(results)
+            .map(|(child, result)| match result {
+                Ok((pid, ipc_name)) => {
+                    self.children.insert(
+                        child,
+                        ShellChild {
+                            pid: Some(pid),
+                            ipc_name,
+                            started_at: wall_now(),
+                            writer: None,
+                            closed: false,
+                            exit: None,
+                        },
+                    );
+                    self.by_pid.insert(pid, child);
+                    Input::Spawned { child, pid }
+                }
+                Err(e) => Input::SpawnFailed {
+                    child,
+                    error: e.to_string(),
+                },
+            })
+            .collect()
+    }
+
+    /// What a child in `role` is told on its stdin.
+    fn child_args(&self, role: Role) -> ChildArgs {
+        let role = match role {
             Role::Grabber => ChildRole::Grabber {
                 store: crate::store::arg(&self.config.store),
                 instance: self.instance,
@@ -200,36 +237,15 @@ impl Supervisor {
                 routes: self.config.routes(),
             },
             Role::Worker { group, slot } => ChildRole::Worker {
-                group: group.clone(),
-                slot: *slot,
+                group,
+                slot,
                 logs: self.config.state_dir.join("logs"),
             },
         };
-        let args = ChildArgs {
+        ChildArgs {
             ipc: String::new(),
-            role: role_arg,
+            role,
             parent: std::process::id(),
-        };
-        match self.hub.spawn(child, args, self.queue_tx.clone()) {
-            Ok((pid, ipc_name)) => {
-                self.children.insert(
-                    child,
-                    ShellChild {
-                        pid: Some(pid),
-                        ipc_name,
-                        started_at: wall_now(),
-                        writer: None,
-                        closed: false,
-                        exit: None,
-                    },
-                );
-                self.by_pid.insert(pid, child);
-                Input::Spawned { child, pid }
-            }
-            Err(e) => Input::SpawnFailed {
-                child,
-                error: e.to_string(),
-            },
         }
     }
 
