@@ -406,6 +406,16 @@ fn a_partly_bad_file_queues_nothing() {
     assert!(!stderr.contains("line 1") && !stderr.contains("line 3"));
     assert_eq!(jobs(&sb, None), Vec::<Value>::new());
 
+    // A line must be a job object: an array would fill the fields in order.
+    fs::write(&bad, "[[\"echo\", \"arr\"], \"a\"]\n{\"command\": [\"true\"], \"tags\": {\"k\": \"1\", \"k\": \"2\"}}\n").unwrap();
+    let (code, stdout, stderr) = run_fails(&sb, &["submit", "--file", bad.to_str().unwrap()]);
+    assert_eq!((code, stdout.as_str()), (Some(2), ""), "stderr: {stderr}");
+    assert!(
+        stderr.contains("line 1: expected a job object") && stderr.contains("line 2: invalid JSON"),
+        "{stderr}"
+    );
+    assert_eq!(jobs(&sb, None), Vec::<Value>::new());
+
     let good = sb.path().join("good.jsonl");
     fs::write(
         &good,
@@ -430,10 +440,41 @@ fn a_partly_bad_file_queues_nothing() {
 }
 
 #[test]
+fn control_characters_of_a_job_reach_no_terminal_raw() {
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
+    let id = sb.submit(&["--group", "a\nb", "--", "echo", "a\u{1b}[31mRED\nb"]);
+    let out = sb.run(&["jobs"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert_eq!(table.lines().count(), 2, "a header and one row: {table:?}");
+    assert!(table.contains(r"echo $'a\u001b[31mRED\nb'"), "{table:?}");
+    assert!(table.contains(r"a\nb"), "{table:?}");
+    let out = sb.run(&["job", &id.to_string()]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains('\u{1b}') && shown.contains(r"(group a\nb)"),
+        "{shown:?}"
+    );
+    // The JSON says it as it is.
+    let job: Value =
+        serde_json::from_slice(&sb.run(&["job", &id.to_string(), "--json"]).stdout).unwrap();
+    assert_eq!(job["command"], json!(["echo", "a\u{1b}[31mRED\nb"]));
+}
+
+#[test]
 fn bad_submit_input_exits_2_and_names_the_problem() {
     let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 8] = [
         (&["--tag", "noequals", "--", "true"], &["--tag"]),
+        (
+            &["--tag", "k=v", "--tag", "k=w", "--", "true"],
+            &["--tag: `k` is given twice"],
+        ),
+        (
+            &["--env", "K=1", "--env", "K=2", "--", "true"],
+            &["--env: `K` is given twice"],
+        ),
         (&["--env", "noequals", "--", "true"], &["--env"]),
         (&["--timeout=-1", "--", "true"], &["--timeout", "timeout_s"]),
         (

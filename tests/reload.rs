@@ -790,9 +790,29 @@ fn reload_and_stop_still_reach_the_supervisor_when_the_file_is_invalid() {
         );
     }
 
-    // A file that is not even JSON: the defaults stand in for the state dir, and no
-    // supervisor runs there; `reload` says so (exit 1) and signals nothing.
+    // A file that is not even JSON, half edited: what reads before its first error
+    // still names the state dir, and the supervisor there answers (from the events
+    // file it runs with, which the file no longer says): rejected, exit 2.
     fs::write(sb.config_path(), "{\"state_dir\": \"var\",,}").unwrap();
+    let mark = sv.last_seq();
+    let (code, _, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("supervisor.json:1:")
+            && stderr.contains(&format!("supervisor {} rejected", sv.pid())),
+        "{stderr}"
+    );
+    let answer = sv.wait_event_after(mark, T, is_config_event);
+    assert_eq!(answer["event"], "config_rejected", "{answer}");
+
+    // One that says nothing readable before its error: the defaults stand in for the
+    // state dir, and no supervisor runs there; `reload` says so (exit 1) and signals
+    // nothing.
+    fs::write(
+        sb.config_path(),
+        "{\"groups\": [,], \"state_dir\": \"var\"}",
+    )
+    .unwrap();
     let mark = sv.last_seq();
     let (code, _, stderr) = run_verb(&sb, &["reload"]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -875,6 +895,18 @@ fn a_reload_cannot_move_the_state_dir_the_store_or_the_events_file() {
             "the error does not name {key}: {error}"
         );
     }
+    // `supervisor reload` of a file that moves the events file waits for the answer
+    // where the supervisor writes it, not where the file now says.
+    let mut moved_events = base.clone();
+    moved_events["events"] = json!({"path": "state/other-events.jsonl"});
+    sb.write_config(&moved_events);
+    let (code, _, stderr) = run_verb(&sb, &["reload"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("supervisor {} rejected", sv.pid()))
+            && stderr.contains("events.path"),
+        "{stderr}"
+    );
     for path in ["state2", "state/other.db", "state/other-events.jsonl"] {
         assert!(
             !sb.path().join(path).exists(),

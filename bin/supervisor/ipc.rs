@@ -280,15 +280,11 @@ impl Starter {
             ChildRole::Worker { .. } => supervisor_os::Sig::SIGTERM,
             ChildRole::Grabber { .. } => supervisor_os::Sig::SIGKILL,
         };
-        // The command line says what the child is and nothing else (`ps` shows it to
-        // every user); its arguments, the store's URL with any password among them, come
-        // on its stdin, a pipe that only it reads.
-        // A worker shows the job it runs after its title: room for it, as trailing
-        // spaces it blanks at once (see `supervisor_os::Title`).
-        let argv = [match &args.role {
-            ChildRole::Worker { .. } => format!("{}{}", args.role.title(), " ".repeat(24)),
-            ChildRole::Grabber { .. } => args.role.title(),
-        }];
+        // The command line says what the child is and nothing else, as the contract
+        // words it (`supervisor: worker GROUP/SLOT`; `ps` shows it to every user); its
+        // arguments, the store's URL with any password among them, come on its stdin,
+        // a pipe that only it reads.
+        let argv = [args.role.title()];
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
             // systemd hears from the supervisor alone
             .filter(|(k, _)| {

@@ -110,9 +110,6 @@ struct Worker {
     env: Vec<(OsString, OsString)>,
     logs: Logs,
     cgroups: JobCgroups,
-    /// What `ps` shows of us: `supervisor: worker G/N`, and ` job ID` while busy.
-    title: Option<supervisor_os::Title>,
-    idle_title: String,
     /// The attempt whose main process runs.
     running: Option<Running>,
     /// The attempt whose main process has ended, while what it left goes.
@@ -126,7 +123,6 @@ pub fn main(ipc_name: &str, logs: PathBuf, group: &str, slot: u32) -> i32 {
     let Some((mut w, events)) = Worker::connect(ipc_name, logs, group, slot) else {
         return 1;
     };
-    w.show(None);
     w.run(&events)
 }
 
@@ -176,24 +172,11 @@ impl Worker {
             env: start::base_env(),
             logs: Logs::new(logs, group, slot),
             cgroups: JobCgroups::new(group),
-            // Started with room to spare after the title (see `ipc::spawn`).
-            title: supervisor_os::Title::of_this_process().ok(),
-            idle_title: format!("supervisor: worker {group}/{slot}"),
             running: None,
             cleanup: None,
             stop_when_idle: false,
         };
         Some((w, ev_rx))
-    }
-
-    /// Say in our title which job we run (`None`: idle).
-    fn show(&self, job: Option<i64>) {
-        if let Some(t) = &self.title {
-            match job {
-                Some(id) => t.set(&format!("{} job {id}", self.idle_title)),
-                None => t.set(&self.idle_title),
-            }
-        }
     }
 
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its
@@ -206,7 +189,6 @@ impl Worker {
         reason: Option<String>,
     ) -> bool {
         self.cgroups.remove_spent();
-        self.show(None);
         self.tx
             .send(FromChild::JobEnded {
                 job,

@@ -27,7 +27,9 @@ pub(super) fn format_duration(secs: f64) -> String {
     }
 }
 
-/// A command as a shell would need it typed: words with spaces or specials quoted.
+/// A command as a shell would need it typed: words with spaces or specials quoted, and
+/// words with control characters (a newline, an escape that would drive the terminal)
+/// in bash's `$'...'` with the characters spelled out.
 pub(super) fn shell_words(words: &[String]) -> String {
     let quote = |w: &String| {
         let plain = !w.is_empty()
@@ -35,6 +37,23 @@ pub(super) fn shell_words(words: &[String]) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
         if plain {
             w.clone()
+        } else if w.chars().any(char::is_control) {
+            let mut out = String::from("$'");
+            for c in w.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("\\'"),
+                    '\n' => out.push_str("\\n"),
+                    '\t' => out.push_str("\\t"),
+                    '\r' => out.push_str("\\r"),
+                    c if c.is_control() => {
+                        out.push_str(&format!("\\u{:04x}", u32::from(c)));
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
         } else {
             format!("'{}'", w.replace('\'', "'\\''"))
         }
@@ -42,11 +61,29 @@ pub(super) fn shell_words(words: &[String]) -> String {
     words.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
-/// A JSON value for a table cell: null as `-`, strings bare.
+/// Text for a terminal: control characters (a newline that would break a table row, an
+/// escape sequence a job's submitter chose) spelled out as Rust escapes (`\n`,
+/// `\u{1b}`), everything else as it is.
+pub(super) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A JSON value for a table cell: null as `-`, strings bare (but printable).
 pub(super) fn human(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         other => other.to_string(),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use supervisor_config::Config;
 use supervisor_store::{Job, JobFilter, JobState};
 
-use super::format::{format_duration, local_time, shell_words};
+use super::format::{format_duration, local_time, printable, shell_words};
 use super::{config, log_path, open_store, parse_id, CommandError};
 use crate::events_file::wall_now;
 
@@ -75,7 +75,7 @@ pub fn jobs(path: &Path, filter: &JobsFilter) -> Result<(), CommandError> {
             "{:>6}  {:<10} {:<12} {:>8}  {:>5}  {:<19}  {:>8}  {}",
             j.id,
             j.state.as_str(),
-            j.group.as_deref().unwrap_or("-"),
+            printable(j.group.as_deref().unwrap_or("-")),
             j.attempts,
             exit,
             j.started_at.map_or("-".into(), |t| local_time(t, false)),
@@ -178,10 +178,12 @@ fn ran_for(j: &Job, now: f64) -> Option<f64> {
 
 /// `job ID` for humans: what happened, in the order one asks.
 fn print_job(config: &Config, j: &Job) -> io::Result<()> {
-    let group = j.group.as_deref().unwrap_or("-");
+    let group = printable(j.group.as_deref().unwrap_or("-"));
     let mut out = io::stdout().lock();
     writeln!(out, "job {}: {} (group {group})", j.id, j.state.as_str())?;
-    let mut row = |k: &str, v: String| writeln!(out, "  {k:<12}{v}");
+    // Every value as text a terminal shows as it is (a command's words are quoted
+    // already).
+    let mut row = |k: &str, v: String| writeln!(out, "  {k:<12}{}", printable(&v));
     row("command", shell_words(&j.command))?;
     let limit = j.max_attempts.or_else(|| {
         config

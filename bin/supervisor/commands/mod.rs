@@ -78,6 +78,20 @@ fn pidfile(state_dir: &Path) -> PathBuf {
     state_dir.join("supervisor.pid")
 }
 
+/// Where the running supervisor of `state_dir` says it writes its events (next to its
+/// pidfile, written at its start: the config file on disk may since have been edited,
+/// or broken, and no longer say).
+pub(crate) fn events_note(state_dir: &Path) -> PathBuf {
+    state_dir.join("supervisor.events")
+}
+
+/// The events file the running supervisor of `state_dir` writes, if it said so.
+fn running_events(state_dir: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(events_note(state_dir)).ok()?;
+    let path = PathBuf::from(text.strip_suffix('\n')?);
+    path.is_absolute().then_some(path)
+}
+
 /// The log of job `id`.
 fn log_path(config: &Config, id: i64) -> PathBuf {
     crate::joblog::log_path(&config.state_dir.join("logs"), id)

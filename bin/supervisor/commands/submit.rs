@@ -163,13 +163,16 @@ fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, Comman
     Ok(job)
 }
 
-/// `--tag` or `--env` values, `KEY=VALUE` each.
+/// `--tag` or `--env` values, `KEY=VALUE` each, each key once (as a config or a job
+/// line may name a key once: which value was meant would be a guess).
 fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for item in items {
         match item.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
-                out.insert(k.to_string(), v.to_string());
+                if out.insert(k.to_string(), v.to_string()).is_some() {
+                    return Err(format!("{flag}: `{k}` is given twice"));
+                }
             }
             _ => return Err(format!("{flag}: expected KEY=VALUE, got `{item}`")),
         }

@@ -133,7 +133,19 @@ fn take_state_dir(config: &Config) -> Result<Option<PidFile>> {
     }
     let pid_path = config.state_dir.join("supervisor.pid");
     match PidFile::acquire(&pid_path) {
-        Ok(p) => Ok(Some(p)),
+        Ok(p) => {
+            // Where our events go, for the verbs (`reload` waits there for our answer)
+            // once the config file on disk says otherwise or nothing readable.
+            let note = crate::commands::events_note(&config.state_dir);
+            let events = std::path::absolute(&config.events.path)
+                .unwrap_or_else(|_| config.events.path.clone());
+            let text = format!("{}\n", events.display());
+            let tmp = note.with_extension("events.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, &note))
+                .with_context(|| format!("cannot write {}", note.display()))?;
+            Ok(Some(p))
+        }
         Err(PidFileState::Running(pid)) => {
             eprintln!(
                 "supervisor: another supervisor (pid {pid}) is already running on {}",

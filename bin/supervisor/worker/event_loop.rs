@@ -103,9 +103,6 @@ impl Worker {
             return;
         }
         self.running = self.start(job);
-        if self.running.is_some() {
-            self.show(Some(job.id));
-        }
     }
 
     /// Signal `job`'s process group (SIGKILL or SIGTERM); once its main process has

@@ -34,6 +34,44 @@ pub fn parse(text: &str) -> Result<Value, SyntaxError> {
         })
 }
 
+/// The top-level keys of a JSON object that read before its first error, each with its
+/// value (a value with an error inside is not among them): what can still be learned
+/// from a half-edited file. Empty when `text` does not even begin an object.
+pub fn salvage_object(text: &str) -> Map<String, Value> {
+    let found = std::cell::RefCell::new(Map::new());
+    let mut de = serde_json::Deserializer::from_str(text);
+    let _ = de::DeserializeSeed::deserialize(Salvage(&found), &mut de);
+    found.into_inner()
+}
+
+/// The seed (and visitor) of [`salvage_object`]: keeps each entry as soon as it is read.
+struct Salvage<'a>(&'a std::cell::RefCell<Map<String, Value>>);
+
+impl<'de> de::DeserializeSeed<'de> for Salvage<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Salvage<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            // A key given twice is an error of the file: the first reading stays.
+            self.0.borrow_mut().entry(key).or_insert(value);
+        }
+        Ok(())
+    }
+}
+
 /// A [`Value`] read with duplicate keys refused.
 struct Strict(Value);
 
@@ -130,6 +168,20 @@ mod tests {
         let e = parse("{\n  \"a\": 1,\n  \"b\": ]\n}").unwrap_err();
         assert_eq!((e.line, e.column), (3, 8));
         assert_eq!(e.message, "expected value");
+    }
+
+    #[test]
+    fn a_half_edited_object_gives_what_reads_before_its_first_error() {
+        let text = "{\n  \"state_dir\": \"/srv/st\",\n  \"events\": {\"path\": \"e.jsonl\"},\n  \"groups\": [{\"name\": \"a\",}],\n  \"store\": {}\n}";
+        assert!(parse(text).is_err());
+        let found = salvage_object(text);
+        assert_eq!(
+            Value::Object(found),
+            serde_json::json!({"state_dir": "/srv/st", "events": {"path": "e.jsonl"}})
+        );
+        assert!(salvage_object("[1, 2]").is_empty());
+        assert!(salvage_object("").is_empty());
+        assert_eq!(salvage_object(r#"{"a": 1, "a": 2"#)["a"], 1);
     }
 
     #[test]

@@ -28,6 +28,8 @@ mod changes;
 pub mod file;
 mod identity;
 mod json;
+pub mod postgres_url;
+pub use json::{parse as parse_strict_json, SyntaxError as JsonSyntaxError};
 mod validate;
 
 use std::collections::BTreeMap;
@@ -429,11 +431,24 @@ pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
         ))
     })?;
     let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let value = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| json::parse(&text).ok());
+    let text = std::fs::read_to_string(path).ok();
     let mut guessed = Vec::new();
+    // A file with a syntax error (half edited) still says where the state is, if it
+    // says so before its first error; a key it does not say (it may come after the
+    // error) is a guess.
+    let value = text.as_deref().map(|text| {
+        json::parse(text).unwrap_or_else(|_| {
+            let found = json::salvage_object(text);
+            for key in ["state_dir", "store", "events"] {
+                if !found.contains_key(key) {
+                    guessed.push(key.to_string());
+                }
+            }
+            serde_json::Value::Object(found)
+        })
+    });
     let Some(root) = value.as_ref().and_then(serde_json::Value::as_object) else {
+        guessed.clear();
         let state_dir = resolve(&base, &file::default_state_dir());
         return Ok(Locations {
             path: absolute,

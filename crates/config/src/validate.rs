@@ -438,12 +438,72 @@ fn tagged_variants<'a>(branches: &[&'a Value]) -> Option<BTreeMap<&'a str, &'a V
     Some(tags)
 }
 
+/// The longest group name, in characters.
+const MAX_GROUP_NAME: usize = 255;
+
+/// No text of the config holds a NUL: no path, name or value can (the system calls
+/// that take them end at the first one, so `"st\u0000ate"` would name another path
+/// than the one written).
+fn no_nul(value: &Value, path: &str, problems: &mut Vec<Problem>) {
+    match value {
+        Value::String(text) if text.contains('\0') => problems.push(Problem {
+            path: path.to_string(),
+            message: "must not contain a NUL character (\\u0000)".into(),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                no_nul(item, &index_path(path, i), problems);
+            }
+        }
+        Value::Object(object) => {
+            for (key, item) in object {
+                let item_path = key_path(path, key);
+                if key.contains('\0') {
+                    problems.push(Problem {
+                        path: item_path.clone(),
+                        message: "a key must not contain a NUL character (\\u0000)".into(),
+                    });
+                }
+                no_nul(item, &item_path, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The rules across keys, on whatever parts of the document have the right types (the
 /// walk has already reported the others).
 fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
+    no_nul(value, "", problems);
     let Some(root) = value.as_object() else {
         return;
     };
+
+    // A group's name shows in tables, events and the workers' command lines: printable,
+    // and short enough for them.
+    if let Some(Value::Array(groups)) = root.get("groups") {
+        for (i, group) in groups.iter().enumerate() {
+            let Some(Value::String(name)) = group.get("name") else {
+                continue;
+            };
+            let path = format!("groups[{i}].name");
+            if name.chars().any(|c| c.is_control() && c != '\0') {
+                problems.push(Problem {
+                    path: path.clone(),
+                    message: format!("must not contain control characters, found {name:?}"),
+                });
+            }
+            if name.chars().count() > MAX_GROUP_NAME {
+                problems.push(Problem {
+                    path,
+                    message: format!(
+                        "at most {MAX_GROUP_NAME} characters, found {}",
+                        name.chars().count()
+                    ),
+                });
+            }
+        }
+    }
 
     let backoff = |obj: Option<&Value>, path: &str, initial: f64, max: f64, out: &mut Vec<_>| {
         ordered(
@@ -492,6 +552,19 @@ fn cross_checks(value: &Value, problems: &mut Vec<Problem>) {
                 message: "set finished_max_age_s, finished_max_count or both \
                           (without a limit, leave retention out: nothing is deleted)"
                     .into(),
+            });
+        }
+    }
+
+    if let Some(Value::String(url)) = root
+        .get("store")
+        .and_then(|s| s.get("postgres"))
+        .and_then(|p| p.get("url"))
+    {
+        if let Some(message) = crate::postgres_url::problem(url) {
+            problems.push(Problem {
+                path: "store.postgres.url".into(),
+                message,
             });
         }
     }

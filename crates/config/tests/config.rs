@@ -1014,3 +1014,71 @@ fn a_reloads_changes_are_said_one_line_each() {
         ok(r#"{"groups": [{"name": "b", "max_workers": 2}, {"name": "a", "max_workers": 1}]}"#);
     assert_eq!(old.changes_to(&swapped), ["group order (routing) changed"]);
 }
+
+// ---- text no system call could take, and names no table could show ----
+
+#[test]
+fn a_nul_anywhere_is_an_error_at_its_key_path() {
+    assert_eq!(
+        error(&with(r#""state_dir": "st\u0000ate""#, "")),
+        r#"state_dir: must not contain a NUL character (\u0000)"#
+    );
+    assert_eq!(
+        error(&with(r#""events": {"path": "e\u0000.jsonl"}"#, "")),
+        r#"events.path: must not contain a NUL character (\u0000)"#
+    );
+    assert_eq!(
+        error(&with(r#""store": {"sqlite": {"path": "\u0000"}}"#, "")),
+        r#"store.sqlite.path: must not contain a NUL character (\u0000)"#
+    );
+    assert!(
+        error(&with("", r#""match": {"ar\u0000ch": ["x"]}"#))
+            .starts_with(r#"groups[0].match["ar\u0000ch"]: a key must not contain a NUL"#),
+        "{}",
+        error(&with("", r#""match": {"ar\u0000ch": ["x"]}"#))
+    );
+}
+
+#[test]
+fn a_postgres_url_the_client_cannot_use_is_an_error_at_its_key_path() {
+    for url in [
+        "notaurl",
+        "host=db port=x",
+        "postgres://db:99999999/x",
+        "host=db sslmode=always",
+    ] {
+        let e = error(&with(
+            &format!(r#""store": {{"postgres": {{"url": "{url}"}}}}"#),
+            "",
+        ));
+        assert!(e.starts_with("store.postgres.url: "), "{url}: {e}");
+    }
+    for url in [
+        "postgres://app:secret@db:5433/jobs?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        "host=db user=app dbname=jobs sslmode=require",
+        "postgresql:///jobs?host=/run/postgresql",
+    ] {
+        ok(&with(
+            &format!(r#""store": {{"postgres": {{"url": "{url}"}}}}"#),
+            "",
+        ));
+    }
+}
+
+#[test]
+fn a_group_name_is_printable_and_at_most_255_characters() {
+    assert_eq!(
+        error(r#"{"groups": [{"name": "x\ny"}]}"#),
+        r#"groups[0].name: must not contain control characters, found "x\ny""#
+    );
+    assert!(error(r#"{"groups": [{"name": "a\u001b[31m"}]}"#).starts_with("groups[0].name: "));
+    let long = "g".repeat(256);
+    assert_eq!(
+        error(&format!(r#"{{"groups": [{{"name": "{long}"}}]}}"#)),
+        "groups[0].name: at most 255 characters, found 256"
+    );
+    ok(&format!(
+        r#"{{"groups": [{{"name": "{}"}}]}}"#,
+        "é".repeat(255)
+    ));
+}

@@ -137,7 +137,7 @@ fn a_file_that_is_no_json_object_gives_the_defaults_next_to_it() {
     let dir = Dir::new("no-object");
     let missing = dir.0.join("missing.json");
     for path in [
-        dir.config("{\"state_dir\": \"elsewhere\",\n  \"groups\": [}"),
+        dir.config("{\"groups\": [}, \"state_dir\": \"elsewhere\""),
         dir.config("[1, 2]"),
         dir.config(""),
         missing,
@@ -155,6 +155,33 @@ fn a_file_that_is_no_json_object_gives_the_defaults_next_to_it() {
             }
         );
     }
+}
+
+#[test]
+fn a_half_edited_file_still_says_where_its_state_is() {
+    // What reads before the first syntax error counts (the rest may say more: a guess).
+    let dir = Dir::new("half-edited");
+    let path = dir.config("{\"state_dir\": \"st\",\n  \"groups\": [{\"name\": \"a\",}]\n}");
+    assert!(load(&path).is_err());
+    let state = dir.0.join("st");
+    assert_eq!(
+        locate(&path).unwrap(),
+        Locations {
+            path: path.clone(),
+            state_dir: state.clone(),
+            store: sqlite(&state.join("jobs.db")),
+            events: state.join("events.jsonl"),
+            guessed: vec!["store".into(), "events".into()],
+        }
+    );
+    let path = dir.config(
+        "{\"state_dir\": \"/srv/s\", \"events\": {\"path\": \"e.jsonl\"},\n \"store\": {\"sqlite\": {\"path\": \"j.db\"}}, \"groups\": [",
+    );
+    let found = locate(&path).unwrap();
+    assert_eq!(found.state_dir, Path::new("/srv/s"));
+    assert_eq!(found.events, dir.0.join("e.jsonl"));
+    assert_eq!(found.store, sqlite(&dir.0.join("j.db")));
+    assert!(found.guessed.is_empty(), "{found:?}");
 }
 
 #[test]

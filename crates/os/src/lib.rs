@@ -2,11 +2,10 @@
 //! process groups, and the pidfile lock.
 //!
 //! This is the only crate of the workspace that may use `unsafe`, and it does so in three
-//! places: a process's title ([`Title`], written in place over its arguments), the hook
-//! that runs between `fork` and `exec` of the supervisor's own children
-//! ([`spawn_clean`]), and the vfork-style start of a job's process ([`Spawner`], in
-//! `spawn.rs`), which also moves a job into its cgroup, sets its limits and switches it
-//! to its user. Everything else goes through nix's safe wrappers: user lookups
+//! places: the hook that runs between `fork` and `exec` of the supervisor's own children
+//! ([`spawn_clean`]), the vfork-style start of a process ([`Spawner`], in `spawn.rs`),
+//! which also moves a job into its cgroup, sets its limits and switches it to its user,
+//! and two tunables of glibc's allocator ([`keep_freed_memory`], `malloc.rs`). Everything else goes through nix's safe wrappers: user lookups
 //! ([`users`]) and the cgroup v2 files of jobs ([`cgroup`]).
 
 use std::fs::{File, OpenOptions};
@@ -24,7 +23,6 @@ use nix::unistd::Pid;
 pub mod cgroup;
 mod malloc;
 mod spawn;
-mod title;
 mod tmp;
 mod tree;
 pub mod users;
@@ -32,7 +30,6 @@ pub use malloc::keep_freed_memory;
 pub use spawn::{
     wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
 };
-pub use title::Title;
 pub use tmp::memory_temp_dir;
 pub use tree::{
     children, descendants, kill_descendants, reap_leaving_any, reap_until_none, sigkill_descendants,

@@ -15,10 +15,9 @@ pub fn parse_jobs_jsonl(text: &str) -> Result<Vec<NewJob>, Vec<String>> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut de = serde_json::Deserializer::from_str(line);
-        let parsed = serde_path_to_error::deserialize::<_, NewJob>(&mut de)
-            .map_err(|e| with_path(&e))
-            .and_then(|job| de.end().map(|()| job).map_err(|e| describe(&e)));
+        let parsed = supervisor_config::parse_strict_json(line)
+            .map_err(|e| syntax(&e))
+            .and_then(job_from_value);
         match parsed {
             Ok(job) => match job.validate() {
                 Ok(()) => jobs.push(job),
@@ -38,16 +37,18 @@ pub fn parse_jobs_jsonl(text: &str) -> Result<Vec<NewJob>, Vec<String>> {
 /// `max_jobs`), validating each. On failure, returns one message per bad job (`job N:
 /// what is wrong`, N from 1), or one for the whole body.
 pub fn parse_jobs_json(body: &[u8], max_jobs: usize) -> Result<Vec<NewJob>, Vec<String>> {
-    let value: serde_json::Value = match serde_json::from_slice(body) {
+    let value = match std::str::from_utf8(body)
+        .map_err(|e| format!("the body is not UTF-8: {e}"))
+        .and_then(|text| {
+            supervisor_config::parse_strict_json(text).map_err(|e| {
+                format!(
+                    "invalid JSON: {} (line {}, column {})",
+                    e.message, e.line, e.column
+                )
+            })
+        }) {
         Ok(v) => v,
-        Err(e) => {
-            return Err(vec![format!(
-                "{} (line {}, column {})",
-                describe(&e),
-                e.line(),
-                e.column()
-            )])
-        }
+        Err(e) => return Err(vec![e]),
     };
     let (items, single) = match value {
         serde_json::Value::Array(items) => (items, false),
@@ -71,15 +72,12 @@ pub fn parse_jobs_json(body: &[u8], max_jobs: usize) -> Result<Vec<NewJob>, Vec<
         } else {
             format!("job {}", index + 1)
         };
-        match serde_path_to_error::deserialize::<_, NewJob>(item) {
+        match job_from_value(item) {
             Ok(job) => match job.validate() {
                 Ok(()) => jobs.push(job),
                 Err(what) => errors.push(format!("{which}: {what}")),
             },
-            Err(e) => errors.push(match e.path().to_string().as_str() {
-                "." => format!("{which}: {}", e.inner()),
-                path => format!("{which}: {path}: {}", e.inner()),
-            }),
+            Err(e) => errors.push(format!("{which}: {e}")),
         }
     }
     if errors.is_empty() {
@@ -89,30 +87,44 @@ pub fn parse_jobs_json(body: &[u8], max_jobs: usize) -> Result<Vec<NewJob>, Vec<
     }
 }
 
-/// [`describe`], after the field the error is in, if it is in one.
-fn with_path(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    match e.path().to_string().as_str() {
-        "." => describe(e.inner()),
-        path => format!("{path}: {}", describe(e.inner())),
+/// A job from one JSON value, read with duplicate keys refused: it must be an object
+/// (serde would take an array for the fields in order, and `[["make"], "x86"]` is no
+/// job anyone meant to write). The error names the field it is in, if any.
+fn job_from_value(value: serde_json::Value) -> Result<NewJob, String> {
+    if !value.is_object() {
+        return Err(format!(
+            "expected a job object ({{\"command\": [...], ...}}), got {}",
+            kind(&value)
+        ));
+    }
+    serde_path_to_error::deserialize::<_, NewJob>(value).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            path => format!("{path}: {}", e.inner()),
+        }
+    })
+}
+
+/// What a JSON value is, in words.
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
-/// A serde_json error without its "at line 1 column C" suffix, with the column put back in
-/// words.
-fn describe(e: &serde_json::Error) -> String {
-    let full = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    let what = full.strip_suffix(&suffix).unwrap_or(&full);
-    match e.classify() {
-        serde_json::error::Category::Syntax => {
-            format!("invalid JSON at column {}: {what}", e.column())
-        }
-        serde_json::error::Category::Eof => {
-            format!("incomplete JSON at column {}: {what}", e.column())
-        }
-        serde_json::error::Category::Data => format!("{what} (column {})", e.column()),
-        serde_json::error::Category::Io => what.to_owned(),
-    }
+/// A syntax error of one line, in words: where it is, and whether the line ended early.
+fn syntax(e: &supervisor_config::JsonSyntaxError) -> String {
+    let how = if e.message.starts_with("EOF") {
+        "incomplete"
+    } else {
+        "invalid"
+    };
+    format!("{how} JSON at column {}: {}", e.column, e.message)
 }
 
 #[cfg(test)]
@@ -136,9 +148,21 @@ mod tests {
             bad[1].starts_with("job 3: ") && bad[1].contains("`x`"),
             "{bad:?}"
         );
-        for body in [&b"[]"[..], b"17", b"\"x\"", b"{", b""] {
+        for body in [
+            &b"[]"[..],
+            b"17",
+            b"\"x\"",
+            b"{",
+            b"",
+            b"{\"command\": [\"a\"], \"command\": [\"b\"]}",
+        ] {
             assert_eq!(parse_jobs_json(body, 10).unwrap_err().len(), 1);
         }
+        let nested = parse_jobs_json(br#"[{"command": ["a"]}, [["b"], "g"]]"#, 10).unwrap_err();
+        assert!(
+            nested[0].starts_with("job 2: expected a job object"),
+            "{nested:?}"
+        );
         let many = format!("[{}]", [r#"{"command": ["a"]}"#; 11].join(","));
         assert!(parse_jobs_json(many.as_bytes(), 10).unwrap_err()[0].contains("at most 10"));
         let deep = "[".repeat(100_000);
@@ -169,17 +193,19 @@ mod tests {
     #[test]
     fn every_bad_line_is_reported_with_its_number() {
         let text = [
-            r#"{"command": ["ok"]}"#,                    // 1 fine
-            r#"{"command": ["a"], "colour": "red"}"#,    // 2 unknown field
-            r#"{"command": "echo"}"#,                    // 3 wrong type
-            r#"{"command": ["a"],, }"#,                  // 4 syntax
-            "",                                          // 5 blank
-            r#"{"command": []}"#,                        // 6 validation
-            r#"{"command": ["a"], "timeout_s": -1}"#,    // 7 validation
-            r#"{"command": ["a"]"#,                      // 8 truncated
-            r#"{"group": "g"}"#,                         // 9 missing command
-            r#"{"command": ["a"], "max_attempts": -2}"#, // 10 wrong type (negative)
-            r#"["a"]"#,                                  // 11 not an object
+            r#"{"command": ["ok"]}"#,                              // 1 fine
+            r#"{"command": ["a"], "colour": "red"}"#,              // 2 unknown field
+            r#"{"command": "echo"}"#,                              // 3 wrong type
+            r#"{"command": ["a"],, }"#,                            // 4 syntax
+            "",                                                    // 5 blank
+            r#"{"command": []}"#,                                  // 6 validation
+            r#"{"command": ["a"], "timeout_s": -1}"#,              // 7 validation
+            r#"{"command": ["a"]"#,                                // 8 truncated
+            r#"{"group": "g"}"#,                                   // 9 missing command
+            r#"{"command": ["a"], "max_attempts": -2}"#,           // 10 wrong type (negative)
+            r#"[["a"], "g"]"#,                                     // 11 not an object
+            r#"{"command": ["a"], "tags": {"k": "1", "k": "2"}}"#, // 12 a key twice
+            r#"{"command": ["a"], "command": ["b"]}"#,             // 13 a field twice
         ]
         .join("\n");
         let errors = parse_jobs_jsonl(&text).unwrap_err();
@@ -191,7 +217,7 @@ mod tests {
             lines,
             [
                 "line 2", "line 3", "line 4", "line 6", "line 7", "line 8", "line 9", "line 10",
-                "line 11"
+                "line 11", "line 12", "line 13"
             ],
             "{errors:#?}"
         );
@@ -218,7 +244,14 @@ mod tests {
             "{}",
             errors[6]
         );
-        assert!(errors[7].contains("column"), "{}", errors[7]);
+        assert!(errors[7].contains("max_attempts"), "{}", errors[7]);
+        assert!(errors[8].contains("expected a job object"), "{}", errors[8]);
+        assert!(errors[9].contains("duplicate key \"k\""), "{}", errors[9]);
+        assert!(
+            errors[10].contains("duplicate key \"command\""),
+            "{}",
+            errors[10]
+        );
         assert!(
             !errors.iter().any(|e| e.contains("at line 1")),
             "{errors:#?}"

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
 
-use super::tls::{connector, tls_settings, Tls};
+use super::tls::connector;
 use crate::{Result, StoreError};
+use supervisor_config::postgres_url::{tls_settings, Tls};
 
 /// How long a connection waits for a server that does not answer: to connect, when the
 /// URL sets no `connect_timeout`, and for data sent to be acknowledged (TCP's user

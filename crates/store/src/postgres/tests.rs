@@ -5,8 +5,8 @@ use postgres::{Client, NoTls};
 
 use super::claim_sql::{BACKLOG, CLAIM, CLAIM_PLANNER, SET_ROUTES, UNROUTED};
 use super::schema::MIGRATIONS;
-use super::tls::{tls_settings, Tls};
 use super::*;
+use supervisor_config::postgres_url::{tls_settings, Tls};
 
 #[test]
 fn passwords_are_hidden() {
