@@ -474,3 +474,47 @@ fn tls_follows_sslmode_and_verifies_the_server_when_asked() {
         .to_string();
     assert!(err.contains("sslmode \"always\""), "{err}");
 }
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run -p supervisor-store --run-ignored only"]
+fn values_no_query_can_use_are_refused_and_the_old_ones_end_dead() {
+    let db = PgDatabase::new();
+    let mut store = PostgresStore::connect(&db.url).unwrap();
+    let ids = store.submit(&[job("g"), job("g"), job("g")], 1.0).unwrap();
+    let mut client = db.client();
+    // From now on, a hand cannot write them.
+    for set in [
+        "waiting_on = -1",
+        "not_before = 'Infinity'",
+        "created_at = 'NaN'",
+    ] {
+        let e = client
+            .execute(&format!("UPDATE jobs SET {set} WHERE id = $1"), &[&ids[0]])
+            .expect_err(set);
+        assert!(format!("{e:?}").contains("jobs_values_usable"), "{set}: {e:?}");
+    }
+    // Written before the check (here: with it dropped, and the schema one version
+    // back), they end the job when the store is opened again.
+    client
+        .batch_execute(
+            "ALTER TABLE jobs DROP CONSTRAINT jobs_values_usable;
+             UPDATE supervisor_schema SET version = version - 1;",
+        )
+        .unwrap();
+    client
+        .execute("UPDATE jobs SET waiting_on = -1 WHERE id = $1", &[&ids[1]])
+        .unwrap();
+    let mut store = PostgresStore::connect(&db.url).unwrap();
+    assert_eq!(store.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    let j = store.get(ids[1], 2.0).unwrap().unwrap();
+    assert_eq!(j.state, supervisor_store::JobState::Dead);
+    assert!(
+        j.reason.as_deref().unwrap_or("").contains("waiting_on"),
+        "{:?}",
+        j.reason
+    );
+    assert_eq!(
+        store.get(ids[0], 2.0).unwrap().unwrap().state,
+        supervisor_store::JobState::Queued
+    );
+}

@@ -105,8 +105,8 @@ fn schema_2_gains_last_seen() {
     drop(conn);
 
     let mut s = SqliteStore::open(&path).unwrap();
-    assert_eq!(SCHEMA_VERSION, 6);
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(SCHEMA_VERSION, 7);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let old = &s.instances().unwrap()[0];
     assert_eq!((old.started_at, old.last_seen), (12.5, 12.5));
     assert!(s.touch_instance(old.id, 20.0).unwrap());

@@ -121,6 +121,52 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER dependency_ended AFTER UPDATE OF state, not_before ON jobs
         FOR EACH ROW EXECUTE FUNCTION supervisor_dependency_ended();
     "#,
+    // Version 5 (SQLite's version 7): the values a hand could still give a row (the columns are typed, but
+    // not bounded) that no query can use: a negative `waiting_on` kept a job waiting for
+    // ever, an infinite `not_before` kept it from ever being due. Rows that have one
+    // and would still run end `dead` with a reason naming it, every such value takes
+    // its default, and a check refuses them from now on (the contract: "a job record
+    // that cannot be run ends dead", and none crashes the supervisor).
+    r#"
+    UPDATE jobs SET
+        reason = 'the stored job cannot be run: its row holds what the store cannot use in'
+            || CASE WHEN waiting_on >= 0 THEN '' ELSE ' waiting_on' END
+            || CASE WHEN not_before IS NULL OR abs(not_before) < 1e15 THEN '' ELSE ' not_before' END
+            || CASE WHEN abs(created_at) < 1e15 THEN '' ELSE ' created_at' END
+            || CASE WHEN started_at IS NULL OR abs(started_at) < 1e15 THEN '' ELSE ' started_at' END
+            || CASE WHEN signal IS NULL OR signal BETWEEN -2147483648 AND 2147483647 THEN '' ELSE ' signal' END,
+        state = 'dead', owner = NULL, not_before = NULL,
+        finished_at = extract(epoch FROM now())
+    WHERE (state IN ('queued', 'running')
+           OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL))
+      AND NOT (waiting_on >= 0
+               AND (not_before IS NULL OR abs(not_before) < 1e15)
+               AND abs(created_at) < 1e15
+               AND (started_at IS NULL OR abs(started_at) < 1e15)
+               AND (signal IS NULL OR signal BETWEEN -2147483648 AND 2147483647));
+    UPDATE jobs SET
+        waiting_on = CASE WHEN waiting_on >= 0 THEN waiting_on ELSE 0 END,
+        not_before = CASE WHEN abs(not_before) < 1e15 THEN not_before ELSE NULL END,
+        created_at = CASE WHEN abs(created_at) < 1e15 THEN created_at
+                          ELSE extract(epoch FROM now()) END,
+        started_at = CASE WHEN abs(started_at) < 1e15 THEN started_at ELSE NULL END,
+        finished_at = CASE WHEN abs(finished_at) < 1e15 THEN finished_at
+                           ELSE extract(epoch FROM now()) END,
+        signal = CASE WHEN signal BETWEEN -2147483648 AND 2147483647 THEN signal ELSE NULL END
+    WHERE NOT (waiting_on >= 0
+               AND (not_before IS NULL OR abs(not_before) < 1e15)
+               AND abs(created_at) < 1e15
+               AND (started_at IS NULL OR abs(started_at) < 1e15)
+               AND (finished_at IS NULL OR abs(finished_at) < 1e15)
+               AND (signal IS NULL OR signal BETWEEN -2147483648 AND 2147483647));
+    ALTER TABLE jobs ADD CONSTRAINT jobs_values_usable CHECK (
+        waiting_on >= 0
+        AND (not_before IS NULL OR abs(not_before) < 1e15)
+        AND abs(created_at) < 1e15
+        AND (started_at IS NULL OR abs(started_at) < 1e15)
+        AND (finished_at IS NULL OR abs(finished_at) < 1e15)
+        AND (signal IS NULL OR signal BETWEEN -2147483648 AND 2147483647));
+    "#,
 ];
 
 /// The newest PostgreSQL schema version this code knows (`supervisor_schema.version` of

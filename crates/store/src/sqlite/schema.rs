@@ -135,8 +135,142 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// The newest schema version this code knows (`PRAGMA user_version` of a current file).
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+/// The newest schema version this code knows (`PRAGMA user_version` of a current file):
+/// the migrations above, then [`damage_guard`].
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32 + 1;
+
+/// The SQL of schema version `version` (1-based).
+fn migration(version: u32) -> std::borrow::Cow<'static, str> {
+    match MIGRATIONS.get(version as usize - 1) {
+        Some(sql) => (*sql).into(),
+        None => damage_guard().into(),
+    }
+}
+
+/// The columns a job row must hold as the store reads them (SQLite stores whatever a
+/// hand writes with the `sqlite3` shell), each as an SQL condition on `{c}`, the
+/// column as the row has it. A row that fails one cannot be claimed, ordered or shown:
+/// a text in `not_before` failed every claim of the queue, a text in `priority` kept a
+/// job queued for ever, a negative `waiting_on` kept it waiting for ever.
+const SANE: &[(&str, &str)] = &[
+    ("priority", "typeof({c}) = 'integer'"),
+    ("waiting_on", "typeof({c}) = 'integer' AND {c} >= 0"),
+    ("cancel_requested", "typeof({c}) = 'integer'"),
+    (
+        "not_before",
+        "{c} IS NULL OR (typeof({c}) IN ('integer', 'real') AND abs({c}) < 1e15)",
+    ),
+    (
+        "created_at",
+        "typeof({c}) IN ('integer', 'real') AND abs({c}) < 1e15",
+    ),
+    (
+        "started_at",
+        "{c} IS NULL OR (typeof({c}) IN ('integer', 'real') AND abs({c}) < 1e15)",
+    ),
+    (
+        "finished_at",
+        "{c} IS NULL OR (typeof({c}) IN ('integer', 'real') AND abs({c}) < 1e15)",
+    ),
+    (
+        "exit_code",
+        "{c} IS NULL OR (typeof({c}) = 'integer' AND {c} BETWEEN -2147483648 AND 2147483647)",
+    ),
+    (
+        "signal",
+        "{c} IS NULL OR (typeof({c}) = 'integer' AND {c} BETWEEN -2147483648 AND 2147483647)",
+    ),
+    ("route", "typeof({c}) IN ('null', 'text')"),
+    (
+        "owner",
+        "{c} IS NULL OR EXISTS (SELECT 1 FROM instances WHERE id = {c})",
+    ),
+];
+
+/// The rule of `col` in [`SANE`].
+fn rule_of(col: &str) -> &'static str {
+    SANE.iter()
+        .find(|(c, _)| *c == col)
+        .expect("a column of SANE")
+        .1
+}
+
+/// Version 7: a damaged job row ends `dead` with a `reason` naming what is wrong (the
+/// contract: "a job record that cannot be run ends dead"), and its unusable values take
+/// their defaults, so that every query can read it. Rows damaged before are found once,
+/// here; rows damaged later (by hand, while a supervisor runs) by two triggers, at the
+/// write that damages them: a claim, an outcome or a listing never meets one.
+fn damage_guard() -> String {
+    let sane = |prefix: &str| {
+        SANE.iter()
+            .map(|(col, rule)| format!("({})", rule.replace("{c}", &format!("{prefix}{col}"))))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let damaged = SANE
+        .iter()
+        .map(|(col, rule)| {
+            format!(
+                "CASE WHEN ({}) THEN '' ELSE ' {col}' END",
+                rule.replace("{c}", col)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" || ");
+    // What a claim, a retry or a wait would still do with it: it ends here instead.
+    let live = "(state IN ('queued', 'running') \
+                OR (state IN ('failed', 'timed_out') AND not_before IS NOT NULL))";
+    let now = "((julianday('now') - 2440587.5) * 86400.0)";
+    let keep = |col: &str, default: &str| {
+        let rule = rule_of(col);
+        format!(
+            "{col} = CASE WHEN ({}) THEN {col} ELSE {default} END",
+            rule.replace("{c}", col)
+        )
+    };
+    let fix = |which: &str| {
+        format!(
+            "UPDATE jobs SET \
+                reason = CASE WHEN {live} \
+                    THEN 'the stored job cannot be run: its row holds what the store cannot use in' || {damaged} \
+                    ELSE reason END, \
+                finished_at = CASE WHEN {live} THEN {now} \
+                    WHEN ({finished}) THEN finished_at ELSE {now} END, \
+                state = CASE WHEN {live} THEN 'dead' ELSE state END, \
+                not_before = CASE WHEN {live} THEN NULL ELSE not_before END, \
+                owner = NULL, \
+                {priority}, {waiting_on}, {cancel}, {created}, {started}, \
+                {exit_code}, {signal}, {route} \
+             WHERE {which}",
+            finished = rule_of("finished_at").replace("{c}", "finished_at"),
+            priority = keep("priority", "0"),
+            waiting_on = keep("waiting_on", "0"),
+            cancel = keep("cancel_requested", "0"),
+            created = keep("created_at", now),
+            started = keep("started_at", "NULL"),
+            exit_code = keep("exit_code", "NULL"),
+            signal = keep("signal", "NULL"),
+            route = keep("route", "NULL"),
+        )
+    };
+    let columns = SANE.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+    format!(
+        "{sweep};
+        CREATE TRIGGER job_row_damaged_by_insert AFTER INSERT ON jobs
+            WHEN NOT ({new_sane})
+        BEGIN
+            {fix_new};
+        END;
+        CREATE TRIGGER job_row_damaged_by_update AFTER UPDATE OF state, {columns} ON jobs
+            WHEN NOT ({new_sane})
+        BEGIN
+            {fix_new};
+        END;",
+        sweep = fix(&format!("NOT ({})", sane(""))),
+        new_sane = sane("NEW."),
+        fix_new = fix("id = NEW.id"),
+    )
+}
 
 impl SqliteStore {
     /// Applies the migrations the file lacks, all in one transaction.
@@ -166,14 +300,14 @@ impl SqliteStore {
         if found > SCHEMA_VERSION {
             return Err(too_new(found));
         }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let version = index as u32 + 1;
+        for version in found + 1..=SCHEMA_VERSION {
+            let sql = migration(version);
             let migration_err = |source| StoreError::Migration {
                 path: self.path.clone(),
                 version,
                 source,
             };
-            tx.execute_batch(sql).map_err(migration_err)?;
+            tx.execute_batch(&sql).map_err(migration_err)?;
             tx.pragma_update(None, "user_version", version)
                 .map_err(migration_err)?;
             log::info!(

@@ -138,3 +138,72 @@ fn a_claim_and_an_outcome_write_few_pages() {
         "outcomes wrote {record_frames} pages per 100"
     );
 }
+
+/// Rows damaged by hand (the `sqlite3` shell stores any value in any column): each ends
+/// `dead` with a reason naming the column, the queue goes on, and every job still reads.
+#[test]
+fn a_damaged_row_ends_dead_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let job: NewJob = serde_json::from_str(r#"{"command": ["true"], "group": "g"}"#).unwrap();
+    let ids = store.submit(&vec![job; 8], 1.0).unwrap();
+    let me = store.register_instance("h", 1, "t", 1.0).unwrap();
+    let hand = rusqlite::Connection::open(&path).unwrap();
+    let damage = [
+        ("not_before = 'x'", "not_before"),
+        ("priority = 'abc'", "priority"),
+        ("priority = 1e300", "priority"),
+        ("waiting_on = -1", "waiting_on"),
+        ("state = 'running', owner = 424242", "owner"),
+        ("created_at = 'yesterday'", "created_at"),
+        ("not_before = 1e999", "not_before"),
+    ];
+    for (i, (set, _)) in damage.iter().enumerate() {
+        hand.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1"), [ids[i]])
+            .unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
+    let routes = [Route {
+        group: "g".into(),
+        matches: None,
+    }];
+    let mut credits = BTreeMap::from([("g".to_string(), 8)]);
+    let claimed = store.claim(me, &routes, &mut credits, 2.0).unwrap();
+    let claimed: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(claimed, [ids[7]], "only the sound job is claimed");
+    for (i, (set, column)) in damage.iter().enumerate() {
+        let j = store.get(ids[i], 3.0).unwrap().expect("it still reads");
+        assert_eq!(j.state, JobState::Dead, "{set}");
+        let reason = j.reason.unwrap_or_default();
+        assert!(
+            reason.starts_with(
+                "the stored job cannot be run: its row holds what the store cannot use in"
+            ) && reason.contains(column),
+            "{set}: {reason}"
+        );
+    }
+    assert!(store.list(None, 3.0).is_ok(), "the list reads");
+
+    // Damage done before this version of the store: found when the file is migrated.
+    let job: NewJob = serde_json::from_str(r#"{"command": ["true"], "group": "g"}"#).unwrap();
+    let more = store.submit(&vec![job; 2], 4.0).unwrap();
+    drop(store);
+    hand.execute_batch(
+        "DROP TRIGGER job_row_damaged_by_insert; DROP TRIGGER job_row_damaged_by_update;
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    hand.execute(
+        "UPDATE jobs SET not_before = 'soon' WHERE id = ?1",
+        [more[0]],
+    )
+    .unwrap();
+    let mut store = SqliteStore::open(&path).unwrap();
+    let j = store.get(more[0], 5.0).unwrap().unwrap();
+    assert_eq!(j.state, JobState::Dead);
+    assert!(j.reason.unwrap_or_default().contains("not_before"));
+    let mut credits = BTreeMap::from([("g".to_string(), 8)]);
+    let claimed = store.claim(me, &routes, &mut credits, 5.0).unwrap();
+    let claimed: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(claimed, [more[1]]);
+}
