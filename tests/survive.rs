@@ -336,6 +336,16 @@ fn a_job_that_cannot_start_says_why_and_its_duration_is_the_workers_measure() {
             .find(|e| e["event"] == "job_finished" && e["job_id"] == id)
             .unwrap();
         assert_eq!(finished["start_error"], job["start_error"]);
+        // Its attempt has its `job_started` first, as every attempt has.
+        let of_job: Vec<String> = sv
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["job_id"] == id && e["event"].as_str().is_some_and(|n| n.starts_with("job_"))
+            })
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(of_job[..2], ["job_started", "job_finished"], "{of_job:?}");
         let out = sb.run(&["job", &id.to_string()]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("start error"));
     }

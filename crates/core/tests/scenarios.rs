@@ -636,7 +636,10 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         "{finished:?}"
     );
     // A command that cannot start: failed, with the reason in the record and the event.
-    let (w, _) = s.start(2, "a");
+    // Its worker never says it started, yet its attempt has a `job_started` before its
+    // `job_finished`, as every attempt has.
+    let acts = s.feed(Input::JobClaimed(claim(2, "a", s.ledger.epoch("a"))));
+    let w = started_job(&acts, 2).expect("the job went to a worker");
     let acts = s.feed(Input::JobEnded {
         child: w,
         job: 2,
@@ -651,15 +654,26 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
             if e.contains("No such file"))),
         "{acts:?}"
     );
-    assert!(events(&acts).iter().any(|e| matches!(
-        e,
-        Event::JobFinished {
-            job_id: 2,
-            start_error: Some(_),
-            reason: None,
-            ..
-        }
-    )));
+    let evs = events(&acts);
+    assert!(
+        matches!(
+            &evs[..2],
+            [
+                Event::JobStarted {
+                    job_id: 2,
+                    attempt: 1,
+                    ..
+                },
+                Event::JobFinished {
+                    job_id: 2,
+                    start_error: Some(_),
+                    reason: None,
+                    ..
+                }
+            ]
+        ),
+        "{evs:?}"
+    );
 }
 
 /// A worker that knows why its job ended (the OOM killer acted on the group's memory

@@ -491,7 +491,10 @@ fn values_no_query_can_use_are_refused_and_the_old_ones_end_dead() {
         let e = client
             .execute(&format!("UPDATE jobs SET {set} WHERE id = $1"), &[&ids[0]])
             .expect_err(set);
-        assert!(format!("{e:?}").contains("jobs_values_usable"), "{set}: {e:?}");
+        assert!(
+            format!("{e:?}").contains("jobs_values_usable"),
+            "{set}: {e:?}"
+        );
     }
     // Written before the check (here: with it dropped, and the schema one version
     // back), they end the job when the store is opened again.

@@ -75,8 +75,25 @@ impl Core {
         if c.job_id() != Some(job) {
             return;
         }
+        let worker_pid = c.pid.unwrap_or(0);
+        let slot = match &c.role {
+            Role::Worker { slot, .. } => Some(*slot),
+            Role::Grabber => None,
+        };
         let run = c.end_job().expect("checked above");
         let group = c.role.group().unwrap_or_default().to_string();
+        // A command that could not start still had its attempt (counted, and started in
+        // the store's eyes): its `job_finished` follows a `job_started`, as every
+        // attempt's does.
+        if let (None, Some(_), Some(slot)) = (&run.started, &facts.start_error, slot) {
+            self.out.push(Action::Emit(Event::JobStarted {
+                job_id: job,
+                group: group.clone(),
+                slot,
+                worker_pid,
+                attempt: run.claim.attempt,
+            }));
+        }
         self.arm(child);
         let stop = run.stop.map(|s| s.reason);
         if stop == Some(StopReason::Shutdown) {
