@@ -276,6 +276,25 @@ fn take_back(conn: &Connection, instance: InstanceId, now: f64) -> Result<Vec<Jo
     Ok(ids)
 }
 
+/// Takes back the running jobs of dead owner `owner` (see `sql::TAKE_BACK_ORPHANS`);
+/// their ids.
+fn take_back_orphans(conn: &Connection, owner: InstanceId, now: f64) -> Result<Vec<JobId>> {
+    conn.prepare_cached(&TAKE_BACK_ORPHANS)
+        .and_then(|mut stmt| {
+            stmt.query_map(
+                params![
+                    owner,
+                    now,
+                    crate::quarantine_reason(),
+                    crate::SUPERVISOR_DEATHS
+                ],
+                |row| row.get::<_, JobId>(0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("requeue orphans")
+}
+
 /// What a new job's dependencies mean for it (see [`AfterPlan`]), as the store has them.
 fn after_plan(conn: &Connection, after: &[JobId]) -> std::result::Result<AfterPlan, String> {
     let mut deps = Vec::with_capacity(after.len());
@@ -453,11 +472,26 @@ impl JobStore for SqliteStore {
             .into_iter()
             .filter(|instance| instance.id != me && is_dead(instance))
             .collect();
-        if dead.is_empty() {
+        // Running jobs whose owner has no row (deleted by hand: SQLite keeps foreign
+        // keys only when asked) would wait for a death no one can judge: their owner
+        // is as dead as can be.
+        let ownerless: Vec<InstanceId> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT owner FROM jobs WHERE state = 'running' \
+                 AND owner NOT IN (SELECT id FROM instances)",
+            )
+            .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+            .ctx("requeue orphans")?;
+        if dead.is_empty() && ownerless.is_empty() {
             return Ok(Vec::new());
         }
         let tx = WriteTx::begin(&self.conn).ctx("requeue orphans")?;
         let mut ids = Vec::new();
+        for owner in ownerless {
+            let taken = take_back_orphans(&tx, owner, now)?;
+            ids.extend(taken);
+        }
         for instance in dead {
             // Only as it was judged: one that was touched since is alive.
             let unchanged = tx
@@ -467,21 +501,7 @@ impl JobStore for SqliteStore {
             if !unchanged {
                 continue;
             }
-            let taken = tx
-                .prepare_cached(&TAKE_BACK_ORPHANS)
-                .and_then(|mut stmt| {
-                    stmt.query_map(
-                        params![
-                            instance.id,
-                            now,
-                            crate::quarantine_reason(),
-                            crate::SUPERVISOR_DEATHS
-                        ],
-                        |row| row.get::<_, JobId>(0),
-                    )?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .ctx("requeue orphans")?;
+            let taken = take_back_orphans(&tx, instance.id, now)?;
             ids.extend(taken);
             tx.execute("DELETE FROM instances WHERE id = ?1", [instance.id])
                 .ctx("requeue orphans")?;

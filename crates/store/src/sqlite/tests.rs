@@ -207,3 +207,37 @@ fn a_damaged_row_ends_dead_and_the_queue_goes_on() {
     let claimed: Vec<i64> = claimed.jobs.iter().map(|j| j.id).collect();
     assert_eq!(claimed, [more[1]]);
 }
+
+/// A running job whose owner's row was deleted by hand is taken back as a dead owner's
+/// would be (its supervisor counted as having died once).
+#[test]
+fn a_running_job_whose_owner_is_gone_is_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let job: NewJob = serde_json::from_str(r#"{"command": ["true"], "group": "g"}"#).unwrap();
+    let ids = store.submit(&vec![job; 2], 1.0).unwrap();
+    let me = store.register_instance("h", 1, "t", 1.0).unwrap();
+    let other = store.register_instance("h", 2, "t", 1.0).unwrap();
+    let routes = [Route {
+        group: "g".into(),
+        matches: None,
+    }];
+    let mut credits = BTreeMap::from([("g".to_string(), 1)]);
+    let claimed = store.claim(other, &routes, &mut credits, 2.0).unwrap().jobs;
+    assert_eq!(claimed[0].id, ids[0]);
+    // As the `sqlite3` shell does by default: no foreign keys.
+    let hand = rusqlite::Connection::open(&path).unwrap();
+    hand.pragma_update(None, "foreign_keys", false).unwrap();
+    hand.execute("DELETE FROM instances WHERE id = ?1", [other])
+        .unwrap();
+    // Nobody is judged dead; the job comes back all the same, and only it.
+    let back = store.requeue_orphans(me, &|_| false, 3.0).unwrap();
+    assert_eq!(back, [ids[0]]);
+    let j = store.get(ids[0], 3.0).unwrap().unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 0));
+    assert!(store
+        .requeue_orphans(me, &|_| false, 4.0)
+        .unwrap()
+        .is_empty());
+}
