@@ -41,6 +41,22 @@ impl Lenient {
 /// is located leniently, its errors printed as a warning with what they mean for `verb`;
 /// an error only when even that is impossible (then with both sets of problems).
 pub(super) fn locate(path: &Path, verb: Lenient) -> Result<Locations, CommandError> {
+    let mut found = locate_in_file(path, verb)?;
+    // A supervisor running there writes the events file it started with, whatever the
+    // file says now (a changed `events.path` is rejected by its reload).
+    if matches!(
+        supervisor_os::PidFile::inspect(&super::pidfile(&found.state_dir)),
+        supervisor_os::PidFileState::Running(_)
+    ) {
+        if let Some(events) = super::running_events(&found.state_dir) {
+            found.events = events;
+        }
+    }
+    Ok(found)
+}
+
+/// [`locate`] as the config file says.
+fn locate_in_file(path: &Path, verb: Lenient) -> Result<Locations, CommandError> {
     let errors = match supervisor_config::load(path) {
         Ok(config) => return Ok(config.locations()),
         Err(e) => e,

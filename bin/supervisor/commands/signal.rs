@@ -52,11 +52,6 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
         PidFileState::Running(pid) if pid > 0 => pid,
         other => return Err(CommandError::NotRunning(why_not(&pidfile, &other))),
     };
-    // Its answer goes to the events file it runs with, whatever the file says now.
-    let mut found = found;
-    if let Some(events) = super::running_events(&found.state_dir) {
-        found.events = events;
-    }
     match what {
         Control::Reload => {
             let after = last_seq(&found.events);
