@@ -104,7 +104,10 @@ struct Running {
 
 struct Worker {
     tx: IpcSender<FromChild>,
-    wait_tx: Post<WaitFor>,
+    /// To the waiter thread; `None` until the first job (see [`Worker::waiter`]).
+    wait_tx: Option<Post<WaitFor>>,
+    /// For the waiter thread, until it is started.
+    events: Option<Post<WorkerEv>>,
     spawner: Spawner,
     devnull: File,
     env: Vec<(OsString, OsString)>,
@@ -136,10 +139,6 @@ impl Worker {
         group: &str,
         slot: u32,
     ) -> Option<(Worker, Mailbox<WorkerEv>)> {
-        if let Err(e) = threads::start_sigterm_thread() {
-            log::error!("worker: cannot handle SIGTERM: {e}");
-            return None;
-        }
         if let Err(e) = supervisor_os::become_subreaper() {
             log::error!("worker: cannot become a child subreaper: {e}");
             return None;
@@ -160,13 +159,13 @@ impl Worker {
         };
         let (ev_tx, ev_rx) = mailbox::<WorkerEv>();
         let reader = threads::start_ipc_reader(rx, ev_tx.clone());
-        let (wait_tx, waiter) = threads::start_waiter(ev_tx);
-        if reader.is_err() || waiter.is_err() || tx.send(FromChild::Ready).is_err() {
+        if reader.is_err() || tx.send(FromChild::Ready).is_err() {
             return None;
         }
         let w = Worker {
             tx,
-            wait_tx,
+            wait_tx: None,
+            events: Some(ev_tx),
             spawner: Spawner::new(),
             devnull,
             env: start::base_env(),
@@ -177,6 +176,24 @@ impl Worker {
             stop_when_idle: false,
         };
         Some((w, ev_rx))
+    }
+
+    /// The waiter, with the SIGTERM thread, started with the first job: until a job runs,
+    /// a SIGTERM's default action (the worker ends) is all it needs, and a worker that
+    /// never runs one never has them (a pool of 1,000 idle workers, 2,000 fewer threads;
+    /// and two thread starts fewer before a worker is ready). An error says why not.
+    fn waiter(&mut self) -> Result<&Post<WaitFor>, String> {
+        if self.wait_tx.is_none() {
+            let events =
+                (self.events.take()).ok_or("could not start its threads for an earlier job")?;
+            threads::start_sigterm_thread().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+            let (wait_tx, waiter) = threads::start_waiter(events);
+            waiter.map_err(|e| format!("cannot start its waiter thread: {e}"))?;
+            self.wait_tx = Some(wait_tx);
+        }
+        self.wait_tx
+            .as_ref()
+            .ok_or_else(|| "has no waiter thread".to_string())
     }
 
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its

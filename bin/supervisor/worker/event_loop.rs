@@ -133,7 +133,11 @@ impl Worker {
         // it: SIGTERM now, SIGKILL after the grace.
         if supervisor_os::reap_leaving_any() {
             kill_stragglers(Sig::SIGTERM);
-            if self.wait_tx.send(WaitFor::Rest).is_err() {
+            if self
+                .wait_tx
+                .as_ref()
+                .is_none_or(|w| w.send(WaitFor::Rest).is_err())
+            {
                 return Next::Leave;
             }
             self.cleanup = Some(Cleanup {

@@ -39,6 +39,9 @@ impl Worker {
     /// Start one attempt. On failure to start, the reason goes to the job's log and
     /// the attempt ends at once (`end: None`); the worker lives on.
     pub(super) fn start(&mut self, job: &JobPayload) -> Option<Running> {
+        if let Err(why) = self.waiter() {
+            return self.start_failed(job, None, format!("its worker {why}"));
+        }
         let (mut log, log_path) = match self.logs.open(job.id, job.attempt) {
             Ok(x) => x,
             Err(e) => return self.start_failed(job, None, format!("cannot open its log: {e}")),
@@ -138,7 +141,7 @@ impl Worker {
         JOB_PGID.store(pid, Ordering::SeqCst);
         let _ = self.tx.send(FromChild::JobStarted { job, pid });
         let wait = WaitFor::Job { job, pid, since };
-        if self.wait_tx.send(wait).is_err() {
+        if self.wait_tx.as_ref().is_none_or(|w| w.send(wait).is_err()) {
             let _ = supervisor_os::signal_group(pid, Sig::SIGKILL);
         }
     }
