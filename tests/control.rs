@@ -79,6 +79,26 @@ fn logs_prints_a_jobs_output_follows_it_across_retries_and_shows_one_attempt() {
         "no 4th attempt: {:?}",
         text(&out)
     );
+    // A first attempt that printed nothing: its output is empty, not the next one's.
+    let quiet = sb.submit(&[
+        "--group",
+        "g",
+        "--max-attempts",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "[ $SUPERVISOR_ATTEMPT -ge 2 ] && echo attempt $SUPERVISOR_ATTEMPT; [ $SUPERVISOR_ATTEMPT -ge 3 ]",
+    ]);
+    sb.wait_job(quiet, &["succeeded"], T);
+    for (n, want) in [(1, ""), (2, "attempt 2\n"), (3, "attempt 3\n")] {
+        let out = sb.run(&["logs", &quiet.to_string(), "--attempt", &n.to_string()]);
+        assert_eq!(
+            (out.status.code(), text(&out).0.as_str()),
+            (Some(0), want),
+            "attempt {n}"
+        );
+    }
     let out = sb.run(&["logs", "999"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -121,8 +141,10 @@ fn retry_queues_a_final_job_again_with_a_fresh_attempt_budget() {
     assert_eq!(out.status.code(), Some(2));
 
     std::fs::write(&flag, "").unwrap();
-    let out = sb.run(&["retry", &id.to_string()]);
+    // An id given twice is retried once, and said once.
+    let out = sb.run(&["retry", &id.to_string(), &id.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{id}\n"));
     let job = sb.wait_job(id, &["succeeded"], T);
     // A fresh budget: the attempts count again from 1.
     assert_eq!(job["attempts"], 1, "{job}");

@@ -406,6 +406,20 @@ fn a_partly_bad_file_queues_nothing() {
     assert!(!stderr.contains("line 1") && !stderr.contains("line 3"));
     assert_eq!(jobs(&sb, None), Vec::<Value>::new());
 
+    // A job the store refuses (after a job that does not exist) is named by its line.
+    fs::write(
+        &bad,
+        "{\"command\": [\"true\"]}\n\n{\"command\": [\"true\"], \"after\": [99999]}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_fails(&sb, &["submit", "--file", bad.to_str().unwrap()]);
+    assert_eq!((code, stdout.as_str()), (Some(2), ""), "stderr: {stderr}");
+    assert!(
+        stderr.contains("line 3: after: job 99999 does not exist"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.jsonl"), "{stderr}");
+    assert_eq!(jobs(&sb, None), Vec::<Value>::new());
     // A line must be a job object: an array would fill the fields in order.
     fs::write(&bad, "[[\"echo\", \"arr\"], \"a\"]\n{\"command\": [\"true\"], \"tags\": {\"k\": \"1\", \"k\": \"2\"}}\n").unwrap();
     let (code, stdout, stderr) = run_fails(&sb, &["submit", "--file", bad.to_str().unwrap()]);
@@ -465,7 +479,11 @@ fn control_characters_of_a_job_reach_no_terminal_raw() {
 #[test]
 fn bad_submit_input_exits_2_and_names_the_problem() {
     let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 9] = [
+        (
+            &["--after", "999", "--", "true"],
+            &["--after: job 999 does not exist"],
+        ),
         (&["--tag", "noequals", "--", "true"], &["--tag"]),
         (
             &["--tag", "k=v", "--tag", "k=w", "--", "true"],

@@ -2,10 +2,12 @@
 //! the other, and `<logs>/<id>.attempts` says where each attempt began, so that one
 //! attempt's output can be shown without markers written into the job's own output.
 //!
-//! An attempt that began on an empty log (most first attempts) is not written down: a
-//! line `ATTEMPT OFFSET` is appended only when the log already held bytes, which keeps
-//! the common case to one file a job. So an attempt without a line began at 0, and every
-//! attempt ends where the next later one that has a line begins (or at the log's end).
+//! A first attempt is not written down (it begins at 0), which keeps the common case to
+//! one file a job; every later attempt appends a line `ATTEMPT OFFSET`, even at offset
+//! 0 (the attempts before it wrote nothing: without the line, the first attempt's range
+//! would run on into this one's output). So an attempt without a line began at 0, and
+//! every attempt ends where the next later one that has a line begins (or at the log's
+//! end).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -27,9 +29,9 @@ pub fn attempts_path(logs: &Path, id: i64) -> PathBuf {
 }
 
 /// Write down that `attempt` of job `id` begins at byte `offset` of its log (nothing
-/// when the log was empty: see the module docs).
+/// for a first attempt on an empty log: see the module docs).
 pub fn note_attempt_start(logs: &Path, id: i64, attempt: u32, offset: u64) -> io::Result<()> {
-    if offset == 0 {
+    if offset == 0 && attempt <= 1 {
         return Ok(());
     }
     let mut f = OpenOptions::new()
@@ -94,6 +96,20 @@ mod tests {
         // empty): the caller checks the attempt against the job's; the answer is the
         // whole log, not a panic.
         assert_eq!(attempt_range(text, 4, 10), (0, 10));
+    }
+
+    #[test]
+    fn a_retry_after_attempts_that_wrote_nothing_is_written_down_at_0() {
+        // Attempt 1 wrote nothing, attempt 2 wrote 4 bytes, attempt 3 wrote 6.
+        let dir = tempfile::tempdir().unwrap();
+        note_attempt_start(dir.path(), 7, 1, 0).unwrap();
+        note_attempt_start(dir.path(), 7, 2, 0).unwrap();
+        note_attempt_start(dir.path(), 7, 3, 4).unwrap();
+        let text = std::fs::read_to_string(attempts_path(dir.path(), 7)).unwrap();
+        assert_eq!(text, "2 0\n3 4\n");
+        assert_eq!(attempt_range(&text, 1, 10), (0, 0));
+        assert_eq!(attempt_range(&text, 2, 10), (0, 4));
+        assert_eq!(attempt_range(&text, 3, 10), (4, 10));
     }
 
     #[test]

@@ -403,9 +403,20 @@ impl Supervisor {
     }
 
     fn emit(&mut self, record: EventRecord) {
+        self.write_event(record);
+        self.rotate_if_due();
+    }
+
+    /// Write one event, leaving a rotation it makes due to [`Self::rotate_if_due`].
+    pub(super) fn write_event(&mut self, record: EventRecord) {
         if let Err(e) = self.events.write(record) {
             log::error!("cannot write to the events file: {e}");
         }
+    }
+
+    /// Rotate the events file if it has grown past its size, beginning the new one with
+    /// a snapshot of the core's child table.
+    pub(super) fn rotate_if_due(&mut self) {
         if self.events.wants_rotation() {
             match self.events.rotate() {
                 Ok(()) => self.snapshot(),

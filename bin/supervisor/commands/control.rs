@@ -41,6 +41,14 @@ pub(crate) fn retry_jobs(
     ids: &[i64],
 ) -> Result<Vec<i64>, CommandError> {
     let now = wall_now();
+    // An id given twice is one job to retry, once.
+    let mut unique = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    let ids = &unique[..];
     for &id in ids {
         let job = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;
         if !job.is_finished() || job.state == JobState::Succeeded {

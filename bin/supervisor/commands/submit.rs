@@ -61,12 +61,21 @@ pub struct SubmitArgs {
 pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
     let config = config::load(path)?;
     let here = std::env::current_dir().ok();
-    let jobs = match &args.file {
+    let (jobs, lines) = match &args.file {
         Some(file) => jobs_of_file(file, here.as_deref())?,
-        None => vec![job_of_flags(&args, here.as_deref())?],
+        None => (vec![job_of_flags(&args, here.as_deref())?], vec![]),
     };
     let mut store = open_store(&config.store)?;
-    let (ids, warning) = queue(&config, &mut store, &jobs)?;
+    // A job the store refuses (an `after` naming no job) is named as its source says:
+    // by its line in the file, or by its flag.
+    let refused = |index: usize, message: &str| match (&args.file, lines.get(index)) {
+        (Some(file), Some(line)) => CommandError::JobFile {
+            file: file.clone(),
+            errors: vec![format!("line {line}: {message}")],
+        },
+        _ => CommandError::Usage(as_flag(message)),
+    };
+    let (ids, warning) = queue(&config, &mut store, &jobs, refused)?;
     if let Some(w) = warning {
         eprintln!("supervisor: warning: {w}");
     }
@@ -80,14 +89,17 @@ pub fn submit(path: &Path, args: SubmitArgs) -> Result<(), CommandError> {
 
 /// Queue `jobs`, all or none (`submit` and the HTTP API), and ring the supervisor's
 /// doorbell. Returns their ids, and a warning if no group of the config takes some.
+/// A job the store refuses becomes the error `refused` makes of its index (from 0) in
+/// `jobs` and what is wrong with it.
 pub(crate) fn queue(
     config: &supervisor_config::Config,
     store: &mut crate::store::Store,
     jobs: &[NewJob],
+    refused: impl FnOnce(usize, &str) -> CommandError,
 ) -> Result<(Vec<i64>, Option<String>), CommandError> {
     let ids = match store.submit(jobs, wall_now()) {
         Ok(ids) => ids,
-        Err(e @ StoreError::InvalidJob { .. }) => return Err(CommandError::Usage(e.to_string())),
+        Err(StoreError::InvalidJob { index, message }) => return Err(refused(index, &message)),
         Err(e) => return Err(anyhow::Error::new(e).context("cannot queue the job").into()),
     };
     // The doorbell first: the jobs are queued whatever becomes of our output. Warned of
@@ -96,8 +108,12 @@ pub(crate) fn queue(
     Ok((ids, untaken(config, jobs)))
 }
 
-/// The jobs of `submit --file`, each line a job, each `cwd` resolved against `here`.
-fn jobs_of_file(file: &Path, here: Option<&Path>) -> Result<Vec<NewJob>, CommandError> {
+/// The jobs of `submit --file`, each line a job, each `cwd` resolved against `here`; and
+/// the line (from 1) of each.
+fn jobs_of_file(
+    file: &Path,
+    here: Option<&Path>,
+) -> Result<(Vec<NewJob>, Vec<usize>), CommandError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CommandError::Usage(format!("{}: cannot read: {e}", file.display())))?;
     let bad_lines = |errors| CommandError::JobFile {
@@ -105,9 +121,14 @@ fn jobs_of_file(file: &Path, here: Option<&Path>) -> Result<Vec<NewJob>, Command
         errors,
     };
     let mut jobs = supervisor_store::parse_jobs_jsonl(&text).map_err(bad_lines)?;
-    for (n, j) in jobs.iter_mut().enumerate() {
+    // The lines that hold a job: all but the blank ones, as the parser reads them.
+    let lines: Vec<usize> = (text.lines().enumerate())
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, _)| i + 1)
+        .collect();
+    for (j, line) in jobs.iter_mut().zip(&lines) {
         j.cwd = resolve_cwd(j.cwd.as_deref().map(Path::new), here)
-            .map_err(|e| bad_lines(vec![format!("job {}: {e}", n + 1)]))?;
+            .map_err(|e| bad_lines(vec![format!("line {line}: {e}")]))?;
     }
     if jobs.is_empty() {
         return Err(CommandError::Usage(format!(
@@ -115,7 +136,7 @@ fn jobs_of_file(file: &Path, here: Option<&Path>) -> Result<Vec<NewJob>, Command
             file.display()
         )));
     }
-    Ok(jobs)
+    Ok((jobs, lines))
 }
 
 /// The job that `submit`'s flags describe, checked as the store checks it.
@@ -182,7 +203,8 @@ fn pairs(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, Strin
 
 /// A validation error of a job given by flags, with the flag's name for the field's.
 fn as_flag(e: &str) -> String {
-    const FLAGS: [(&str, &str); 7] = [
+    const FLAGS: [(&str, &str); 8] = [
+        ("after:", "--after"),
         ("priority:", "--priority"),
         ("not_before:", "--delay/--at"),
         ("timeout_s:", "--timeout"),

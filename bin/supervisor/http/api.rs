@@ -727,8 +727,14 @@ async fn submit(
             j.cwd.as_deref().unwrap_or_default()
         )));
     }
+    let single = jobs.len() == 1;
     let (ids, warning) = blocking(&app, move |config, store| {
-        commands::queue(config, store, &jobs)
+        commands::queue(config, store, &jobs, |index, message| {
+            commands::CommandError::Usage(match single {
+                true => format!("job: {message}"),
+                false => format!("job {}: {message}", index + 1),
+            })
+        })
     })
     .await?;
     let body = json!({ "ids": ids, "warnings": warning.into_iter().collect::<Vec<_>>() });

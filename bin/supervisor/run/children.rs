@@ -34,11 +34,15 @@ impl Supervisor {
                     return;
                 };
                 // Not a core decision, but `status` needs it to tell starting from up.
-                self.emit(EventRecord::ChildReady {
+                // The file rotates, if it is due, only once the core knows: the new
+                // file's snapshot must show the child ready.
+                self.write_event(EventRecord::ChildReady {
                     child: (&role).into(),
                     pid: self.children.get(&child).and_then(|c| c.pid),
                 });
-                Input::Ready { child }
+                self.feed(Input::Ready { child });
+                self.rotate_if_due();
+                return;
             }
             FromChild::Pong => Input::Alive { child },
             FromChild::Pass(found) => {

@@ -34,14 +34,16 @@ impl Logs {
     /// one, else the spare renamed to it, else a new file.
     pub(super) fn open(&mut self, job: i64, attempt: u32) -> std::io::Result<(File, PathBuf)> {
         let path = crate::joblog::log_path(&self.dir, job);
-        if self.spare.is_some() {
+        if let Some(spare) = self.spare.take() {
             match supervisor_os::rename_noreplace(&self.spare_path, &path) {
-                Ok(true) => return Ok((self.spare.take().expect("checked"), path)),
-                Ok(false) => {} // a retry: append to the log of the earlier attempts
-                Err(e) => {
-                    log::warn!("worker: cannot reuse the spare log: {e}");
-                    self.spare = None;
+                Ok(true) => {
+                    // A retry whose earlier attempts wrote nothing begins at 0.
+                    crate::joblog::note_attempt_start(&self.dir, job, attempt, 0)?;
+                    return Ok((spare, path));
                 }
+                // A retry: append to the log of the earlier attempts.
+                Ok(false) => self.spare = Some(spare),
+                Err(e) => log::warn!("worker: cannot reuse the spare log: {e}"),
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
