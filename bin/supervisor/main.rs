@@ -120,7 +120,7 @@ enum Verb {
     ///
     /// Example: supervisor purge --before 7d --state succeeded
     Purge {
-        /// Only those finished before this time (RFC 3339, or a duration ago like 7d).
+        /// Only those finished before this time (RFC 3339, or a duration ago like 7d or 1d12h).
         #[arg(long, value_name = "TIME")]
         before: Option<String>,
         /// Only those in this state (succeeded, failed, timed_out, dead, canceled).

@@ -88,30 +88,47 @@ pub(super) fn human(v: &Value) -> String {
     }
 }
 
-/// A duration as an operator types it: a number of seconds, or a number with a unit
-/// (`90`, `1.5s`, `10m`, `2h`, `7d`, `1w`), within the bounds of every duration here.
+/// A duration as an operator types it: a number of seconds, or numbers with units,
+/// largest first or not (`90`, `1.5s`, `10m`, `2h`, `1h30m`, `1d 12h`, `7d`, `1w`),
+/// within the bounds of every duration here.
 pub(super) fn parse_duration(text: &str) -> Result<f64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        "d" | "day" | "days" => 86_400.0,
-        "w" | "week" | "weeks" => 604_800.0,
-        other => {
-            return Err(format!(
-                "`{text}` is not a duration: unknown unit `{other}` (use s, m, h, d or w)"
-            ))
-        }
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (like 90, 1.5s, 10m, 2h, 7d)"))?;
-    let secs = n * scale;
+    let not_one = || format!("`{text}` is not a duration (like 90, 1.5s, 10m, 1h30m, 7d)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(not_one());
+    }
+    let mut secs = 0.0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(split);
+        let after = after.trim_start();
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            // A bare number is seconds, alone only (`1h30` says nothing of its unit).
+            "" if parts == 0 && after.trim().is_empty() => 1.0,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
+            "w" | "week" | "weeks" => 604_800.0,
+            "" => return Err(not_one()),
+            other => {
+                return Err(format!(
+                    "`{text}` is not a duration: unknown unit `{other}` (use s, m, h, d or w)"
+                ))
+            }
+        };
+        let n: f64 = number.parse().map_err(|_| not_one())?;
+        secs += n * scale;
+        parts += 1;
+        rest = after.trim_start();
+    }
     if !(0.0..=supervisor_core::bounds::MAX_SECONDS).contains(&secs) {
         return Err(format!(
             "`{text}` is out of range (at most {} s)",
@@ -145,7 +162,11 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(7200.0));
         assert_eq!(parse_duration("7d"), Ok(604_800.0));
         assert_eq!(parse_duration("1w"), Ok(604_800.0));
-        for bad in ["", "soon", "5y", "-3s", "1e300", "1..2s", "s"] {
+        assert_eq!(parse_duration("1h30m"), Ok(5400.0));
+        assert_eq!(parse_duration("1d 12h"), Ok(129_600.0));
+        assert_eq!(parse_duration("90 s"), Ok(90.0));
+        assert_eq!(parse_duration("1m30s"), Ok(90.0));
+        for bad in ["", "soon", "5y", "-3s", "1e300", "1..2s", "s", "1h30", "1h-5m", "h1"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_time("2001-01-01T00:00:00Z"), Ok(978_307_200.0));

@@ -43,7 +43,7 @@ pub struct SubmitArgs {
     /// canceled.
     #[arg(long = "after", value_name = "ID")]
     after: Vec<String>,
-    /// Not before this long from now (90, 1.5s, 10m, 2h, 7d).
+    /// Not before this long from now (90, 1.5s, 10m, 1h30m, 7d).
     #[arg(long, value_name = "DURATION", conflicts_with = "at")]
     delay: Option<String>,
     /// Not before this time (RFC 3339, like 2026-12-01T08:00:00Z).
