@@ -286,6 +286,26 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         );
         assert!(r.error().contains(says), "{method} {path}: {}", r.body);
     }
+    // A body declared too large is refused at once, not waited for: 2 bytes of a
+    // declared 100 GB get their 413 (the read's timeout is the test's deadline).
+    {
+        use std::io::{Read, Write};
+        let addr = api.base.trim_start_matches("http://").to_string();
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(T)).unwrap();
+        write!(
+            conn,
+            "POST /api/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Length: 99999999999\r\n\r\n{{}}"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)
+            .expect("an answer, and the connection closed, before the deadline");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains(r#"{"error":"the body is over"#), "{answer}");
+    }
     // A token in the query is for a browser's event stream: it never authorizes a write.
     let r = api.call(
         "POST",

@@ -166,7 +166,9 @@ mod tests {
         assert_eq!(parse_duration("1d 12h"), Ok(129_600.0));
         assert_eq!(parse_duration("90 s"), Ok(90.0));
         assert_eq!(parse_duration("1m30s"), Ok(90.0));
-        for bad in ["", "soon", "5y", "-3s", "1e300", "1..2s", "s", "1h30", "1h-5m", "h1"] {
+        for bad in [
+            "", "soon", "5y", "-3s", "1e300", "1..2s", "s", "1h30", "1h-5m", "h1",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_time("2001-01-01T00:00:00Z"), Ok(978_307_200.0));

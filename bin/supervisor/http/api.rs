@@ -376,6 +376,21 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             return e.into_response();
         }
     }
+    // A body said to be too large is refused before it is waited for: a client that
+    // declares 100 GB and sends 2 bytes must not hold a connection open.
+    let declared = (req.headers().get(header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mut r = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {MAX_BODY} bytes"),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let mut r = next.run(req).await;
     if r.status() == StatusCode::METHOD_NOT_ALLOWED {
         let allow = r.headers().get(header::ALLOW).cloned();
