@@ -15,6 +15,8 @@ pub(crate) struct Replay {
     /// Outcomes the supervisor holds because the store refused them, as its last word on
     /// them says.
     pub(crate) outcomes_waiting: u64,
+    /// The supervisor said it is stopping: its children's rows stay, to be shown `gone`.
+    stopping: bool,
 }
 
 /// A row for a child the table has not seen yet.
@@ -60,7 +62,11 @@ impl Replay {
                     .collect();
             }
             EventRecord::OutcomesWaiting { count } => r.outcomes_waiting = *count,
-            EventRecord::SupervisorStarted { pid, .. } => r.supervisor_pid = Some(*pid),
+            EventRecord::SupervisorStarted { pid, .. } => {
+                r.supervisor_pid = Some(*pid);
+                r.stopping = false;
+            }
+            EventRecord::SupervisorStopping { .. } => r.stopping = true,
             EventRecord::ChildStarted { child, pid } => {
                 let row = (r.children.entry(child.clone())).or_insert_with(|| new_row(child));
                 row.pid = Some(*pid);
@@ -77,6 +83,15 @@ impl Replay {
                 }
                 .into();
                 row.job_id = None;
+            }
+            // Retired while the supervisor runs (a pool shrunk, a group removed or given
+            // up): gone from the table, as from the supervisor's own.
+            EventRecord::ChildExited {
+                child,
+                expected: true,
+                ..
+            } if !r.stopping => {
+                r.children.remove(child);
             }
             EventRecord::ChildExited { child, .. } => {
                 if let Some(row) = r.children.get_mut(child) {
@@ -264,5 +279,50 @@ mod tests {
         let r = replay(&more);
         assert_eq!(r.children[&worker(0)].state, "idle");
         assert_eq!(r.children[&worker(0)].job_id, None);
+    }
+
+    #[test]
+    fn a_child_retired_while_running_leaves_the_table_and_one_stopped_stays() {
+        let started = |seq, slot, pid| {
+            line(
+                seq,
+                EventRecord::ChildStarted {
+                    child: worker(slot),
+                    pid,
+                },
+            )
+        };
+        let exited = |seq, slot, pid, expected| {
+            line(
+                seq,
+                EventRecord::ChildExited {
+                    child: worker(slot),
+                    pid: Some(pid),
+                    code: Some(0),
+                    signal: None,
+                    expected,
+                    job_id: None,
+                    reason: None,
+                },
+            )
+        };
+        let mut events = vec![started(1, 0, 10), started(2, 1, 11), started(3, 2, 12)];
+        // Slot 1 retired by a reload; slot 2 crashed (its row waits for its restart).
+        events.push(exited(4, 1, 11, true));
+        events.push(exited(5, 2, 12, false));
+        let r = replay(&events);
+        let slots: Vec<_> = r.children.keys().map(|c| c.slot).collect();
+        assert_eq!(slots, [Some(0), Some(2)]);
+        assert_eq!(r.children[&worker(2)].state, "exited");
+        // Stopping: every child exits as expected, and stays for `status` to show gone.
+        events.push(line(
+            6,
+            EventRecord::SupervisorStopping {
+                reason: "SIGTERM".into(),
+            },
+        ));
+        events.push(exited(7, 0, 10, true));
+        let r = replay(&events);
+        assert_eq!(r.children[&worker(0)].state, "exited");
     }
 }
