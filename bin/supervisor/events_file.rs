@@ -44,6 +44,35 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Remove the rotated files of `path` numbered past `keep` (`<path>.N`, N > keep); what
+/// cannot be listed or removed stays.
+fn remove_beyond(path: &Path, keep: u32) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let number = (file.to_str())
+            .and_then(|f| f.strip_prefix(&prefix))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        if number.is_some_and(|n| n > u64::from(keep)) {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                log::warn!("cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
 /// The `seq` of the last complete line of a file, if any.
 fn last_seq(path: &Path) -> Option<u64> {
     let mut file = File::open(path).ok()?;
@@ -141,6 +170,9 @@ impl EventsFile {
     /// Rotate: `path` → `path.1` → … → `path.keep`; the oldest is dropped. The caller
     /// writes a snapshot first thing into the new file.
     pub fn rotate(&mut self) -> io::Result<()> {
+        // Files past `keep`, left by a run that kept more: older than any kept, and out
+        // of the order `events` reads them in.
+        remove_beyond(&self.path, self.keep);
         if self.keep == 0 {
             fs::remove_file(&self.path).or_else(ignore_missing)?;
         } else {
@@ -186,4 +218,40 @@ pub fn read_events(path: &Path) -> io::Result<Vec<EventLine>> {
         .map_while(Result::ok)
         .filter_map(|l| EventLine::parse(&l))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_files_past_keep_go_at_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // A run that kept 6 left these; this one keeps 3.
+        for n in 1..=6 {
+            fs::write(rotated(&path, n), format!("{n}\n")).unwrap();
+        }
+        fs::write(dir.path().join("events.jsonl.2.gz"), "").unwrap();
+        fs::write(&path, "{}\n").unwrap();
+        let _ev = EventsFile::open(&path, 1 << 20, 3).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "events.jsonl",
+                "events.jsonl.1",
+                "events.jsonl.2",
+                "events.jsonl.2.gz",
+                "events.jsonl.3"
+            ]
+        );
+        // The newest moved down by one; what was past 3 is gone.
+        assert_eq!(fs::read_to_string(rotated(&path, 1)).unwrap(), "{}\n");
+        assert_eq!(fs::read_to_string(rotated(&path, 2)).unwrap(), "1\n");
+    }
 }
