@@ -179,13 +179,14 @@ impl Hub {
         self.starter.spawn(child, args, events)
     }
 
-    /// Start a batch of children, two at a time; the results in the batch's order.
+    /// Start a batch of children, [`HELPERS`] + 1 at a time; the results in the batch's
+    /// order.
     ///
     /// A start keeps its thread waiting until the child has called `execve` (a vfork),
     /// and meanwhile the children started before it compete for the CPU, so that one
-    /// thread started 1,000 workers at ~1.1 ms apiece with the machine 12% idle. Every
-    /// other child of a batch therefore starts on a helper thread, which lives as long
-    /// as the supervisor: a child's death signal fires when the thread that started it
+    /// thread started 1,000 workers at ~1.1 ms apiece with the machine 12% idle. The
+    /// children of a batch therefore start in turn on this thread and on helper
+    /// threads, which live as long as the supervisor: a child's death signal fires when the thread that started it
     /// ends (`os-notes.md`), so no thread that starts children may end before them.
     pub fn spawn_all(&mut self, batch: Vec<SpawnRequest>) -> Vec<Spawned> {
         if batch.len() < 2 {
