@@ -103,7 +103,8 @@ impl Pending {
         self.next_try.filter(|_| !self.queue.is_empty())
     }
 
-    /// Store failures since the last success (for the log).
+    /// Store failures since the last success.
+    #[cfg(test)]
     pub fn failures(&self) -> u64 {
         self.failures
     }

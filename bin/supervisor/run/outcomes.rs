@@ -88,6 +88,12 @@ impl Supervisor {
             return;
         }
         let was = self.pending.len();
+        // A connection known to be lost is opened again first: tried on it, every
+        // outcome would fail once more, and wait a whole backoff after the server is
+        // back.
+        if self.store.connection_lost() {
+            self.reopen_store();
+        }
         let store = &mut self.store;
         let mut stored = 0;
         let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
@@ -114,11 +120,8 @@ impl Supervisor {
                 c.wrote();
             }
         }
-        if self.pending.failures() > 0 {
-            if let Ok(fresh) = crate::store::open_for_loop(&self.store_arg) {
-                self.store = fresh;
-            }
-        }
+        // A failure that lost the connection has it opened again at the next try (above);
+        // one that did not needs no new one.
         for record in events {
             self.emit(record);
         }
@@ -185,6 +188,9 @@ impl Supervisor {
             return;
         }
         let w = &waiting;
+        if self.store.connection_lost() {
+            self.reopen_store();
+        }
         match self
             .store
             .record_outcome(job, attempt, self.instance, &w.outcome, w.next, now)

@@ -529,6 +529,12 @@ pub(crate) fn outcome_state(
 /// or on other hosts: a job is claimed by at most one instance at a time, and reports about
 /// an attempt that is no longer current (wrong attempt or owner) are refused.
 pub trait JobStore {
+    /// True once the store's connection is known to be lost: every call would fail
+    /// until it is opened again (never, for an embedded store).
+    fn connection_lost(&self) -> bool {
+        false
+    }
+
     /// Queues `jobs`, all or none (every job is validated first), returning one id per job
     /// in order. A job whose `key` matches a job that is not finished (queued, running, or
     /// awaiting a retry) — also an earlier job of the same batch — gets that job's id

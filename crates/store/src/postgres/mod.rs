@@ -254,6 +254,10 @@ impl PlaceSql for PostgresStore {
 }
 
 impl JobStore for PostgresStore {
+    fn connection_lost(&self) -> bool {
+        self.is_closed()
+    }
+
     fn submit(&mut self, jobs: &[NewJob], now: f64) -> Result<Vec<JobId>> {
         for (index, job) in jobs.iter().enumerate() {
             job.validate()
