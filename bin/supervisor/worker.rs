@@ -104,7 +104,7 @@ struct Running {
 
 struct Worker {
     tx: IpcSender<FromChild>,
-    /// To the waiter thread; `None` until the first job (see [`Worker::waiter`]).
+    /// To the waiter thread; `None` until the first job (see [`Worker::start_threads`]).
     wait_tx: Option<Post<WaitFor>>,
     /// For the waiter thread, until it is started.
     events: Option<Post<WorkerEv>>,
@@ -182,18 +182,17 @@ impl Worker {
     /// a SIGTERM's default action (the worker ends) is all it needs, and a worker that
     /// never runs one never has them (a pool of 1,000 idle workers, 2,000 fewer threads;
     /// and two thread starts fewer before a worker is ready). An error says why not.
-    fn waiter(&mut self) -> Result<&Post<WaitFor>, String> {
-        if self.wait_tx.is_none() {
-            let events =
-                (self.events.take()).ok_or("could not start its threads for an earlier job")?;
-            threads::start_sigterm_thread().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-            let (wait_tx, waiter) = threads::start_waiter(events);
-            waiter.map_err(|e| format!("cannot start its waiter thread: {e}"))?;
-            self.wait_tx = Some(wait_tx);
+    fn start_threads(&mut self) -> Result<(), String> {
+        if self.wait_tx.is_some() {
+            return Ok(());
         }
-        self.wait_tx
-            .as_ref()
-            .ok_or_else(|| "has no waiter thread".to_string())
+        let events =
+            (self.events.take()).ok_or("could not start its threads for an earlier job")?;
+        threads::start_sigterm_thread().map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        let (wait_tx, waiter) = threads::start_waiter(events);
+        waiter.map_err(|e| format!("cannot start its waiter thread: {e}"))?;
+        self.wait_tx = Some(wait_tx);
+        Ok(())
     }
 
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its

@@ -39,7 +39,7 @@ impl Worker {
     /// Start one attempt. On failure to start, the reason goes to the job's log and
     /// the attempt ends at once (`end: None`); the worker lives on.
     pub(super) fn start(&mut self, job: &JobPayload) -> Option<Running> {
-        if let Err(why) = self.waiter() {
+        if let Err(why) = self.start_threads() {
             return self.start_failed(job, None, format!("its worker {why}"));
         }
         let (mut log, log_path) = match self.logs.open(job.id, job.attempt) {
