@@ -40,6 +40,7 @@ mod threads;
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::mailbox::{mailbox, Mailbox, Post};
@@ -62,22 +63,8 @@ const KILL_AGAIN: Duration = Duration::from_millis(50);
 enum WorkerEv {
     Msg(ToChild),
     Closed,
-    /// The job's main process ended, `ran_for` after its spawn.
-    JobExit {
-        job: i64,
-        ended: Ended,
-        ran_for: Duration,
-    },
     /// No child of the worker is left: every straggler is gone.
     AllReaped,
-}
-
-/// What the waiter thread waits for.
-enum WaitFor {
-    /// The job's main process, spawned at `since`.
-    Job { job: i64, pid: u32, since: Instant },
-    /// Every child left (the job's stragglers, handed to us as their parents ended).
-    Rest,
 }
 
 /// An attempt whose main process has ended, waiting for what it left behind to go.
@@ -94,6 +81,8 @@ struct Cleanup {
 struct Running {
     job: i64,
     pgid: u32,
+    /// When its process was spawned.
+    since: Instant,
     log: File,
     log_path: PathBuf,
     /// The log was given to the job's user (to be taken back if it becomes the spare).
@@ -104,8 +93,11 @@ struct Running {
 
 struct Worker {
     tx: IpcSender<FromChild>,
-    /// To the waiter thread; `None` until the first job (see [`Worker::start_threads`]).
-    wait_tx: Option<Post<WaitFor>>,
+    /// To the waiter thread, which reaps what an attempt left behind; `None` until the
+    /// first job (see [`Worker::start_threads`]).
+    wait_tx: Option<Post<()>>,
+    /// Shared with the reader thread: the job the loop is blocked on, while it is.
+    waiting: Arc<Mutex<threads::Waiting>>,
     /// For the waiter thread, until it is started.
     events: Option<Post<WorkerEv>>,
     spawner: Spawner,
@@ -158,13 +150,15 @@ impl Worker {
             }
         };
         let (ev_tx, ev_rx) = mailbox::<WorkerEv>();
-        let reader = threads::start_ipc_reader(rx, ev_tx.clone());
+        let waiting = Arc::default();
+        let reader = threads::start_ipc_reader(rx, ev_tx.clone(), tx.clone(), Arc::clone(&waiting));
         if reader.is_err() || tx.send(FromChild::Ready).is_err() {
             return None;
         }
         let w = Worker {
             tx,
             wait_tx: None,
+            waiting,
             events: Some(ev_tx),
             spawner: Spawner::new(),
             devnull,

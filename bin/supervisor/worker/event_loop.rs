@@ -1,5 +1,6 @@
-//! The worker's event loop: what it does on each message of the supervisor and each end
-//! the waiter thread reports, and how it gives the stragglers of an attempt their grace
+//! The worker's event loop: what it does on each message of the supervisor, how it waits
+//! for a job's main process (blocked in `waitpid`, the reader thread answering the
+//! supervisor meanwhile), and how it gives the stragglers of an attempt their grace
 //! before SIGKILL.
 
 use std::sync::atomic::Ordering;
@@ -9,8 +10,8 @@ use crate::mailbox::{Empty, Mailbox};
 use supervisor_os::{Ended, Sig};
 
 use super::cgroups::note_oom;
-use super::threads::JOB_PGID;
-use super::{kill_stragglers, Cleanup, WaitFor, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
+use super::threads::{lock, refuse_busy, JOB_PGID};
+use super::{kill_stragglers, Cleanup, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
 use crate::wire::{FromChild, JobPayload, ToChild};
 
 /// What the loop does after an event.
@@ -27,7 +28,11 @@ impl Worker {
     /// Handle events until told to stop or the supervisor goes away; the exit code.
     pub(super) fn run(&mut self, events: &Mailbox<WorkerEv>) -> i32 {
         while let Some(ev) = self.next_event(events) {
-            match self.handle(ev) {
+            let next = match self.handle(ev) {
+                Next::Wait => self.wait_for_job(events),
+                other => other,
+            };
+            match next {
                 Next::Wait => {}
                 Next::Stop => return 0,
                 Next::Leave => break,
@@ -73,11 +78,6 @@ impl Worker {
             WorkerEv::Msg(ToChild::Run(job)) => self.run_job(&job),
             WorkerEv::Msg(ToChild::SignalJob { job, kill }) => self.signal_job(job, kill),
             WorkerEv::Msg(other) => log::error!("worker: unexpected message {other:?}"),
-            WorkerEv::JobExit {
-                job,
-                ended,
-                ran_for,
-            } => return self.job_exited(job, ended, ran_for),
             WorkerEv::AllReaped => {
                 let Some(c) = self.cleanup.take() else {
                     return Next::Wait;
@@ -92,17 +92,37 @@ impl Worker {
     /// Start `job`, unless busy (then refuse it).
     fn run_job(&mut self, job: &JobPayload) {
         if self.running.is_some() || self.cleanup.is_some() {
-            log::error!("worker: asked to run job {} while busy; refusing", job.id);
-            let _ = self.tx.send(FromChild::JobEnded {
-                job: job.id,
-                end: None,
-                ran_for_s: None,
-                start_error: Some("its worker was busy".into()),
-                reason: None,
-            });
+            refuse_busy(&self.tx, job.id);
             return;
         }
         self.running = self.start(job);
+    }
+
+    /// The job just started, if any: wait for its main process to end, blocked in
+    /// `waitpid`, while the reader thread answers the supervisor (see
+    /// `threads::start_ipc_reader`); what came before the reader knew is handled first.
+    /// Then close the attempt's books.
+    fn wait_for_job(&mut self, events: &Mailbox<WorkerEv>) -> Next {
+        let Some(r) = self.running.as_ref() else {
+            return Next::Wait;
+        };
+        let (job, pid, since) = (r.job, r.pgid, r.since);
+        lock(&self.waiting).job = Some((job, pid));
+        while let Ok(ev) = events.recv_timeout(Duration::ZERO) {
+            if let Next::Leave = self.handle(ev) {
+                lock(&self.waiting).job = None;
+                return Next::Leave;
+            }
+        }
+        let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
+        let ran_for = since.elapsed();
+        let stop = {
+            let mut w = lock(&self.waiting);
+            w.job = None;
+            std::mem::take(&mut w.stop)
+        };
+        self.stop_when_idle |= stop;
+        self.job_exited(job, ended, ran_for)
     }
 
     /// Signal `job`'s process group (SIGKILL or SIGTERM); once its main process has
@@ -133,11 +153,7 @@ impl Worker {
         // it: SIGTERM now, SIGKILL after the grace.
         if supervisor_os::reap_leaving_any() {
             kill_stragglers(Sig::SIGTERM);
-            if self
-                .wait_tx
-                .as_ref()
-                .is_none_or(|w| w.send(WaitFor::Rest).is_err())
-            {
+            if self.wait_tx.as_ref().is_none_or(|w| w.send(()).is_err()) {
                 return Next::Leave;
             }
             self.cleanup = Some(Cleanup {

@@ -13,7 +13,7 @@ use supervisor_os::cgroup::JobCgroup;
 use supervisor_os::{JobCommand, JobSetup, Sig};
 
 use super::threads::JOB_PGID;
-use super::{logs, Running, WaitFor, Worker};
+use super::{logs, Running, Worker};
 use crate::wire::{FromChild, JobPayload};
 
 /// What every job's environment starts from: the worker's own, minus our names.
@@ -83,10 +83,12 @@ impl Worker {
         let since = Instant::now();
         match self.spawner.spawn_with(&cmd, &setup) {
             Ok(pid) => {
-                self.watch(job.id, pid, since);
+                JOB_PGID.store(pid, Ordering::SeqCst);
+                let _ = self.tx.send(FromChild::JobStarted { job: job.id, pid });
                 Some(Running {
                     job: job.id,
                     pgid: pid,
+                    since,
                     log,
                     log_path,
                     log_given,
@@ -133,17 +135,6 @@ impl Worker {
             }
         }
         env
-    }
-
-    /// The job's main process `pid` started at `since`: say so, and have the waiter
-    /// wait for it (or, if the waiter is gone, kill it).
-    fn watch(&self, job: i64, pid: u32, since: Instant) {
-        JOB_PGID.store(pid, Ordering::SeqCst);
-        let _ = self.tx.send(FromChild::JobStarted { job, pid });
-        let wait = WaitFor::Job { job, pid, since };
-        if self.wait_tx.as_ref().is_none_or(|w| w.send(wait).is_err()) {
-            let _ = supervisor_os::signal_group(pid, Sig::SIGKILL);
-        }
     }
 
     /// The attempt of `job` could not start, for `why`: say so in its log (else in

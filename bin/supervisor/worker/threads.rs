@@ -1,15 +1,17 @@
-//! The worker's helper threads: one forwards the supervisor's messages, one waits for
-//! each job in turn, and one takes the job down on SIGTERM.
+//! The worker's helper threads: one forwards the supervisor's messages (and answers them
+//! while the loop waits for a job), one reaps what attempts leave behind, and one takes
+//! the job down on SIGTERM.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::mailbox::{mailbox, Post};
-use ipc_channel::ipc::IpcReceiver;
-use supervisor_os::{Ended, Sig};
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
+use supervisor_os::Sig;
 
-use super::{WaitFor, WorkerEv};
-use crate::wire::ToChild;
+use super::WorkerEv;
+use crate::wire::{FromChild, ToChild};
 
 /// The process group of the job running now (0: none), for the SIGTERM thread.
 pub(super) static JOB_PGID: AtomicU32 = AtomicU32::new(0);
@@ -36,15 +38,48 @@ pub(super) fn start_sigterm_thread() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Hand the supervisor's messages on as events, and `Closed` once it is gone.
+/// What the reader thread must know while the loop is blocked waiting for a job.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    /// The job the loop waits for, and its process group: set for as long as it waits.
+    pub job: Option<(i64, u32)>,
+    /// Told to stop meanwhile: the loop stops once the attempt is over.
+    pub stop: bool,
+}
+
+pub(super) fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Hand the supervisor's messages on as events, and `Closed` once it is gone. While the
+/// loop is blocked waiting for a job's process (`waiting.job`), the reader answers them
+/// itself, so that a job's end wakes the loop at once and nothing else wakes it: a
+/// ping gets its pong, a signal for the job is sent, a stop is noted for later, a job
+/// to run is refused (the worker is busy); a supervisor gone takes the job down.
 pub(super) fn start_ipc_reader(
     rx: IpcReceiver<ToChild>,
     events: Post<WorkerEv>,
+    tx: IpcSender<FromChild>,
+    waiting: Arc<Mutex<Waiting>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ipc-reader".into())
         .spawn(move || loop {
-            match rx.recv() {
+            let got = rx.recv();
+            let mut w = lock(&waiting);
+            if let Some((job, pgid)) = w.job {
+                match got {
+                    Ok(msg) => {
+                        answer_while_busy(msg, job, pgid, &mut w, &tx);
+                        continue;
+                    }
+                    Err(_) => {
+                        let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
+                    }
+                }
+            }
+            drop(w);
+            match got {
                 Ok(msg) => {
                     if events.send(WorkerEv::Msg(msg)).is_err() {
                         return;
@@ -58,31 +93,55 @@ pub(super) fn start_ipc_reader(
         })
 }
 
-/// One long-lived thread waits for each job in turn (no thread per job): for what it
-/// is sent, it sends back `JobExit` or `AllReaped`.
-pub(super) fn start_waiter(
-    events: Post<WorkerEv>,
-) -> (Post<WaitFor>, std::io::Result<JoinHandle<()>>) {
-    let (wait_tx, wait_rx) = mailbox::<WaitFor>();
+/// A message of the supervisor while `job` (process group `pgid`) runs and the loop
+/// waits for it.
+fn answer_while_busy(
+    msg: ToChild,
+    job: i64,
+    pgid: u32,
+    waiting: &mut Waiting,
+    tx: &IpcSender<FromChild>,
+) {
+    match msg {
+        ToChild::Ping => {
+            // A supervisor gone shows as the reader's next `recv` failing.
+            let _ = tx.send(FromChild::Pong);
+        }
+        ToChild::Stop => waiting.stop = true,
+        ToChild::SignalJob { job: which, kill } => {
+            if which == job {
+                let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
+                let _ = supervisor_os::signal_group(pgid, sig);
+            }
+        }
+        ToChild::Run(payload) => refuse_busy(tx, payload.id),
+        other => log::error!("worker: unexpected message {other:?}"),
+    }
+}
+
+/// Refuse to run `job`: an attempt is still going.
+pub(super) fn refuse_busy(tx: &IpcSender<FromChild>, job: i64) {
+    log::error!("worker: asked to run job {job} while busy; refusing");
+    let _ = tx.send(FromChild::JobEnded {
+        job,
+        end: None,
+        ran_for_s: None,
+        start_error: Some("its worker was busy".into()),
+        reason: None,
+    });
+}
+
+/// One long-lived thread reaps what attempts leave behind (no thread per attempt): for
+/// each `()` it is sent, it waits until no child of the worker is left, then sends
+/// `AllReaped`.
+pub(super) fn start_waiter(events: Post<WorkerEv>) -> (Post<()>, std::io::Result<JoinHandle<()>>) {
+    let (wait_tx, wait_rx) = mailbox::<()>();
     let waiter = std::thread::Builder::new()
         .name("job-waiter".into())
         .spawn(move || {
-            for what in &wait_rx {
-                let ev = match what {
-                    WaitFor::Job { job, pid, since } => {
-                        let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
-                        WorkerEv::JobExit {
-                            job,
-                            ended,
-                            ran_for: since.elapsed(),
-                        }
-                    }
-                    WaitFor::Rest => {
-                        supervisor_os::reap_until_none();
-                        WorkerEv::AllReaped
-                    }
-                };
-                if events.send(ev).is_err() {
+            for () in &wait_rx {
+                supervisor_os::reap_until_none();
+                if events.send(WorkerEv::AllReaped).is_err() {
                     return;
                 }
             }
