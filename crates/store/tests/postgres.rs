@@ -459,6 +459,27 @@ fn tls_follows_sslmode_and_verifies_the_server_when_asked() {
         db.name
     );
     assert!(encrypted(form));
+    // The server's own certificate as the root, as with a self-signed one.
+    let server_cert = std::env::var("SUPERVISOR_TEST_POSTGRES_SERVER_CERT").unwrap();
+    assert!(encrypted(url(&format!(
+        "sslmode=verify-full sslrootcert={server_cert}"
+    ))));
+    // A host name the certificate does not hold: verify-ca takes the server (its chain
+    // is good), verify-full does not.
+    let elsewhere = |mode: &str, root: &str| {
+        format!(
+            "host=db.invalid hostaddr=127.0.0.1 port={port} user=postgres dbname={} \
+             sslmode={mode} sslrootcert={root}",
+            db.name
+        )
+    };
+    for root in [&ca, &server_cert] {
+        assert!(encrypted(elsewhere("verify-ca", root)), "{root}");
+        let err = PostgresStore::connect(&elsewhere("verify-full", root))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("certificate"), "{err}");
+    }
     // A server the roots do not vouch for is refused, and the error says why.
     let err = PostgresStore::connect(&url("sslmode=verify-full"))
         .unwrap_err()
