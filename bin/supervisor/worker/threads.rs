@@ -66,6 +66,10 @@ pub(super) fn start_ipc_reader(
         .name("ipc-reader".into())
         .spawn(move || loop {
             let got = rx.recv();
+            // Held until the message is posted: the loop sets `job` under this lock and
+            // then drains the mailbox, so a message is either posted before the loop
+            // looks, or answered here. Never both, and never left unread while the
+            // loop waits for the job.
             let mut w = lock(&waiting);
             if let Some((job, pgid)) = w.job {
                 match got {
@@ -74,11 +78,12 @@ pub(super) fn start_ipc_reader(
                         continue;
                     }
                     Err(_) => {
+                        // The supervisor is gone: the job goes, and all it started.
                         let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);
+                        super::kill_stragglers(Sig::SIGKILL);
                     }
                 }
             }
-            drop(w);
             match got {
                 Ok(msg) => {
                     if events.send(WorkerEv::Msg(msg)).is_err() {
