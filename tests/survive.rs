@@ -153,6 +153,53 @@ fn a_jobs_daemons_die_with_its_lost_worker() {
 }
 
 #[test]
+fn sigterm_to_a_busy_worker_loses_its_job_and_never_reports_the_kill_as_its_outcome() {
+    // The worker's SIGTERM thread kills the job on its way out; the loop, woken by that
+    // death, once reported it as the job's own (`failed`, signal 9 or exit code -1).
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    // Four: each death is a restart, and the restart limit is 5.
+    for round in 0..4 {
+        let id = sb.submit(&["--max-attempts", "1", "--", "sleep", "300"]);
+        let started = sv.wait_event(LONG, |e| e["event"] == "job_started" && e["job_id"] == id);
+        let worker = started["worker_pid"].as_u64().unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM).unwrap();
+        let finished =
+            sv.wait_event(LONG, |e| e["event"] == "job_finished" && e["job_id"] == id);
+        assert_eq!(finished["outcome"], "lost", "round {round}: {finished}");
+        sb.wait_job(id, &["dead"], LONG);
+    }
+    sv.stop_cleanly();
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
+fn what_a_running_job_leaves_is_reaped_at_once_not_left_a_zombie() {
+    // Each `( (true) & )` leaves an orphan that its worker, a subreaper, inherits; they
+    // end at once, while the job's main process sleeps on.
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do ( (true) & ); done; touch spawned; \
+                  exec sleep 300";
+    let id = sb.submit(&["--", "sh", "-c", script]);
+    let started = sv.wait_event(LONG, |e| e["event"] == "job_started" && e["job_id"] == id);
+    let worker = started["worker_pid"].as_u64().unwrap() as u32;
+    wait_until(LONG, || sb.path().join("spawned").exists()).expect("the job never ran");
+    let reaped = wait_until(LONG, || crate::common::zombie_children(worker).is_empty());
+    assert!(
+        reaped.is_ok(),
+        "zombies under the worker while its job runs: {:?}",
+        crate::common::zombie_children(worker)
+    );
+    assert_eq!(sb.job(id)["state"], "running");
+    let out = sb.run(&["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    sb.wait_job(id, &["canceled"], LONG);
+    sv.stop_cleanly();
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
 fn a_jobs_daemons_die_with_a_killed_supervisor() {
     let sb = Sandbox::new(&config(1));
     let mut sv = sb.start(&[]);

@@ -198,6 +198,9 @@ impl Worker {
         ran_for: Duration,
         reason: Option<String>,
     ) -> bool {
+        if threads::leaving() {
+            threads::wait_to_be_ended();
+        }
         self.cgroups.remove_spent();
         self.tx
             .send(FromChild::JobEnded {

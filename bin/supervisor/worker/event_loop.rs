@@ -10,7 +10,7 @@ use crate::mailbox::{Empty, Mailbox};
 use supervisor_os::{Ended, Sig};
 
 use super::cgroups::note_oom;
-use super::threads::{lock, refuse_busy, JOB_PGID};
+use super::threads::{self, lock, refuse_busy, JOB_PGID};
 use super::{kill_stragglers, Cleanup, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
 use crate::wire::{FromChild, JobPayload, ToChild};
 
@@ -114,7 +114,15 @@ impl Worker {
                 return Next::Leave;
             }
         }
-        let ended = supervisor_os::wait_pid(pid).unwrap_or(Ended::Code(-1));
+        // Reaping what the job's processes leave meanwhile (they are ours, as a
+        // subreaper's), so that none stays a zombie while the job runs.
+        let ended = supervisor_os::wait_pid_reaping_others(pid).unwrap_or(Ended::Code(-1));
+        if threads::leaving() {
+            // SIGTERM: the job was killed on our way out, and the supervisor must hear
+            // of this worker's death, not of an outcome the kill made. The SIGTERM
+            // thread ends the process.
+            threads::wait_to_be_ended();
+        }
         let ran_for = since.elapsed();
         let stop = {
             let mut w = lock(&self.waiting);

@@ -2,7 +2,7 @@
 //! while the loop waits for a job), one reaps what attempts leave behind, and one takes
 //! the job down on SIGTERM.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -16,6 +16,21 @@ use crate::wire::{FromChild, ToChild};
 /// The process group of the job running now (0: none), for the SIGTERM thread.
 pub(super) static JOB_PGID: AtomicU32 = AtomicU32::new(0);
 
+/// Set by the SIGTERM thread before it kills the job: the worker is on its way out.
+static LEAVING: AtomicBool = AtomicBool::new(false);
+
+/// The worker got SIGTERM and is going: nothing more is to be reported.
+pub(super) fn leaving() -> bool {
+    LEAVING.load(Ordering::SeqCst)
+}
+
+/// Wait for the SIGTERM thread to end the process (once [`leaving`]).
+pub(super) fn wait_to_be_ended() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
 /// SIGTERM (the death signal the supervisor gives its workers, or an operator's kill):
 /// take the job's whole process group down, then go. A thread of its own does it, so
 /// that it happens whatever the main loop is doing. The job's own death signal only
@@ -26,6 +41,9 @@ pub(super) fn start_sigterm_thread() -> std::io::Result<()> {
         .name("sigterm".into())
         .spawn(move || {
             if signals.forever().next().is_some() {
+                // Before any kill: the loop, woken by the job's death, must not report
+                // it as the job's outcome (the worker's death makes the attempt lost).
+                LEAVING.store(true, Ordering::SeqCst);
                 let pgid = JOB_PGID.load(Ordering::SeqCst);
                 if pgid != 0 {
                     let _ = supervisor_os::signal_group(pgid, Sig::SIGKILL);

@@ -28,7 +28,8 @@ mod tree;
 pub mod users;
 pub use malloc::keep_freed_memory;
 pub use spawn::{
-    wait_pid, Credentials, JobCommand, JobSetup, Limit, Resource, SpawnError, Spawner,
+    wait_pid, wait_pid_reaping_others, Credentials, JobCommand, JobSetup, Limit, Resource,
+    SpawnError, Spawner,
 };
 pub use tmp::memory_temp_dir;
 pub use tree::{

@@ -288,3 +288,21 @@ pub fn wait_pid(pid: u32) -> io::Result<Ended> {
         }
     }
 }
+
+/// Wait (blocking) for the child `pid` to end and say how, reaping every other child of
+/// this process that ends meanwhile: a subreaper's orphans (what a job left when the
+/// process that started it ended) would otherwise stay zombies until then.
+pub fn wait_pid_reaping_others(pid: u32) -> io::Result<Ended> {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() as u32 == pid => {
+                return Ok(Ended::Code(code))
+            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() as u32 == pid => {
+                return Ok(Ended::Signal(sig as i32))
+            }
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
