@@ -164,8 +164,7 @@ fn sigterm_to_a_busy_worker_loses_its_job_and_never_reports_the_kill_as_its_outc
         let started = sv.wait_event(LONG, |e| e["event"] == "job_started" && e["job_id"] == id);
         let worker = started["worker_pid"].as_u64().unwrap() as i32;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGTERM).unwrap();
-        let finished =
-            sv.wait_event(LONG, |e| e["event"] == "job_finished" && e["job_id"] == id);
+        let finished = sv.wait_event(LONG, |e| e["event"] == "job_finished" && e["job_id"] == id);
         assert_eq!(finished["outcome"], "lost", "round {round}: {finished}");
         sb.wait_job(id, &["dead"], LONG);
     }

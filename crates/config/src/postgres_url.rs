@@ -69,6 +69,8 @@ pub fn tls_settings(url: &str) -> std::result::Result<(String, Tls), String> {
     let tls = match mode.as_deref() {
         None | Some("prefer") | Some("allow") => Tls::Prefer,
         Some("disable") => Tls::Disable,
+        // As libpq: `require` with a root certificate given verifies against it.
+        Some("require") if root.is_some() => Tls::VerifyCa(root),
         Some("require") => Tls::Require,
         Some("verify-ca") => Tls::VerifyCa(root),
         Some("verify-full") => Tls::VerifyFull(root),

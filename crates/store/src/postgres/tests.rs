@@ -55,6 +55,13 @@ fn tls_settings_are_taken_out_of_both_forms_of_url() {
     );
     assert_eq!(tls_settings("host=db").unwrap().1, Tls::Prefer);
     assert_eq!(
+        tls_settings("host=db sslmode=require sslrootcert=/ca.pem")
+            .unwrap()
+            .1,
+        Tls::VerifyCa(Some("/ca.pem".into())),
+        "require with a root certificate verifies against it, as libpq"
+    );
+    assert_eq!(
         tls_settings("host=db sslmode=disable").unwrap().1,
         Tls::Disable
     );
