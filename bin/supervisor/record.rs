@@ -122,6 +122,10 @@ pub enum EventRecord {
         /// Why it could not be spawned, or why it was killed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// It crashed in a slot that is gone (a pool shrunk while it ran): no restart
+        /// follows, and `status` forgets it. Written only when true.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        retired: bool,
     },
     ChildRestartScheduled {
         #[serde(flatten)]
@@ -363,6 +367,7 @@ impl From<&Event> for EventRecord {
                 expected,
                 job_id,
                 reason,
+                retired,
             } => EventRecord::ChildExited {
                 child: role.into(),
                 pid: *pid,
@@ -371,6 +376,7 @@ impl From<&Event> for EventRecord {
                 expected: *expected,
                 job_id: *job_id,
                 reason: reason.clone(),
+                retired: *retired,
             },
             Event::ChildRestartScheduled {
                 role,

@@ -278,6 +278,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
                 expected: false,
                 job_id: Some(*job),
                 reason: start_error.clone(),
+                retired: false,
             })
         }
     }

@@ -150,6 +150,7 @@ fn examples() -> Vec<EventRecord> {
             expected: false,
             job_id: Some(17),
             reason: None,
+            retired: true,
         },
         EventRecord::ChildExited {
             child: grabber,
@@ -159,6 +160,7 @@ fn examples() -> Vec<EventRecord> {
             expected: false,
             job_id: None,
             reason: Some("cannot spawn: out of memory".into()),
+            retired: false,
         },
         EventRecord::ChildRestartScheduled {
             child: worker(),
@@ -302,6 +304,7 @@ fn core_events_keep_the_field_names_of_the_file() {
                 expected: true,
                 job_id: Some(3),
                 reason: None,
+                retired: false,
             },
             json!({"role": "worker", "group": "g", "slot": 1, "pid": 6, "code": 2,
                    "signal": null, "expected": true, "job_id": 3}),
@@ -314,10 +317,11 @@ fn core_events_keep_the_field_names_of_the_file() {
                 expected: false,
                 job_id: None,
                 reason: Some("spawn failed".into()),
+                retired: true,
             },
             json!({"role": "worker", "group": "g", "slot": 1, "pid": null, "code": null,
                    "signal": null, "expected": false, "job_id": null,
-                   "reason": "spawn failed"}),
+                   "reason": "spawn failed", "retired": true}),
         ),
         (
             Event::ChildRestartScheduled {

@@ -47,6 +47,7 @@ fn crash_exited(role: Role, pid: u32, job_id: Option<i64>) -> Event {
         expected: false,
         job_id,
         reason: None,
+        retired: false,
     }
 }
 
@@ -551,6 +552,7 @@ fn a_silent_child_is_killed_and_handled_as_a_crash() {
                 expected: false,
                 job_id: Some(3),
                 reason: Some("did not answer in time".into()),
+                retired: false,
             }),
             Action::KillJobGroup { pgid: job_pid(3) },
             Action::RecordOutcome {
@@ -1090,6 +1092,36 @@ fn a_shrinking_pool_retires_idle_workers_first_and_busy_ones_after_their_job() {
     assert!(stopped(&acts).is_empty());
     assert_eq!(grants(&acts).len(), 1);
     assert!(spawned_roles(&s.reap(w1, ProcessEnd::Exited(0))).is_empty());
+}
+
+#[test]
+fn a_retiring_worker_that_crashes_under_its_job_says_its_slot_is_gone() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
+    let (w0, _) = s.start(1, "a");
+    let (w1, _) = s.start(2, "a");
+    s.feed(Input::Reload(spec(vec![group("a", 1)])));
+    // Slot 1 retires after its job; it crashes first: its job is lost, nothing restarts,
+    // and the exit says the slot is gone (for `status` to forget it).
+    let acts = s.reap(w1, SIGKILL);
+    assert!(matches!(
+        &events(&acts)[0],
+        Event::ChildExited {
+            job_id: Some(2),
+            expected: false,
+            retired: true,
+            ..
+        }
+    ));
+    assert!(spawned_roles(&acts).is_empty());
+    assert!(!events(&acts)
+        .iter()
+        .any(|e| matches!(e, Event::ChildRestartScheduled { .. })));
+    // Slot 0 stays: its crash is not a retirement.
+    let acts = s.reap(w0, SIGKILL);
+    assert!(matches!(
+        &events(&acts)[0],
+        Event::ChildExited { retired: false, .. }
+    ));
 }
 
 #[test]

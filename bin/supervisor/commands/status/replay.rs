@@ -85,12 +85,14 @@ impl Replay {
                 row.job_id = None;
             }
             // Retired while the supervisor runs (a pool shrunk, a group removed or given
-            // up): gone from the table, as from the supervisor's own.
+            // up), or crashed in a slot that is gone: gone from the table, as from the
+            // supervisor's own.
             EventRecord::ChildExited {
                 child,
-                expected: true,
+                expected,
+                retired,
                 ..
-            } if !r.stopping => {
+            } if (*expected || *retired) && !r.stopping => {
                 r.children.remove(child);
             }
             EventRecord::ChildExited { child, .. } => {
@@ -227,6 +229,7 @@ mod tests {
                     expected: false,
                     job_id: None,
                     reason: None,
+                    retired: false,
                 },
             ),
             line(
@@ -292,7 +295,7 @@ mod tests {
                 },
             )
         };
-        let exited = |seq, slot, pid, expected| {
+        let exited = |seq, slot, pid, expected, retired| {
             line(
                 seq,
                 EventRecord::ChildExited {
@@ -303,25 +306,33 @@ mod tests {
                     expected,
                     job_id: None,
                     reason: None,
+                    retired,
                 },
             )
         };
-        let mut events = vec![started(1, 0, 10), started(2, 1, 11), started(3, 2, 12)];
-        // Slot 1 retired by a reload; slot 2 crashed (its row waits for its restart).
-        events.push(exited(4, 1, 11, true));
-        events.push(exited(5, 2, 12, false));
+        let mut events = vec![
+            started(1, 0, 10),
+            started(2, 1, 11),
+            started(3, 2, 12),
+            started(4, 3, 13),
+        ];
+        // Slot 1 retired by a reload; slot 2 crashed (its row waits for its restart);
+        // slot 3 crashed while retiring (no restart follows).
+        events.push(exited(5, 1, 11, true, false));
+        events.push(exited(6, 2, 12, false, false));
+        events.push(exited(7, 3, 13, false, true));
         let r = replay(&events);
         let slots: Vec<_> = r.children.keys().map(|c| c.slot).collect();
         assert_eq!(slots, [Some(0), Some(2)]);
         assert_eq!(r.children[&worker(2)].state, "exited");
         // Stopping: every child exits as expected, and stays for `status` to show gone.
         events.push(line(
-            6,
+            8,
             EventRecord::SupervisorStopping {
                 reason: "SIGTERM".into(),
             },
         ));
-        events.push(exited(7, 0, 10, true));
+        events.push(exited(9, 0, 10, true, false));
         let r = replay(&events);
         assert_eq!(r.children[&worker(0)].state, "exited");
     }

@@ -57,6 +57,9 @@ pub enum Event {
         job_id: Option<JobId>,
         /// Why it could not be spawned, or why the core killed it.
         reason: Option<String>,
+        /// Its slot is gone with it (a pool shrunk or a group removed while it ran, and
+        /// it crashed): no restart follows. An expected exit while running says as much.
+        retired: bool,
     },
     /// A crashed child will be started again after `delay`.
     ChildRestartScheduled {

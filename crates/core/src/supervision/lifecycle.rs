@@ -113,6 +113,7 @@ impl Core {
             expected: false,
             job_id: None,
             reason: Some(error),
+            retired: self.slot_retires(&c.role),
         }));
         self.arm(child);
         self.child_gone(now, child, c, false);
@@ -178,8 +179,23 @@ impl Core {
             expected,
             job_id: c.job_id(),
             reason,
+            retired: !expected && self.slot_retires(&c.role),
         }));
         self.child_gone(now, id, c, expected);
+    }
+
+    /// A worker's slot that [`Self::child_gone`] will forget, not restart: retiring, its
+    /// group no longer taking jobs, or the supervisor stopping.
+    fn slot_retires(&self, role: &Role) -> bool {
+        let Role::Worker { group, slot } = role else {
+            return false;
+        };
+        let Some(g) = self.groups.get(group) else {
+            return true;
+        };
+        g.slots
+            .get(slot)
+            .is_none_or(|s| s.retiring || !g.accepting() || self.is_stopping())
     }
 
     /// A child is gone (reaped or never spawned): settle its job, then restart, retire
