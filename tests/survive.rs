@@ -198,6 +198,53 @@ fn what_a_running_job_leaves_is_reaped_at_once_not_left_a_zombie() {
     sv.assert_nothing_left(LONG);
 }
 
+/// A job that leaves a straggler ignoring SIGTERM (its pid in `daemon.pid`) and whose
+/// main process (its pid in `main.pid`) then exits with `code`; returns the job's id
+/// and both pids once the main process is gone and the straggler still runs.
+fn finished_with_a_straggler(sb: &Sandbox, code: i32) -> (i64, u32, u32) {
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; echo $$ > daemon.pid; while :; do sleep 1; done' & \
+         while [ ! -s daemon.pid ]; do sleep 0.01; done; echo $$ > main.pid; exit {code}"
+    );
+    let id = sb.submit(&["--max-attempts", "1", "--", "sh", "-c", &script]);
+    let daemon = pid_in(sb, "daemon.pid");
+    let main = pid_in(sb, "main.pid");
+    wait_until(LONG, || gone(main)).expect("the job's main process never ended");
+    assert!(alive(daemon));
+    (id, main, daemon)
+}
+
+#[test]
+fn a_stop_while_a_finished_jobs_straggler_is_killed_keeps_the_jobs_own_outcome() {
+    // The main process had exited 0 before the stop: the job succeeded, and is neither
+    // put back in the queue nor run again.
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let (id, _, daemon) = finished_with_a_straggler(&sb, 0);
+    sv.signal(Signal::SIGTERM);
+    assert_eq!(sv.wait_exit(LONG), Some(0), "{}", sv.dump());
+    let job = sb.job(id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_gone(&sb, daemon, "stop");
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
+fn a_cancel_while_a_finished_jobs_straggler_is_killed_keeps_the_jobs_own_outcome() {
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let (id, _, daemon) = finished_with_a_straggler(&sb, 3);
+    let out = sb.run(&["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let job = sb.wait_job(id, &["dead", "failed", "canceled"], LONG);
+    assert_eq!(job["state"], "dead", "failed with exit code 3, its only attempt: {job}");
+    assert_eq!(job["exit_code"], 3, "{job}");
+    assert_gone(&sb, daemon, "cancel");
+    sv.stop_cleanly();
+    sv.assert_nothing_left(LONG);
+}
+
 #[test]
 fn a_jobs_daemons_die_with_a_killed_supervisor() {
     let sb = Sandbox::new(&config(1));

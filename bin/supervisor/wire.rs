@@ -44,6 +44,8 @@ pub enum FromChild {
         start_error: Option<String>,
         /// Why it ended as it did, beyond its exit status (the OOM killer), if known.
         reason: Option<String>,
+        /// Its main process ended before the worker passed on any signal for it.
+        exited_first: bool,
     },
 }
 

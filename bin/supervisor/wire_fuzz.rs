@@ -252,6 +252,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
             ran_for_s,
             start_error,
             reason,
+            ..
         } => {
             let end = end.map(ProcessEnd::from);
             let ran_for = ran_for_s.map(seconds).transpose()?;
@@ -567,16 +568,20 @@ fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
             prop::option::of(float()),
             prop::option::of(string()),
             prop::option::of(string()),
+            any::<bool>(),
         )
-            .prop_map(|(job, end, ran_for_s, start_error, reason)| encode(
-                &FromChild::JobEnded {
-                    job,
-                    end,
-                    ran_for_s,
-                    start_error,
-                    reason,
-                }
-            )),
+            .prop_map(
+                |(job, end, ran_for_s, start_error, reason, exited_first)| encode(
+                    &FromChild::JobEnded {
+                        job,
+                        end,
+                        ran_for_s,
+                        start_error,
+                        reason,
+                        exited_first,
+                    }
+                )
+            ),
     ]
     .boxed()
 }

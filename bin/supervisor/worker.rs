@@ -74,6 +74,8 @@ struct Cleanup {
     ran_for: Duration,
     /// Why it ended, beyond its exit status (the OOM killer), if known.
     reason: Option<String>,
+    /// Its main process ended before any signal was passed on to it.
+    exited_first: bool,
     /// When the stragglers get SIGKILL (they got SIGTERM when this began).
     kill_at: Instant,
 }
@@ -83,6 +85,9 @@ struct Running {
     pgid: u32,
     /// When its process was spawned.
     since: Instant,
+    /// A signal of the supervisor's was passed on to it (a cancel, a timeout, the
+    /// shutdown).
+    signaled: bool,
     log: File,
     log_path: PathBuf,
     /// The log was given to the job's user (to be taken back if it becomes the spare).
@@ -197,6 +202,7 @@ impl Worker {
         ended: Ended,
         ran_for: Duration,
         reason: Option<String>,
+        exited_first: bool,
     ) -> bool {
         if threads::leaving() {
             threads::wait_to_be_ended();
@@ -209,6 +215,7 @@ impl Worker {
                 ran_for_s: Some(ran_for.as_secs_f64()),
                 start_error: None,
                 reason,
+                exited_first,
             })
             .is_ok()
     }

@@ -80,6 +80,7 @@ impl Supervisor {
                 ran_for_s,
                 start_error,
                 reason,
+                exited_first,
             } => Input::JobEnded {
                 child,
                 job,
@@ -87,6 +88,7 @@ impl Supervisor {
                 ran_for: ran_for_s.map(supervisor_core::bounds::duration),
                 start_error: start_error.map(supervisor_core::bounds::note),
                 reason: reason.map(supervisor_core::bounds::note),
+                exited_first,
             },
         };
         self.feed(input);

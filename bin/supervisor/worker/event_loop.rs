@@ -82,7 +82,7 @@ impl Worker {
                 let Some(c) = self.cleanup.take() else {
                     return Next::Wait;
                 };
-                return self.ended(c.job, c.ended, c.ran_for, c.reason);
+                return self.ended(c.job, c.ended, c.ran_for, c.reason, c.exited_first);
             }
             WorkerEv::Closed => return Next::Leave,
         }
@@ -124,20 +124,22 @@ impl Worker {
             threads::wait_to_be_ended();
         }
         let ran_for = since.elapsed();
-        let stop = {
+        let (stop, w_signaled) = {
             let mut w = lock(&self.waiting);
             w.job = None;
-            std::mem::take(&mut w.stop)
+            (std::mem::take(&mut w.stop), std::mem::take(&mut w.signaled))
         };
         self.stop_when_idle |= stop;
-        self.job_exited(job, ended, ran_for)
+        let signaled = (self.running.as_ref()).is_some_and(|r| r.signaled);
+        self.job_exited(job, ended, ran_for, !(signaled || w_signaled))
     }
 
     /// Signal `job`'s process group (SIGKILL or SIGTERM); once its main process has
     /// ended, a SIGKILL goes to what it left.
     fn signal_job(&mut self, job: i64, kill: bool) {
         let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
-        if let Some(r) = self.running.as_ref().filter(|r| r.job == job) {
+        if let Some(r) = self.running.as_mut().filter(|r| r.job == job) {
+            r.signaled = true;
             let _ = supervisor_os::signal_group(r.pgid, sig);
         } else if self.cleanup.as_ref().is_some_and(|c| c.job == job) && kill {
             // Its main process is gone; what it left goes now.
@@ -147,7 +149,14 @@ impl Worker {
 
     /// The job's main process ended: close the attempt's books, then report its end at
     /// once if it left nothing behind, else once what it left is gone.
-    fn job_exited(&mut self, job: i64, ended: Ended, ran_for: Duration) -> Next {
+    /// `exited_first`: no signal of the supervisor's had been passed on to it.
+    fn job_exited(
+        &mut self,
+        job: i64,
+        ended: Ended,
+        ran_for: Duration,
+        exited_first: bool,
+    ) -> Next {
         let mut reason = None;
         if let Some(mut r) = self.running.take() {
             JOB_PGID.store(0, Ordering::SeqCst);
@@ -169,16 +178,24 @@ impl Worker {
                 ended,
                 ran_for,
                 reason,
+                exited_first,
                 kill_at: Instant::now() + STRAGGLER_GRACE,
             });
             return Next::Wait;
         }
-        self.ended(job, ended, ran_for, reason)
+        self.ended(job, ended, ran_for, reason, exited_first)
     }
 
     /// Every process of the attempt is gone: report its end, and stop if told to.
-    fn ended(&mut self, job: i64, ended: Ended, ran_for: Duration, reason: Option<String>) -> Next {
-        if !self.report_end(job, ended, ran_for, reason) {
+    fn ended(
+        &mut self,
+        job: i64,
+        ended: Ended,
+        ran_for: Duration,
+        reason: Option<String>,
+        exited_first: bool,
+    ) -> Next {
+        if !self.report_end(job, ended, ran_for, reason, exited_first) {
             return Next::Leave;
         }
         if self.stop_when_idle {

@@ -89,6 +89,7 @@ impl Worker {
                     job: job.id,
                     pgid: pid,
                     since,
+                    signaled: false,
                     log,
                     log_path,
                     log_given,
@@ -158,6 +159,7 @@ impl Worker {
             ran_for_s: None,
             start_error: Some(format!("cannot start `{what}`: {why}")),
             reason: None,
+            exited_first: false,
         });
         None
     }

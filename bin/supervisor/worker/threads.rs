@@ -63,6 +63,8 @@ pub(super) struct Waiting {
     pub job: Option<(i64, u32)>,
     /// Told to stop meanwhile: the loop stops once the attempt is over.
     pub stop: bool,
+    /// A signal was passed on to the job meanwhile.
+    pub signaled: bool,
 }
 
 pub(super) fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
@@ -134,6 +136,7 @@ fn answer_while_busy(
         ToChild::SignalJob { job: which, kill } => {
             if which == job {
                 let sig = if kill { Sig::SIGKILL } else { Sig::SIGTERM };
+                waiting.signaled = true;
                 let _ = supervisor_os::signal_group(pgid, sig);
             }
         }
@@ -151,6 +154,7 @@ pub(super) fn refuse_busy(tx: &IpcSender<FromChild>, job: i64) {
         ran_for_s: None,
         start_error: Some("its worker was busy".into()),
         reason: None,
+        exited_first: false,
     });
 }
 

@@ -631,6 +631,7 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         ran_for: Some(Duration::from_millis(250)),
         start_error: None,
         reason: None,
+        exited_first: false,
     });
     let finished = events(&acts);
     assert!(
@@ -649,6 +650,7 @@ fn a_jobs_duration_is_what_its_worker_measured_and_a_start_error_is_kept() {
         ran_for: None,
         start_error: Some("cannot run `nosuch`: No such file or directory".into()),
         reason: None,
+        exited_first: false,
     });
     assert!(
         acts.iter().any(|a| matches!(a,
@@ -692,6 +694,7 @@ fn a_reason_the_worker_gives_is_kept_in_the_record_and_the_event() {
         ran_for: None,
         start_error: None,
         reason: Some("killed for its memory limit (memory_max_bytes 1048576)".into()),
+        exited_first: false,
     });
     assert!(
         acts.iter().any(|a| matches!(a,
@@ -918,6 +921,55 @@ fn a_canceled_running_job_gets_term_then_kill_and_is_never_retried() {
     assert!(!events(&acts)
         .iter()
         .any(|e| matches!(e, Event::JobRetryScheduled { .. })));
+}
+
+/// The end of a job whose main process exited on its own before any signal reached
+/// it, reported once what it left is gone.
+fn ended_first(
+    s: &mut Story,
+    w: supervisor_core::supervision::ChildId,
+    job: i64,
+    end: ProcessEnd,
+) -> Vec<Action> {
+    s.feed(Input::JobEnded {
+        child: w,
+        job,
+        end: Some(end),
+        ran_for: None,
+        start_error: None,
+        reason: None,
+        exited_first: true,
+    })
+}
+
+#[test]
+fn a_stop_asked_while_a_finished_jobs_stragglers_go_does_not_make_its_outcome() {
+    // Cancel: the job had succeeded already.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::CancelRequested { job: 1 });
+    let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(0));
+    assert_eq!(outcomes(&acts), [(1, 1, Outcome::Succeeded, Next::Done)]);
+    // Shutdown: it is not put back to run again.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    });
+    s.at(40.0);
+    let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(3));
+    assert!(releases(&acts).is_empty(), "{acts:?}");
+    assert_eq!(
+        outcomes(&acts),
+        [(1, 1, Outcome::Failed, Next::Retry { delay: secs(1.0) })]
+    );
+    // Without it, the stop decides, as before.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::CancelRequested { job: 1 });
+    let acts = s.end(w, 1, Some(ProcessEnd::Exited(0)));
+    assert_eq!(outcomes(&acts), [(1, 1, Outcome::Canceled, Next::Done)]);
 }
 
 #[test]
@@ -1329,6 +1381,7 @@ fn a_fenced_supervisor_kills_everything_gives_back_nothing_and_stops_with_code_1
         ran_for: None,
         start_error: None,
         reason: None,
+        exited_first: false,
     });
     assert!(
         releases(&acts).is_empty() && outcomes(&acts).is_empty(),
@@ -1371,6 +1424,7 @@ fn a_job_reported_dead_after_a_second_interrupt_is_requeued_not_failed() {
         ran_for: None,
         start_error: None,
         reason: None,
+        exited_first: false,
     });
     assert_eq!(releases(&acts), [(1, 1)]);
     assert!(!acts

@@ -95,7 +95,9 @@ impl Core {
             }));
         }
         self.arm(child);
-        let stop = run.stop.map(|s| s.reason);
+        // A stop asked after the job's main process had ended on its own (while what it
+        // left was being killed) does not make its end: it finished.
+        let stop = (run.stop.map(|s| s.reason)).filter(|_| !(facts.exited_first && end.is_some()));
         if stop == Some(StopReason::Shutdown) {
             self.release(run.claim);
         } else {

@@ -130,6 +130,10 @@ pub enum Input {
         /// Why the attempt ended as it did, when the worker knows more than the exit
         /// status says (the OOM killer acted on its memory limit).
         reason: Option<String>,
+        /// Its main process ended before the worker passed on any signal for it (a
+        /// cancel, a timeout, the shutdown): its end is its own, whatever stop was
+        /// asked while what it left was being killed.
+        exited_first: bool,
     },
     /// `supervisor cancel` asked for a running job to be stopped.
     CancelRequested { job: JobId },
@@ -233,6 +237,8 @@ struct Facts {
     start_error: Option<String>,
     /// Why it ended as it did, beyond its exit status.
     reason: Option<String>,
+    /// Its main process ended before any signal reached it.
+    exited_first: bool,
 }
 
 /// One row of the child table, for `status` and the events file's snapshots.
@@ -553,11 +559,13 @@ impl Core {
                 ran_for,
                 start_error,
                 reason,
+                exited_first,
             } => {
                 let facts = Facts {
                     ran_for,
                     start_error,
                     reason,
+                    exited_first,
                 };
                 self.job_ended(now, child, job, end, facts)
             }

@@ -226,6 +226,7 @@ impl Sim {
                     ran_for: None,
                     start_error: Some("No such file or directory".into()),
                     reason: None,
+                    exited_first: false,
                 },
             );
             return;

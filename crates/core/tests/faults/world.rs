@@ -341,6 +341,7 @@ impl Sim {
                         ran_for: None,
                         start_error: None,
                         reason: None,
+                        exited_first: false,
                     },
                 );
             }

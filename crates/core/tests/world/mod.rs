@@ -245,6 +245,7 @@ impl Story {
             ran_for: None,
             start_error: end.is_none().then(|| "cannot start".to_string()),
             reason: None,
+            exited_first: false,
         })
     }
 
