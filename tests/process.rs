@@ -541,13 +541,22 @@ fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() 
     let mut sv = sb.start(&[]);
     ready_workers(&sv, "a", 2);
     let bg = sb.path().join("bg.pid");
-    let script = format!("sleep 60 & echo $! > {}; wait", bg.display());
+    // And a daemon that cleared its environment (the marker the next run looks for
+    // first), still writing to the job's log.
+    let cleared = sb.path().join("cleared.pid");
+    let script = format!(
+        "sleep 60 & echo $! > {}; \
+         setsid env -i /bin/sh -c 'echo $$ > {}; exec sleep 60' & wait",
+        bg.display(),
+        cleared.display()
+    );
     let id = sb.submit(&["--group", "a", "--", "sh", "-c", &script]);
     let started = sv.wait_event(10 * SEC, |e| {
         e["event"] == "job_started" && e["job_id"] == id
     });
     let worker = started["worker_pid"].as_u64().unwrap() as u32;
     let left = wait_pid_file(&bg);
+    let cleared = wait_pid_file(&cleared);
 
     // The supervisor frozen (it cannot kill the job's group), its worker killed (it
     // cannot either), then the supervisor killed: the job's background child lives on.
@@ -557,14 +566,21 @@ fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() 
     sv.signal(Signal::SIGKILL);
     assert_eq!(sv.wait_exit(5 * SEC), None);
     assert!(alive(left), "the double fault left {left} running");
+    assert!(alive(cleared), "the double fault left {cleared} running");
 
-    // The next run on the same store finds it by its environment and kills it.
+    // The next run on the same store finds them, by their environment or their output
+    // going to a job's log, and kills them.
     let mut next = sb.start(&[]);
     // Its own start (the events file still holds the killed run's until it rotates it):
     // a SIGTERM before its handlers are in would kill it outright.
     next.wait_started();
-    wait_until(5 * SEC, || !alive(left))
-        .unwrap_or_else(|_| panic!("{left} still runs after the next start\n{}", next.dump()));
+    for pid in [left, cleared] {
+        let gone = wait_until(5 * SEC, || !alive(pid));
+        if gone.is_err() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("{pid} still runs after the next start\n{}", next.dump());
+        }
+    }
     next.signal(Signal::SIGTERM);
     assert_eq!(next.wait_exit(10 * SEC), Some(0));
     next.assert_nothing_left(2 * SEC);

@@ -238,7 +238,10 @@ fn a_cancel_while_a_finished_jobs_straggler_is_killed_keeps_the_jobs_own_outcome
     let out = sb.run(&["cancel", &id.to_string()]);
     assert!(out.status.success(), "{out:?}");
     let job = sb.wait_job(id, &["dead", "failed", "canceled"], LONG);
-    assert_eq!(job["state"], "dead", "failed with exit code 3, its only attempt: {job}");
+    assert_eq!(
+        job["state"], "dead",
+        "failed with exit code 3, its only attempt: {job}"
+    );
     assert_eq!(job["exit_code"], 3, "{job}");
     assert_gone(&sb, daemon, "cancel");
     sv.stop_cleanly();

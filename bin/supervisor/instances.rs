@@ -9,6 +9,7 @@
 //! cannot touch its instance fences itself before that (`run.rs`): it kills its jobs and
 //! exits, so that they never run on two hosts at once.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -60,12 +61,18 @@ pub fn marker(pid: u32, token: &str) -> String {
 /// Kill what the jobs of dead supervisors of this host left running: only possible
 /// when a supervisor and its workers died at the same instant (`pkill -9`), since a
 /// worker that outlives its supervisor even briefly kills its job's process group.
-/// Returns the pids killed.
-pub fn kill_leftovers(dead: &std::collections::BTreeSet<String>) -> Vec<u32> {
-    if dead.is_empty() {
-        return Vec::new();
-    }
-    let pids = supervisor_os::processes_with_env(INSTANCE_VAR, dead);
+/// They are found by the marker in their environment, or, for one that cleared it, by
+/// its output still going to a job's log under `logs` (no live process of another
+/// supervisor's writes there: we hold the state dir's pidfile). Returns the pids killed.
+pub fn kill_leftovers(dead: &std::collections::BTreeSet<String>, logs: &Path) -> Vec<u32> {
+    let mut pids = if dead.is_empty() {
+        Vec::new()
+    } else {
+        supervisor_os::processes_with_env(INSTANCE_VAR, dead)
+    };
+    pids.extend(supervisor_os::processes_writing_under(logs));
+    pids.sort_unstable();
+    pids.dedup();
     for &pid in &pids {
         let _ = supervisor_os::signal_pid(pid, supervisor_os::Sig::SIGKILL);
     }

@@ -187,7 +187,7 @@ fn take_over(
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
     // Those whose supervisors keep dying under them are dead now.
     let quarantined = quarantined(store, &orphans, now);
-    let killed = crate::instances::kill_leftovers(&dead_here);
+    let killed = crate::instances::kill_leftovers(&dead_here, &config.state_dir.join("logs"));
     if !killed.is_empty() {
         log::warn!("killed processes {killed:?} left behind by the jobs of a dead supervisor");
     }

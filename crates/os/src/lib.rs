@@ -214,6 +214,31 @@ pub fn processes_with_env(var: &str, values: &std::collections::BTreeSet<String>
     found
 }
 
+/// Every process but this one whose stdout or stderr is a file under `dir`: what a job
+/// started, however it changed its environment, its session or its parent, as long as it
+/// kept the job's log as its output.
+pub fn processes_writing_under(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            [1, 2].iter().any(|fd| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|p| p.starts_with(&dir))
+            })
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
 /// A held pidfile: an exclusive `flock` on `<state_dir>/supervisor.pid`, released by
 /// the kernel when the process dies, so a stale file can never be mistaken for a
 /// running supervisor.
