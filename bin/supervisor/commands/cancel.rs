@@ -19,9 +19,9 @@ pub fn cancel(path: &Path, id: &str) -> Result<(), CommandError> {
     let mut store = open_store(&config.store)?;
     match cancel_job(&config, &mut store, id)? {
         CancelResult::Canceled => say!("job {id} canceled")?,
-        CancelResult::Requested => {
-            say!("job {id} is running: it is being stopped and will be canceled")?
-        }
+        CancelResult::Requested => say!(
+            "job {id} is running: it is being stopped, and will be canceled unless it ends first"
+        )?,
         CancelResult::AlreadyFinished(state) => {
             say!("job {id} already finished: {}", state.as_str())?
         }
