@@ -198,18 +198,21 @@ fn what_a_running_job_leaves_is_reaped_at_once_not_left_a_zombie() {
     sv.assert_nothing_left(LONG);
 }
 
-/// A job that leaves a straggler ignoring SIGTERM (its pid in `daemon.pid`) and whose
-/// main process (its pid in `main.pid`) then exits with `code`; returns the job's id
-/// and both pids once the main process is gone and the straggler still runs.
+/// A job that leaves a straggler that outlives SIGTERM (its pid in `daemon.pid`; it
+/// notes the signal in `termed`) and whose main process (its pid in `main.pid`) then
+/// exits with `code`; returns the job's id and both pids once the worker is killing
+/// what the job left (it sends SIGTERM after it has said how the main process ended).
 fn finished_with_a_straggler(sb: &Sandbox, code: i32) -> (i64, u32, u32) {
     let script = format!(
-        "setsid sh -c 'trap \"\" TERM; echo $$ > daemon.pid; while :; do sleep 1; done' & \
+        "setsid sh -c 'trap \"echo > termed\" TERM; echo $$ > daemon.pid; \
+         while :; do sleep 1; done' & \
          while [ ! -s daemon.pid ]; do sleep 0.01; done; echo $$ > main.pid; exit {code}"
     );
     let id = sb.submit(&["--max-attempts", "1", "--", "sh", "-c", &script]);
     let daemon = pid_in(sb, "daemon.pid");
     let main = pid_in(sb, "main.pid");
     wait_until(LONG, || gone(main)).expect("the job's main process never ended");
+    wait_until(LONG, || sb.path().join("termed").exists()).expect("no SIGTERM for it");
     assert!(alive(daemon));
     (id, main, daemon)
 }
@@ -227,6 +230,25 @@ fn a_stop_while_a_finished_jobs_straggler_is_killed_keeps_the_jobs_own_outcome()
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1, "{job}");
     assert_gone(&sb, daemon, "stop");
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
+fn a_worker_killed_while_it_kills_a_finished_jobs_straggler_does_not_lose_the_job() {
+    // The main process had exited 0: the job succeeded, and is not run again.
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let (id, _, daemon) = finished_with_a_straggler(&sb, 0);
+    let started = sv.wait_event(LONG, |e| e["event"] == "job_started" && e["job_id"] == id);
+    let worker = started["worker_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let finished = sv.wait_event(LONG, |e| e["event"] == "job_finished" && e["job_id"] == id);
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    let job = sb.job(id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_gone(&sb, daemon, "worker killed");
+    sv.stop_cleanly();
     sv.assert_nothing_left(LONG);
 }
 

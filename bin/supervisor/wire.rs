@@ -35,6 +35,10 @@ pub enum FromChild {
     SourceFailed { error: String, claimed_before: f64 },
     /// A worker started its job's process (also its process group).
     JobStarted { job: JobId, pid: u32 },
+    /// A worker's job's main process ended on its own (before any signal reached it),
+    /// and the worker kills what it left before it reports `JobEnded`: should the worker
+    /// die meanwhile, this is the attempt's end.
+    JobExited { job: JobId, end: WireEnd },
     /// A worker's job ended; `end` is `None` when its command could not start, and
     /// `start_error` then says why. `ran_for_s`: from spawn to reap, as the worker timed it.
     JobEnded {

@@ -239,6 +239,7 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
         FromChild::SourceFailed { error, .. } => record(&Event::SupervisorStopping {
             reason: error.clone(),
         }),
+        FromChild::JobExited { .. } => Ok(()),
         FromChild::JobStarted { job, pid } => record(&Event::JobStarted {
             job_id: *job,
             group: "g".into(),
@@ -562,6 +563,8 @@ fn from_child_bytes() -> BoxedStrategy<Vec<u8>> {
         })),
         (any::<i64>(), any::<u32>())
             .prop_map(|(job, pid)| encode(&FromChild::JobStarted { job, pid })),
+        (any::<i64>(), wire_end())
+            .prop_map(|(job, end)| encode(&FromChild::JobExited { job, end })),
         (
             any::<i64>(),
             prop::option::of(wire_end()),

@@ -74,6 +74,11 @@ impl Supervisor {
                 }
                 Input::JobStarted { child, job, pid }
             }
+            FromChild::JobExited { job, end } => Input::JobExited {
+                child,
+                job,
+                end: end.into(),
+            },
             FromChild::JobEnded {
                 job,
                 end,

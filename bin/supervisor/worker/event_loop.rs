@@ -169,6 +169,17 @@ impl Worker {
         // Whatever the job left behind, in its process group or not, goes with
         // it: SIGTERM now, SIGKILL after the grace.
         if supervisor_os::reap_leaving_any() {
+            // Its end is known now: said at once, in case this worker dies before what
+            // the job left is gone.
+            if exited_first {
+                let end = FromChild::JobExited {
+                    job,
+                    end: ended.into(),
+                };
+                if self.tx.send(end).is_err() {
+                    return Next::Leave;
+                }
+            }
             kill_stragglers(Sig::SIGTERM);
             if self.wait_tx.as_ref().is_none_or(|w| w.send(()).is_err()) {
                 return Next::Leave;

@@ -973,6 +973,27 @@ fn a_stop_asked_while_a_finished_jobs_stragglers_go_does_not_make_its_outcome() 
 }
 
 #[test]
+fn a_worker_dying_while_it_kills_what_a_finished_job_left_does_not_lose_the_job() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::JobExited {
+        child: w,
+        job: 1,
+        end: ProcessEnd::Exited(0),
+    });
+    let acts = s.reap(w, SIGKILL);
+    assert_eq!(outcomes(&acts), [(1, 1, Outcome::Succeeded, Next::Done)]);
+    // Without that word, the job is lost, as ever.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    let acts = s.reap(w, SIGKILL);
+    assert_eq!(
+        outcomes(&acts),
+        [(1, 1, Outcome::Lost, Next::Retry { delay: secs(1.0) })]
+    );
+}
+
+#[test]
 fn a_canceled_job_still_waiting_for_a_worker_never_runs() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
     s.reap(s.w("a", 0), SIGKILL);

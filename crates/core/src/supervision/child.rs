@@ -215,6 +215,10 @@ pub(crate) struct JobRun {
     pub(crate) deadline: Option<Time>,
     /// Once the core began to stop it.
     pub(crate) stop: Option<JobStop>,
+    /// How its main process ended, once the worker said so while what it left was
+    /// still being killed (it ended before any signal reached it): the attempt's
+    /// outcome, should the worker die before it reports the attempt's end.
+    pub(crate) main_end: Option<ProcessEnd>,
 }
 
 impl JobRun {

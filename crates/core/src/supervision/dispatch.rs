@@ -147,6 +147,7 @@ impl Core {
                     started: None,
                     deadline: timeout.map(|t| now + t),
                     stop: None,
+                    main_end: None,
                 },
             });
             self.arm(worker);

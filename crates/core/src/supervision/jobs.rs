@@ -60,6 +60,16 @@ impl Core {
         }));
     }
 
+    pub(super) fn job_exited(&mut self, now: Time, child: ChildId, job: JobId, end: ProcessEnd) {
+        let Some(c) = self.children.get_mut(&child) else {
+            return;
+        };
+        c.last_seen = now;
+        if let Some(run) = c.job_mut().filter(|r| r.claim.id == job) {
+            run.main_end = Some(end);
+        }
+    }
+
     pub(super) fn job_ended(
         &mut self,
         now: Time,
@@ -188,6 +198,7 @@ impl Core {
                     started: None,
                     deadline: None,
                     stop: None,
+                    main_end: None,
                 };
                 let name = run.claim.group.clone();
                 self.finish_job(now, run, Outcome::Canceled, None, Facts::default());

@@ -207,20 +207,30 @@ impl Core {
                 // Whatever the job left in its process group must not outlive the worker.
                 self.out.push(Action::KillJobGroup { pgid });
             }
-            // Why the job was being stopped decides, as in `job_ended`: a canceled job
-            // stays canceled (and a timed out one timed out) even when its worker dies
-            // during a stop; only a job that was running on, or stopped for the
-            // shutdown, goes back to the queue without using an attempt.
-            match run.stop.map(|s| s.reason) {
-                Some(StopReason::Cancel) => {
+            // Its main process had ended on its own, before the worker died killing what
+            // it left: that end is the attempt's. Else why the job was being stopped
+            // decides, as in `job_ended`: a canceled job stays canceled (and a timed out
+            // one timed out) even when its worker dies during a stop; only a job that was
+            // running on, or stopped for the shutdown, goes back to the queue without
+            // using an attempt.
+            match (run.main_end, run.stop.map(|s| s.reason)) {
+                (Some(end), _) => {
+                    let outcome = if end.success() {
+                        Outcome::Succeeded
+                    } else {
+                        Outcome::Failed
+                    };
+                    self.finish_job(now, run, outcome, Some(end), Facts::default())
+                }
+                (None, Some(StopReason::Cancel)) => {
                     self.finish_job(now, run, Outcome::Canceled, None, Facts::default())
                 }
-                Some(StopReason::Timeout) => {
+                (None, Some(StopReason::Timeout)) => {
                     self.finish_job(now, run, Outcome::TimedOut, None, Facts::default())
                 }
-                Some(StopReason::Shutdown) => self.release(run.claim),
-                None if self.is_stopping() => self.release(run.claim),
-                None => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
+                (None, Some(StopReason::Shutdown)) => self.release(run.claim),
+                (None, None) if self.is_stopping() => self.release(run.claim),
+                (None, None) => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
             }
             // A lost job may be queued again: a report of an empty source made while it
             // ran must not end an until-empty run.

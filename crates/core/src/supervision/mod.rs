@@ -135,6 +135,13 @@ pub enum Input {
         /// asked while what it left was being killed.
         exited_first: bool,
     },
+    /// A job's main process ended on its own (before any signal reached it) and its
+    /// worker is killing what it left before it reports the attempt's end.
+    JobExited {
+        child: ChildId,
+        job: JobId,
+        end: ProcessEnd,
+    },
     /// `supervisor cancel` asked for a running job to be stopped.
     CancelRequested { job: JobId },
     /// The store ended a job `dead` without running it, for `reason`: its stored row
@@ -569,6 +576,7 @@ impl Core {
                 };
                 self.job_ended(now, child, job, end, facts)
             }
+            Input::JobExited { child, job, end } => self.job_exited(now, child, job, end),
             Input::CancelRequested { job } => self.cancel(now, job),
             Input::JobRefused {
                 job,
