@@ -1206,6 +1206,29 @@ fn a_reloaded_events_rotate_bytes_applies() {
 }
 
 #[test]
+fn reload_finds_its_answer_in_a_file_rotated_right_after_it() {
+    // Forty workers more: their starts write ~9 KB of events right after
+    // `config_loaded`, so the answer is in a rotated file when `reload` reads.
+    let mut cfg = config(vec![group("a", 1)]);
+    cfg["events"] = json!({"rotate_bytes": 4096, "keep": 9});
+    let sb = Sandbox::new(&cfg);
+    let mut sv = sb.start(&[]);
+    wait_pools(&sv, &[("a", 1)]);
+    cfg["groups"][0]["max_workers"] = json!(41);
+    sb.write_config(&cfg);
+    let out = sb.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}\n{}", sv.dump());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("accepted (generation 2)"), "{said}");
+    // And a rejection, the same way: the bad file is answered with exit 2 at once.
+    cfg["groups"][0]["max_workers"] = json!(-1);
+    sb.write_config(&cfg);
+    let out = sb.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    sv.stop_cleanly();
+}
+
+#[test]
 fn a_reloaded_grabber_poll_interval_applies() {
     let mut cfg = config(vec![group("a", 1)]);
     cfg["grabber"] = json!({"poll_interval_s": 60});

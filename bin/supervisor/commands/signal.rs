@@ -106,7 +106,7 @@ impl ReloadAnswer {
 fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
-        for e in tail(events).into_iter().filter(|e| e.seq > after) {
+        for e in tail_across_rotations(events).into_iter().filter(|e| e.seq > after) {
             match ReloadAnswer::of(e.record) {
                 Some(ReloadAnswer::Accepted {
                     generation,
@@ -199,9 +199,28 @@ fn tail(events: &Path) -> Vec<EventLine> {
         .collect()
 }
 
-/// The last event's seq (0: none yet).
+/// The last events of the events file and of the files it was rotated to
+/// (`<path>.1`, `.2`, ...): the answer may have been written just before a rotation.
+fn tail_across_rotations(events: &Path) -> Vec<EventLine> {
+    let rotated = (1..=MAX_ROTATED)
+        .map(|n| crate::events_file::rotated(events, n))
+        .take_while(|p| p.exists());
+    std::iter::once(events.to_path_buf())
+        .chain(rotated)
+        .flat_map(|p| tail(&p))
+        .collect()
+}
+
+/// How many rotated files `reload` looks into for its answer (rotations during its wait).
+const MAX_ROTATED: u32 = 32;
+
+/// The last event's seq (0: none yet), wherever it is: a file just rotated may hold
+/// nothing yet.
 fn last_seq(events: &Path) -> u64 {
-    tail(events).iter().map(|e| e.seq).max().unwrap_or(0)
+    (tail_across_rotations(events).iter())
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Why no supervisor can be signalled, as the pidfile's state says.
