@@ -760,6 +760,16 @@ fn private_under(umask: &str, loose_state_dir: bool) {
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let id = sb.submit(&["--", "sh", "-c", "umask; echo private > made-by-job"]);
+    let stale_log = sb.path().join("state/logs/0.log");
+    if loose_state_dir {
+        // Files left readable by others (an operator's chmod, an older version).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(stale_log.parent().unwrap()).unwrap();
+        std::fs::write(&stale_log, "an old log\n").unwrap();
+        for file in [sb.path().join("state/jobs.db"), stale_log.clone()] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
     let stderr = sb.path().join("supervisor.stderr");
     let child = std::process::Command::new("sh")
         .arg("-c")
@@ -799,6 +809,10 @@ fn private_under(umask: &str, loose_state_dir: bool) {
         loose_state_dir,
         "{said}"
     );
+    if loose_state_dir {
+        assert_eq!(mode(&stale_log), 0o600);
+        assert!(said.contains("2 file(s) in"), "{said}");
+    }
     sv.assert_nothing_left(LONG);
 }
 

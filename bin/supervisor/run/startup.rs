@@ -3,7 +3,7 @@
 //! the helper threads, then the loop.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -131,6 +131,7 @@ fn take_state_dir(config: &Config) -> Result<Option<PidFile>> {
     for dir in [config.state_dir.clone(), config.state_dir.join("logs")] {
         tighten(&dir)?;
     }
+    tighten_files(&[config.state_dir.clone(), config.state_dir.join("logs")]);
     let pid_path = config.state_dir.join("supervisor.pid");
     match PidFile::acquire(&pid_path) {
         Ok(p) => {
@@ -328,6 +329,42 @@ fn tighten(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Make private every regular file directly in `dirs` that others may read or write
+/// (left so by an operator, or by an older version), and say how many there were.
+fn tighten_files(dirs: &[PathBuf]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut loose = 0usize;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // Not through a symbolic link: only what the state dir itself holds.
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_file() && mode & 0o077 != 0 {
+                let private = std::fs::Permissions::from_mode(0o600);
+                match std::fs::set_permissions(entry.path(), private) {
+                    Ok(()) => loose += 1,
+                    Err(e) => eprintln!(
+                        "supervisor: cannot make {} private: {e}",
+                        entry.path().display()
+                    ),
+                }
+            }
+        }
+    }
+    if loose > 0 {
+        eprintln!(
+            "supervisor: {loose} file(s) in {} could be read or written by others; they are \
+             now private to their owner",
+            dirs.first().map_or(String::new(), |d| d.display().to_string())
+        );
+    }
 }
 
 /// Of the jobs just taken back from dead supervisors, those that the store quarantined
