@@ -456,7 +456,23 @@ fn a_partly_bad_file_queues_nothing() {
 #[test]
 fn control_characters_of_a_job_reach_no_terminal_raw() {
     let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
-    let id = sb.submit(&["--group", "a\nb", "--", "echo", "a\u{1b}[31mRED\nb"]);
+    // Refused at submit (as in the config, no group could take it)...
+    let out = sb.run(&["submit", "--group", "a\nb", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("control characters"),
+        "{out:?}"
+    );
+    // ...yet a row written by hand may hold one: shown escaped.
+    let id = sb.submit(&["--group", "a", "--", "echo", "a\u{1b}[31mRED\nb"]);
+    let db = rusqlite::Connection::open(sb.path().join("state/jobs.db")).unwrap();
+    let n = db
+        .execute(
+            "UPDATE jobs SET named_group = 'a' || char(10) || 'b' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
     let out = sb.run(&["jobs"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");

@@ -106,7 +106,10 @@ impl ReloadAnswer {
 fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
-        for e in tail_across_rotations(events).into_iter().filter(|e| e.seq > after) {
+        for e in tail_across_rotations(events)
+            .into_iter()
+            .filter(|e| e.seq > after)
+        {
             match ReloadAnswer::of(e.record) {
                 Some(ReloadAnswer::Accepted {
                     generation,

@@ -362,7 +362,8 @@ fn tighten_files(dirs: &[PathBuf]) {
         eprintln!(
             "supervisor: {loose} file(s) in {} could be read or written by others; they are \
              now private to their owner",
-            dirs.first().map_or(String::new(), |d| d.display().to_string())
+            dirs.first()
+                .map_or(String::new(), |d| d.display().to_string())
         );
     }
 }

@@ -15,6 +15,9 @@ pub const MAX_SECONDS: f64 = 1_000_000_000.0;
 /// and a thread or two of the supervisor's.
 pub const MAX_WORKERS: u32 = 10_000;
 
+/// The longest group name, in characters (the config's and a submitted job's).
+pub const MAX_GROUP_NAME: usize = 255;
+
 /// The most attempts a job or group may allow.
 pub const MAX_ATTEMPTS: u32 = 1_000_000;
 

@@ -957,7 +957,8 @@ fn a_stop_asked_while_a_finished_jobs_stragglers_go_does_not_make_its_outcome() 
         reason: "SIGTERM".into(),
         immediate: false,
     });
-    s.at(40.0);
+    // The grace is over: SIGTERM went out (through the worker, too late for the job).
+    s.at(31.0);
     let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(3));
     assert!(releases(&acts).is_empty(), "{acts:?}");
     assert_eq!(
@@ -970,6 +971,35 @@ fn a_stop_asked_while_a_finished_jobs_stragglers_go_does_not_make_its_outcome() 
     s.feed(Input::CancelRequested { job: 1 });
     let acts = s.end(w, 1, Some(ProcessEnd::Exited(0)));
     assert_eq!(outcomes(&acts), [(1, 1, Outcome::Canceled, Next::Done)]);
+}
+
+#[test]
+fn an_immediate_stop_kills_the_group_itself_so_the_workers_word_does_not_count() {
+    // The core SIGKILLs the job's group directly: the worker passed on no signal and
+    // says so, yet the job died of the stop; it goes back to the queue.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::Shutdown {
+        reason: "SIGINT".into(),
+        immediate: true,
+    });
+    let acts = ended_first(&mut s, w, 1, SIGKILL);
+    assert_eq!(releases(&acts), [(1, 1)]);
+    assert!(outcomes(&acts).is_empty());
+    // Its end said before the stop still counts.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::JobExited {
+        child: w,
+        job: 1,
+        end: ProcessEnd::Exited(0),
+    });
+    s.feed(Input::Shutdown {
+        reason: "SIGINT".into(),
+        immediate: true,
+    });
+    let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(0));
+    assert_eq!(outcomes(&acts), [(1, 1, Outcome::Succeeded, Next::Done)]);
 }
 
 #[test]

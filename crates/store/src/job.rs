@@ -77,8 +77,21 @@ impl NewJob {
                 return Err("group: must not be empty".into());
             }
             no_nul(group, || "group".into())?;
+            // As the config's group names: no group could ever take the job.
+            if group.chars().any(char::is_control) {
+                return Err(format!(
+                    "group: must not contain control characters, found {group:?}"
+                ));
+            }
+            if group.chars().count() > bounds::MAX_GROUP_NAME {
+                let max = bounds::MAX_GROUP_NAME;
+                return Err(format!("group: longer than {max} characters"));
+            }
         }
         for (k, v) in &self.tags {
+            if k.is_empty() {
+                return Err("tags: a key must not be empty".into());
+            }
             no_nul(k, || format!("tags key {k:?}"))?;
             no_nul(v, || format!("tags.{k}"))?;
         }
@@ -123,8 +136,8 @@ impl NewJob {
                 self.after.len()
             ));
         }
-        if let Some(id) = self.after.iter().find(|id| **id <= 0) {
-            return Err(format!("after: {id} is not a job id"));
+        if let Some((i, id)) = self.after.iter().enumerate().find(|(_, id)| **id <= 0) {
+            return Err(format!("after[{i}]: {id} is not a job id"));
         }
         if let Some(t) = self.not_before {
             if !(0.0..=bounds::MAX_TIMESTAMP).contains(&t) {
@@ -214,5 +227,13 @@ mod tests {
         assert!(bad(&|j| j.cwd = Some("/a\0".into())).starts_with("cwd:"));
         assert!(bad(&|j| j.key = Some(String::new())).starts_with("key:"));
         assert!(bad(&|j| j.group = Some(String::new())).starts_with("group:"));
+        // As the config's group names: none could take such a job.
+        assert!(bad(&|j| j.group = Some("a\nb".into())).contains("control characters"));
+        assert!(bad(&|j| j.group = Some("g".repeat(256))).starts_with("group:"));
+        assert!(bad(&|j| {
+            j.tags.insert(String::new(), "x".into());
+        })
+        .starts_with("tags:"));
+        assert!(bad(&|j| j.after = vec![1, -2]).starts_with("after[1]:"));
     }
 }

@@ -40,7 +40,8 @@ pub(crate) const RESUME: &str = "DELETE FROM paused_groups WHERE name = $1";
 
 /// Queues job `$1` again with a fresh attempt budget, if it is finished otherwise than
 /// `succeeded` (`dead`, `canceled`, `failed` or `timed_out` with no retry to come).
-pub(crate) const RETRY: &str = "UPDATE jobs SET state = 'queued', attempts = 0, \
+pub(crate) const RETRY: &str =
+    "UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL, \
      not_before = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, \
      last_outcome = NULL, reason = NULL, start_error = NULL, cancel_requested = FALSE, \
      supervisor_deaths = 0 \

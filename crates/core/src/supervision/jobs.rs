@@ -65,7 +65,10 @@ impl Core {
             return;
         };
         c.last_seen = now;
-        if let Some(run) = c.job_mut().filter(|r| r.claim.id == job) {
+        // Unless the core killed its group itself meanwhile (an immediate stop): then
+        // that end may be the kill's.
+        let direct = |r: &JobRun| (r.stop.as_ref()).is_some_and(|s| s.step == StopStep::Done);
+        if let Some(run) = c.job_mut().filter(|r| r.claim.id == job && !direct(r)) {
             run.main_end = Some(end);
         }
     }
@@ -106,8 +109,13 @@ impl Core {
         }
         self.arm(child);
         // A stop asked after the job's main process had ended on its own (while what it
-        // left was being killed) does not make its end: it finished.
-        let stop = (run.stop.map(|s| s.reason)).filter(|_| !(facts.exited_first && end.is_some()));
+        // left was being killed) does not make its end: it finished. The worker's word
+        // for it counts unless the core killed the job's group itself (an immediate
+        // stop: the worker passed on no signal, yet the job got one), when only its
+        // earlier report of that end (`main_end`) does.
+        let direct = (run.stop.as_ref()).is_some_and(|s| s.step == StopStep::Done);
+        let own_end = run.main_end.is_some() || (facts.exited_first && !direct);
+        let stop = (run.stop.map(|s| s.reason)).filter(|_| !(own_end && end.is_some()));
         if stop == Some(StopReason::Shutdown) {
             self.release(run.claim);
         } else {

@@ -1657,8 +1657,8 @@ pub fn retry_and_purge_final_jobs(new: Factory) {
     assert!(s.retry(ids[1]).unwrap());
     let j = s.get(ids[1], 5.0).unwrap().unwrap();
     assert_eq!(
-        (j.state, j.attempts, j.finished_at),
-        (JobState::Queued, 0, None)
+        (j.state, j.attempts, j.started_at, j.finished_at),
+        (JobState::Queued, 0, None, None)
     );
     let mut cr = credits(&[("g", 1)]);
     let got = s.claim(me, &[named("g")], &mut cr, 6.0).unwrap().jobs;
