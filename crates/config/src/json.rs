@@ -12,7 +12,8 @@ use serde_json::{Map, Number, Value};
 pub struct SyntaxError {
     /// 1-based line.
     pub line: usize,
-    /// Column within the line (1-based; 0 at the very start of a line).
+    /// 1-based column within the line, counted in bytes; an error at the start of a line
+    /// (the text ends right after a newline) is at column 1.
     pub column: usize,
     /// serde_json's message without its ` at line L column C` suffix.
     pub message: String,
@@ -28,10 +29,34 @@ pub fn parse(text: &str) -> Result<Value, SyntaxError> {
             let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
             SyntaxError {
                 line: e.line(),
-                column: e.column(),
+                // serde_json says column 0 when the error comes before the first byte of
+                // a line (the text ended after a newline, or is empty).
+                column: e.column().max(1),
                 message,
             }
         })
+}
+
+/// `bytes` as UTF-8 text, or where the first byte that is not UTF-8 stands (1-based
+/// line and column, the column counted in bytes as [`parse`] counts it).
+pub fn utf8(bytes: &[u8]) -> Result<&str, SyntaxError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let before = &bytes[..at];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |newline| newline + 1);
+        let message = match bytes.get(at) {
+            Some(byte) if e.error_len().is_some() => format!("invalid UTF-8 (byte 0x{byte:02x})"),
+            _ => "invalid UTF-8 (the text ends inside a character)".to_string(),
+        };
+        SyntaxError {
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: at - line_start + 1,
+            message,
+        }
+    })
 }
 
 /// The top-level keys of a JSON object that read before its first error, each with its
@@ -168,6 +193,35 @@ mod tests {
         let e = parse("{\n  \"a\": 1,\n  \"b\": ]\n}").unwrap_err();
         assert_eq!((e.line, e.column), (3, 8));
         assert_eq!(e.message, "expected value");
+    }
+
+    #[test]
+    fn an_error_at_the_start_of_a_line_is_at_column_1() {
+        let e = parse("").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+        assert_eq!(e.message, "EOF while parsing a value");
+        let e = parse("{\"a\": 1,\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1));
+        let e = parse("[1,\n\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 1));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        assert_eq!(utf8(b"{\"a\": \"\xc3\xa9\"}"), Ok("{\"a\": \"\u{e9}\"}"));
+        let e = utf8(b"\xff").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 1));
+        assert_eq!(e.message, "invalid UTF-8 (byte 0xff)");
+        // Columns count bytes, as serde_json's do: `é` takes two.
+        let e = utf8(b"{\n  \"\xc3\xa9\": \"x\x80\"\n}").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 11));
+        assert_eq!(e.message, "invalid UTF-8 (byte 0x80)");
+        let e = utf8(b"\n\n\"\xe2\x82").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 2));
+        assert_eq!(
+            e.message,
+            "invalid UTF-8 (the text ends inside a character)"
+        );
     }
 
     #[test]

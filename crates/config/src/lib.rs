@@ -22,12 +22,16 @@
 //!
 //! Paths in the file are relative to the folder holding it and are resolved to absolute
 //! paths. The job store and the events file default to `<state_dir>/jobs.db` and
-//! `<state_dir>/events.jsonl`, so moving `state_dir` moves them too.
+//! `<state_dir>/events.jsonl`, so moving `state_dir` moves them too. They must not
+//! collide with one another, with the files the supervisor keeps in `state_dir` or with
+//! its job logs, and what exists already must be of the right kind (a directory for
+//! `state_dir`, regular files for the others): see `paths.rs`.
 
 mod changes;
 pub mod file;
 mod identity;
 mod json;
+mod paths;
 pub mod postgres_url;
 pub use json::{parse as parse_strict_json, SyntaxError as JsonSyntaxError};
 mod validate;
@@ -402,15 +406,25 @@ fn config_path_from(cli: Option<&Path>, env: Option<OsString>) -> PathBuf {
 
 /// Reads and validates the config file at `path`.
 ///
-/// An unreadable file is one error naming the file and the OS error.
+/// An unreadable file is one error naming the file and the OS error; a file that is not
+/// UTF-8 is one error at the line and column of its first bad byte.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, path),
-        Err(e) => Err(ConfigError::one(format!(
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::one(format!(
             "{}: cannot read the config file: {e}",
             path.display()
-        ))),
-    }
+        ))
+    })?;
+    let text = json::utf8(&bytes).map_err(|e| {
+        ConfigError::one(format!(
+            "{}:{}:{}: {}",
+            path.display(),
+            e.line,
+            e.column,
+            e.message
+        ))
+    })?;
+    parse(text, path)
 }
 
 /// Where the supervisor of the config file at `path` keeps its state, read leniently:
@@ -460,6 +474,17 @@ pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
             guessed: ["state_dir", "store", "events"].map(String::from).to_vec(),
         });
     };
+    Ok(locations_in(root, absolute, guessed))
+}
+
+/// [`locate`]'s reading of a config object `root` of the file at the absolute path
+/// `absolute`, adding to `guessed` the keys it could not read.
+fn locations_in(
+    root: &serde_json::Map<String, serde_json::Value>,
+    absolute: PathBuf,
+    mut guessed: Vec<String>,
+) -> Locations {
+    let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
     let state_dir = resolve(
         &base,
         &text_key(root, "state_dir", "state_dir", &mut guessed)
@@ -478,13 +503,13 @@ pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
         Some(p) => resolve(&base, &p),
         None => state_dir.join("events.jsonl"),
     };
-    Ok(Locations {
+    Locations {
         path: absolute,
         state_dir,
         store,
         events,
         guessed,
-    })
+    }
 }
 
 /// [`locate`]'s reading of the `store` key.
@@ -561,7 +586,11 @@ pub fn parse_as(text: &str, path: &Path, euid: u32) -> Result<Config, ConfigErro
     let name = path.display();
     let value = json::parse(text)
         .map_err(|e| ConfigError::one(format!("{name}:{}:{}: {}", e.line, e.column, e.message)))?;
+    let absolute = std::path::absolute(path);
     let mut problems = validate::check(&value, schema());
+    if let (Ok(absolute), Some(root)) = (&absolute, value.as_object()) {
+        problems.extend(paths::check(root, absolute));
+    }
     let (mut users, user_problems) = identity::resolve(&value, euid);
     problems.extend(user_problems);
     if !problems.is_empty() {
@@ -579,7 +608,7 @@ pub fn parse_as(text: &str, path: &Path, euid: u32) -> Result<Config, ConfigErro
     // schema, reported rather than hidden.
     let typed: file::ConfigFile =
         serde_json::from_value(value).map_err(|e| ConfigError::one(format!("{name}: {e}")))?;
-    let absolute = std::path::absolute(path).map_err(|e| {
+    let absolute = absolute.map_err(|e| {
         ConfigError::one(format!(
             "{name}: cannot resolve the config file's path: {e}"
         ))

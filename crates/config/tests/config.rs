@@ -53,7 +53,41 @@ fn json_syntax_error_names_line_and_column() {
     assert_eq!(errors(text), [format!("{FILE}:3:18: trailing comma")]);
     assert_eq!(
         errors(""),
-        [format!("{FILE}:1:0: EOF while parsing a value")]
+        [format!("{FILE}:1:1: EOF while parsing a value")]
+    );
+}
+
+#[test]
+fn a_syntax_error_at_the_start_of_a_line_is_at_column_1() {
+    assert_eq!(
+        errors("{\"groups\": [{\"name\": \"a\"}],\n"),
+        [format!("{FILE}:2:1: EOF while parsing a value")]
+    );
+    assert_eq!(
+        errors("{\"groups\": [{\"name\": \"a\"}]}\n\nx"),
+        [format!("{FILE}:3:1: trailing characters")]
+    );
+}
+
+#[test]
+fn a_config_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = Scratch::new("utf8");
+    let path = dir.0.join("c.json");
+    std::fs::write(&path, b"{\"groups\": [\n  {\"name\": \"caf\xe9\"}]}").unwrap();
+    assert_eq!(
+        load(&path).unwrap_err().errors,
+        [format!(
+            "{}:2:16: invalid UTF-8 (byte 0xe9)",
+            path.display()
+        )]
+    );
+    std::fs::write(&path, b"\xef\xbb").unwrap();
+    assert_eq!(
+        load(&path).unwrap_err().errors,
+        [format!(
+            "{}:1:1: invalid UTF-8 (the text ends inside a character)",
+            path.display()
+        )]
     );
 }
 
@@ -635,7 +669,289 @@ fn default_paths_follow_state_dir() {
     assert_eq!(config.events.path, Path::new("/etc/sup/run/events.jsonl"));
 }
 
+#[test]
+fn the_events_file_and_the_store_collide_with_nothing_the_supervisor_keeps() {
+    let cases = [
+        (
+            r#""events": {"path": "state/jobs.db"}"#,
+            "events.path: /etc/sup/state/jobs.db is also the SQLite store \
+             (<state_dir>/jobs.db, store.sqlite.path's default)",
+        ),
+        (
+            r#""events": {"path": "state/supervisor.pid"}"#,
+            "events.path: /etc/sup/state/supervisor.pid is also the pidfile \
+             (<state_dir>/supervisor.pid)",
+        ),
+        (
+            r#""state_dir": "/srv/st", "events": {"path": "/srv/st/./outcomes.journal"}"#,
+            "events.path: /srv/st/outcomes.journal is also the outcomes journal \
+             (<state_dir>/outcomes.journal)",
+        ),
+        (
+            r#""events": {"path": "state/supervisor.events"}"#,
+            "events.path: /etc/sup/state/supervisor.events is also the note of where the \
+             running supervisor writes its events (<state_dir>/supervisor.events)",
+        ),
+        (
+            r#""events": {"path": "state/http.addr"}"#,
+            "events.path: /etc/sup/state/http.addr is also the HTTP server's address file \
+             (<state_dir>/http.addr)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "state/events.jsonl"}}"#,
+            "store.sqlite.path: /etc/sup/state/events.jsonl is also the events file \
+             (<state_dir>/events.jsonl, events.path's default)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "db/x"}}, "events": {"path": "db/x"}"#,
+            "events.path: /etc/sup/db/x is also the SQLite store (store.sqlite.path)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "state/logs/jobs.db"}}"#,
+            "store.sqlite.path: /etc/sup/state/logs/jobs.db is inside the job logs' folder \
+             (<state_dir>/logs)",
+        ),
+        (
+            r#""events": {"path": "state/x/../logs/e.jsonl"}"#,
+            "events.path: /etc/sup/state/x/../logs/e.jsonl is inside the job logs' folder \
+             (<state_dir>/logs)",
+        ),
+        (
+            r#""events": {"path": "state/logs"}"#,
+            "events.path: /etc/sup/state/logs is also the job logs' folder (<state_dir>/logs)",
+        ),
+        // SQLite's files next to the store, and the events file's rotated files.
+        (
+            r#""events": {"path": "state/jobs.db-wal"}"#,
+            "events.path: /etc/sup/state/jobs.db-wal is also the SQLite store's write-ahead \
+             log (<store.sqlite.path>-wal)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "state/events.jsonl.3"}}"#,
+            "store.sqlite.path: /etc/sup/state/events.jsonl.3 is also one of the events \
+             file's rotated files (<events.path>.N)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "db/e.1"}}, "events": {"path": "db/e"}"#,
+            "events.path: its rotated file /etc/sup/db/e.1 is also the SQLite store \
+             (store.sqlite.path)",
+        ),
+        (
+            r#""store": {"sqlite": {"path": "state/supervisor.pid"}}"#,
+            "store.sqlite.path: /etc/sup/state/supervisor.pid is also the pidfile \
+             (<state_dir>/supervisor.pid)",
+        ),
+        // The state dir, a folder above it, a file below another, the config file.
+        (
+            r#""events": {"path": "state"}"#,
+            "events.path: /etc/sup/state is also the state dir (state_dir)",
+        ),
+        (
+            r#""events": {"path": "."}"#,
+            "events.path: /etc/sup would have to be a directory: the state dir (state_dir) \
+             /etc/sup/state is inside it",
+        ),
+        (
+            r#""events": {"path": "state/jobs.db/e.jsonl"}"#,
+            "events.path: /etc/sup/state/jobs.db/e.jsonl is inside /etc/sup/state/jobs.db, \
+             which is the SQLite store (<state_dir>/jobs.db, store.sqlite.path's default)",
+        ),
+        (
+            r#""events": {"path": "supervisor.json"}"#,
+            "events.path: /etc/sup/supervisor.json is also the config file",
+        ),
+        // Whatever the store.
+        (
+            r#""store": {"postgres": {"url": "postgres://db/jobs"}},
+               "events": {"path": "state/supervisor.pid"}"#,
+            "events.path: /etc/sup/state/supervisor.pid is also the pidfile \
+             (<state_dir>/supervisor.pid)",
+        ),
+    ];
+    for (top, expected) in cases {
+        assert_eq!(error(&with(top, "")), expected, "{top}");
+    }
+    // Near misses are fine.
+    for top in [
+        r#""events": {"path": "state/events.jsonl.old"}, "store": {"sqlite": {"path": "state/events.jsonl.1x"}}"#,
+        r#""events": {"path": "state/logs.jsonl"}, "store": {"sqlite": {"path": "state/logsx/jobs.db"}}"#,
+        r#""events": {"path": "state/supervisor.pid2"}, "store": {"sqlite": {"path": "state/jobs.db-wal2"}}"#,
+        r#""state_dir": "/srv/st", "events": {"path": "/var/log/sup/e.jsonl"}, "store": {"sqlite": {"path": "/srv/db/jobs.db"}}"#,
+        r#""events": {"path": "state/sub/events.jsonl"}, "store": {"sqlite": {"path": "state/sub/jobs.db"}}"#,
+    ] {
+        ok(&with(top, ""));
+    }
+    // With every other problem.
+    assert_eq!(
+        errors(&with(
+            r#""events": {"path": "state/jobs.db"}"#,
+            r#""max_workers": -1"#
+        ))
+        .len(),
+        2
+    );
+}
+
 // ---- files ----
+
+/// A folder of its own under the system's temp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "supervisor-config-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// The errors of `text` as `supervisor.json` in this folder, without the file's name.
+    fn errors(&self, text: &str) -> Vec<String> {
+        let path = self.0.join("supervisor.json");
+        std::fs::write(&path, text).unwrap();
+        match load(&path) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(e) => (e.errors.iter())
+                .map(|e| {
+                    let prefix = format!("{}: ", path.display());
+                    e.strip_prefix(&prefix).unwrap_or(e).to_string()
+                })
+                .collect(),
+        }
+    }
+
+    fn ok(&self, text: &str) -> Config {
+        let path = self.0.join("supervisor.json");
+        std::fs::write(&path, text).unwrap();
+        load(&path).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn paths_that_cannot_be_what_they_are_for_are_errors() {
+    let dir = Scratch::new("kinds");
+    let d = dir.0.display();
+    assert_eq!(
+        dir.errors(&with(r#""store": {"sqlite": {"path": "/"}}"#, "")),
+        ["store.sqlite.path: / is a directory; the SQLite store must be a regular file"]
+    );
+    assert_eq!(
+        dir.errors(&with(r#""events": {"path": "/tmp"}"#, "")),
+        ["events.path: /tmp is a directory; the events file must be a regular file"]
+    );
+    std::fs::write(dir.0.join("plain"), "").unwrap();
+    assert_eq!(
+        dir.errors(&with(r#""state_dir": "plain""#, "")),
+        [format!(
+            "state_dir: {d}/plain is a regular file; the state dir must be a directory"
+        )]
+    );
+    // Nothing there yet is fine.
+    dir.ok(&with("", ""));
+    std::fs::write(dir.0.join("state"), "").unwrap();
+    assert_eq!(
+        dir.errors(&with("", "")),
+        [format!(
+            "state_dir: {d}/state (its default, state) is a regular file; the state dir must \
+             be a directory"
+        )]
+    );
+    std::fs::remove_file(dir.0.join("state")).unwrap();
+    std::fs::create_dir_all(dir.0.join("state/logs")).unwrap();
+    std::fs::create_dir_all(dir.0.join("state/jobs.db")).unwrap();
+    assert_eq!(
+        dir.errors(&with("", "")),
+        [format!(
+            "store.sqlite.path: {d}/state/jobs.db (its default, <state_dir>/jobs.db) is a \
+             directory; the SQLite store must be a regular file"
+        )]
+    );
+    std::fs::remove_dir(dir.0.join("state/jobs.db")).unwrap();
+    std::fs::remove_dir(dir.0.join("state/logs")).unwrap();
+    std::fs::write(dir.0.join("state/logs"), "").unwrap();
+    assert_eq!(
+        dir.errors(&with("", "")),
+        [format!(
+            "state_dir: {d}/state/logs (the job logs' folder, <state_dir>/logs) is a regular \
+             file; it must be a directory"
+        )]
+    );
+    assert_eq!(
+        dir.errors(&with(r#""events": {"path": "plain/e.jsonl"}"#, "")),
+        [format!(
+            "state_dir: {d}/state/logs (the job logs' folder, <state_dir>/logs) is a \
+                 regular file; it must be a directory"
+        ),]
+    );
+    std::fs::remove_file(dir.0.join("state/logs")).unwrap();
+    assert_eq!(
+        dir.errors(&with(r#""events": {"path": "plain/e.jsonl"}"#, "")),
+        [format!(
+            "events.path: {d}/plain/e.jsonl cannot be created: a folder on its way is not a \
+             directory"
+        )]
+    );
+    assert_eq!(
+        dir.errors(&with(r#""events": {"path": "/dev/null"}"#, "")),
+        ["events.path: /dev/null is a character device; the events file must be a regular file"]
+    );
+    // What exists and is of its kind is fine: a run's own files, a symbolic link to one.
+    std::fs::write(dir.0.join("state/jobs.db"), "").unwrap();
+    std::fs::write(dir.0.join("state/events.jsonl"), "").unwrap();
+    std::os::unix::fs::symlink(dir.0.join("state/events.jsonl"), dir.0.join("ev")).unwrap();
+    dir.ok(&with("", ""));
+    dir.ok(&with(r#""events": {"path": "elsewhere/events.jsonl"}"#, ""));
+}
+
+#[test]
+fn paths_collide_through_symbolic_and_hard_links() {
+    let dir = Scratch::new("links");
+    let d = dir.0.display();
+    std::fs::create_dir_all(dir.0.join("var/state")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("var"), dir.0.join("link")).unwrap();
+    // The pidfile need not exist: the folders on the way do.
+    assert_eq!(
+        dir.errors(&with(
+            r#""state_dir": "var/state", "events": {"path": "link/state/supervisor.pid"}"#,
+            ""
+        )),
+        [format!(
+            "events.path: {d}/link/state/supervisor.pid is also the pidfile \
+             (<state_dir>/supervisor.pid)"
+        )]
+    );
+    assert_eq!(
+        dir.errors(&with(
+            r#""state_dir": "link/state", "store": {"sqlite": {"path": "var/state/logs/q.db"}}"#,
+            ""
+        )),
+        [format!(
+            "store.sqlite.path: {d}/var/state/logs/q.db is inside the job logs' folder \
+             (<state_dir>/logs)"
+        )]
+    );
+    std::fs::write(dir.0.join("var/state/jobs.db"), "").unwrap();
+    std::fs::hard_link(dir.0.join("var/state/jobs.db"), dir.0.join("events.jsonl")).unwrap();
+    assert_eq!(
+        dir.errors(&with(
+            r#""state_dir": "var/state", "events": {"path": "events.jsonl"}"#,
+            ""
+        )),
+        [format!(
+            "events.path: {d}/events.jsonl is also the SQLite store (<state_dir>/jobs.db, \
+             store.sqlite.path's default)"
+        )]
+    );
+}
 
 #[test]
 fn unreadable_file_names_the_file_and_the_os_error() {
