@@ -438,8 +438,8 @@ fn tagged_variants<'a>(branches: &[&'a Value]) -> Option<BTreeMap<&'a str, &'a V
     Some(tags)
 }
 
-/// The longest group name, in characters.
-const MAX_GROUP_NAME: usize = 255;
+/// The longest group name, in characters (a submitted job's `group` too).
+const MAX_GROUP_NAME: usize = supervisor_core::bounds::MAX_GROUP_NAME;
 
 /// No text of the config holds a NUL: no path, name or value can (the system calls
 /// that take them end at the first one, so `"st\u0000ate"` would name another path
