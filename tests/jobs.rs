@@ -493,6 +493,26 @@ fn control_characters_of_a_job_reach_no_terminal_raw() {
 }
 
 #[test]
+fn a_jobs_file_that_is_not_utf8_is_refused_at_its_line_and_column() {
+    let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
+    let file = sb.path().join("bad.jsonl");
+    std::fs::write(
+        &file,
+        b"{\"command\": [\"true\"]}\n{\"command\": [\"caf\xe9\"]}\n",
+    )
+    .unwrap();
+    let out = sb.run(&["submit", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("bad.jsonl:2:") && said.contains("invalid UTF-8"),
+        "{said}"
+    );
+    let listed: Value = serde_json::from_slice(&sb.run(&["jobs", "--json"]).stdout).unwrap();
+    assert_eq!(listed, json!([]), "nothing queued");
+}
+
+#[test]
 fn bad_submit_input_exits_2_and_names_the_problem() {
     let sb = Sandbox::new(&config_of(vec![group("a", 1)]));
     let cases: [(&[&str], &[&str]); 9] = [

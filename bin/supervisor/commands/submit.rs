@@ -114,8 +114,17 @@ fn jobs_of_file(
     file: &Path,
     here: Option<&Path>,
 ) -> Result<(Vec<NewJob>, Vec<usize>), CommandError> {
-    let text = std::fs::read_to_string(file)
+    let bytes = std::fs::read(file)
         .map_err(|e| CommandError::Usage(format!("{}: cannot read: {e}", file.display())))?;
+    let text = supervisor_config::utf8_text(&bytes).map_err(|e| {
+        CommandError::Usage(format!(
+            "{}:{}:{}: {}; nothing was queued",
+            file.display(),
+            e.line,
+            e.column,
+            e.message
+        ))
+    })?;
     let bad_lines = |errors| CommandError::JobFile {
         file: file.to_path_buf(),
         errors,

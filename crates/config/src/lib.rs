@@ -33,7 +33,7 @@ mod identity;
 mod json;
 mod paths;
 pub mod postgres_url;
-pub use json::{parse as parse_strict_json, SyntaxError as JsonSyntaxError};
+pub use json::{parse as parse_strict_json, utf8 as utf8_text, SyntaxError as JsonSyntaxError};
 mod validate;
 
 use std::collections::BTreeMap;
