@@ -129,7 +129,7 @@ fn jobs_of_file(
         file: file.to_path_buf(),
         errors,
     };
-    let mut jobs = supervisor_store::parse_jobs_jsonl(&text).map_err(bad_lines)?;
+    let mut jobs = supervisor_store::parse_jobs_jsonl(text).map_err(bad_lines)?;
     // The lines that hold a job: all but the blank ones, as the parser reads them.
     let lines: Vec<usize> = (text.lines().enumerate())
         .filter(|(_, line)| !line.trim().is_empty())
