@@ -168,7 +168,7 @@ impl Hub {
             starter: Starter {
                 add,
                 instance_marker,
-                spawner: Spawner::new(),
+                spawner: Spawner::sharing_fd_table(),
             },
             helpers: Vec::new(),
         })
@@ -246,7 +246,7 @@ impl Starter {
         let mut starter = Starter {
             add: self.add.clone(),
             instance_marker: self.instance_marker.clone(),
-            spawner: Spawner::new(),
+            spawner: Spawner::sharing_fd_table(),
         };
         thread::Builder::new()
             .name("spawner".into())

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::plan::{
     ChildPlan, STEP_CGROUP, STEP_CREDENTIALS, STEP_CWD, STEP_EXEC, STEP_LIMIT, STEP_NICE,
-    STEP_SETUP,
+    STEP_SETUP, STEP_UNSHARE,
 };
 
 /// Record a failed step and leave. Never returns.
@@ -39,6 +39,7 @@ pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         set_up(plan);
         switch_user(plan);
         arm_death_signal(plan);
+        own_fd_table(plan);
         redirect(plan);
         exec(plan)
     }
@@ -133,6 +134,28 @@ unsafe fn arm_death_signal(plan: &ChildPlan) {
     // The parent may have died before prctl: then no signal would ever come.
     if libc::getppid() != plan.parent {
         fail(plan, STEP_SETUP, libc::ESRCH);
+    }
+}
+
+/// A descriptor table of the child's own, when it was cloned sharing the parent's: a
+/// copy of the few descriptors below `unshare_from` alone (the kernel copies no more
+/// when the range closed reaches the top), where a copy of the whole table at `clone`
+/// and closing it at `exec` cost ~45 µs of CPU at 1,000 descriptors. Until then the
+/// child changed no descriptor: the table is the parent's.
+///
+/// SAFETY (for the caller): only to be called in the cloned child.
+unsafe fn own_fd_table(plan: &ChildPlan) {
+    if plan.unshare_from <= 2 {
+        return;
+    }
+    if libc::syscall(
+        libc::SYS_close_range,
+        plan.unshare_from as libc::c_uint,
+        libc::c_uint::MAX,
+        libc::CLOSE_RANGE_UNSHARE as libc::c_uint,
+    ) != 0
+    {
+        fail(plan, STEP_UNSHARE, last_errno());
     }
 }
 

@@ -19,6 +19,9 @@ pub(super) const STEP_CGROUP: i32 = 4;
 pub(super) const STEP_LIMIT: i32 = 5;
 pub(super) const STEP_NICE: i32 = 6;
 pub(super) const STEP_CREDENTIALS: i32 = 7;
+/// The child's own descriptor table could not be made (a kernel before 5.9 has no
+/// `CLOSE_RANGE_UNSHARE`): the spawner then copies the table at `clone`, as before.
+pub(super) const STEP_UNSHARE: i32 = 8;
 
 /// Everything the child needs, prepared (and allocated) by the parent.
 pub(super) struct ChildPlan {
@@ -36,6 +39,10 @@ pub(super) struct ChildPlan {
     pub(super) parent: libc::pid_t,
     /// `cgroup.procs` to write "0" to, or -1.
     pub(super) cgroup_procs: RawFd,
+    /// The child shares the parent's descriptor table (`CLONE_FILES`) until it makes a
+    /// copy of its own holding only the descriptors below this one (`stdin` and
+    /// `output` among them); 0: it has its own copy from the start.
+    pub(super) unshare_from: RawFd,
     pub(super) limits: Vec<(libc::c_int, libc::rlimit64)>,
     pub(super) nice: Option<libc::c_int>,
     /// uid, gid and the supplementary groups.
@@ -135,6 +142,7 @@ impl ChildPlan {
             umask: cmd.umask.map(|m| (m & 0o777) as libc::mode_t),
             parent: nix::unistd::getpid().as_raw(),
             cgroup_procs: setup.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+            unshare_from: 0,
             limits: setup
                 .limits
                 .iter()

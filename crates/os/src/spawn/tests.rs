@@ -336,3 +336,63 @@ fn path_lookup_follows_the_jobs_path() {
     let c = candidates("./x/tool", Some(OsStr::new("/a"))).unwrap();
     assert_eq!(c[0].to_str().unwrap(), "./x/tool");
 }
+
+#[test]
+fn a_spawner_sharing_the_fd_table_hands_over_the_same_slate_and_holds_no_pipe() {
+    // Descriptors of the parent's that the child must not get: many, some high.
+    let held: Vec<File> = (0..200).map(|_| File::open("/dev/null").unwrap()).collect();
+    let dir = tempfile_dir();
+    let out_path = dir.join("out");
+    let out = File::create(&out_path).unwrap();
+    let (stdin_read, mut stdin_write) = std::io::pipe().unwrap();
+    let argv: Vec<String> = ["sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '; cat"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cmd = JobCommand {
+        argv: &argv,
+        env: std::env::vars_os().collect(),
+        cwd: None,
+        stdin: stdin_read.as_fd(),
+        output: out.as_fd(),
+        program: None,
+        death_signal: nix::sys::signal::Signal::SIGKILL,
+        umask: None,
+    };
+    let mut spawner = Spawner::sharing_fd_table();
+    assert!(spawner.low.is_some(), "no low descriptors taken");
+    let pid = spawner.spawn(&cmd).unwrap();
+    // Only the child holds the pipe's read end now: once the write end is closed, its
+    // `cat` sees the end of its input and the job ends.
+    drop(stdin_read);
+    use std::io::Write;
+    stdin_write.write_all(b"fed through the pipe\n").unwrap();
+    drop(stdin_write);
+    assert_eq!(wait_pid(pid).unwrap(), Ended::Code(0));
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    // `ls` sees 0-2 and the directory it reads (3); nothing of ours.
+    assert!(
+        text.starts_with("0 1 2 3 \n") || text.starts_with("0 1 2 3 "),
+        "{text:?}"
+    );
+    assert!(text.ends_with("fed through the pipe\n"), "{text:?}");
+    // A second spawn from the same spawner works as the first.
+    let argv: Vec<String> = ["true"].iter().map(|s| s.to_string()).collect();
+    let null = File::open("/dev/null").unwrap();
+    let cmd = JobCommand {
+        argv: &argv,
+        env: std::env::vars_os().collect(),
+        cwd: None,
+        stdin: null.as_fd(),
+        output: out.as_fd(),
+        program: None,
+        death_signal: nix::sys::signal::Signal::SIGKILL,
+        umask: None,
+    };
+    assert_eq!(
+        wait_pid(spawner.spawn(&cmd).unwrap()).unwrap(),
+        Ended::Code(0)
+    );
+    drop(held);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
