@@ -32,27 +32,17 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ca = |name: &str| {
+        // Self-signed (and so a CA's, by openssl's defaults): `name.crt`, `name.key`.
+        let self_signed = |name: &str, cn: &str| {
             let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-keyout",
-                    &key,
-                    "-out",
-                    &crt,
-                ],
-            );
+            let args = [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ];
+            let mut args: Vec<&str> = args.to_vec();
+            args.extend(["-subj", cn, "-keyout", &key, "-out", &crt]);
+            openssl(d, &args);
         };
+        let ca = |name: &str| self_signed(name, &format!("/CN={name}"));
         ca("ca");
         ca("other-ca");
         let signed = |name: &str, cn: &str, ext: Option<&str>| {
@@ -95,24 +85,7 @@ impl Pki {
             "/CN=other",
             Some("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n"),
         );
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-                "-keyout",
-                "self.key",
-                "-out",
-                "self.crt",
-            ],
-        );
+        self_signed("self", "/CN=localhost");
         Pki { dir }
     }
 
