@@ -212,7 +212,7 @@ fn parse(cert: &CertificateDer<'_>) -> Result<x509_cert::Certificate, rustls::Er
 
 /// What webpki refused, as libpq would take it: `None` if `cert` is neither one of
 /// `given` nor signed directly by one of them (then webpki's reason stands), else
-/// whether it is within its dates.
+/// whether it (and the one of `given` that signed it) is within its dates.
 fn by_hand(
     cert: &x509_cert::Certificate,
     der: &CertificateDer<'_>,
@@ -220,17 +220,15 @@ fn by_hand(
     algorithms: &WebPkiSupportedAlgorithms,
     now: UnixTime,
 ) -> Option<Result<(), rustls::Error>> {
-    let pinned = given.iter().any(|g| g.as_ref() == der.as_ref());
-    let signed = || {
-        given.iter().any(|g| {
-            x509_cert::Certificate::from_der(g.as_ref())
-                .is_ok_and(|issuer| issued_by(cert, &issuer, algorithms))
-        })
-    };
-    if !pinned && !signed() {
-        return None;
+    if given.iter().any(|g| g.as_ref() == der.as_ref()) {
+        return Some(within_dates(cert, now));
     }
-    Some(within_dates(cert, now))
+    let issuer = given
+        .iter()
+        .filter_map(|g| x509_cert::Certificate::from_der(g.as_ref()).ok())
+        .find(|issuer| issued_by(cert, issuer, algorithms))?;
+    // The issuer must be within its own dates too, as OpenSSL checks a chain.
+    Some(within_dates(cert, now).and_then(|()| within_dates(&issuer, now)))
 }
 
 /// `issuer` can issue certificates (a v1 certificate, or one a CA) and its key signed
