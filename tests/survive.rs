@@ -769,6 +769,10 @@ fn private_under(umask: &str, loose_state_dir: bool) {
         for file in [sb.path().join("state/jobs.db"), stale_log.clone()] {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
+        // Not ours: left as it is (a state dir may be a shared folder).
+        let script = sb.path().join("state/run.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let stderr = sb.path().join("supervisor.stderr");
     let child = std::process::Command::new("sh")
@@ -811,6 +815,11 @@ fn private_under(umask: &str, loose_state_dir: bool) {
     );
     if loose_state_dir {
         assert_eq!(mode(&stale_log), 0o600);
+        assert_eq!(
+            mode(&state.join("run.sh")),
+            0o755,
+            "not the supervisor's file"
+        );
         assert!(said.contains("2 file(s) in"), "{said}");
     }
     sv.assert_nothing_left(LONG);

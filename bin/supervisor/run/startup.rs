@@ -125,13 +125,24 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
 /// Create the state dir (private) and take its pidfile; `None` when another supervisor
 /// runs on it (said on stderr).
 fn take_state_dir(config: &Config) -> Result<Option<PidFile>> {
+    // A folder everyone shares (/tmp, sticky) is not ours to fill or to close to others.
+    if let Ok(meta) = std::fs::metadata(&config.state_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o1000 != 0 {
+            return Err(anyhow!(
+                "state_dir {} is a shared folder (its sticky bit is set, as /tmp's): give \
+                 the supervisor a folder of its own",
+                config.state_dir.display()
+            ));
+        }
+    }
     std::fs::create_dir_all(config.state_dir.join("logs"))
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
     // It holds what operators pass to jobs and what jobs print: no one else's to read.
     for dir in [config.state_dir.clone(), config.state_dir.join("logs")] {
         tighten(&dir)?;
     }
-    tighten_files(&[config.state_dir.clone(), config.state_dir.join("logs")]);
+    tighten_files(config);
     let pid_path = config.state_dir.join("supervisor.pid");
     match PidFile::acquire(&pid_path) {
         Ok(p) => {
@@ -331,39 +342,67 @@ fn tighten(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Make private every regular file directly in `dirs` that others may read or write
-/// (left so by an operator, or by an older version), and say how many there were.
-fn tighten_files(dirs: &[PathBuf]) {
-    use std::os::unix::fs::PermissionsExt;
+/// Make private every file of ours in the state dir that others may read or write (left
+/// so by an operator, or by an older version), and say how many there were. Ours: the
+/// state dir's own files, the store and the events file with theirs when they are in
+/// it, and the job logs (`logs/<id>.log`, `.attempts`, a worker's spare). Nothing else
+/// a shared folder holds (a state dir of `.`), nothing through a link, nothing that
+/// has other names elsewhere (a hard link).
+fn tighten_files(config: &Config) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let state = &config.state_dir;
+    let logs = state.join("logs");
+    let mut ours: Vec<PathBuf> = ["supervisor.pid", "supervisor.events", "outcomes.journal"]
+        .iter()
+        .map(|name| state.join(name))
+        .collect();
+    if let supervisor_config::StoreConfig::Sqlite { path } = &config.store {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            ours.push(p.into());
+        }
+    }
+    ours.push(config.events.path.clone());
+    for n in 1..=config.events.keep.max(1) {
+        ours.push(crate::events_file::rotated(&config.events.path, n));
+    }
+    let log_name = |name: &str| {
+        let id = name
+            .strip_suffix(".log")
+            .or_else(|| name.strip_suffix(".attempts"));
+        id.is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            || name.starts_with(".spare-")
+    };
+    if let Ok(entries) = std::fs::read_dir(&logs) {
+        let named = entries
+            .flatten()
+            .filter(|e| log_name(&e.file_name().to_string_lossy()));
+        ours.extend(named.map(|e| e.path()));
+    }
     let mut loose = 0usize;
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+    for path in ours {
+        // Not through a symbolic link, and only what lies in the state dir.
+        let Ok(meta) = path.symlink_metadata() else {
             continue;
         };
-        for entry in entries.flatten() {
-            // Not through a symbolic link: only what the state dir itself holds.
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            let mode = meta.permissions().mode() & 0o777;
-            if meta.is_file() && mode & 0o077 != 0 {
-                let private = std::fs::Permissions::from_mode(0o600);
-                match std::fs::set_permissions(entry.path(), private) {
-                    Ok(()) => loose += 1,
-                    Err(e) => eprintln!(
-                        "supervisor: cannot make {} private: {e}",
-                        entry.path().display()
-                    ),
-                }
-            }
+        let inside = path
+            .parent()
+            .is_some_and(|d| d == state.as_path() || d == logs);
+        let mode = meta.permissions().mode() & 0o777;
+        if !inside || !meta.is_file() || meta.nlink() > 1 || mode & 0o077 == 0 {
+            continue;
+        }
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => loose += 1,
+            Err(e) => eprintln!("supervisor: cannot make {} private: {e}", path.display()),
         }
     }
     if loose > 0 {
         eprintln!(
             "supervisor: {loose} file(s) in {} could be read or written by others; they are \
              now private to their owner",
-            dirs.first()
-                .map_or(String::new(), |d| d.display().to_string())
+            state.display()
         );
     }
 }
