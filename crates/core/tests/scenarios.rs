@@ -950,6 +950,13 @@ fn a_stop_asked_while_a_finished_jobs_stragglers_go_does_not_make_its_outcome() 
     s.feed(Input::CancelRequested { job: 1 });
     let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(0));
     assert_eq!(outcomes(&acts), [(1, 1, Outcome::Succeeded, Next::Done)]);
+    // Cancel of one that had failed: canceled, not retried (the store would not queue it
+    // again, and the events must say what the store says).
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let (w, _) = s.start(1, "a");
+    s.feed(Input::CancelRequested { job: 1 });
+    let acts = ended_first(&mut s, w, 1, ProcessEnd::Exited(3));
+    assert_eq!(outcomes(&acts), [(1, 1, Outcome::Canceled, Next::Done)]);
     // Shutdown: it is not put back to run again.
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
     let (w, _) = s.start(1, "a");

@@ -113,9 +113,14 @@ impl Core {
         // for it counts unless the core killed the job's group itself (an immediate
         // stop: the worker passed on no signal, yet the job got one), when only its
         // earlier report of that end (`main_end`) does.
+        // A cancel still wins over an end that would be retried: the job is not wanted
+        // any more (and the store would not queue it again).
         let direct = (run.stop.as_ref()).is_some_and(|s| s.step == StopStep::Done);
         let own_end = run.main_end.is_some() || (facts.exited_first && !direct);
-        let stop = (run.stop.map(|s| s.reason)).filter(|_| !(own_end && end.is_some()));
+        let kept = |reason: &StopReason| {
+            !own_end || end.is_none_or(|e| *reason == StopReason::Cancel && !e.success())
+        };
+        let stop = (run.stop.map(|s| s.reason)).filter(kept);
         if stop == Some(StopReason::Shutdown) {
             self.release(run.claim);
         } else {

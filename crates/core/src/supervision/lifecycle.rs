@@ -214,6 +214,10 @@ impl Core {
             // running on, or stopped for the shutdown, goes back to the queue without
             // using an attempt.
             match (run.main_end, run.stop.map(|s| s.reason)) {
+                // A cancel still wins over an end that would be retried.
+                (Some(end), Some(StopReason::Cancel)) if !end.success() => {
+                    self.finish_job(now, run, Outcome::Canceled, Some(end), Facts::default())
+                }
                 (Some(end), _) => {
                     let outcome = if end.success() {
                         Outcome::Succeeded
