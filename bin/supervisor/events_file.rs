@@ -120,6 +120,11 @@ impl EventsFile {
     }
 
     /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it.
+    /// The seq of the last event written (0: none yet).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn write(&mut self, record: EventRecord) -> io::Result<()> {
         let event = EventLine {
             seq: self.seq + 1,

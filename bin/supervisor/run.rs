@@ -409,8 +409,37 @@ impl Supervisor {
 
     /// Write one event, leaving a rotation it makes due to [`Self::rotate_if_due`].
     pub(super) fn write_event(&mut self, record: EventRecord) {
+        let answer = matches!(
+            record,
+            EventRecord::ConfigLoaded { .. } | EventRecord::ConfigRejected { .. }
+        )
+        .then(|| record.clone());
         if let Err(e) = self.events.write(record) {
             log::error!("cannot write to the events file: {e}");
+        }
+        if let Some(record) = answer {
+            self.note_reload_answer(record);
+        }
+    }
+
+    /// Keep the answer to a reload in `<state_dir>/reload.answer` too, for `reload` to
+    /// find whatever the events file did meanwhile (rotations may have removed it from
+    /// every file kept).
+    fn note_reload_answer(&self, record: EventRecord) {
+        let line = crate::record::EventLine {
+            seq: self.events.seq(),
+            ts: crate::events_file::wall_now(),
+            record,
+        };
+        let Ok(text) = line.to_line() else {
+            return;
+        };
+        let path = crate::commands::reload_answer_path(&self.config.state_dir);
+        let tmp = path.with_extension("answer.tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, text + "\n").and_then(|()| std::fs::rename(&tmp, &path))
+        {
+            log::warn!("cannot write {}: {e}", path.display());
         }
     }
 

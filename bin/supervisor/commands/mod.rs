@@ -85,6 +85,12 @@ pub(crate) fn events_note(state_dir: &Path) -> PathBuf {
     state_dir.join("supervisor.events")
 }
 
+/// Where the running supervisor keeps its last answer to a reload (the
+/// `config_loaded` or `config_rejected` line, with its seq).
+pub(crate) fn reload_answer_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("reload.answer")
+}
+
 /// The events file the running supervisor of `state_dir` writes, if it said so.
 fn running_events(state_dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(events_note(state_dir)).ok()?;

@@ -56,7 +56,7 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
         Control::Reload => {
             let after = last_seq(&found.events);
             supervisor_os::signal_pid(pid, Sig::SIGHUP)?;
-            answer(pid, &found.events, after)
+            answer(pid, &found.events, &found.state_dir, after)
         }
         Control::Stop { wait } => {
             supervisor_os::signal_pid(pid, Sig::SIGTERM)?;
@@ -103,13 +103,15 @@ impl ReloadAnswer {
 
 /// Wait for the answer to a reload asked after event `after`: `config_loaded` (exit 0,
 /// its generation said) or `config_rejected` (exit 2, its errors said).
-fn answer(pid: u32, events: &Path, after: u64) -> Result<(), CommandError> {
+fn answer(pid: u32, events: &Path, state_dir: &Path, after: u64) -> Result<(), CommandError> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
-        for e in tail_across_rotations(events)
-            .into_iter()
-            .filter(|e| e.seq > after)
-        {
+        // The supervisor's note of its last answer first: rotations cannot take it away.
+        let noted = std::fs::read_to_string(super::reload_answer_path(state_dir))
+            .ok()
+            .and_then(|text| EventLine::parse(text.trim_end()));
+        let found = noted.into_iter().chain(tail_across_rotations(events));
+        for e in found.filter(|e| e.seq > after) {
             match ReloadAnswer::of(e.record) {
                 Some(ReloadAnswer::Accepted {
                     generation,

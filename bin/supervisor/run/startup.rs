@@ -352,10 +352,13 @@ fn tighten_files(config: &Config) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let state = &config.state_dir;
     let logs = state.join("logs");
-    let mut ours: Vec<PathBuf> = ["supervisor.pid", "supervisor.events", "outcomes.journal"]
-        .iter()
-        .map(|name| state.join(name))
-        .collect();
+    let fixed = [
+        "supervisor.pid",
+        "supervisor.events",
+        "outcomes.journal",
+        "reload.answer",
+    ];
+    let mut ours: Vec<PathBuf> = fixed.iter().map(|name| state.join(name)).collect();
     if let supervisor_config::StoreConfig::Sqlite { path } = &config.store {
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut p = path.clone().into_os_string();

@@ -42,6 +42,8 @@ pub(crate) const STATE_FILES: &[(&str, &str)] = &[
         "the temporary file of the outcomes journal",
     ),
     ("http.addr", "the HTTP server's address file"),
+    ("reload.answer", "the supervisor's last answer to a reload"),
+    ("reload.answer.tmp", "the temporary file of that answer"),
 ];
 
 /// The folder of the job logs (`<state_dir>/logs/<job id>.log`), inside the state dir.
