@@ -424,7 +424,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             e.message
         ))
     })?;
-    parse(text, path)
+    parse(without_bom(text), path)
+}
+
+/// `text` without the UTF-8 byte order mark some editors put first (JSON allows a
+/// parser to ignore it).
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// Where the supervisor of the config file at `path` keeps its state, read leniently:
@@ -445,7 +451,9 @@ pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
         ))
     })?;
     let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let text = std::fs::read_to_string(path).ok();
+    let text = std::fs::read_to_string(path)
+        .ok()
+        .map(|t| without_bom(&t).to_string());
     let mut guessed = Vec::new();
     // A file with a syntax error (half edited) still says where the state is, if it
     // says so before its first error; a key it does not say (it may come after the

@@ -92,6 +92,21 @@ fn a_config_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
 }
 
 #[test]
+fn a_byte_order_mark_at_the_top_of_a_config_is_ignored() {
+    let dir = Scratch::new("bom");
+    let path = dir.0.join("c.json");
+    let text =
+        "\u{feff}{\"state_dir\": \"st\", \"groups\": [{\"name\": \"a\", \"max_workers\": 1}]}";
+    std::fs::write(&path, text).unwrap();
+    let config = load(&path).unwrap();
+    assert_eq!(config.state_dir, dir.0.join("st"));
+    assert_eq!(
+        supervisor_config::locate(&path).unwrap().state_dir,
+        dir.0.join("st")
+    );
+}
+
+#[test]
 fn duplicate_json_key_is_a_syntax_error() {
     let text = "{\"groups\": [{\"name\": \"a\",\n \"max_workers\": 1,\n \"max_workers\": 2}]}";
     let errors = errors(text);
