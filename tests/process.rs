@@ -581,6 +581,10 @@ fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() 
             panic!("{pid} still runs after the next start\n{}", next.dump());
         }
     }
+    // The job was taken back and may run again: not wanted here (a stop would wait for
+    // it through its grace).
+    let out = sb.run(&["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
     next.signal(Signal::SIGTERM);
     assert_eq!(next.wait_exit(10 * SEC), Some(0));
     next.assert_nothing_left(2 * SEC);
