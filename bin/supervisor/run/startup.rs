@@ -352,15 +352,13 @@ fn tighten_files(config: &Config) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let state = &config.state_dir;
     let logs = state.join("logs");
-    let fixed = [
-        "supervisor.pid",
-        "supervisor.events",
-        "outcomes.journal",
-        "reload.answer",
-    ];
-    let mut ours: Vec<PathBuf> = fixed.iter().map(|name| state.join(name)).collect();
+    // The config's one list of the state dir's own files (what no path may collide with).
+    let mut ours: Vec<PathBuf> = (supervisor_config::STATE_FILES.iter())
+        .map(|(name, _)| state.join(name))
+        .collect();
     if let supervisor_config::StoreConfig::Sqlite { path } = &config.store {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
+        ours.push(path.clone());
+        for (suffix, _) in supervisor_config::SQLITE_FILES {
             let mut p = path.clone().into_os_string();
             p.push(suffix);
             ours.push(p.into());

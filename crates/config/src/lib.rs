@@ -32,6 +32,7 @@ pub mod file;
 mod identity;
 mod json;
 mod paths;
+pub use paths::{SQLITE_FILES, STATE_FILES};
 pub mod postgres_url;
 pub use json::{parse as parse_strict_json, utf8 as utf8_text, SyntaxError as JsonSyntaxError};
 mod validate;

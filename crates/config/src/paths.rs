@@ -29,7 +29,7 @@ use crate::StoreConfig;
 /// The files the supervisor keeps in its state dir under fixed names, with what they
 /// are. The names are string literals of `bin/supervisor` (`run/startup.rs`,
 /// `commands/mod.rs`, `journal.rs`, `http/mod.rs`): a new one there belongs here too.
-pub(crate) const STATE_FILES: &[(&str, &str)] = &[
+pub const STATE_FILES: &[(&str, &str)] = &[
     ("supervisor.pid", "the pidfile"),
     (
         "supervisor.events",
@@ -50,7 +50,7 @@ pub(crate) const STATE_FILES: &[(&str, &str)] = &[
 pub(crate) const LOGS_DIR: &str = "logs";
 
 /// The files SQLite keeps next to a database: the suffix of each, and what it is.
-const SQLITE_FILES: &[(&str, &str)] = &[
+pub const SQLITE_FILES: &[(&str, &str)] = &[
     ("-wal", "write-ahead log"),
     ("-shm", "shared-memory index"),
     ("-journal", "rollback journal"),
