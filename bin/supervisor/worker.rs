@@ -67,8 +67,9 @@ enum WorkerEv {
     AllReaped,
 }
 
-/// An attempt whose main process has ended, waiting for what it left behind to go.
-struct Cleanup {
+/// How an attempt's main process ended: what `JobEnded` reports once every process of
+/// the attempt is gone.
+struct AttemptEnd {
     job: i64,
     ended: Ended,
     ran_for: Duration,
@@ -76,6 +77,11 @@ struct Cleanup {
     reason: Option<String>,
     /// Its main process ended before any signal was passed on to it.
     exited_first: bool,
+}
+
+/// An attempt whose main process has ended, waiting for what it left behind to go.
+struct Cleanup {
+    end: AttemptEnd,
     /// When the stragglers get SIGKILL (they got SIGTERM when this began).
     kill_at: Instant,
 }
@@ -196,26 +202,19 @@ impl Worker {
 
     /// Tell the supervisor the attempt is over (every process of it is gone: so can its
     /// cgroup be); false if it is gone.
-    fn report_end(
-        &mut self,
-        job: i64,
-        ended: Ended,
-        ran_for: Duration,
-        reason: Option<String>,
-        exited_first: bool,
-    ) -> bool {
+    fn report_end(&mut self, end: AttemptEnd) -> bool {
         if threads::leaving() {
             threads::wait_to_be_ended();
         }
         self.cgroups.remove_spent();
         self.tx
             .send(FromChild::JobEnded {
-                job,
-                end: Some(ended.into()),
-                ran_for_s: Some(ran_for.as_secs_f64()),
+                job: end.job,
+                end: Some(end.ended.into()),
+                ran_for_s: Some(end.ran_for.as_secs_f64()),
                 start_error: None,
-                reason,
-                exited_first,
+                reason: end.reason,
+                exited_first: end.exited_first,
             })
             .is_ok()
     }

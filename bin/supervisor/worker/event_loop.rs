@@ -11,7 +11,7 @@ use supervisor_os::{Ended, Sig};
 
 use super::cgroups::note_oom;
 use super::threads::{self, lock, refuse_busy, JOB_PGID};
-use super::{kill_stragglers, Cleanup, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
+use super::{kill_stragglers, AttemptEnd, Cleanup, Worker, WorkerEv, KILL_AGAIN, STRAGGLER_GRACE};
 use crate::wire::{FromChild, JobPayload, ToChild};
 
 /// What the loop does after an event.
@@ -82,7 +82,7 @@ impl Worker {
                 let Some(c) = self.cleanup.take() else {
                     return Next::Wait;
                 };
-                return self.ended(c.job, c.ended, c.ran_for, c.reason, c.exited_first);
+                return self.ended(c.end);
             }
             WorkerEv::Closed => return Next::Leave,
         }
@@ -141,7 +141,7 @@ impl Worker {
         if let Some(r) = self.running.as_mut().filter(|r| r.job == job) {
             r.signaled = true;
             let _ = supervisor_os::signal_group(r.pgid, sig);
-        } else if self.cleanup.as_ref().is_some_and(|c| c.job == job) && kill {
+        } else if self.cleanup.as_ref().is_some_and(|c| c.end.job == job) && kill {
             // Its main process is gone; what it left goes now.
             kill_stragglers(Sig::SIGKILL);
         }
@@ -166,6 +166,13 @@ impl Worker {
             }
             self.logs.done(r.log, &r.log_path, r.log_given);
         }
+        let end = AttemptEnd {
+            job,
+            ended,
+            ran_for,
+            reason,
+            exited_first,
+        };
         // Whatever the job left behind, in its process group or not, goes with
         // it: SIGTERM now, SIGKILL after the grace.
         if supervisor_os::reap_leaving_any() {
@@ -185,28 +192,17 @@ impl Worker {
                 return Next::Leave;
             }
             self.cleanup = Some(Cleanup {
-                job,
-                ended,
-                ran_for,
-                reason,
-                exited_first,
+                end,
                 kill_at: Instant::now() + STRAGGLER_GRACE,
             });
             return Next::Wait;
         }
-        self.ended(job, ended, ran_for, reason, exited_first)
+        self.ended(end)
     }
 
     /// Every process of the attempt is gone: report its end, and stop if told to.
-    fn ended(
-        &mut self,
-        job: i64,
-        ended: Ended,
-        ran_for: Duration,
-        reason: Option<String>,
-        exited_first: bool,
-    ) -> Next {
-        if !self.report_end(job, ended, ran_for, reason, exited_first) {
+    fn ended(&mut self, end: AttemptEnd) -> Next {
+        if !self.report_end(end) {
             return Next::Leave;
         }
         if self.stop_when_idle {
