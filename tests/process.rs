@@ -258,6 +258,68 @@ fn kill_the_grabber_and_it_is_replaced() {
 }
 
 #[test]
+fn outcomes_handed_to_a_grabber_that_hangs_are_stored_by_the_supervisor() {
+    // The grabber stores a job's outcome with its next claim. Stopped, and not killed
+    // (its heartbeat's timeout is a minute), it leaves them to the supervisor, which
+    // stores them itself after a second, each once.
+    let mut cfg = default_config();
+    cfg["heartbeat"] = json!({"interval_s": 0.2, "timeout_s": 60});
+    let sb = Sandbox::new(&cfg);
+    let mut sv = sb.start(&[]);
+    ready_workers(&sv, "a", 2);
+    let grabber = ready_grabber(&sv);
+    let held = [
+        sb.submit_held("one", &["--group", "a"]),
+        sb.submit_held("two", &["--group", "a"]),
+    ];
+    for h in &held {
+        h.pid();
+    }
+    signal_pid(grabber.pid, Signal::SIGSTOP);
+    let stopped_at = wall_now();
+    for h in &held {
+        h.release();
+    }
+    for h in &held {
+        let done = sv.wait_event(10 * SEC, |e| {
+            e["event"] == "job_finished" && e["job_id"] == h.id
+        });
+        assert_eq!(done["outcome"], "succeeded", "{done}");
+        let after = done["ts"].as_f64().unwrap() - stopped_at;
+        // Handed to the grabber (held a second), then stored here.
+        assert!(
+            (0.9..5.0).contains(&after),
+            "stored {after:.3} s after the grabber stopped\n{}",
+            sv.dump()
+        );
+        assert_eq!(sb.job(h.id)["state"], "succeeded");
+    }
+    assert!(
+        alive(grabber.pid),
+        "the stopped grabber was replaced\n{}",
+        sv.dump()
+    );
+    signal_pid(grabber.pid, Signal::SIGCONT);
+    // Going again, it stores what it was handed (stale now: refused) and claims on.
+    let id = sb.submit(&["--group", "a", "--", "true"]);
+    wait_job(&sb, &sv, id, &["succeeded"]);
+    sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_finished" && e["job_id"] == id
+    });
+    for job in [held[0].id, held[1].id, id] {
+        let finished = (sv.events().iter())
+            .filter(|e| e["event"] == "job_finished" && e["job_id"] == job)
+            .count();
+        assert_eq!(finished, 1, "job {job}\n{}", sv.dump());
+    }
+    let exits = (sv.events().iter())
+        .filter(|e| e["event"] == "child_exited" && e["pid"] == json!(grabber.pid))
+        .count();
+    assert_eq!(exits, 0, "{}", sv.dump());
+    stop_cleanly(&mut sv);
+}
+
+#[test]
 fn a_stopped_worker_is_killed_by_the_watchdog() {
     // heartbeat: interval 0.2 s, timeout 1 s.
     let sb = Sandbox::new(&default_config());

@@ -44,7 +44,9 @@ fn item_bytes(item: &PassItem) -> usize {
                 + c.cwd.as_ref().map_or(0, String::len)
         }
         PassItem::Refused { reason, .. } => 32 + reason.len(),
-        PassItem::CancelRequested { .. } | PassItem::SourceReport { .. } => 16,
+        PassItem::CancelRequested { .. }
+        | PassItem::SourceReport { .. }
+        | PassItem::Settled { .. } => 16,
     }
 }
 
@@ -76,6 +78,11 @@ struct Grabber {
     /// The routes changed (or this grabber just started): decide the group of every job
     /// in the queue again, once, before the next claim.
     reroute: bool,
+    /// Outcomes the supervisor handed over with its grants, stored by the next pass
+    /// with its claim (in one transaction), or given back to the supervisor by a pass
+    /// that fails (`SourceFailed`: it stores every outcome it handed over and was not
+    /// told of).
+    settle: Vec<supervisor_store::Settle>,
     /// The wall time of the current (or last) pass's claim, which is every claimed
     /// job's `started_at`: a claim it made that was lost with the connection is no
     /// later than this.
@@ -123,6 +130,7 @@ pub fn main(
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
         reroute: true,
+        settle: Vec::new(),
         pass_began: 0.0,
     };
     if g.tx.send(FromChild::Ready).is_err() {
@@ -183,7 +191,18 @@ impl Grabber {
                 n,
                 epoch,
                 poll,
+                settle,
             } => {
+                for s in settle {
+                    if crate::wire::sound_settle(&s) {
+                        self.settle.push(s);
+                    } else {
+                        log::error!(
+                            "grabber: an outcome of job {} with a time not finite; not storing it",
+                            s.job
+                        );
+                    }
+                }
                 if let Some(poll) = poll {
                     self.ledger.poll(poll);
                 }
@@ -235,6 +254,8 @@ impl Grabber {
                 // Reconnect on the next try: the connection itself may be what broke.
                 self.store = None;
                 self.ledger.forget_report();
+                // The supervisor stores them itself when it hears of the failure.
+                self.settle.clear();
                 next
             }
         };
@@ -277,9 +298,14 @@ impl Grabber {
         }
         self.pass_began = wall_now();
         let store = self.store.as_mut().expect("opened above");
+        // Taken now: if the pass fails, the supervisor stores them itself.
+        let settle = std::mem::take(&mut self.settle);
         let routed = self.routes.iter().map(|r| r.group.as_str());
         let Some(mut credits) = self.ledger.to_claim(routed) else {
-            return Ok(None); // held
+            // Held: no claim, but the outcomes are stored all the same.
+            let stored = store.settle(&settle)?;
+            Self::send_found(&self.tx, settled(&settle, &stored));
+            return Ok(None);
         };
         if self.reroute {
             let changed = store.reroute(&self.routes)?;
@@ -295,11 +321,13 @@ impl Grabber {
         // claim stayed running under us for good.)
         self.pass_began = wall_now();
         let wall = self.pass_began;
-        let result = store.claim(self.instance, &self.routes, &mut credits, wall)?;
+        let (stored, result) =
+            store.settle_and_claim(&settle, self.instance, &self.routes, &mut credits, wall)?;
         let empty = result.jobs.is_empty() && result.more.is_empty();
         let retry = result.more.waiting_until;
-        // What the pass found goes in one message, in this order (see `send_found`).
-        let mut found = Vec::new();
+        // What the pass found goes in one message, in this order (see `send_found`): the
+        // outcomes stored first, so that a job's end is written before its next start.
+        let mut found = settled(&settle, &stored);
         for r in result.refused {
             found.push(PassItem::Refused {
                 job: r.id,
@@ -338,6 +366,17 @@ impl Grabber {
         Self::send_found(&self.tx, found);
         Ok(retry.map(|at| supervisor_core::bounds::duration(at - wall)))
     }
+}
+
+/// What the supervisor hears of the outcomes a pass stored.
+fn settled(settle: &[supervisor_store::Settle], stored: &[bool]) -> Vec<PassItem> {
+    (settle.iter().zip(stored))
+        .map(|(o, stored)| PassItem::Settled {
+            job: o.job,
+            attempt: o.attempt,
+            stored: *stored,
+        })
+        .collect()
 }
 
 #[cfg(test)]

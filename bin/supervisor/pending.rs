@@ -153,6 +153,110 @@ impl Pending {
     }
 }
 
+/// How long outcomes handed to the grabber wait for its word before the loop stores them
+/// itself (a grabber that hangs is killed only when it misses its heartbeats).
+pub const HANDED_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Outcomes handed to the grabber, to be stored with its next claim in one transaction
+/// (one write of the store a job where there were two, from two processes): held here,
+/// with the events that announce them, until the grabber says they are stored. An
+/// outcome not sent with a grant in the same turn of the loop, or sent to a grabber that
+/// then fails or dies, is stored by the loop itself (storing it twice is refused as
+/// stale, so a grabber that stored it before it failed does no harm).
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// Not sent yet: they go with the next grant, or are stored by the loop.
+    unsent: Vec<(Waiting, f64)>,
+    /// Sent with a grant: the grabber's pass says when each is stored.
+    sent: Vec<(Waiting, f64)>,
+    /// Since when some sent outcome has waited for the grabber's word.
+    waited_since: Option<Instant>,
+}
+
+impl Handed {
+    /// An outcome decided at `at` (unix seconds), to go with the next grant.
+    pub fn add(&mut self, waiting: Waiting, at: f64) {
+        self.unsent.push((waiting, at));
+    }
+
+    /// Whether events about `job` must be held back (its outcome is not stored yet).
+    pub fn holds(&self, job: i64) -> bool {
+        self.unsent
+            .iter()
+            .chain(&self.sent)
+            .any(|(w, _)| w.job == job)
+    }
+
+    /// Hold back an event about `job`, after its outcome.
+    pub fn hold_event(&mut self, job: i64, event: HeldEvent) {
+        let all = self.unsent.iter_mut().chain(self.sent.iter_mut());
+        if let Some((w, _)) = all.filter(|(w, _)| w.job == job).last() {
+            w.events.push(event);
+        }
+    }
+
+    /// The outcomes not sent yet, as the grabber stores them; they count as sent (at
+    /// `now`).
+    pub fn send(&mut self, now: Instant) -> Vec<supervisor_store::Settle> {
+        let settle = (self.unsent.iter())
+            .map(|(w, at)| supervisor_store::Settle {
+                job: w.job,
+                attempt: w.attempt,
+                owner: w.owner,
+                outcome: w.outcome.clone(),
+                next: w.next,
+                at: *at,
+            })
+            .collect();
+        if !self.unsent.is_empty() && self.sent.is_empty() {
+            self.waited_since = Some(now);
+        }
+        self.sent.append(&mut self.unsent);
+        settle
+    }
+
+    /// Until when the grabber may take to say the sent outcomes are stored: after that
+    /// the loop takes them back ([`Handed::take_all`]), so that a grabber that hangs
+    /// delays their events by [`HANDED_PATIENCE`] at most.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.waited_since.map(|t| t + HANDED_PATIENCE)
+    }
+
+    /// The grabber stored (or found stale) attempt `attempt` of `job`: its outcome, with
+    /// the events held, if it was sent and not taken back.
+    pub fn settled(&mut self, job: i64, attempt: u32) -> Option<Waiting> {
+        let i = (self.sent.iter()).position(|(w, _)| w.job == job && w.attempt == attempt)?;
+        let (waiting, _) = self.sent.remove(i);
+        if self.sent.is_empty() {
+            self.waited_since = None;
+        }
+        Some(waiting)
+    }
+
+    /// The outcomes not sent, in order: the loop stores them itself.
+    pub fn take_unsent(&mut self) -> Vec<(Waiting, f64)> {
+        std::mem::take(&mut self.unsent)
+    }
+
+    /// Every outcome, sent or not, in order: the grabber failed or is gone, and the loop
+    /// stores them itself.
+    pub fn take_all(&mut self) -> Vec<(Waiting, f64)> {
+        let mut all = std::mem::take(&mut self.sent);
+        all.append(&mut self.unsent);
+        self.waited_since = None;
+        all
+    }
+
+    /// The jobs whose outcome is held here (their rows may still say running).
+    pub fn jobs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.unsent.iter().chain(&self.sent).map(|(w, _)| w.job)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unsent.is_empty() && self.sent.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +284,39 @@ mod tests {
             attempt: 1,
             delay_s: 1.0,
         }
+    }
+
+    #[test]
+    fn outcomes_handed_to_the_grabber_hold_their_events_until_settled_or_taken_back() {
+        let mut h = Handed::default();
+        h.add(waiting(1), 10.0);
+        assert!(h.holds(1) && !h.holds(2));
+        h.hold_event(1, event(1));
+        let t0 = Instant::now();
+        assert_eq!(h.deadline(), None);
+        let sent = h.send(t0);
+        assert_eq!(h.deadline(), Some(t0 + HANDED_PATIENCE));
+        assert_eq!((sent.len(), sent[0].job, sent[0].at), (1, 1, 10.0));
+        h.add(waiting(2), 11.0);
+        h.hold_event(2, event(2));
+        // Another attempt of job 1 is not this one.
+        assert!(h.settled(1, 2).is_none());
+        let w = h.settled(1, 1).expect("sent");
+        assert_eq!(w.events.len(), 1);
+        assert!(!h.holds(1) && h.settled(1, 1).is_none(), "settled once");
+        assert_eq!(h.deadline(), None, "nothing sent waits");
+        assert_eq!(h.jobs().collect::<Vec<_>>(), [2]);
+        // Not sent in its turn: the loop stores it.
+        let unsent = h.take_unsent();
+        assert_eq!((unsent.len(), unsent[0].0.events.len()), (1, 1));
+        assert!(h.is_empty());
+        // A grabber that fails gives every outcome back, sent ones first.
+        h.add(waiting(3), 12.0);
+        h.send(t0);
+        h.add(waiting(4), 13.0);
+        let all: Vec<i64> = h.take_all().iter().map(|(w, _)| w.job).collect();
+        assert_eq!(all, [3, 4]);
+        assert!(h.is_empty() && h.settled(3, 1).is_none() && h.deadline().is_none());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::checkpointer::Checkpointer;
 use crate::events_file::EventsFile;
 use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
-use crate::pending::Pending;
+use crate::pending::{Handed, Pending};
 use crate::record::{ChildRow, EventRecord};
 use crate::wire::{ClaimReport, GrabberSettings, JobPayload, ToChild};
 
@@ -75,6 +75,9 @@ struct Supervisor {
     told_stopping: bool,
     /// Outcomes the store could not take yet, with the events that announce them.
     pending: Pending,
+    /// Outcomes handed to the grabber to store with its next claim, with the events
+    /// that announce them.
+    handed: Handed,
     /// How to open the store again when its connection broke.
     store_arg: crate::wire::StoreArg,
     /// Deletes finished jobs past the config's `retention`, on a thread of its own.
@@ -91,6 +94,8 @@ enum Wake {
     CloseWait(ChildId),
     /// The next try of the outcomes that wait for the store.
     Pending,
+    /// The outcomes sent to the grabber waited too long for its word: stored here.
+    Handed,
     /// SIGHUP rang: one reload asked of the core, however many rang since the last one.
     Reload,
     /// The core's next deadline: [`Core::on_timeout`].
@@ -105,9 +110,12 @@ impl Supervisor {
     fn event_loop(&mut self, rx: &Receiver<Ev>) -> i32 {
         loop {
             if let Some(code) = self.exit_code {
-                if !self.fenced() {
+                if self.fenced() {
                     // A fenced supervisor's store is not its to write: the journal keeps
                     // what waits, for the next run.
+                    self.journal_handed();
+                } else {
+                    self.store_handed(true);
                     self.flush_pending();
                 }
                 return code;
@@ -143,6 +151,13 @@ impl Supervisor {
                 match wake {
                     Wake::CloseWait(child) => self.deliver_exit(child),
                     Wake::Pending => self.retry_pending(),
+                    Wake::Handed => {
+                        log::warn!("the grabber has not stored the outcomes it was handed; storing them here");
+                        self.store_handed(true);
+                        if let Some(was) = self.pending_was.take() {
+                            self.pending_changed(was);
+                        }
+                    }
                     Wake::Reload => self.feed(Input::ReloadRequested),
                     Wake::Core => self.on_timeout(now),
                 }
@@ -162,6 +177,7 @@ impl Supervisor {
             for input in self.execute(actions) {
                 self.feed(input);
             }
+            self.store_handed(false);
             if let Some(was) = self.pending_was.take() {
                 self.pending_changed(was);
             }
@@ -247,6 +263,8 @@ impl Supervisor {
             self.core_timer();
             inputs.extend(self.execute(actions));
         }
+        // Outcomes no grant took to the grabber: stored here, now.
+        self.store_handed(false);
         if let Some(was) = self.pending_was.take() {
             self.pending_changed(was);
         }
@@ -292,12 +310,7 @@ impl Supervisor {
                 {
                     if let Some(Action::Grant { group, n, epoch }) = actions.next() {
                         let poll = Some(poll);
-                        self.send_to_grabber(ToChild::Grant {
-                            group,
-                            n,
-                            epoch,
-                            poll,
-                        })
+                        self.grant(group, n, epoch, poll);
                     }
                 }
                 Action::Grant { group, n, epoch } => {
@@ -308,12 +321,7 @@ impl Supervisor {
                         }
                         _ => None,
                     };
-                    self.send_to_grabber(ToChild::Grant {
-                        group,
-                        n,
-                        epoch,
-                        poll,
-                    })
+                    self.grant(group, n, epoch, poll);
                 }
                 Action::Revoke { group, epoch } => {
                     self.send_to_grabber(ToChild::Revoke { group, epoch })
@@ -394,7 +402,12 @@ impl Supervisor {
     /// it waits too, with the outcome.
     fn emit_event(&mut self, event: &Event) {
         let record = EventRecord::from(event);
-        if let Some(job) = (record.outcome_of_job()).filter(|j| self.pending.holds(*j)) {
+        let job = record.outcome_of_job();
+        if let Some(job) = job.filter(|j| self.handed.holds(*j)) {
+            self.handed.hold_event(job, record);
+            return;
+        }
+        if let Some(job) = job.filter(|j| self.pending.holds(*j)) {
             self.pending.hold_event(job, record);
             self.save_journal();
             return;

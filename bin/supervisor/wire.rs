@@ -60,6 +60,13 @@ pub enum PassItem {
     Claimed(ClaimReport),
     /// `supervisor cancel` asked to stop this running job.
     CancelRequested { job: JobId },
+    /// The grabber stored an outcome the supervisor handed it (`stored`: false if the
+    /// store refused it as stale). These come first in a pass, before its claims.
+    Settled {
+        job: JobId,
+        attempt: u32,
+        stored: bool,
+    },
     /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
     SourceReport { epoch: u64, empty: bool },
     /// The grabber found a job it cannot run (its stored row is damaged); the store
@@ -83,11 +90,14 @@ pub enum ToChild {
     /// Grabber: `n` more credits for `group` (a newer epoch replaces the count); with
     /// `poll`, also a [`ToChild::Poll`] with that epoch, applied first (a job's end asks
     /// for both at once: one message, one wake of the grabber, where there were two).
+    /// `settle`: outcomes of attempts that just ended, for the grabber to store with its
+    /// next claim, in one transaction (see [`PassItem::Settled`]).
     Grant {
         group: String,
         n: u32,
         epoch: u64,
         poll: Option<u64>,
+        settle: Vec<supervisor_store::Settle>,
     },
     /// Grabber: drop every credit of `group`, counting from `epoch` on.
     Revoke { group: String, epoch: u64 },
@@ -167,6 +177,17 @@ impl From<supervisor_os::Ended> for WireEnd {
             supervisor_os::Ended::Signal(s) => WireEnd::Signal(s),
         }
     }
+}
+
+/// Whether an outcome handed to the grabber can be stored as it is: its times finite
+/// (the supervisor's clock gives no other; a grabber leaves any other to the supervisor,
+/// which stores what it handed over once the grabber's word is late).
+pub fn sound_settle(s: &supervisor_store::Settle) -> bool {
+    let next_at = match s.next {
+        supervisor_store::AfterAttempt::Retry { at } => at,
+        _ => 0.0,
+    };
+    s.at.is_finite() && next_at.is_finite()
 }
 
 /// Whether a core signal is SIGKILL.

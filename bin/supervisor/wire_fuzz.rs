@@ -209,6 +209,7 @@ fn to_child(m: &ToChild, n: u32) -> Result<(), TestCaseError> {
             n: credits,
             epoch,
             poll,
+            settle,
         } => {
             let _ = (
                 group.len(),
@@ -216,6 +217,10 @@ fn to_child(m: &ToChild, n: u32) -> Result<(), TestCaseError> {
                 epoch.saturating_add(1),
                 poll.map(|p| p.saturating_add(1)),
             );
+            // The grabber stores the sound ones as they are.
+            for s in settle.iter().filter(|s| crate::wire::sound_settle(s)) {
+                let _ = (s.job, s.attempt, s.owner, s.outcome.kind.as_str());
+            }
             Ok(())
         }
         ToChild::Revoke { group, epoch } => {
@@ -290,7 +295,9 @@ fn from_child(m: &FromChild, n: u32) -> Result<(), TestCaseError> {
 fn pass_item(item: &PassItem) -> Result<(), TestCaseError> {
     match item {
         PassItem::Claimed(c) => claim(c),
-        PassItem::SourceReport { .. } | PassItem::CancelRequested { .. } => Ok(()),
+        PassItem::SourceReport { .. }
+        | PassItem::CancelRequested { .. }
+        | PassItem::Settled { .. } => Ok(()),
         PassItem::Refused {
             job,
             attempts,
@@ -480,6 +487,52 @@ fn claim_value() -> impl Strategy<Value = ClaimReport> {
         )
 }
 
+/// An outcome handed to the grabber, any times included.
+fn settle() -> impl Strategy<Value = supervisor_store::Settle> {
+    use supervisor_store::{AfterAttempt, OutcomeKind, OutcomeRecord, Settle};
+    let kind = prop_oneof![
+        Just(OutcomeKind::Succeeded),
+        Just(OutcomeKind::Failed),
+        Just(OutcomeKind::TimedOut),
+        Just(OutcomeKind::Lost),
+        Just(OutcomeKind::Canceled),
+    ];
+    let next = prop_oneof![
+        Just(AfterAttempt::Done),
+        Just(AfterAttempt::Dead),
+        any::<f64>().prop_map(|at| AfterAttempt::Retry { at }),
+    ];
+    (
+        (any::<i64>(), any::<u32>(), any::<i64>(), kind),
+        (any::<Option<i32>>(), any::<Option<i32>>()),
+        (prop::option::of(string()), prop::option::of(string())),
+        (next, any::<f64>()),
+    )
+        .prop_map(
+            |(
+                (job, attempt, owner, kind),
+                (exit_code, signal),
+                (start_error, reason),
+                (next, at),
+            )| {
+                Settle {
+                    job,
+                    attempt,
+                    owner,
+                    outcome: OutcomeRecord {
+                        kind,
+                        exit_code,
+                        signal,
+                        start_error,
+                        reason,
+                    },
+                    next,
+                    at,
+                }
+            },
+        )
+}
+
 fn job_payload() -> impl Strategy<Value = JobPayload> {
     (
         any::<i64>(),
@@ -514,13 +567,15 @@ fn to_child_bytes() -> BoxedStrategy<Vec<u8>> {
             string(),
             any::<u32>(),
             any::<u64>(),
-            prop::option::of(any::<u64>())
+            prop::option::of(any::<u64>()),
+            prop::collection::vec(settle(), 0..3),
         )
-            .prop_map(|(group, n, epoch, poll)| encode(&ToChild::Grant {
+            .prop_map(|(group, n, epoch, poll, settle)| encode(&ToChild::Grant {
                 group,
                 n,
                 epoch,
-                poll
+                poll,
+                settle,
             })),
         (string(), any::<u64>())
             .prop_map(|(group, epoch)| encode(&ToChild::Revoke { group, epoch })),

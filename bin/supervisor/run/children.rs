@@ -47,8 +47,9 @@ impl Supervisor {
             FromChild::Pong => Input::Alive { child },
             FromChild::Pass(found) => {
                 for item in found {
-                    let input = self.pass_input(item);
-                    self.feed(input);
+                    if let Some(input) = self.pass_input(item) {
+                        self.feed(input);
+                    }
                 }
                 return;
             }
@@ -56,6 +57,9 @@ impl Supervisor {
                 error,
                 claimed_before,
             } => {
+                // What it was handed may not be stored: stored here, before the jobs
+                // running under us in the store are looked at.
+                self.store_handed(true);
                 // A claim of the failed pass may have committed with its answer lost:
                 // such jobs run under us in the store, unknown here, until given back.
                 let t = self
@@ -99,9 +103,10 @@ impl Supervisor {
         self.feed(input);
     }
 
-    /// What one finding of a grabber's pass is to the core.
-    fn pass_input(&mut self, item: PassItem) -> Input {
-        match item {
+    /// What one finding of a grabber's pass is to the core (an outcome it stored is
+    /// nothing to the core, which took it for stored when it decided it).
+    fn pass_input(&mut self, item: PassItem) -> Option<Input> {
+        let input = match item {
             PassItem::Claimed(claim) => {
                 let job = ClaimedJob {
                     id: claim.id,
@@ -132,7 +137,16 @@ impl Supervisor {
                 attempts,
                 reason,
             },
-        }
+            PassItem::Settled {
+                job,
+                attempt,
+                stored,
+            } => {
+                self.settled(job, attempt, stored);
+                return None;
+            }
+        };
+        Some(input)
     }
 
     /// Reap every ended child; tell the core once its channel has also closed.
@@ -174,6 +188,11 @@ impl Supervisor {
         let c = self.children.remove(&child).expect("checked above");
         let pid = c.pid.expect("a reaped child has a pid");
         self.by_pid.remove(&pid);
+        if self.core.grabber() == Some(child) {
+            // What the grabber was handed and did not say it stored is stored here,
+            // before the core has the jobs running under us in the store looked at.
+            self.store_handed(true);
+        }
         self.feed(Input::Exited { pid, end });
     }
 

@@ -50,8 +50,14 @@ impl Supervisor {
     }
 
     /// The grabber died: give back what it claimed in the store but never reported.
+    /// `known`: the jobs the core runs; those whose outcome waits for the store are
+    /// known too (their rows still say running under us).
     pub(super) fn release_strays(&mut self, known: &[i64]) {
-        match (self.store).release_strays(self.instance, known, None, wall_now()) {
+        let known: Vec<i64> = (known.iter().copied())
+            .chain(self.pending.waiting().map(|w| w.job))
+            .chain(self.handed.jobs())
+            .collect();
+        match (self.store).release_strays(self.instance, &known, None, wall_now()) {
             Ok(ids) if !ids.is_empty() => {
                 log::warn!("requeued jobs {ids:?} the grabber claimed but never reported")
             }
@@ -182,31 +188,116 @@ impl Supervisor {
             next,
             events: vec![],
         };
-        // Behind an outcome that waits, every later one waits too: in order.
+        if self.pending.is_empty() && self.can_hand_over() {
+            // Stored by the grabber with its next claim, if a grant goes to it now.
+            self.handed.add(waiting, now);
+            return;
+        }
+        self.store_now(waiting, now);
+    }
+
+    /// Whether the grabber can store outcomes: connected, its store answering, and ours
+    /// to write.
+    fn can_hand_over(&self) -> bool {
+        let connected = (self.core.grabber())
+            .and_then(|g| self.children.get(&g))
+            .is_some_and(|c| c.writer.is_some() && c.exit.is_none());
+        connected && self.lost_claims.is_none() && !self.fenced()
+    }
+
+    /// Store an outcome decided at `now` from this loop, then write the events held with
+    /// it; if the store fails, it waits (journaled) with them. Behind an outcome that
+    /// waits, every later one waits too: in order.
+    fn store_now(&mut self, waiting: Waiting, now: f64) {
         if !self.pending.is_empty() {
             self.wait_for_store(waiting);
             return;
         }
-        let w = &waiting;
+        let (job, attempt) = (waiting.job, waiting.attempt);
         if self.store.connection_lost() {
             self.reopen_store();
         }
-        match self
-            .store
-            .record_outcome(job, attempt, self.instance, &w.outcome, w.next, now)
-        {
-            Ok(true) => {
-                if let Some(c) = &mut self.checkpointer {
-                    c.wrote();
-                }
-            }
-            Ok(false) => {
-                log::warn!("job {job} attempt {attempt}: outcome refused by the store (stale)")
-            }
+        let w = &waiting;
+        match (self.store).record_outcome(job, attempt, w.owner, &w.outcome, w.next, now) {
+            Ok(stored) => self.outcome_stored(waiting, stored),
             Err(e) => {
                 log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
                 self.wait_for_store(waiting);
             }
+        }
+    }
+
+    /// An outcome is stored (`stored`), or was refused as stale: write its events.
+    fn outcome_stored(&mut self, waiting: Waiting, stored: bool) {
+        if stored {
+            if let Some(c) = &mut self.checkpointer {
+                c.wrote();
+            }
+        } else {
+            log::warn!(
+                "job {} attempt {}: outcome refused by the store (stale)",
+                waiting.job,
+                waiting.attempt
+            );
+        }
+        for record in waiting.events {
+            self.emit(record);
+        }
+    }
+
+    /// A grant for the grabber, with the outcomes handed over since the last one.
+    pub(super) fn grant(&mut self, group: String, n: u32, epoch: u64, poll: Option<u64>) {
+        let settle = self.handed.send(Instant::now());
+        self.handed_timer();
+        self.send_to_grabber(ToChild::Grant {
+            group,
+            n,
+            epoch,
+            poll,
+            settle,
+        });
+    }
+
+    /// The grabber stored attempt `attempt` of `job` with a claim (or found it stale).
+    pub(super) fn settled(&mut self, job: i64, attempt: u32, stored: bool) {
+        // Not held (any more): stored here already, when the grabber failed meanwhile.
+        if let Some(waiting) = self.handed.settled(job, attempt) {
+            self.handed_timer();
+            self.outcome_stored(waiting, stored);
+        }
+    }
+
+    /// Store here what was handed to the grabber and not sent (`all`: and what was
+    /// sent, the grabber having failed, died or taken too long).
+    pub(super) fn store_handed(&mut self, all: bool) {
+        if self.handed.is_empty() {
+            return;
+        }
+        let outcomes = if all {
+            self.handed.take_all()
+        } else {
+            self.handed.take_unsent()
+        };
+        self.handed_timer();
+        for (waiting, at) in outcomes {
+            self.store_now(waiting, at);
+        }
+    }
+
+    /// When the loop takes back what the grabber was sent, in its timer table.
+    fn handed_timer(&mut self) {
+        let at = (self.handed.deadline())
+            .map(|t| Time::from_origin(t.saturating_duration_since(self.started)));
+        self.timers.set_or_stop(Wake::Handed, at);
+    }
+
+    /// Fenced: what the grabber was handed goes to the outcomes journal, for the next
+    /// run to store.
+    pub(super) fn journal_handed(&mut self) {
+        let outcomes = self.handed.take_all();
+        self.handed_timer();
+        for (waiting, _) in outcomes {
+            self.wait_for_store(waiting);
         }
     }
 
@@ -239,6 +330,7 @@ impl Supervisor {
             .keys()
             .copied()
             .chain(self.pending.waiting().map(|w| w.job))
+            .chain(self.handed.jobs())
             .collect();
         match self
             .store

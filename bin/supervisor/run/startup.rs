@@ -19,7 +19,7 @@ use crate::events_file::{wall_now, EventsFile};
 use crate::instances::Me;
 use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
-use crate::pending::{HeldEvent, Pending};
+use crate::pending::{Handed, HeldEvent, Pending};
 use crate::record::EventRecord;
 
 use super::panics::{injected_fault, install_panic_hook, Fault, LAST_PANIC, PANIC_TX};
@@ -114,6 +114,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         notifier: Notifier::from_env(),
         told_stopping: false,
         pending: Pending::default(),
+        handed: Handed::default(),
         store_arg,
         retention,
         http,

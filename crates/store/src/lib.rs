@@ -432,6 +432,21 @@ pub struct OutcomeRecord {
     pub reason: Option<String>,
 }
 
+/// An attempt's outcome to store, with all that [`JobStore::record_outcome`] takes: what
+/// the supervisor hands its grabber to store with the next claim
+/// ([`JobStore::settle_and_claim`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settle {
+    pub job: JobId,
+    pub attempt: u32,
+    /// The instance that ran it.
+    pub owner: InstanceId,
+    pub outcome: OutcomeRecord,
+    pub next: AfterAttempt,
+    /// When the attempt ended (unix seconds): its `finished_at`.
+    pub at: f64,
+}
+
 /// What becomes of a job after an attempt: decided by the caller, applied by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -638,6 +653,35 @@ pub trait JobStore {
         next: AfterAttempt,
         now: f64,
     ) -> Result<bool>;
+
+    /// Stores `outcomes`, in order, as [`record_outcome`](JobStore::record_outcome) does
+    /// each: true for each stored, false for a stale one. All or none are stored when the
+    /// store fails.
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
+        outcomes
+            .iter()
+            .map(|o| self.record_outcome(o.job, o.attempt, o.owner, &o.outcome, o.next, o.at))
+            .collect()
+    }
+
+    /// [`settle`](JobStore::settle), then [`claim`](JobStore::claim): the outcomes of the
+    /// attempts that just ended and the claims for the workers they freed, in one
+    /// transaction where the store can (SQLite: one commit, and one connection writing
+    /// where two made each reload what the other changed). When it fails, none of the
+    /// outcomes may be taken for stored (a store that cannot do it in one transaction
+    /// may have stored some: storing them again is refused as stale).
+    fn settle_and_claim(
+        &mut self,
+        outcomes: &[Settle],
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<(Vec<bool>, ClaimResult)> {
+        let stored = self.settle(outcomes)?;
+        let claimed = self.claim(me, routes, credits, now)?;
+        Ok((stored, claimed))
+    }
 
     /// Gives back a running job (graceful stop): it goes back to `queued` without using up
     /// an attempt (or becomes `canceled`, finished at `now`, if a cancel was requested).

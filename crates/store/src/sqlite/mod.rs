@@ -28,7 +28,8 @@ use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
 use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, state_counts};
 use crate::{
     AfterAttempt, AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState,
-    JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
+    JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, Settle,
+    StoreError,
 };
 use crate::{GroupCount, JobFilter};
 
@@ -202,6 +203,32 @@ fn materialise_if_due(conn: &Connection, now: f64) -> Result<()> {
         materialise(conn, now)?;
     }
     Ok(())
+}
+
+/// [`JobStore::record_outcome`] of `o`, on `conn` (in its transaction, if one is open).
+fn record_outcome(conn: &Connection, o: &Settle) -> Result<bool> {
+    let (state, not_before) = outcome_state(o.job, &o.outcome, o.next)?;
+    // One statement: a retry becomes `canceled` if a cancel was requested, decided on
+    // the row as it is when the write lock is held.
+    let changed = conn
+        .prepare_cached(&RECORD_OUTCOME)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                state.as_str(),
+                not_before,
+                o.outcome.exit_code,
+                o.outcome.signal,
+                o.outcome.kind.as_str(),
+                o.at,
+                o.job,
+                o.attempt,
+                o.owner,
+                o.outcome.start_error,
+                o.outcome.reason
+            ])
+        })
+        .ctx("record an outcome")?;
+    Ok(changed == 1)
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`), begun and ended by cached statements:
@@ -525,6 +552,35 @@ impl JobStore for SqliteStore {
         Ok(result)
     }
 
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
+        let tx = WriteTx::begin(&self.conn).ctx("record outcomes")?;
+        let stored = outcomes
+            .iter()
+            .map(|o| record_outcome(&tx, o))
+            .collect::<Result<Vec<bool>>>()?;
+        tx.commit().ctx("record outcomes")?;
+        Ok(stored)
+    }
+
+    fn settle_and_claim(
+        &mut self,
+        outcomes: &[Settle],
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<(Vec<bool>, ClaimResult)> {
+        let tx = WriteTx::begin(&self.conn).ctx("claim")?;
+        let stored = outcomes
+            .iter()
+            .map(|o| record_outcome(&tx, o))
+            .collect::<Result<Vec<bool>>>()?;
+        materialise(&tx, now)?;
+        let result = claim::claim(&mut ClaimTx::new(&tx), me, routes, credits, now)?;
+        tx.commit().ctx("claim")?;
+        Ok((stored, result))
+    }
+
     fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>> {
         let op = "purge finished jobs";
         let sql = for_sqlite(&sql::purge(state.is_some()));
@@ -660,29 +716,15 @@ impl JobStore for SqliteStore {
         next: AfterAttempt,
         now: f64,
     ) -> Result<bool> {
-        let (state, not_before) = outcome_state(id, outcome, next)?;
-        // One statement: a retry becomes `canceled` if a cancel was requested, decided on
-        // the row as it is when the write lock is held.
-        let changed = self
-            .conn
-            .prepare_cached(&RECORD_OUTCOME)
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    state.as_str(),
-                    not_before,
-                    outcome.exit_code,
-                    outcome.signal,
-                    outcome.kind.as_str(),
-                    now,
-                    id,
-                    attempt,
-                    owner,
-                    outcome.start_error,
-                    outcome.reason
-                ])
-            })
-            .ctx("record an outcome")?;
-        Ok(changed == 1)
+        let settle = Settle {
+            job: id,
+            attempt,
+            owner,
+            outcome: outcome.clone(),
+            next,
+            at: now,
+        };
+        record_outcome(&self.conn, &settle)
     }
 
     fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {

@@ -535,6 +535,71 @@ pub fn stale_outcomes_are_refused(new: Factory) {
     assert!(j.is_finished());
 }
 
+/// Outcomes stored with the next claim (`settle_and_claim`) or alone (`settle`): each as
+/// `record_outcome` would, a stale one refused, and the retry an outcome makes due at once
+/// claimable by the same call.
+pub fn outcomes_settled_with_a_claim(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let routes = [named("g")];
+    let ids = s
+        .submit(&[job_in("g"), job_in("g"), job_in("g")], 1.0)
+        .unwrap();
+    let got = s
+        .claim(me, &routes, &mut credits(&[("g", 2)]), 2.0)
+        .unwrap()
+        .jobs;
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2]);
+    let settle = |job, attempt, kind, next, at| supervisor_store::Settle {
+        job,
+        attempt,
+        owner: me,
+        outcome: outcome(kind),
+        next,
+        at,
+    };
+    let outcomes = [
+        settle(ids[0], 1, OutcomeKind::Succeeded, AfterAttempt::Done, 3.0),
+        // A failure retried at once: claimable by the claim of the same call.
+        settle(
+            ids[1],
+            1,
+            OutcomeKind::Failed,
+            AfterAttempt::Retry { at: 3.0 },
+            3.0,
+        ),
+        // A job not running (queued, not claimed yet): stale.
+        settle(ids[2], 1, OutcomeKind::Succeeded, AfterAttempt::Done, 3.0),
+    ];
+    let mut cr = credits(&[("g", 2)]);
+    let (stored, claimed) = s
+        .settle_and_claim(&outcomes, me, &routes, &mut cr, 3.0)
+        .unwrap();
+    assert_eq!(stored, [true, true, false]);
+    let j = s.get(ids[0], 3.0).unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.exit_code, j.finished_at),
+        (JobState::Succeeded, Some(0), Some(3.0))
+    );
+    let mut got: Vec<(i64, u32)> = claimed.jobs.iter().map(|j| (j.id, j.attempt)).collect();
+    got.sort_unstable();
+    assert_eq!(got, [(ids[1], 2), (ids[2], 1)]);
+    // Settled again: stale, changing nothing.
+    assert_eq!(s.settle(&outcomes[..1]).unwrap(), [false]);
+    // Alone, with no claim.
+    let done = [
+        settle(ids[1], 2, OutcomeKind::Failed, AfterAttempt::Dead, 4.0),
+        settle(ids[2], 1, OutcomeKind::Succeeded, AfterAttempt::Done, 4.0),
+    ];
+    assert_eq!(s.settle(&done).unwrap(), [true, true]);
+    assert_eq!(s.get(ids[1], 5.0).unwrap().unwrap().state, JobState::Dead);
+    assert_eq!(
+        s.get(ids[2], 5.0).unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(s.settle(&[]).unwrap(), Vec::<bool>::new());
+}
+
 pub fn cancel_in_every_state(new: Factory) {
     let mut s = new();
     let me = instance(&mut *s, 1);
@@ -1695,6 +1760,7 @@ macro_rules! conformance_tests {
             lost_attempt_is_queued_with_not_before,
             release_gives_the_attempt_back,
             stale_outcomes_are_refused,
+            outcomes_settled_with_a_claim,
             cancel_in_every_state,
             release_of_a_cancel_requested_job_cancels_it,
             taking_back_a_cancel_requested_job_cancels_it_at_now,
