@@ -52,7 +52,7 @@ use crate::{
     AfterAttempt, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
     NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
-use crate::{GroupCount, JobFilter};
+use crate::{GroupCount, JobFilter, Settle};
 
 mod claim_sql;
 mod connect;
@@ -184,6 +184,37 @@ fn materialise(stmts: &mut Statements, client: &mut impl GenericClient, now: f64
         "queue due retries",
     )
     .map(|_| ())
+}
+
+/// [`JobStore::record_outcome`] of `o`, through `client` (in its transaction, if it is
+/// one). A retry turns into `canceled` if a cancel was requested, which the UPDATE decides
+/// on the row's latest version.
+fn record_outcome(
+    stmts: &mut Statements,
+    client: &mut impl GenericClient,
+    o: &Settle,
+) -> Result<bool> {
+    let (state, not_before) = outcome_state(o.job, &o.outcome, o.next)?;
+    execute(
+        stmts,
+        client,
+        RECORD_OUTCOME,
+        &[
+            &state.as_str(),
+            &not_before,
+            &o.outcome.exit_code,
+            &o.outcome.signal,
+            &o.outcome.kind.as_str(),
+            &o.at,
+            &o.job,
+            &i64::from(o.attempt),
+            &o.owner,
+            &o.outcome.start_error,
+            &o.outcome.reason,
+        ],
+        "record an outcome",
+    )
+    .map(|changed| changed == 1)
 }
 
 /// Like [`materialise`], but writes only if some retry is due, so that read-only commands
@@ -574,29 +605,47 @@ impl JobStore for PostgresStore {
         next: AfterAttempt,
         now: f64,
     ) -> Result<bool> {
-        // A retry turns into `canceled` if a cancel was requested, which the UPDATE
-        // decides on the row's latest version.
-        let (state, not_before) = outcome_state(id, outcome, next)?;
-        execute(
-            &mut self.stmts,
-            &mut self.client,
-            RECORD_OUTCOME,
-            &[
-                &state.as_str(),
-                &not_before,
-                &outcome.exit_code,
-                &outcome.signal,
-                &outcome.kind.as_str(),
-                &now,
-                &id,
-                &i64::from(attempt),
-                &owner,
-                &outcome.start_error,
-                &outcome.reason,
-            ],
-            "record an outcome",
-        )
-        .map(|changed| changed == 1)
+        let settle = Settle {
+            job: id,
+            attempt,
+            owner,
+            outcome: outcome.clone(),
+            next,
+            at: now,
+        };
+        record_outcome(&mut self.stmts, &mut self.client, &settle)
+    }
+
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
+        let mut tx = self.client.transaction().ctx("record outcomes")?;
+        let stored = (outcomes.iter())
+            .map(|o| record_outcome(&mut self.stmts, &mut tx, o))
+            .collect::<Result<Vec<bool>>>()?;
+        tx.commit().ctx("record outcomes")?;
+        Ok(stored)
+    }
+
+    fn settle_and_claim(
+        &mut self,
+        outcomes: &[Settle],
+        me: InstanceId,
+        routes: &[Route],
+        credits: &mut BTreeMap<String, u32>,
+        now: f64,
+    ) -> Result<(Vec<bool>, ClaimResult)> {
+        let mut tx = self.client.transaction().ctx("claim")?;
+        let stored = (outcomes.iter())
+            .map(|o| record_outcome(&mut self.stmts, &mut tx, o))
+            .collect::<Result<Vec<bool>>>()?;
+        tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
+        materialise(&mut self.stmts, &mut tx, now)?;
+        let mut sql = ClaimTx {
+            stmts: &mut self.stmts,
+            tx: &mut tx,
+        };
+        let result = claim::claim(&mut sql, me, routes, credits, now)?;
+        tx.commit().ctx("claim")?;
+        Ok((stored, result))
     }
 
     fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {
