@@ -7,13 +7,15 @@
 //!     cargo run --release --example dispatch_parts -- ipc 10000     # one message hop
 //!
 //! `store`: a SQLite store in a temporary directory, N named jobs queued, then N times
-//! what the grabber and the supervisor do for one job: a claim with one credit, and its
-//! outcome stored. One thread, no process, no IPC; twice: claims and outcomes through
-//! one connection, then through two (as the grabber and the supervisor have: each
-//! then finds the other's writes and reloads what it cached). With a PostgreSQL URL (an
-//! empty database), the same through two connections to it; the CPU printed is then
-//! this process's only, and the server's is the caller's to measure (`scripts/bench
-//! depth` takes the whole machine's).
+//! what the store does for one job: a claim with one credit, and its outcome stored. One
+//! thread, no process, no IPC; three times: claims and outcomes through one connection,
+//! each its own transaction; then through two (as when the supervisor stored outcomes
+//! and the grabber claimed: each then finds the other's writes and reloads what it
+//! cached); then as the grabber does now, each outcome stored in the transaction of the
+//! next claim (`settle_and_claim`), the last line. With a PostgreSQL URL (an empty
+//! database), the last way only; the CPU printed is then this process's only, and the
+//! server's is the caller's to measure (`scripts/bench depth` takes the whole
+//! machine's).
 //!
 //! `ipc`: N round trips of a small message (the size of `Claimed`) between this process
 //! and a copy of it over ipc-channel, each side blocked in `recv` (as the hub and a
@@ -26,7 +28,8 @@ use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
 use nix::sys::resource::{getrusage, UsageWho};
 use serde::{Deserialize, Serialize};
 use supervisor_store::{
-    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, SqliteStore,
+    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, Settle,
+    SqliteStore,
 };
 
 /// User + system CPU seconds of `who`.
@@ -43,33 +46,44 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-fn sqlite(n: u64, connections: usize) {
+/// How a claim and an outcome reach the store.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    /// One connection, a transaction each.
+    One,
+    /// Two connections, a transaction each.
+    Two,
+    /// The outcome in the transaction of the next claim.
+    Settled,
+}
+
+fn sqlite(n: u64, way: Way) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("jobs.db");
     let store = SqliteStore::open(&path).expect("open the store");
-    let other = (connections == 2).then(|| SqliteStore::open(&path).expect("open again"));
-    store_loop(
-        n,
-        store,
-        other,
-        &format!("sqlite, {connections} connection(s)"),
-    );
+    let other = (way == Way::Two).then(|| SqliteStore::open(&path).expect("open again"));
+    let what = match way {
+        Way::One => "sqlite, 1 connection",
+        Way::Two => "sqlite, 2 connections",
+        Way::Settled => "sqlite, each outcome with the next claim",
+    };
+    store_loop(n, store, other, way, what);
 }
 
 fn postgres(n: u64, url: &str) {
     let store = PostgresStore::connect(url).expect("connect");
-    let other = PostgresStore::connect(url).expect("connect again");
     store_loop(
         n,
         store,
-        Some(other),
-        "postgres, 2 connections, this process only",
+        None,
+        Way::Settled,
+        "postgres, each outcome with the next claim, this process only",
     );
 }
 
 /// N jobs queued, then N times a claim of one through `store` and its outcome through
-/// `other` (or `store`).
-fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, what: &str) {
+/// `other` (or `store`), or with the next claim.
+fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, way: Way, what: &str) {
     let me = store
         .register_instance("bench", std::process::id(), "bench", now())
         .expect("register");
@@ -93,17 +107,34 @@ fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, what: &st
         reason: None,
     };
     let (cpu0, t0) = (cpu(UsageWho::RUSAGE_SELF), Instant::now());
+    let mut last: Option<Settle> = None;
     for _ in 0..n {
         let mut credits = BTreeMap::from([("g".to_string(), 1)]);
-        let claimed = store
-            .claim(me, &routes, &mut credits, now())
+        let settle: Vec<Settle> = last.take().into_iter().collect();
+        let (stored, claimed) = store
+            .settle_and_claim(&settle, me, &routes, &mut credits, now())
             .expect("claim");
+        assert!(stored.iter().all(|s| *s), "outcome refused");
         let job = claimed.jobs.first().expect("a job to claim");
+        if way == Way::Settled {
+            last = Some(Settle {
+                job: job.id,
+                attempt: job.attempt,
+                owner: me,
+                outcome: outcome.clone(),
+                next: AfterAttempt::Done,
+                at: now(),
+            });
+            continue;
+        }
         let recorder = other.as_mut().unwrap_or(&mut store);
         let stored = recorder
             .record_outcome(job.id, job.attempt, me, &outcome, AfterAttempt::Done, now())
             .expect("outcome");
         assert!(stored, "outcome refused");
+    }
+    if let Some(o) = last {
+        assert_eq!(store.settle(&[o]).expect("the last outcome"), [true]);
     }
     let (cpu1, wall) = (cpu(UsageWho::RUSAGE_SELF), t0.elapsed().as_secs_f64());
     println!(
@@ -187,8 +218,9 @@ fn main() {
         Some("store") => match args.get(2) {
             Some(url) => postgres(n(1), url),
             None => {
-                sqlite(n(1), 1);
-                sqlite(n(1), 2);
+                sqlite(n(1), Way::One);
+                sqlite(n(1), Way::Two);
+                sqlite(n(1), Way::Settled);
             }
         },
         Some("ipc") => ipc_parent(n(1)),

@@ -192,8 +192,8 @@ def parts():
         out = subprocess.run([PARTS_BIN, *args], check=True, capture_output=True,
                              text=True).stdout
         return [float(line.split(": ")[1].split()[0]) for line in out.splitlines()]
-    # Two connections, as the grabber and the supervisor have (the first line is one).
-    store = run("store", str(FLOOR_N))[1]
+    # As the grabber stores them: each outcome with the next claim (the last line).
+    store = run("store", str(FLOOR_N))[-1]
     hop = run("ipc", str(2 * FLOOR_N))[0]
     return store, hop
 
