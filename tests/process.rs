@@ -320,6 +320,45 @@ fn outcomes_handed_to_a_grabber_that_hangs_are_stored_by_the_supervisor() {
 }
 
 #[test]
+fn a_store_locked_past_the_heartbeat_timeout_kills_no_child_and_loses_no_outcome() {
+    // heartbeat: interval 0.2 s, timeout 1 s; the store is locked for 3 s, and a job
+    // ends meanwhile. The supervisor's and the grabber's store calls give up within a
+    // second (the outcome waits, and is tried again): no child goes unanswered.
+    let sb = Sandbox::new(&default_config());
+    let mut sv = sb.start(&[]);
+    ready_workers(&sv, "a", 2);
+    ready_grabber(&sv);
+    let ends = sb.submit_held("ends", &["--group", "a"]);
+    let runs = sb.submit_held("runs", &["--group", "a"]);
+    let ends_pid = ends.pid();
+    runs.pid();
+    let db = rusqlite::Connection::open(sb.path().join("state/jobs.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked_at = Instant::now();
+    ends.release();
+    wait_until(10 * SEC, || reaped(ends_pid)).expect("the job ends");
+    // The fault lasts 3 s (three heartbeat timeouts).
+    std::thread::sleep((3 * SEC).saturating_sub(locked_at.elapsed()));
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let done = sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_finished" && e["job_id"] == ends.id
+    });
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    runs.release();
+    wait_job(&sb, &sv, runs.id, &["succeeded"]);
+    sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_finished" && e["job_id"] == runs.id
+    });
+    let exits: Vec<Value> = (sv.events().into_iter())
+        .filter(|e| e["event"] == "child_exited")
+        .collect();
+    assert!(exits.is_empty(), "{exits:?}\n{}", sv.dump());
+    assert_eq!(sb.job(ends.id)["state"], "succeeded");
+    stop_cleanly(&mut sv);
+}
+
+#[test]
 fn a_stopped_worker_is_killed_by_the_watchdog() {
     // heartbeat: interval 0.2 s, timeout 1 s.
     let sb = Sandbox::new(&default_config());

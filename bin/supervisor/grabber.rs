@@ -101,6 +101,7 @@ enum Flow {
 
 /// Run the grabber until told to stop or the supervisor goes away.
 pub fn main(
+    store_wait_s: f64,
     ipc_name: &str,
     store: StoreArg,
     instance: i64,
@@ -108,6 +109,7 @@ pub fn main(
     error_backoff: Backoff,
     routes: Vec<Route>,
 ) -> i32 {
+    supervisor_store::set_busy_timeout(supervisor_core::bounds::duration(store_wait_s));
     let (tx, rx) = match ipc::connect(ipc_name) {
         Ok(x) => x,
         Err(e) => {

@@ -102,6 +102,7 @@ mod tests {
                 reason: None,
             },
             next: supervisor_store::AfterAttempt::Retry { at: 12.5 },
+            at: Some(10.0),
             events: vec![finished(job)],
         };
         let both = [w(1), w(2)];

@@ -294,7 +294,9 @@ fn child() -> i32 {
             poll_interval_s,
             error_backoff,
             routes,
+            store_wait_s,
         } => grabber::main(
+            store_wait_s,
             &args.ipc,
             store,
             instance,

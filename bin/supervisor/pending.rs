@@ -25,6 +25,10 @@ pub struct Waiting {
     pub attempt: u32,
     pub outcome: supervisor_store::OutcomeRecord,
     pub next: supervisor_store::AfterAttempt,
+    /// When the attempt ended (unix seconds), its `finished_at` whenever it is stored
+    /// (absent from the journals of earlier versions: then the time it is stored).
+    #[serde(default)]
+    pub at: Option<f64>,
     /// The events about this attempt, in order (in the journal as `[name, {fields}]`
     /// pairs, as before there was [`EventRecord`]).
     #[serde(with = "crate::record::as_pairs")]
@@ -166,31 +170,28 @@ pub const HANDED_PATIENCE: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Handed {
     /// Not sent yet: they go with the next grant, or are stored by the loop.
-    unsent: Vec<(Waiting, f64)>,
+    unsent: Vec<Waiting>,
     /// Sent with a grant: the grabber's pass says when each is stored.
-    sent: Vec<(Waiting, f64)>,
+    sent: Vec<Waiting>,
     /// Since when some sent outcome has waited for the grabber's word.
     waited_since: Option<Instant>,
 }
 
 impl Handed {
-    /// An outcome decided at `at` (unix seconds), to go with the next grant.
-    pub fn add(&mut self, waiting: Waiting, at: f64) {
-        self.unsent.push((waiting, at));
+    /// An outcome, to go with the next grant.
+    pub fn add(&mut self, waiting: Waiting) {
+        self.unsent.push(waiting);
     }
 
     /// Whether events about `job` must be held back (its outcome is not stored yet).
     pub fn holds(&self, job: i64) -> bool {
-        self.unsent
-            .iter()
-            .chain(&self.sent)
-            .any(|(w, _)| w.job == job)
+        self.unsent.iter().chain(&self.sent).any(|w| w.job == job)
     }
 
     /// Hold back an event about `job`, after its outcome.
     pub fn hold_event(&mut self, job: i64, event: HeldEvent) {
         let all = self.unsent.iter_mut().chain(self.sent.iter_mut());
-        if let Some((w, _)) = all.filter(|(w, _)| w.job == job).last() {
+        if let Some(w) = all.filter(|w| w.job == job).last() {
             w.events.push(event);
         }
     }
@@ -199,13 +200,13 @@ impl Handed {
     /// `now`).
     pub fn send(&mut self, now: Instant) -> Vec<supervisor_store::Settle> {
         let settle = (self.unsent.iter())
-            .map(|(w, at)| supervisor_store::Settle {
+            .map(|w| supervisor_store::Settle {
                 job: w.job,
                 attempt: w.attempt,
                 owner: w.owner,
                 outcome: w.outcome.clone(),
                 next: w.next,
-                at: *at,
+                at: w.at.unwrap_or_else(crate::events_file::wall_now),
             })
             .collect();
         if !self.unsent.is_empty() && self.sent.is_empty() {
@@ -225,8 +226,8 @@ impl Handed {
     /// The grabber stored (or found stale) attempt `attempt` of `job`: its outcome, with
     /// the events held, if it was sent and not taken back.
     pub fn settled(&mut self, job: i64, attempt: u32) -> Option<Waiting> {
-        let i = (self.sent.iter()).position(|(w, _)| w.job == job && w.attempt == attempt)?;
-        let (waiting, _) = self.sent.remove(i);
+        let i = (self.sent.iter()).position(|w| w.job == job && w.attempt == attempt)?;
+        let waiting = self.sent.remove(i);
         if self.sent.is_empty() {
             self.waited_since = None;
         }
@@ -234,13 +235,13 @@ impl Handed {
     }
 
     /// The outcomes not sent, in order: the loop stores them itself.
-    pub fn take_unsent(&mut self) -> Vec<(Waiting, f64)> {
+    pub fn take_unsent(&mut self) -> Vec<Waiting> {
         std::mem::take(&mut self.unsent)
     }
 
     /// Every outcome, sent or not, in order: the grabber failed or is gone, and the loop
     /// stores them itself.
-    pub fn take_all(&mut self) -> Vec<(Waiting, f64)> {
+    pub fn take_all(&mut self) -> Vec<Waiting> {
         let mut all = std::mem::take(&mut self.sent);
         all.append(&mut self.unsent);
         self.waited_since = None;
@@ -249,7 +250,7 @@ impl Handed {
 
     /// The jobs whose outcome is held here (their rows may still say running).
     pub fn jobs(&self) -> impl Iterator<Item = i64> + '_ {
-        self.unsent.iter().chain(&self.sent).map(|(w, _)| w.job)
+        self.unsent.iter().chain(&self.sent).map(|w| w.job)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -274,6 +275,7 @@ mod tests {
                 reason: None,
             },
             next: supervisor_store::AfterAttempt::Done,
+            at: Some(job as f64),
             events: vec![],
         }
     }
@@ -289,15 +291,15 @@ mod tests {
     #[test]
     fn outcomes_handed_to_the_grabber_hold_their_events_until_settled_or_taken_back() {
         let mut h = Handed::default();
-        h.add(waiting(1), 10.0);
+        h.add(waiting(1));
         assert!(h.holds(1) && !h.holds(2));
         h.hold_event(1, event(1));
         let t0 = Instant::now();
         assert_eq!(h.deadline(), None);
         let sent = h.send(t0);
         assert_eq!(h.deadline(), Some(t0 + HANDED_PATIENCE));
-        assert_eq!((sent.len(), sent[0].job, sent[0].at), (1, 1, 10.0));
-        h.add(waiting(2), 11.0);
+        assert_eq!((sent.len(), sent[0].job, sent[0].at), (1, 1, 1.0));
+        h.add(waiting(2));
         h.hold_event(2, event(2));
         // Another attempt of job 1 is not this one.
         assert!(h.settled(1, 2).is_none());
@@ -308,13 +310,13 @@ mod tests {
         assert_eq!(h.jobs().collect::<Vec<_>>(), [2]);
         // Not sent in its turn: the loop stores it.
         let unsent = h.take_unsent();
-        assert_eq!((unsent.len(), unsent[0].0.events.len()), (1, 1));
+        assert_eq!((unsent.len(), unsent[0].events.len()), (1, 1));
         assert!(h.is_empty());
         // A grabber that fails gives every outcome back, sent ones first.
-        h.add(waiting(3), 12.0);
+        h.add(waiting(3));
         h.send(t0);
-        h.add(waiting(4), 13.0);
-        let all: Vec<i64> = h.take_all().iter().map(|(w, _)| w.job).collect();
+        h.add(waiting(4));
+        let all: Vec<i64> = h.take_all().iter().map(|w| w.job).collect();
         assert_eq!(all, [3, 4]);
         assert!(h.is_empty() && h.settled(3, 1).is_none() && h.deadline().is_none());
     }

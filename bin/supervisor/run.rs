@@ -33,6 +33,10 @@ use crate::wire::{ClaimReport, GrabberSettings, JobPayload, ToChild};
 use children::ShellChild;
 pub use startup::run;
 
+/// How long a call of the loop (or of the supervisor's other threads) waits for another
+/// process's lock on an SQLite store before it fails.
+pub const LOOP_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Exit codes of the contract.
 pub const EXIT_FAILURE: i32 = 1;
 /// Bad usage or config.

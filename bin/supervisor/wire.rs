@@ -214,6 +214,10 @@ pub enum ChildRole {
         poll_interval_s: f64,
         error_backoff: WireBackoff,
         routes: Vec<supervisor_store::Route>,
+        /// How long a store call waits for another process's lock before it fails:
+        /// well within the heartbeat's timeout, which the grabber cannot answer while it
+        /// waits.
+        store_wait_s: f64,
     },
     Worker {
         group: String,

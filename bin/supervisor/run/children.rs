@@ -265,6 +265,7 @@ impl Supervisor {
                 poll_interval_s: self.config.grabber.poll_interval.as_secs_f64(),
                 error_backoff: self.config.grabber.error_backoff.into(),
                 routes: self.config.routes(),
+                store_wait_s: grabber_store_wait(self.config.heartbeat.timeout),
             },
             Role::Worker { group, slot } => ChildRole::Worker {
                 group,
@@ -301,4 +302,10 @@ impl Supervisor {
             self.send(g, msg);
         }
     }
+}
+
+/// How long the grabber's store calls wait for another process's lock: a quarter of the
+/// heartbeat's timeout (it answers no ping while it waits), at least 10 ms, at most 1 s.
+fn grabber_store_wait(heartbeat_timeout: std::time::Duration) -> f64 {
+    (heartbeat_timeout.as_secs_f64() / 4.0).clamp(0.01, 1.0)
 }

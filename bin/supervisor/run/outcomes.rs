@@ -104,7 +104,8 @@ impl Supervisor {
         let mut stored = 0;
         let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
             let now = wall_now();
-            match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
+            let at = w.at.unwrap_or(now);
+            match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, at) {
                 Ok(true) => {
                     stored += 1;
                     Tried::Done
@@ -186,14 +187,15 @@ impl Supervisor {
             attempt,
             outcome: o,
             next,
+            at: Some(now),
             events: vec![],
         };
         if self.pending.is_empty() && self.can_hand_over() {
             // Stored by the grabber with its next claim, if a grant goes to it now.
-            self.handed.add(waiting, now);
+            self.handed.add(waiting);
             return;
         }
-        self.store_now(waiting, now);
+        self.store_now(waiting);
     }
 
     /// Whether the grabber can store outcomes: connected, its store answering, and ours
@@ -205,10 +207,10 @@ impl Supervisor {
         connected && self.lost_claims.is_none() && !self.fenced()
     }
 
-    /// Store an outcome decided at `now` from this loop, then write the events held with
-    /// it; if the store fails, it waits (journaled) with them. Behind an outcome that
-    /// waits, every later one waits too: in order.
-    fn store_now(&mut self, waiting: Waiting, now: f64) {
+    /// Store an outcome from this loop, then write the events held with it; if the store
+    /// fails, it waits (journaled) with them. Behind an outcome that waits, every later
+    /// one waits too: in order.
+    fn store_now(&mut self, waiting: Waiting) {
         if !self.pending.is_empty() {
             self.wait_for_store(waiting);
             return;
@@ -218,7 +220,8 @@ impl Supervisor {
             self.reopen_store();
         }
         let w = &waiting;
-        match (self.store).record_outcome(job, attempt, w.owner, &w.outcome, w.next, now) {
+        let at = w.at.unwrap_or_else(wall_now);
+        match (self.store).record_outcome(job, attempt, w.owner, &w.outcome, w.next, at) {
             Ok(stored) => self.outcome_stored(waiting, stored),
             Err(e) => {
                 log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
@@ -279,8 +282,8 @@ impl Supervisor {
             self.handed.take_unsent()
         };
         self.handed_timer();
-        for (waiting, at) in outcomes {
-            self.store_now(waiting, at);
+        for waiting in outcomes {
+            self.store_now(waiting);
         }
     }
 
@@ -296,7 +299,7 @@ impl Supervisor {
     pub(super) fn journal_handed(&mut self) {
         let outcomes = self.handed.take_all();
         self.handed_timer();
-        for (waiting, _) in outcomes {
+        for waiting in outcomes {
             self.wait_for_store(waiting);
         }
     }

@@ -228,7 +228,8 @@ fn replay_journal(
         .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
     let mut events = Vec::new();
     for w in &replayed {
-        match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, now) {
+        let at = w.at.unwrap_or(now);
+        match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, at) {
             Ok(stored) => {
                 if stored {
                     events.extend(w.events.iter().cloned());
@@ -308,6 +309,9 @@ impl Supervisor {
     /// The loop until the core says exit; a panic of the loop is written to the events
     /// file before the supervisor exits with failure.
     fn run_until_stopped(mut self, rx: &crossbeam_channel::Receiver<Ev>) -> Result<i32> {
+        // A store locked for long fails the loop's calls (outcomes then wait, and are
+        // tried again) rather than hold the loop up: the start waited its 5 s.
+        supervisor_store::set_busy_timeout(crate::run::LOOP_STORE_WAIT);
         let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.event_loop(rx)));
         let code = match looped {
             Ok(code) => code,

@@ -532,13 +532,34 @@ fn every_child_is_pinged_each_interval() {
 }
 
 #[test]
+fn a_loop_held_up_past_the_timeout_kills_no_child_it_could_not_ping() {
+    let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
+    let (w, _) = s.start(3, "a");
+    s.at(5.0);
+    // The shell's loop was held up for 55 s (a store call waiting on a lock): no ping
+    // went out meanwhile, so no child is silent; each is pinged now.
+    let acts = s.poke(60.0);
+    assert!(killed(&acts).is_empty(), "{acts:?}");
+    let pinged = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Ping { .. }))
+        .count();
+    assert_eq!(pinged, 3, "{acts:?}");
+    // One that does not answer is killed a timeout after that ping.
+    s.silent.insert(w);
+    assert!(killed(&s.at(79.9)).is_empty());
+    assert_eq!(killed(&s.at(80.0)), [(w, Signal::Kill)]);
+}
+
+#[test]
 fn a_silent_child_is_killed_and_handled_as_a_crash() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
     let (w, _) = s.start(3, "a");
     s.silent.insert(w);
-    // Silent since t=0: at the ping round of t=20 it has been silent for the timeout.
-    assert!(killed(&s.at(19.9)).is_empty());
-    let acts = s.at(20.0);
+    // Heard at t=0, silent since its ping of t=5: at the ping round of t=25 it has
+    // been silent for the timeout.
+    assert!(killed(&s.at(24.9)).is_empty());
+    let acts = s.at(25.0);
     assert_eq!(killed(&acts), [(w, Signal::Kill)]);
     let pid = s.pid(w);
     let acts = s.reap(w, SIGKILL);
@@ -1529,13 +1550,16 @@ fn a_child_asked_to_stop_before_its_pid_was_known_is_still_killed_in_time() {
 fn a_child_killed_by_the_heartbeat_while_stopping_leaves_no_timer_behind() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
     s.silent.insert(s.w("a", 0));
-    s.at(19.0);
+    // Not killed at t=20 (20 s after it was last heard, but its first ping unanswered
+    // was at t=5).
+    assert!(killed(&s.at(21.0)).is_empty());
     assert_eq!(
         stopped(&s.feed(Input::Reload(spec(vec![group("a", 0)])))),
         [s.w("a", 0)]
     );
-    // Killed at the ping round of t=20, before its stop deadline (t=24) ...
-    assert_eq!(killed(&s.at(20.0)), [(s.w("a", 0), Signal::Kill)]);
+    // Silent since the ping of t=5: killed at the ping round of t=25, before its stop
+    // deadline (t=26) ...
+    assert_eq!(killed(&s.at(25.0)), [(s.w("a", 0), Signal::Kill)]);
     // ... which then must not stay due (`Story::at` checks the core never spins).
     assert!(killed(&s.at(30.0)).is_empty());
     assert_eq!(s.core.next_deadline(), Some(Time::from_secs_f64(35.0)));

@@ -40,7 +40,7 @@ pub use error::{StoreError, UnknownState};
 pub use job::NewJob;
 pub use jsonl::{parse_jobs_json, parse_jobs_jsonl};
 pub use postgres::{Listener, Patience, PostgresStore, NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
-pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+pub use sqlite::{set_busy_timeout, SqliteStore, SCHEMA_VERSION};
 
 pub use supervisor_config::{route, Route};
 pub use supervisor_core::supervision::JobId;

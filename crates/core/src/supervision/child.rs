@@ -297,12 +297,19 @@ pub(crate) struct Child {
     pub(crate) state: ChildState,
     pub(crate) spawned_at: Time,
     pub(crate) ready_at: Option<Time>,
-    pub(crate) last_seen: Time,
+    /// When the core pinged it first since it was last heard from: its silence counts
+    /// from there (`None`: heard since its last ping).
+    pub(crate) pinged_at: Option<Time>,
     /// Set when the core sent SIGKILL; no second one is sent.
     pub(crate) killed: bool,
 }
 
 impl Child {
+    /// A message from it: it is alive, and any ping is answered.
+    pub(crate) fn heard(&mut self) {
+        self.pinged_at = None;
+    }
+
     /// Move to `to`; the lifecycle table must allow it.
     pub(crate) fn set_state(&mut self, to: ChildState) {
         debug_assert!(

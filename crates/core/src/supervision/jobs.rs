@@ -41,7 +41,7 @@ impl Core {
         let Some(c) = self.children.get_mut(&child) else {
             return;
         };
-        c.last_seen = now;
+        c.heard();
         let worker_pid = c.pid.unwrap_or(0);
         let Role::Worker { group, slot } = c.role.clone() else {
             return;
@@ -60,11 +60,11 @@ impl Core {
         }));
     }
 
-    pub(super) fn job_exited(&mut self, now: Time, child: ChildId, job: JobId, end: ProcessEnd) {
+    pub(super) fn job_exited(&mut self, child: ChildId, job: JobId, end: ProcessEnd) {
         let Some(c) = self.children.get_mut(&child) else {
             return;
         };
-        c.last_seen = now;
+        c.heard();
         // Unless the core killed its group itself meanwhile (an immediate stop): then
         // that end may be the kill's.
         let direct = |r: &JobRun| (r.stop.as_ref()).is_some_and(|s| s.step == StopStep::Done);
@@ -84,7 +84,7 @@ impl Core {
         let Some(c) = self.children.get_mut(&child) else {
             return;
         };
-        c.last_seen = now;
+        c.heard();
         if c.job_id() != Some(job) {
             return;
         }

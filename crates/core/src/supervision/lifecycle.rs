@@ -42,7 +42,7 @@ impl Core {
                 state: ChildState::Starting,
                 spawned_at: now,
                 ready_at: None,
-                last_seen: now,
+                pinged_at: None,
                 killed: false,
             },
         );
@@ -124,7 +124,7 @@ impl Core {
         let Some(c) = self.children.get_mut(&child) else {
             return;
         };
-        c.last_seen = now;
+        c.heard();
         if c.state != ChildState::Starting {
             return;
         }
@@ -388,19 +388,29 @@ impl Core {
         let timeout = self.spec.heartbeat.timeout;
         let start_timeout = self.spec.start_timeout;
         let mut kill = Vec::new();
+        let mut pinged = Vec::new();
         for (&id, c) in &self.children {
             if c.killed || c.pid.is_none() {
                 continue;
             }
             let silent = match c.state {
                 ChildState::Starting => now.saturating_since(c.spawned_at) >= start_timeout,
-                _ => now.saturating_since(c.last_seen) >= timeout,
+                // Silent since a ping: a supervisor that could not ping (its loop held
+                // up, by a locked store) has nothing to hold against its children.
+                _ => c
+                    .pinged_at
+                    .is_some_and(|p| now.saturating_since(p) >= timeout),
             };
             if silent {
                 kill.push(id);
             } else if ping && c.state != ChildState::Starting {
                 self.out.push(Action::Ping { child: id });
+                pinged.push(id);
             }
+        }
+        for id in pinged {
+            let c = self.children.get_mut(&id).expect("listed above");
+            c.pinged_at.get_or_insert(now);
         }
         for id in kill {
             let c = self.children.get_mut(&id).expect("listed above");

@@ -533,7 +533,7 @@ impl Core {
             Input::JobClaimed(_) | Input::SourceReport { .. } | Input::SourceFailed { .. }
         ) {
             // These come from the grabber: it is alive, like any other message says.
-            self.grabber_seen(now);
+            self.grabber_seen();
         }
         match input {
             Input::Start => self.start(now),
@@ -542,7 +542,7 @@ impl Core {
             Input::Ready { child } => self.ready(now, child),
             Input::Alive { child } => {
                 if let Some(c) = self.children.get_mut(&child) {
-                    c.last_seen = now;
+                    c.heard();
                 }
             }
             Input::Exited { pid, end } => self.exited(now, pid, end),
@@ -576,7 +576,7 @@ impl Core {
                 };
                 self.job_ended(now, child, job, end, facts)
             }
-            Input::JobExited { child, job, end } => self.job_exited(now, child, job, end),
+            Input::JobExited { child, job, end } => self.job_exited(child, job, end),
             Input::CancelRequested { job } => self.cancel(now, job),
             Input::JobRefused {
                 job,
@@ -611,9 +611,9 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    fn grabber_seen(&mut self, now: Time) {
+    fn grabber_seen(&mut self) {
         if let Some(c) = self.grabber.child.and_then(|id| self.children.get_mut(&id)) {
-            c.last_seen = c.last_seen.max(now);
+            c.heard();
         }
     }
 

@@ -14,10 +14,12 @@
 //! Its rooms: `schema` (the migrations), `rows` (reading rows), `claim_sql` (the SQL of
 //! the [claim planner](crate::claim)), and `tests`.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
@@ -44,8 +46,22 @@ use rows::{read_instance, read_job};
 use schema::user_version;
 pub use schema::SCHEMA_VERSION;
 
-/// How long an operation waits for another process's write lock before failing.
+/// How long an operation waits for another process's write lock before failing, unless
+/// [`set_busy_timeout`] says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The busy timeout of this process's connections, in µs (see [`set_busy_timeout`]).
+static BUSY_LIMIT_US: AtomicU64 = AtomicU64::new(BUSY_TIMEOUT.as_micros() as u64);
+
+/// How long every SQLite call of this process waits for another's write lock before it
+/// fails with "database is locked" (5 s unless set): the supervisor's loop and its
+/// grabber wait less, so that a store locked for long (by hand, or a huge `submit`)
+/// makes their calls fail and be tried again later rather than hold them up, unable to
+/// answer their children or their heartbeats.
+pub fn set_busy_timeout(limit: Duration) {
+    let us = u64::try_from(limit.as_micros()).unwrap_or(u64::MAX);
+    BUSY_LIMIT_US.store(us, Ordering::Relaxed);
+}
 
 /// Jobs whose time has come become claimable: due retries are queued again, and queued
 /// jobs delayed until now lose their `not_before` (which keeps them out of the claimable
@@ -54,20 +70,25 @@ const MATERIALISE_RETRIES: &str = "UPDATE jobs SET not_before = NULL, \
      state = 'queued' \
      WHERE state IN ('failed', 'timed_out', 'queued') AND not_before <= ?1";
 
-/// Busy handler: retry after 20 µs at first, then 200 µs, and give up after about
-/// [`BUSY_TIMEOUT`] in all.
+/// Busy handler: retry after 20 µs at first, then 200 µs, and give up once the busy
+/// timeout has passed since the first try (measured: a sleep takes longer than asked).
 fn short_waits(tries: i32) -> bool {
-    let (fast, fast_step, slow_step) = (100, 20u64, 200u64);
-    let waited_us = if tries < fast {
-        tries as u64 * fast_step
-    } else {
-        fast as u64 * fast_step + (tries - fast) as u64 * slow_step
-    };
-    if waited_us >= BUSY_TIMEOUT.as_micros() as u64 {
+    thread_local! {
+        static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let since = SINCE.with(|s| {
+        if tries == 0 || s.get().is_none() {
+            s.set(Some(now));
+        }
+        s.get().unwrap_or(now)
+    });
+    let limit = Duration::from_micros(BUSY_LIMIT_US.load(Ordering::Relaxed));
+    if now.saturating_duration_since(since) >= limit {
         return false;
     }
-    let step = if tries < fast { fast_step } else { slow_step };
-    std::thread::sleep(std::time::Duration::from_micros(step));
+    let step = if tries < 100 { 20 } else { 200 };
+    std::thread::sleep(Duration::from_micros(step));
     true
 }
 
@@ -81,7 +102,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it if needed) the store at `path` and brings its schema up to date.
     ///
-    /// Sets WAL mode, `synchronous=NORMAL`, a 5 s busy timeout and foreign keys. Fails with
+    /// Sets WAL mode, `synchronous=NORMAL`, the busy timeout ([`set_busy_timeout`]) and foreign keys. Fails with
     /// [`StoreError::SchemaTooNew`] if the file was written by a newer version.
     pub fn open(path: &Path) -> Result<Self> {
         let open_err = |source| StoreError::Open {
