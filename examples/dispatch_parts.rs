@@ -29,7 +29,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use serde::{Deserialize, Serialize};
 use supervisor_store::{
     AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, Settle,
-    SqliteStore,
+    Settled, SqliteStore,
 };
 
 /// User + system CPU seconds of `who`.
@@ -114,7 +114,10 @@ fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, way: Way,
         let (stored, claimed) = store
             .settle_and_claim(&settle, me, &routes, &mut credits, now())
             .expect("claim");
-        assert!(stored.iter().all(|s| *s), "outcome refused");
+        assert!(
+            stored.iter().all(|s| *s == Settled::Stored),
+            "outcome refused"
+        );
         let job = claimed.jobs.first().expect("a job to claim");
         if way == Way::Settled {
             last = Some(Settle {
@@ -134,7 +137,10 @@ fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, way: Way,
         assert!(stored, "outcome refused");
     }
     if let Some(o) = last {
-        assert_eq!(store.settle(&[o]).expect("the last outcome"), [true]);
+        assert_eq!(
+            store.settle(&[o]).expect("the last outcome"),
+            [Settled::Stored]
+        );
     }
     let (cpu1, wall) = (cpu(UsageWho::RUSAGE_SELF), t0.elapsed().as_secs_f64());
     println!(

@@ -320,6 +320,54 @@ fn outcomes_handed_to_a_grabber_that_hangs_are_stored_by_the_supervisor() {
 }
 
 #[test]
+fn a_job_canceled_while_it_fails_on_its_own_is_canceled_in_the_events_as_in_the_store() {
+    // The grabber is stopped, so the cancel reaches the store but not the core: the
+    // job fails (exit 3, attempts left), and the store makes it `canceled` rather than
+    // queue a retry. The events say so too: no retry is announced.
+    let mut cfg = default_config();
+    cfg["heartbeat"] = json!({"interval_s": 0.2, "timeout_s": 60});
+    let sb = Sandbox::new(&cfg);
+    let mut sv = sb.start(&[]);
+    ready_workers(&sv, "a", 2);
+    let grabber = ready_grabber(&sv);
+    let held = sb.submit_held("h", &["--group", "a", "--max-attempts", "3"]);
+    held.pid();
+    signal_pid(grabber.pid, Signal::SIGSTOP);
+    let out = sb.run(&["cancel", &held.id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    held.release_with(3);
+    let done = sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_finished" && e["job_id"] == held.id
+    });
+    assert_eq!(done["outcome"], "canceled", "{done}");
+    assert_eq!(done["exit_code"], 3, "{done}");
+    let job = sb.job(held.id);
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_u64()),
+        (Some("canceled"), Some(1)),
+        "{job}"
+    );
+    signal_pid(grabber.pid, Signal::SIGCONT);
+    // A job after it runs: the grabber is back, and nothing more is said of this one.
+    let next = sb.submit(&["--group", "a", "--", "true"]);
+    wait_job(&sb, &sv, next, &["succeeded"]);
+    sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_finished" && e["job_id"] == next
+    });
+    let about: Vec<Value> = (sv.events().into_iter())
+        .filter(|e| e["job_id"] == held.id && e["event"] != "child_exited")
+        .map(|e| e["event"].clone())
+        .collect();
+    assert_eq!(
+        about,
+        [json!("job_started"), json!("job_finished")],
+        "{}",
+        sv.dump()
+    );
+    stop_cleanly(&mut sv);
+}
+
+#[test]
 fn a_store_locked_past_the_heartbeat_timeout_kills_no_child_and_loses_no_outcome() {
     // heartbeat: interval 0.2 s, timeout 1 s; the store is locked for 3 s, and a job
     // ends meanwhile. The supervisor's and the grabber's store calls give up within a

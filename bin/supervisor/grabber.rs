@@ -371,12 +371,15 @@ impl Grabber {
 }
 
 /// What the supervisor hears of the outcomes a pass stored.
-fn settled(settle: &[supervisor_store::Settle], stored: &[bool]) -> Vec<PassItem> {
-    (settle.iter().zip(stored))
-        .map(|(o, stored)| PassItem::Settled {
+fn settled(
+    settle: &[supervisor_store::Settle],
+    settled: &[supervisor_store::Settled],
+) -> Vec<PassItem> {
+    (settle.iter().zip(settled))
+        .map(|(o, settled)| PassItem::Settled {
             job: o.job,
             attempt: o.attempt,
-            stored: *stored,
+            settled: *settled,
         })
         .collect()
 }

@@ -35,11 +35,78 @@ pub struct Waiting {
     pub events: Vec<HeldEvent>,
 }
 
+impl Waiting {
+    /// The outcome as the store takes it; `now` when the attempt's end is not known.
+    pub fn settle(&self, now: f64) -> supervisor_store::Settle {
+        supervisor_store::Settle {
+            job: self.job,
+            attempt: self.attempt,
+            owner: self.owner,
+            outcome: self.outcome.clone(),
+            next: self.next,
+            at: self.at.unwrap_or(now),
+        }
+    }
+}
+
+/// The events held with an outcome, as the store left its job: when it made the job
+/// `canceled` where a retry was asked (a cancel was requested while the attempt ran and
+/// the core had not heard of it yet), the attempt's `job_finished` says `canceled`, as
+/// the core's own would have, and no retry is announced. A stale outcome's events are
+/// written as they are: another run or a retry took the job on since.
+pub fn as_settled(waiting: Waiting, settled: supervisor_store::Settled) -> Vec<HeldEvent> {
+    match settled {
+        supervisor_store::Settled::Stale => {
+            log::warn!(
+                "job {} attempt {}: outcome refused by the store (stale)",
+                waiting.job,
+                waiting.attempt
+            );
+            waiting.events
+        }
+        supervisor_store::Settled::Stored => waiting.events,
+        supervisor_store::Settled::Canceled => {
+            log::info!(
+                "job {} attempt {}: canceled, as asked while it ran, not retried",
+                waiting.job,
+                waiting.attempt
+            );
+            (waiting.events.into_iter())
+                .filter(|e| !matches!(e, EventRecord::JobRetryScheduled { .. }))
+                .map(|e| match e {
+                    EventRecord::JobFinished {
+                        job_id,
+                        group,
+                        attempt,
+                        exit_code,
+                        signal,
+                        duration_s,
+                        start_error,
+                        reason,
+                        ..
+                    } => EventRecord::JobFinished {
+                        job_id,
+                        group,
+                        attempt,
+                        outcome: crate::record::JobOutcome::Canceled,
+                        exit_code,
+                        signal,
+                        duration_s,
+                        start_error,
+                        reason,
+                    },
+                    other => other,
+                })
+                .collect()
+        }
+    }
+}
+
 /// What one try of an outcome came to.
 #[derive(Debug)]
 pub enum Tried {
-    /// Stored (or refused as stale: nothing more can be done with it).
-    Done,
+    /// Stored (or refused as stale: nothing more can be done with it), as it says.
+    Done(supervisor_store::Settled),
     /// The store failed again.
     Failed(String),
 }
@@ -134,9 +201,9 @@ impl Pending {
         }
         while let Some(w) = self.queue.front() {
             match store(w) {
-                Tried::Done => {
+                Tried::Done(settled) => {
                     let w = self.queue.pop_front().expect("front exists");
-                    out.extend(w.events);
+                    out.extend(as_settled(w, settled));
                     self.failures = 0;
                     self.delay = None;
                 }
@@ -199,16 +266,8 @@ impl Handed {
     /// The outcomes not sent yet, as the grabber stores them; they count as sent (at
     /// `now`).
     pub fn send(&mut self, now: Instant) -> Vec<supervisor_store::Settle> {
-        let settle = (self.unsent.iter())
-            .map(|w| supervisor_store::Settle {
-                job: w.job,
-                attempt: w.attempt,
-                owner: w.owner,
-                outcome: w.outcome.clone(),
-                next: w.next,
-                at: w.at.unwrap_or_else(crate::events_file::wall_now),
-            })
-            .collect();
+        let wall = crate::events_file::wall_now();
+        let settle = (self.unsent.iter()).map(|w| w.settle(wall)).collect();
         if !self.unsent.is_empty() && self.sent.is_empty() {
             self.waited_since = Some(now);
         }
@@ -339,7 +398,7 @@ mod tests {
                 Tried::Failed("database or disk is full".into())
             } else {
                 stored.push(w.job);
-                Tried::Done
+                Tried::Done(supervisor_store::Settled::Stored)
             }
         };
         // Not before its deadline.

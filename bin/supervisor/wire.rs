@@ -60,12 +60,13 @@ pub enum PassItem {
     Claimed(ClaimReport),
     /// `supervisor cancel` asked to stop this running job.
     CancelRequested { job: JobId },
-    /// The grabber stored an outcome the supervisor handed it (`stored`: false if the
-    /// store refused it as stale). These come first in a pass, before its claims.
+    /// The grabber stored an outcome the supervisor handed it, or the store refused it
+    /// as stale, or made the job `canceled` where a retry was asked (`settled`). These
+    /// come first in a pass, before its claims.
     Settled {
         job: JobId,
         attempt: u32,
-        stored: bool,
+        settled: supervisor_store::Settled,
     },
     /// The grabber polled at `epoch`; `empty`: no routable job is queued or waiting.
     SourceReport { epoch: u64, empty: bool },

@@ -140,9 +140,9 @@ impl Supervisor {
             PassItem::Settled {
                 job,
                 attempt,
-                stored,
+                settled,
             } => {
-                self.settled(job, attempt, stored);
+                self.settled(job, attempt, settled);
                 return None;
             }
         };

@@ -104,20 +104,14 @@ impl Supervisor {
         let mut stored = 0;
         let events = self.pending.retry(Instant::now(), &mut |w: &Waiting| {
             let now = wall_now();
-            let at = w.at.unwrap_or(now);
-            match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, at) {
-                Ok(true) => {
-                    stored += 1;
-                    Tried::Done
+            match store.settle(&[w.settle(now)]).map(|s| s.first().copied()) {
+                Ok(Some(settled)) => {
+                    if settled.stored() {
+                        stored += 1;
+                    }
+                    Tried::Done(settled)
                 }
-                Ok(false) => {
-                    log::warn!(
-                        "job {} attempt {}: outcome refused by the store (stale)",
-                        w.job,
-                        w.attempt
-                    );
-                    Tried::Done
-                }
+                Ok(None) => Tried::Failed("the store said nothing of the outcome".into()),
                 Err(e) => Tried::Failed(e.to_string()),
             }
         });
@@ -215,14 +209,14 @@ impl Supervisor {
             self.wait_for_store(waiting);
             return;
         }
-        let (job, attempt) = (waiting.job, waiting.attempt);
+        let job = waiting.job;
         if self.store.connection_lost() {
             self.reopen_store();
         }
-        let w = &waiting;
-        let at = w.at.unwrap_or_else(wall_now);
-        match (self.store).record_outcome(job, attempt, w.owner, &w.outcome, w.next, at) {
-            Ok(stored) => self.outcome_stored(waiting, stored),
+        let settle = waiting.settle(wall_now());
+        match (self.store).settle(&[settle]).map(|s| s.first().copied()) {
+            Ok(Some(settled)) => self.outcome_stored(waiting, settled),
+            Ok(None) => self.wait_for_store(waiting),
             Err(e) => {
                 log::error!("cannot store the outcome of job {job} yet (will retry): {e}");
                 self.wait_for_store(waiting);
@@ -230,20 +224,15 @@ impl Supervisor {
         }
     }
 
-    /// An outcome is stored (`stored`), or was refused as stale: write its events.
-    fn outcome_stored(&mut self, waiting: Waiting, stored: bool) {
-        if stored {
+    /// An outcome is stored, or was refused as stale: write its events (as the store
+    /// left the job: see [`crate::pending::as_settled`]).
+    fn outcome_stored(&mut self, waiting: Waiting, settled: supervisor_store::Settled) {
+        if settled.stored() {
             if let Some(c) = &mut self.checkpointer {
                 c.wrote();
             }
-        } else {
-            log::warn!(
-                "job {} attempt {}: outcome refused by the store (stale)",
-                waiting.job,
-                waiting.attempt
-            );
         }
-        for record in waiting.events {
+        for record in crate::pending::as_settled(waiting, settled) {
             self.emit(record);
         }
     }
@@ -262,11 +251,11 @@ impl Supervisor {
     }
 
     /// The grabber stored attempt `attempt` of `job` with a claim (or found it stale).
-    pub(super) fn settled(&mut self, job: i64, attempt: u32, stored: bool) {
+    pub(super) fn settled(&mut self, job: i64, attempt: u32, settled: supervisor_store::Settled) {
         // Not held (any more): stored here already, when the grabber failed meanwhile.
         if let Some(waiting) = self.handed.settled(job, attempt) {
             self.handed_timer();
-            self.outcome_stored(waiting, stored);
+            self.outcome_stored(waiting, settled);
         }
     }
 

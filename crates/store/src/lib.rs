@@ -447,6 +447,36 @@ pub struct Settle {
     pub at: f64,
 }
 
+/// What the store made of an outcome ([`JobStore::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settled {
+    /// Stored as asked.
+    Stored,
+    /// Stored, but the job is `canceled` where a retry was asked: a cancel was requested
+    /// while the attempt ran (its last outcome is `canceled` too).
+    Canceled,
+    /// Refused: the job is not running that attempt under that owner.
+    Stale,
+}
+
+impl Settled {
+    /// Whether the outcome was stored (as asked or canceled).
+    pub fn stored(self) -> bool {
+        self != Settled::Stale
+    }
+}
+
+/// What a store's outcome statement did, from the state it asked for and the state the
+/// row was left in (`None`: no row changed).
+pub(crate) fn settled(asked: JobState, now: Option<&str>) -> Settled {
+    match now {
+        None => Settled::Stale,
+        Some("canceled") if asked != JobState::Canceled => Settled::Canceled,
+        Some(_) => Settled::Stored,
+    }
+}
+
 /// What becomes of a job after an attempt: decided by the caller, applied by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -655,14 +685,8 @@ pub trait JobStore {
     ) -> Result<bool>;
 
     /// Stores `outcomes`, in order, as [`record_outcome`](JobStore::record_outcome) does
-    /// each: true for each stored, false for a stale one. All or none are stored when the
-    /// store fails.
-    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
-        outcomes
-            .iter()
-            .map(|o| self.record_outcome(o.job, o.attempt, o.owner, &o.outcome, o.next, o.at))
-            .collect()
-    }
+    /// each, and says what became of each. All or none are stored when the store fails.
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<Settled>>;
 
     /// [`settle`](JobStore::settle), then [`claim`](JobStore::claim): the outcomes of the
     /// attempts that just ended and the claims for the workers they freed, in one
@@ -677,7 +701,7 @@ pub trait JobStore {
         routes: &[Route],
         credits: &mut BTreeMap<String, u32>,
         now: f64,
-    ) -> Result<(Vec<bool>, ClaimResult)> {
+    ) -> Result<(Vec<Settled>, ClaimResult)> {
         let stored = self.settle(outcomes)?;
         let claimed = self.claim(me, routes, credits, now)?;
         Ok((stored, claimed))

@@ -86,9 +86,12 @@ pub(crate) const RECORD_OUTCOME: &str = "UPDATE jobs SET \
      state = CASE WHEN cancel_requested AND CAST($2 AS float8) IS NOT NULL \
              THEN 'canceled' ELSE CAST($1 AS text) END, \
      not_before = CASE WHEN cancel_requested THEN NULL ELSE $2 END, \
-     owner = NULL, exit_code = $3, signal = $4, last_outcome = $5, \
+     owner = NULL, exit_code = $3, signal = $4, \
+     last_outcome = CASE WHEN cancel_requested AND CAST($2 AS float8) IS NOT NULL \
+             THEN 'canceled' ELSE CAST($5 AS text) END, \
      finished_at = $6, start_error = $10, reason = $11 \
-     WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9";
+     WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9 \
+     RETURNING state";
 
 /// A cancel of running job `$1`: asks its supervisor to stop it.
 pub(crate) const REQUEST_CANCEL: &str =

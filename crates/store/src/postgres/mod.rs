@@ -47,12 +47,12 @@ use crate::sql::{
     self, CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL,
     TAKE_BACK, TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
 };
-use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, state_counts};
+use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, settled, state_counts};
 use crate::{
     AfterAttempt, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
     NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
-use crate::{GroupCount, JobFilter, Settle};
+use crate::{GroupCount, JobFilter, Settle, Settled};
 
 mod claim_sql;
 mod connect;
@@ -193,9 +193,9 @@ fn record_outcome(
     stmts: &mut Statements,
     client: &mut impl GenericClient,
     o: &Settle,
-) -> Result<bool> {
+) -> Result<Settled> {
     let (state, not_before) = outcome_state(o.job, &o.outcome, o.next)?;
-    execute(
+    let rows = query(
         stmts,
         client,
         RECORD_OUTCOME,
@@ -213,8 +213,12 @@ fn record_outcome(
             &o.outcome.reason,
         ],
         "record an outcome",
-    )
-    .map(|changed| changed == 1)
+    )?;
+    let now: Option<String> = match rows.first() {
+        Some(row) => Some(row.try_get(0).ctx("record an outcome")?),
+        None => None,
+    };
+    Ok(settled(state, now.as_deref()))
 }
 
 /// Like [`materialise`], but writes only if some retry is due, so that read-only commands
@@ -613,14 +617,14 @@ impl JobStore for PostgresStore {
             next,
             at: now,
         };
-        record_outcome(&mut self.stmts, &mut self.client, &settle)
+        record_outcome(&mut self.stmts, &mut self.client, &settle).map(Settled::stored)
     }
 
-    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<Settled>> {
         let mut tx = self.client.transaction().ctx("record outcomes")?;
         let stored = (outcomes.iter())
             .map(|o| record_outcome(&mut self.stmts, &mut tx, o))
-            .collect::<Result<Vec<bool>>>()?;
+            .collect::<Result<Vec<Settled>>>()?;
         tx.commit().ctx("record outcomes")?;
         Ok(stored)
     }
@@ -632,11 +636,11 @@ impl JobStore for PostgresStore {
         routes: &[Route],
         credits: &mut BTreeMap<String, u32>,
         now: f64,
-    ) -> Result<(Vec<bool>, ClaimResult)> {
+    ) -> Result<(Vec<Settled>, ClaimResult)> {
         let mut tx = self.client.transaction().ctx("claim")?;
         let stored = (outcomes.iter())
             .map(|o| record_outcome(&mut self.stmts, &mut tx, o))
-            .collect::<Result<Vec<bool>>>()?;
+            .collect::<Result<Vec<Settled>>>()?;
         tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
         materialise(&mut self.stmts, &mut tx, now)?;
         let mut sql = ClaimTx {

@@ -27,11 +27,11 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::Context;
 use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
-use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, state_counts};
+use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, settled, state_counts};
 use crate::{
     AfterAttempt, AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState,
     JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, Settle,
-    StoreError,
+    Settled, StoreError,
 };
 use crate::{GroupCount, JobFilter};
 
@@ -227,29 +227,33 @@ fn materialise_if_due(conn: &Connection, now: f64) -> Result<()> {
 }
 
 /// [`JobStore::record_outcome`] of `o`, on `conn` (in its transaction, if one is open).
-fn record_outcome(conn: &Connection, o: &Settle) -> Result<bool> {
+fn record_outcome(conn: &Connection, o: &Settle) -> Result<Settled> {
     let (state, not_before) = outcome_state(o.job, &o.outcome, o.next)?;
     // One statement: a retry becomes `canceled` if a cancel was requested, decided on
     // the row as it is when the write lock is held.
-    let changed = conn
+    let now: Option<String> = conn
         .prepare_cached(&RECORD_OUTCOME)
         .and_then(|mut stmt| {
-            stmt.execute(params![
-                state.as_str(),
-                not_before,
-                o.outcome.exit_code,
-                o.outcome.signal,
-                o.outcome.kind.as_str(),
-                o.at,
-                o.job,
-                o.attempt,
-                o.owner,
-                o.outcome.start_error,
-                o.outcome.reason
-            ])
+            stmt.query_row(
+                params![
+                    state.as_str(),
+                    not_before,
+                    o.outcome.exit_code,
+                    o.outcome.signal,
+                    o.outcome.kind.as_str(),
+                    o.at,
+                    o.job,
+                    o.attempt,
+                    o.owner,
+                    o.outcome.start_error,
+                    o.outcome.reason
+                ],
+                |row| row.get(0),
+            )
+            .optional()
         })
         .ctx("record an outcome")?;
-    Ok(changed == 1)
+    Ok(settled(state, now.as_deref()))
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`), begun and ended by cached statements:
@@ -573,12 +577,12 @@ impl JobStore for SqliteStore {
         Ok(result)
     }
 
-    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<bool>> {
+    fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<Settled>> {
         let tx = WriteTx::begin(&self.conn).ctx("record outcomes")?;
         let stored = outcomes
             .iter()
             .map(|o| record_outcome(&tx, o))
-            .collect::<Result<Vec<bool>>>()?;
+            .collect::<Result<Vec<Settled>>>()?;
         tx.commit().ctx("record outcomes")?;
         Ok(stored)
     }
@@ -590,12 +594,12 @@ impl JobStore for SqliteStore {
         routes: &[Route],
         credits: &mut BTreeMap<String, u32>,
         now: f64,
-    ) -> Result<(Vec<bool>, ClaimResult)> {
+    ) -> Result<(Vec<Settled>, ClaimResult)> {
         let tx = WriteTx::begin(&self.conn).ctx("claim")?;
         let stored = outcomes
             .iter()
             .map(|o| record_outcome(&tx, o))
-            .collect::<Result<Vec<bool>>>()?;
+            .collect::<Result<Vec<Settled>>>()?;
         materialise(&tx, now)?;
         let result = claim::claim(&mut ClaimTx::new(&tx), me, routes, credits, now)?;
         tx.commit().ctx("claim")?;
@@ -745,7 +749,7 @@ impl JobStore for SqliteStore {
             next,
             at: now,
         };
-        record_outcome(&self.conn, &settle)
+        record_outcome(&self.conn, &settle).map(Settled::stored)
     }
 
     fn release(&mut self, id: JobId, attempt: u32, owner: InstanceId, now: f64) -> Result<bool> {

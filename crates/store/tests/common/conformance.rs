@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use supervisor_store::{
-    AfterAttempt, CancelResult, JobFilter, JobState, NewJob, OutcomeKind, OutcomeRecord, StoreError,
+    AfterAttempt, CancelResult, JobFilter, JobState, NewJob, OutcomeKind, OutcomeRecord, Settled,
+    StoreError,
 };
 
 pub fn outcome(kind: OutcomeKind) -> OutcomeRecord {
@@ -575,7 +576,7 @@ pub fn outcomes_settled_with_a_claim(new: Factory) {
     let (stored, claimed) = s
         .settle_and_claim(&outcomes, me, &routes, &mut cr, 3.0)
         .unwrap();
-    assert_eq!(stored, [true, true, false]);
+    assert_eq!(stored, [Settled::Stored, Settled::Stored, Settled::Stale]);
     let j = s.get(ids[0], 3.0).unwrap().unwrap();
     assert_eq!(
         (j.state, j.exit_code, j.finished_at),
@@ -585,19 +586,45 @@ pub fn outcomes_settled_with_a_claim(new: Factory) {
     got.sort_unstable();
     assert_eq!(got, [(ids[1], 2), (ids[2], 1)]);
     // Settled again: stale, changing nothing.
-    assert_eq!(s.settle(&outcomes[..1]).unwrap(), [false]);
+    assert_eq!(s.settle(&outcomes[..1]).unwrap(), [Settled::Stale]);
     // Alone, with no claim.
     let done = [
         settle(ids[1], 2, OutcomeKind::Failed, AfterAttempt::Dead, 4.0),
         settle(ids[2], 1, OutcomeKind::Succeeded, AfterAttempt::Done, 4.0),
     ];
-    assert_eq!(s.settle(&done).unwrap(), [true, true]);
+    assert_eq!(s.settle(&done).unwrap(), [Settled::Stored, Settled::Stored]);
     assert_eq!(s.get(ids[1], 5.0).unwrap().unwrap().state, JobState::Dead);
     assert_eq!(
         s.get(ids[2], 5.0).unwrap().unwrap().state,
         JobState::Succeeded
     );
-    assert_eq!(s.settle(&[]).unwrap(), Vec::<bool>::new());
+    assert_eq!(s.settle(&[]).unwrap(), Vec::<Settled>::new());
+    // A retry asked for a job whose cancel was requested while it ran: canceled, and
+    // the answer says so (its events must not announce a retry).
+    let id = s.submit(&[job_in("g")], 6.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 6.0)
+        .unwrap();
+    assert_eq!(s.cancel(id, 6.5).unwrap(), CancelResult::Requested);
+    let failed = settle(
+        id,
+        1,
+        OutcomeKind::Failed,
+        AfterAttempt::Retry { at: 7.0 },
+        7.0,
+    );
+    assert_eq!(s.settle(&[failed]).unwrap(), [Settled::Canceled]);
+    let j = s.get(id, 8.0).unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.last_outcome.as_deref(), j.exit_code),
+        (JobState::Canceled, Some("canceled"), Some(1))
+    );
+    // Its own cancel outcome is simply stored.
+    let id = s.submit(&[job_in("g")], 9.0).unwrap()[0];
+    s.claim(me, &routes, &mut credits(&[("g", 1)]), 9.0)
+        .unwrap();
+    assert_eq!(s.cancel(id, 9.5).unwrap(), CancelResult::Requested);
+    let canceled = settle(id, 1, OutcomeKind::Canceled, AfterAttempt::Done, 10.0);
+    assert_eq!(s.settle(&[canceled]).unwrap(), [Settled::Stored]);
 }
 
 pub fn cancel_in_every_state(new: Factory) {
