@@ -663,7 +663,10 @@ pub trait JobStore {
     /// A job's group is decided once otherwise: at submit for a job that names its group
     /// (that group, whatever the routes), by the first [`claim`](JobStore::claim) after
     /// its submit for a tagged one (the first route whose `match` selects its tags, or
-    /// none: it then waits for a reroute).
+    /// none: it then waits for a reroute), and again by the first claim after it is
+    /// queued again (a retry scheduled, an attempt lost, a job given back or taken back,
+    /// a `retry` by hand): the routes may have changed while it ran, and a reroute passes
+    /// over running jobs.
     fn reroute(&mut self, routes: &[Route]) -> Result<usize>;
 
     /// Stores the outcome of attempt `attempt` of job `id` run by `owner`, and applies

@@ -13,6 +13,7 @@ macro_rules! take_back {
          last_outcome = CASE WHEN cancel_requested THEN 'canceled' ELSE last_outcome END, \
          finished_at = CASE WHEN cancel_requested THEN CAST($2 AS float8) \
                             ELSE finished_at END, \
+         routed = CASE WHEN cancel_requested THEN routed ELSE FALSE END, \
          owner = NULL \
          WHERE owner = $1 AND state = 'running'"
     };
@@ -44,7 +45,7 @@ pub(crate) const RETRY: &str =
     "UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL, \
      not_before = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, \
      last_outcome = NULL, reason = NULL, start_error = NULL, cancel_requested = FALSE, \
-     supervisor_deaths = 0 \
+     supervisor_deaths = 0, routed = FALSE \
      WHERE id = $1 AND (state IN ('dead', 'canceled') \
      OR (state IN ('failed', 'timed_out') AND not_before IS NULL)) RETURNING id";
 
@@ -74,6 +75,8 @@ pub(crate) const TAKE_BACK_ORPHANS: &str = "UPDATE jobs SET \
                         THEN CAST($2 AS float8) ELSE finished_at END, \
      reason = CASE WHEN NOT cancel_requested AND supervisor_deaths + 1 >= $4 \
                    THEN CAST($3 AS text) ELSE reason END, \
+     routed = CASE WHEN cancel_requested OR supervisor_deaths + 1 >= $4 THEN routed \
+                   ELSE FALSE END, \
      supervisor_deaths = supervisor_deaths + 1, \
      owner = NULL \
      WHERE owner = $1 AND state = 'running' RETURNING id";
@@ -89,7 +92,9 @@ pub(crate) const RECORD_OUTCOME: &str = "UPDATE jobs SET \
      owner = NULL, exit_code = $3, signal = $4, \
      last_outcome = CASE WHEN cancel_requested AND CAST($2 AS float8) IS NOT NULL \
              THEN 'canceled' ELSE CAST($5 AS text) END, \
-     finished_at = $6, start_error = $10, reason = $11 \
+     finished_at = $6, start_error = $10, reason = $11, \
+     routed = CASE WHEN cancel_requested OR CAST($2 AS float8) IS NULL THEN routed \
+             ELSE FALSE END \
      WHERE id = $7 AND state = 'running' AND attempts = $8 AND owner = $9 \
      RETURNING state";
 

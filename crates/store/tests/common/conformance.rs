@@ -243,6 +243,66 @@ pub fn routing_by_group_and_tags(new: Factory) {
     );
 }
 
+/// A job queued again (its attempt failed or was lost, it was given back or taken back
+/// from a dead supervisor, or retried by hand) is routed again by the next claim: the
+/// routes may have changed while it ran, and a reroute passes over running jobs.
+pub fn a_job_queued_again_is_routed_again(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let old = [matching("h", &[])];
+    let new_routes = [matching("g", &[])];
+    let ids = s
+        .submit(
+            &[
+                tagged(&[("arch", "x")]),
+                tagged(&[("arch", "y")]),
+                tagged(&[("arch", "z")]),
+            ],
+            1.0,
+        )
+        .unwrap();
+    let got = s
+        .claim(me, &old, &mut credits(&[("h", 3)]), 2.0)
+        .unwrap()
+        .jobs;
+    assert_eq!(got.len(), 3);
+    // A reload replaces group h by g while the three run.
+    assert_eq!(
+        s.reroute(&new_routes).unwrap(),
+        0,
+        "running jobs are not rerouted"
+    );
+    let failed = outcome(OutcomeKind::Failed);
+    assert!(s
+        .record_outcome(ids[0], 1, me, &failed, AfterAttempt::Retry { at: 3.0 }, 3.0)
+        .unwrap());
+    assert!(s
+        .record_outcome(
+            ids[1],
+            1,
+            me,
+            &outcome(OutcomeKind::Lost),
+            AfterAttempt::Retry { at: 3.0 },
+            3.0
+        )
+        .unwrap());
+    assert!(s.release(ids[2], 1, me, 3.0).unwrap());
+    let res = s
+        .claim(me, &new_routes, &mut credits(&[("g", 9)]), 4.0)
+        .unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(got, [(ids[0], "g"), (ids[1], "g"), (ids[2], "g")]);
+    // Retried by hand after it ended, and after another change of routes.
+    assert!(s
+        .record_outcome(ids[0], 2, me, &failed, AfterAttempt::Dead, 5.0)
+        .unwrap());
+    assert!(s.retry(ids[0]).unwrap());
+    let last = [matching("f", &[])];
+    let res = s.claim(me, &last, &mut credits(&[("f", 9)]), 6.0).unwrap();
+    let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
+    assert_eq!(got, [(ids[0], "f")]);
+}
+
 pub fn claim_respects_credits_and_id_order(new: Factory) {
     let mut s = new();
     let me = instance(&mut *s, 1);
@@ -1780,6 +1840,7 @@ macro_rules! conformance_tests {
             a_bad_job_queues_nothing,
             idempotent_keys,
             routing_by_group_and_tags,
+            a_job_queued_again_is_routed_again,
             claim_respects_credits_and_id_order,
             claimed_job_carries_what_the_worker_needs,
             retry_waits_in_failed_then_queues,
