@@ -723,6 +723,19 @@ fn an_outcome_waiting_when_its_supervisor_dies_is_stored_by_the_next_run() {
     sv.wait_exit(LONG);
     sv.assert_nothing_left(LONG);
     std::fs::remove_file(small.join("filler")).unwrap();
+    // A run on another store cannot store it, and does not drop it: it refuses to start.
+    let mut other = c.clone();
+    other["store"] = json!({"sqlite": {"path": "other.db"}});
+    sb.write_config(&other);
+    let out = sb.run(&["run", "--until-empty"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("outcomes.journal") && err.contains("another store"),
+        "{err}"
+    );
+    assert!(journal.exists(), "the journal is kept");
+    sb.write_config(&c);
     // The next run stores it (the attempt ended: it does not run again) and says so.
     let mut sv = sb.start(&[]);
     sv.wait_event(LONG, |e| {

@@ -3,7 +3,9 @@
 //! they change and removed once none waits. A supervisor that stops or dies while some
 //! wait leaves it behind; the next run on the state dir stores them first, under the
 //! owner that ran them, before it takes back the jobs of dead supervisors, so an
-//! attempt that ended is never run again for want of its outcome.
+//! attempt that ended is never run again for want of its outcome. Each line names the
+//! store its outcome belongs to (`store`, as `StoreConfig::describe` says it): a run
+//! on another store cannot store it, and refuses to start rather than drop it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -16,12 +18,28 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("outcomes.journal")
 }
 
-/// Write `waiting` as the whole journal, atomically (a temporary file, fsynced, renamed
-/// over it); no journal at all when nothing waits.
-pub fn save<'a>(path: &Path, waiting: impl Iterator<Item = &'a Waiting>) -> io::Result<()> {
+/// An outcome as the journal keeps it.
+pub struct Journaled {
+    /// The store it belongs to (`None`: a journal of an earlier version, which did not
+    /// say).
+    pub store: Option<String>,
+    pub waiting: Waiting,
+}
+
+/// Write `waiting`, outcomes of jobs of `store`, as the whole journal, atomically (a
+/// temporary file, fsynced, renamed over it); no journal at all when nothing waits.
+pub fn save<'a>(
+    path: &Path,
+    store: &str,
+    waiting: impl Iterator<Item = &'a Waiting>,
+) -> io::Result<()> {
     let mut lines = Vec::new();
     for w in waiting {
-        serde_json::to_writer(&mut lines, w).map_err(io::Error::other)?;
+        let mut line = serde_json::to_value(w).map_err(io::Error::other)?;
+        if let Some(fields) = line.as_object_mut() {
+            fields.insert("store".into(), store.into());
+        }
+        serde_json::to_writer(&mut lines, &line).map_err(io::Error::other)?;
         lines.push(b'\n');
     }
     if lines.is_empty() {
@@ -47,7 +65,7 @@ pub fn save<'a>(path: &Path, waiting: impl Iterator<Item = &'a Waiting>) -> io::
 
 /// The outcomes a journal holds, in order; a line that does not parse (a torn last line,
 /// damage) is skipped with a warning.
-pub fn load(path: &Path) -> io::Result<Vec<Waiting>> {
+pub fn load(path: &Path) -> io::Result<Vec<Journaled>> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -59,8 +77,12 @@ pub fn load(path: &Path) -> io::Result<Vec<Waiting>> {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Waiting>(&line) {
-            Ok(w) => out.push(w),
+        let read = serde_json::from_str::<serde_json::Value>(&line).and_then(|v| {
+            let store = v.get("store").and_then(|s| s.as_str()).map(str::to_owned);
+            serde_json::from_value::<Waiting>(v).map(|waiting| Journaled { store, waiting })
+        });
+        match read {
+            Ok(j) => out.push(j),
             Err(e) => log::warn!("{}: line {}: skipped: {e}", path.display(), n + 1),
         }
     }
@@ -106,16 +128,21 @@ mod tests {
             events: vec![finished(job)],
         };
         let both = [w(1), w(2)];
-        save(&path, both.iter()).unwrap();
+        save(&path, "sqlite /s/jobs.db", both.iter()).unwrap();
         let back = load(&path).unwrap();
         assert_eq!(back.len(), 2);
-        assert_eq!((back[0].job, back[1].job), (1, 2));
-        assert_eq!(back[1].owner, 7);
+        assert_eq!((back[0].waiting.job, back[1].waiting.job), (1, 2));
+        assert_eq!(back[1].waiting.owner, 7);
+        assert_eq!(back[1].waiting.at, Some(10.0));
         assert_eq!(
-            back[1].next,
+            back[1].waiting.next,
             supervisor_store::AfterAttempt::Retry { at: 12.5 }
         );
-        assert_eq!(back[0].events, [finished(1)]);
+        assert_eq!(back[0].waiting.events, [finished(1)]);
+        // Each names its store.
+        assert!(back
+            .iter()
+            .all(|j| j.store.as_deref() == Some("sqlite /s/jobs.db")));
         // Held events are `[name, {fields}]` pairs on disk, as before `EventRecord`.
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""events":[["job_finished",{""#), "{text}");
@@ -124,7 +151,15 @@ mod tests {
         text.push_str("{\"owner\": 7, \"job\"");
         fs::write(&path, text).unwrap();
         assert_eq!(load(&path).unwrap().len(), 2);
-        save(&path, [].iter()).unwrap();
+        // A line of an earlier version (no store, no time) still loads.
+        let old = r#"{"owner":7,"job":3,"attempt":1,"outcome":{"kind":"succeeded","exit_code":0,"signal":null},"next":"done","events":[]}"#;
+        fs::write(&path, format!("{old}\n")).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(
+            (back.len(), back[0].store.as_deref(), back[0].waiting.at),
+            (1, None, None)
+        );
+        save(&path, "x", [].iter()).unwrap();
         assert!(!path.exists());
         assert!(load(&path).unwrap().is_empty());
     }
@@ -151,11 +186,16 @@ mod tests {
         fs::write(&path, format!("{line}\n")).unwrap();
         let back = load(&path).unwrap();
         assert_eq!(back.len(), 1);
-        assert_eq!(back[0].job, 9);
-        let names: Vec<_> = back[0].events.iter().map(EventRecord::name).collect();
+        assert_eq!(back[0].waiting.job, 9);
+        let names: Vec<_> = back[0]
+            .waiting
+            .events
+            .iter()
+            .map(EventRecord::name)
+            .collect();
         assert_eq!(names, ["job_finished", "job_dead", "unknown"]);
         // Saved again, the unknown one (which cannot be written anyway) is left out.
-        save(&path, back.iter()).unwrap();
-        assert_eq!(load(&path).unwrap()[0].events.len(), 2);
+        save(&path, "x", back.iter().map(|j| &j.waiting)).unwrap();
+        assert_eq!(load(&path).unwrap()[0].waiting.events.len(), 2);
     }
 }

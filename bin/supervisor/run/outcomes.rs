@@ -135,7 +135,8 @@ impl Supervisor {
     /// The outcomes that wait, on disk: a next run stores them if this one cannot.
     pub(super) fn save_journal(&self) {
         let path = crate::journal::path(&self.config.state_dir);
-        if let Err(e) = crate::journal::save(&path, self.pending.waiting()) {
+        let store = self.config.store.describe();
+        if let Err(e) = crate::journal::save(&path, &store, self.pending.waiting()) {
             log::error!("cannot write the outcomes journal {}: {e}", path.display());
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use supervisor_config::{Config, StoreConfig};
@@ -226,15 +226,31 @@ fn replay_journal(
     let journal = crate::journal::path(&config.state_dir);
     let replayed = crate::journal::load(&journal)
         .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
+    // Outcomes of another store's jobs cannot be stored in this one, nor dropped.
+    let ours = config.store.describe();
+    if let Some(other) = (replayed.iter()).find_map(|j| j.store.as_ref().filter(|s| **s != ours)) {
+        bail!(
+            "{} holds {} outcome(s) of jobs of another store ({other}) than this config's \
+             ({ours}): run once with that store to store them, or remove the file to give \
+             them up",
+            journal.display(),
+            replayed.len()
+        );
+    }
+    let count = replayed.len();
     let mut events = Vec::new();
-    for w in &replayed {
-        let at = w.at.unwrap_or(now);
-        match store.record_outcome(w.job, w.attempt, w.owner, &w.outcome, w.next, at) {
-            Ok(stored) => {
-                if stored {
-                    events.extend(w.events.iter().cloned());
+    for crate::journal::Journaled { waiting: w, .. } in replayed {
+        match store.settle(&[w.settle(now)]).map(|s| s.first().copied()) {
+            Ok(Some(settled)) => {
+                // Stale: another run took the job on since; what it says stands.
+                if settled.stored() {
+                    events.extend(crate::pending::as_settled(w, settled));
                 }
             }
+            Ok(None) => bail!(
+                "the store said nothing of an outcome of {}",
+                journal.display()
+            ),
             Err(e) => {
                 return Err(anyhow!(e)).with_context(|| {
                     format!(
@@ -245,13 +261,13 @@ fn replay_journal(
             }
         }
     }
-    if !replayed.is_empty() {
+    if count > 0 {
         log::warn!(
-            "stored {} outcome(s) a previous run left in {}",
-            replayed.len(),
+            "stored {count} outcome(s) a previous run left in {}",
             journal.display()
         );
-        crate::journal::save(&journal, [].iter()).context("cannot clear the outcomes journal")?;
+        crate::journal::save(&journal, &ours, [].iter())
+            .context("cannot clear the outcomes journal")?;
     }
     Ok(events)
 }
