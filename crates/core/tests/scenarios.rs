@@ -532,6 +532,54 @@ fn every_child_is_pinged_each_interval() {
 }
 
 #[test]
+fn a_worker_dead_before_it_said_it_started_its_job_still_announces_the_attempt() {
+    // Its attempt was counted at the claim: `job_started` (with the worker's pid) comes
+    // before its `job_finished` (lost), as for every attempt.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let acts = s.claim(1, "a");
+    let w = started_job(&acts, 1).expect("went to the worker");
+    let pid = s.pid(w);
+    let acts = s.reap(w, SIGKILL);
+    let ev = events(&acts);
+    let started = ev.iter().position(|e| {
+        matches!(e, Event::JobStarted { job_id: 1, worker_pid, attempt: 1, .. } if *worker_pid == pid)
+    });
+    let finished = ev.iter().position(|e| {
+        matches!(
+            e,
+            Event::JobFinished {
+                job_id: 1,
+                outcome: Outcome::Lost,
+                ..
+            }
+        )
+    });
+    // ... and before the worker's `child_exited`, so that `status` shows the slot as
+    // exited, not as idle after the job.
+    let exited = ev.iter().position(|e| matches!(e, Event::ChildExited { .. }));
+    assert!(
+        matches!((started, exited, finished), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "{ev:?}"
+    );
+    // Given back at a graceful stop instead: nothing is announced.
+    let (mut s, _) = Story::boot(spec(vec![group("a", 1)]));
+    let acts = s.claim(1, "a");
+    let w = started_job(&acts, 1).expect("went to the worker");
+    s.feed(Input::Shutdown {
+        reason: "SIGTERM".into(),
+        immediate: false,
+    });
+    let acts = s.reap(w, SIGKILL);
+    assert!(
+        !events(&acts)
+            .iter()
+            .any(|e| matches!(e, Event::JobStarted { .. } | Event::JobFinished { .. })),
+        "{acts:?}"
+    );
+    assert_eq!(releases(&acts).len(), 1, "{acts:?}");
+}
+
+#[test]
 fn a_loop_held_up_past_the_timeout_kills_no_child_it_could_not_ping() {
     let (mut s, _) = Story::boot(spec(vec![group("a", 2)]));
     let (w, _) = s.start(3, "a");

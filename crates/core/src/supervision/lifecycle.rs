@@ -8,7 +8,7 @@ use crate::random::Random;
 use crate::spec::{OnExhausted, RestartPolicy};
 use crate::time::Time;
 
-use super::child::{Child, ChildState, StateKind, StopReason};
+use super::child::{Child, ChildState, JobRun, StateKind, StopReason};
 use super::timers::Timer;
 use super::{
     Action, ChildId, Core, Event, Facts, GroupStatus, Outcome, Phase, ProcessEnd, Role, Signal,
@@ -167,6 +167,9 @@ impl Core {
         let c = self.children.remove(&id).expect("found above");
         self.arm(id);
         let expected = c.state.kind() == StateKind::Stopping || self.is_stopping();
+        if let Some(run) = c.job() {
+            self.announce_unstarted(&c.role, c.pid.unwrap_or(0), run);
+        }
         let reason = if c.killed && !expected {
             Some("did not answer in time".to_string())
         } else {
@@ -182,6 +185,25 @@ impl Core {
             retired: !expected && self.slot_retires(&c.role),
         }));
         self.child_gone(now, id, c, expected);
+    }
+
+    /// A worker that died before it said it started its job: the attempt was counted
+    /// (started, in the store's eyes), so unless [`Self::child_gone`] gives it back to
+    /// the queue its `job_finished` follows a `job_started` (said before the worker's
+    /// `child_exited`), as every attempt's does.
+    fn announce_unstarted(&mut self, role: &Role, worker_pid: u32, run: &JobRun) {
+        let released = run.main_end.is_none()
+            && (run.stop.as_ref()).is_none_or(|s| s.reason == StopReason::Shutdown)
+            && (self.is_stopping() || run.stop.is_some());
+        if let (None, false, Role::Worker { group, slot }) = (&run.started, released, role) {
+            self.out.push(Action::Emit(Event::JobStarted {
+                job_id: run.claim.id,
+                group: group.clone(),
+                slot: *slot,
+                worker_pid,
+                attempt: run.claim.attempt,
+            }));
+        }
     }
 
     /// A worker's slot that [`Self::child_gone`] will forget, not restart: retiring, its
