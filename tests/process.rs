@@ -407,6 +407,73 @@ fn a_store_locked_past_the_heartbeat_timeout_kills_no_child_and_loses_no_outcome
 }
 
 #[test]
+fn a_stop_under_a_locked_store_leaves_its_jobs_to_the_next_run_which_runs_no_finished_one_again() {
+    // The store is locked while a job ends (its outcome waits) and the supervisor is
+    // stopped at once (the other job killed, and not given back: the store refuses).
+    // The next run stores the outcome first, then gives the other job back as the stop
+    // would have: the finished job does not run again, and the stop is not taken for
+    // the death of a supervisor.
+    let sb = Sandbox::new(&default_config());
+    let mut sv = sb.start(&[]);
+    ready_workers(&sv, "a", 2);
+    let ends = sb.submit_held("ends", &["--group", "a"]);
+    let runs = sb.submit_held("runs", &["--group", "a"]);
+    let ends_pid = ends.pid();
+    runs.pid();
+    let path = sb.path().join("state/jobs.db");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    ends.release();
+    wait_until(10 * SEC, || reaped(ends_pid)).expect("the job ends");
+    sv.wait_event(10 * SEC, |e| {
+        e["event"] == "outcomes_waiting" && e["count"] == 1
+    });
+    sv.signal(Signal::SIGINT);
+    sv.signal(Signal::SIGINT);
+    assert!(sv.wait_exit(30 * SEC).is_some(), "{}", sv.dump());
+    sv.assert_nothing_left(2 * SEC);
+    let events = sv.events();
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(json!("supervisor_stopped")),
+        "the last event\n{}",
+        sv.dump()
+    );
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let journal = sb.path().join("state/outcomes.journal");
+    assert!(journal.exists());
+
+    let mut sv = sb.start(&["--until-empty"]);
+    let again = sv.wait_event(10 * SEC, |e| {
+        e["event"] == "job_started" && e["job_id"] == runs.id
+    });
+    assert_eq!(
+        again["attempt"], 1,
+        "given back, the attempt not used: {again}"
+    );
+    runs.release();
+    assert_eq!(sv.wait_exit(30 * SEC), Some(0), "{}", sv.dump());
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let deaths: i64 = db
+        .query_row(
+            "SELECT supervisor_deaths FROM jobs WHERE id = ?1",
+            [runs.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(deaths, 0, "a stop is not a death");
+    assert_eq!(sb.job(ends.id)["state"], "succeeded");
+    assert_eq!(sb.job(ends.id)["attempts"], 1);
+    assert_eq!(sb.job(runs.id)["state"], "succeeded");
+    let started = (sv.events().into_iter())
+        .filter(|e| e["event"] == "job_started" && e["job_id"] == ends.id)
+        .count();
+    assert_eq!(started, 0, "the finished job ran again\n{}", sv.dump());
+    assert!(!journal.exists());
+}
+
+#[test]
 fn a_stopped_worker_is_killed_by_the_watchdog() {
     // heartbeat: interval 0.2 s, timeout 1 s.
     let sb = Sandbox::new(&default_config());

@@ -76,8 +76,9 @@ struct Grabber {
     /// it) and by the poll timer, not by every returned credit.
     check_cancels: bool,
     /// The routes changed (or this grabber just started): decide the group of every job
-    /// in the queue again, once, before the next claim.
-    reroute: bool,
+    /// in the queue again, once, before the next claim, a step a pass (the id the next
+    /// step starts after).
+    reroute: Option<i64>,
     /// Outcomes the supervisor handed over with its grants, stored by the next pass
     /// with its claim (in one transaction), or given back to the supervisor by a pass
     /// that fails (`SourceFailed`: it stores every outcome it handed over and was not
@@ -131,7 +132,7 @@ pub fn main(
         ledger: Ledger::new(),
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
-        reroute: true,
+        reroute: Some(0),
         settle: Vec::new(),
         pass_began: 0.0,
     };
@@ -179,7 +180,7 @@ impl Grabber {
             ToChild::Stop => Flow::Stop,
             ToChild::Settings(s) => {
                 if self.routes != s.routes {
-                    self.reroute = true;
+                    self.reroute = Some(0);
                 }
                 self.routes = s.routes;
                 self.ledger.set_runnable(s.runnable);
@@ -309,12 +310,21 @@ impl Grabber {
             Self::send_found(&self.tx, settled(&settle, &stored));
             return Ok(None);
         };
-        if self.reroute {
-            let changed = store.reroute(&self.routes)?;
-            if changed > 0 {
+        if let Some(after) = self.reroute {
+            let step = store.reroute_from(&self.routes, after, supervisor_store::REROUTE_CHUNK)?;
+            if step.changed > 0 {
+                let changed = step.changed;
                 log::info!("grabber: {changed} queued job(s) routed to another group");
             }
-            self.reroute = false;
+            self.reroute = step.next;
+            if self.reroute.is_some() {
+                // More to go: no claim until the queue is done (one now could start a
+                // job in a group that no longer takes it). The outcomes are stored, and
+                // the next step comes at once, after the messages that wait (a ping).
+                let stored = store.settle(&settle)?;
+                Self::send_found(&self.tx, settled(&settle, &stored));
+                return Ok(Some(Duration::ZERO));
+            }
         }
         // The claim's time is the pass's: a claim of this pass whose answer is lost
         // with the connection has `started_at` = `pass_began`, which `SourceFailed`

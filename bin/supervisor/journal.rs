@@ -5,7 +5,11 @@
 //! owner that ran them, before it takes back the jobs of dead supervisors, so an
 //! attempt that ended is never run again for want of its outcome. Each line names the
 //! store its outcome belongs to (`store`, as `StoreConfig::describe` says it): a run
-//! on another store cannot store it, and refuses to start rather than drop it.
+//! on another store cannot store it, and refuses to start rather than drop it. A run
+//! that stopped with outcomes still waiting, or could not give its running jobs back
+//! (the store locked), ends the journal with a line `{"stopped": INSTANCE, "store": ..}`:
+//! the next run gives that instance's jobs back once the outcomes are stored, as the
+//! stop would have, rather than count the stop as the death of a supervisor.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -26,12 +30,24 @@ pub struct Journaled {
     pub waiting: Waiting,
 }
 
+/// What a journal holds.
+#[derive(Default)]
+pub struct Loaded {
+    pub outcomes: Vec<Journaled>,
+    /// Instances that stopped (of the store named with each) without giving their
+    /// running jobs back.
+    pub stopped: Vec<(i64, Option<String>)>,
+}
+
 /// Write `waiting`, outcomes of jobs of `store`, as the whole journal, atomically (a
-/// temporary file, fsynced, renamed over it); no journal at all when nothing waits.
+/// temporary file, fsynced, renamed over it), then `stopped`, an instance of `store`
+/// that stopped without giving its running jobs back; no journal at all when there is
+/// nothing to say.
 pub fn save<'a>(
     path: &Path,
     store: &str,
     waiting: impl Iterator<Item = &'a Waiting>,
+    stopped: Option<i64>,
 ) -> io::Result<()> {
     let mut lines = Vec::new();
     for w in waiting {
@@ -39,6 +55,11 @@ pub fn save<'a>(
         if let Some(fields) = line.as_object_mut() {
             fields.insert("store".into(), store.into());
         }
+        serde_json::to_writer(&mut lines, &line).map_err(io::Error::other)?;
+        lines.push(b'\n');
+    }
+    if let Some(instance) = stopped {
+        let line = serde_json::json!({"stopped": instance, "store": store});
         serde_json::to_writer(&mut lines, &line).map_err(io::Error::other)?;
         lines.push(b'\n');
     }
@@ -63,27 +84,32 @@ pub fn save<'a>(
     Ok(())
 }
 
-/// The outcomes a journal holds, in order; a line that does not parse (a torn last line,
-/// damage) is skipped with a warning.
-pub fn load(path: &Path) -> io::Result<Vec<Journaled>> {
+/// What a journal holds, in order; a line that does not parse (a torn last line, damage,
+/// bytes that are not UTF-8) is skipped with a warning.
+pub fn load(path: &Path) -> io::Result<Loaded> {
     let f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => return Err(e),
     };
-    let mut out = Vec::new();
-    for (n, line) in BufReader::new(f).lines().enumerate() {
+    let mut out = Loaded::default();
+    for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
         let line = line?;
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let read = serde_json::from_str::<serde_json::Value>(&line).and_then(|v| {
+        let read = serde_json::from_slice::<serde_json::Value>(&line).and_then(|v| {
             let store = v.get("store").and_then(|s| s.as_str()).map(str::to_owned);
-            serde_json::from_value::<Waiting>(v).map(|waiting| Journaled { store, waiting })
+            if let Some(instance) = v.get("stopped").and_then(|i| i.as_i64()) {
+                out.stopped.push((instance, store));
+                return Ok(());
+            }
+            let waiting = serde_json::from_value::<Waiting>(v)?;
+            out.outcomes.push(Journaled { store, waiting });
+            Ok(())
         });
-        match read {
-            Ok(j) => out.push(j),
-            Err(e) => log::warn!("{}: line {}: skipped: {e}", path.display(), n + 1),
+        if let Err(e) = read {
+            log::warn!("{}: line {}: skipped: {e}", path.display(), n + 1);
         }
     }
     Ok(out)
@@ -128,8 +154,9 @@ mod tests {
             events: vec![finished(job)],
         };
         let both = [w(1), w(2)];
-        save(&path, "sqlite /s/jobs.db", both.iter()).unwrap();
-        let back = load(&path).unwrap();
+        save(&path, "sqlite /s/jobs.db", both.iter(), Some(5)).unwrap();
+        let loaded = load(&path).unwrap();
+        let back = &loaded.outcomes;
         assert_eq!(back.len(), 2);
         assert_eq!((back[0].waiting.job, back[1].waiting.job), (1, 2));
         assert_eq!(back[1].waiting.owner, 7);
@@ -139,29 +166,34 @@ mod tests {
             supervisor_store::AfterAttempt::Retry { at: 12.5 }
         );
         assert_eq!(back[0].waiting.events, [finished(1)]);
-        // Each names its store.
+        // Each names its store, and so does the run that stopped.
         assert!(back
             .iter()
             .all(|j| j.store.as_deref() == Some("sqlite /s/jobs.db")));
+        assert_eq!(loaded.stopped, [(5, Some("sqlite /s/jobs.db".to_string()))]);
         // Held events are `[name, {fields}]` pairs on disk, as before `EventRecord`.
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""events":[["job_finished",{""#), "{text}");
-        // A torn line is skipped.
-        let mut text = fs::read_to_string(&path).unwrap();
-        text.push_str("{\"owner\": 7, \"job\"");
+        // A torn line is skipped, even one torn inside a character.
+        let mut text = fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"owner\": 7, \"job\": \"\xc3");
         fs::write(&path, text).unwrap();
-        assert_eq!(load(&path).unwrap().len(), 2);
+        let loaded = load(&path).unwrap();
+        assert_eq!((loaded.outcomes.len(), loaded.stopped.len()), (2, 1));
         // A line of an earlier version (no store, no time) still loads.
         let old = r#"{"owner":7,"job":3,"attempt":1,"outcome":{"kind":"succeeded","exit_code":0,"signal":null},"next":"done","events":[]}"#;
         fs::write(&path, format!("{old}\n")).unwrap();
-        let back = load(&path).unwrap();
+        let back = load(&path).unwrap().outcomes;
         assert_eq!(
             (back.len(), back[0].store.as_deref(), back[0].waiting.at),
             (1, None, None)
         );
-        save(&path, "x", [].iter()).unwrap();
+        // A stop alone is worth a journal; nothing at all is not.
+        save(&path, "x", [].iter(), Some(3)).unwrap();
+        assert_eq!(load(&path).unwrap().stopped.len(), 1);
+        save(&path, "x", [].iter(), None).unwrap();
         assert!(!path.exists());
-        assert!(load(&path).unwrap().is_empty());
+        assert!(load(&path).unwrap().outcomes.is_empty());
     }
 
     #[test]
@@ -184,7 +216,7 @@ mod tests {
             serde_json::to_string(&supervisor_store::AfterAttempt::Dead).unwrap(),
         );
         fs::write(&path, format!("{line}\n")).unwrap();
-        let back = load(&path).unwrap();
+        let back = load(&path).unwrap().outcomes;
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].waiting.job, 9);
         let names: Vec<_> = back[0]
@@ -195,7 +227,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["job_finished", "job_dead", "unknown"]);
         // Saved again, the unknown one (which cannot be written anyway) is left out.
-        save(&path, "x", back.iter().map(|j| &j.waiting)).unwrap();
-        assert_eq!(load(&path).unwrap()[0].waiting.events.len(), 2);
+        save(&path, "x", back.iter().map(|j| &j.waiting), None).unwrap();
+        assert_eq!(load(&path).unwrap().outcomes[0].waiting.events.len(), 2);
     }
 }

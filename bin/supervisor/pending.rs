@@ -263,6 +263,28 @@ impl Handed {
         }
     }
 
+    /// Hold back the `job_started` of a job of `group` behind the newest outcome held of
+    /// that group, if any: the worker starting it may be the one whose last job's
+    /// `job_finished` waits here (a job claimed with another's credit can start before
+    /// the grabber says it stored the outcome), and a worker's jobs are told in order.
+    pub fn hold_start(&mut self, group: &str, event: HeldEvent) -> Result<(), HeldEvent> {
+        let of_group = |w: &&mut Waiting| {
+            w.events.iter().any(
+                |e| matches!(e, EventRecord::JobFinished { group: g, .. } if g.as_str() == group),
+            )
+        };
+        match (self.sent.iter_mut().chain(self.unsent.iter_mut()))
+            .filter(of_group)
+            .last()
+        {
+            Some(w) => {
+                w.events.push(event);
+                Ok(())
+            }
+            None => Err(event),
+        }
+    }
+
     /// The outcomes not sent yet, as the grabber stores them; they count as sent (at
     /// `now`).
     pub fn send(&mut self, now: Instant) -> Vec<supervisor_store::Settle> {
@@ -339,6 +361,20 @@ mod tests {
         }
     }
 
+    fn finished(job: i64) -> HeldEvent {
+        EventRecord::JobFinished {
+            job_id: job,
+            group: "g".into(),
+            attempt: 1,
+            outcome: crate::record::JobOutcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            duration_s: 0.1,
+            start_error: None,
+            reason: None,
+        }
+    }
+
     fn event(job: i64) -> HeldEvent {
         EventRecord::JobRetryScheduled {
             job_id: job,
@@ -367,9 +403,24 @@ mod tests {
         assert!(!h.holds(1) && h.settled(1, 1).is_none(), "settled once");
         assert_eq!(h.deadline(), None, "nothing sent waits");
         assert_eq!(h.jobs().collect::<Vec<_>>(), [2]);
+        // A job's start waits behind the newest held outcome of its group, if any.
+        let started = |job| EventRecord::JobStarted {
+            job_id: job,
+            group: "g".into(),
+            slot: 0,
+            worker_pid: 1,
+            attempt: 1,
+        };
+        h.hold_event(2, finished(2));
+        assert!(h.hold_start("g", started(7)).is_ok());
+        assert!(h.hold_start("other", started(8)).is_err());
         // Not sent in its turn: the loop stores it.
         let unsent = h.take_unsent();
-        assert_eq!((unsent.len(), unsent[0].events.len()), (1, 1));
+        assert_eq!((unsent.len(), unsent[0].events.len()), (1, 3));
+        assert!(matches!(
+            unsent[0].events[2],
+            EventRecord::JobStarted { job_id: 7, .. }
+        ));
         assert!(h.is_empty());
         // A grabber that fails gives every outcome back, sent ones first.
         h.add(waiting(3));

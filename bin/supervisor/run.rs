@@ -82,6 +82,8 @@ struct Supervisor {
     /// Outcomes handed to the grabber to store with its next claim, with the events
     /// that announce them.
     handed: Handed,
+    /// `supervisor_stopped`, held while outcomes wait: it is the last event of a run.
+    stopped_event: Option<EventRecord>,
     /// How to open the store again when its connection broke.
     store_arg: crate::wire::StoreArg,
     /// Deletes finished jobs past the config's `retention`, on a thread of its own.
@@ -121,6 +123,9 @@ impl Supervisor {
                 } else {
                     self.store_handed(true);
                     self.flush_pending();
+                }
+                if let Some(record) = self.stopped_event.take() {
+                    self.emit(record);
                 }
                 return code;
             }
@@ -406,6 +411,21 @@ impl Supervisor {
     /// it waits too, with the outcome.
     fn emit_event(&mut self, event: &Event) {
         let record = EventRecord::from(event);
+        if matches!(record, EventRecord::SupervisorStopped { .. })
+            && !(self.pending.is_empty() && self.handed.is_empty())
+        {
+            self.stopped_event = Some(record);
+            return;
+        }
+        let record = match record {
+            EventRecord::JobStarted { ref group, .. } if !self.handed.is_empty() => {
+                match self.handed.hold_start(&group.clone(), record) {
+                    Ok(()) => return,
+                    Err(record) => record,
+                }
+            }
+            other => other,
+        };
         let job = record.outcome_of_job();
         if let Some(job) = job.filter(|j| self.handed.holds(*j)) {
             self.handed.hold_event(job, record);

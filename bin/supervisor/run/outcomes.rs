@@ -135,8 +135,39 @@ impl Supervisor {
     /// The outcomes that wait, on disk: a next run stores them if this one cannot.
     pub(super) fn save_journal(&self) {
         let path = crate::journal::path(&self.config.state_dir);
-        let store = self.config.store.describe();
-        if let Err(e) = crate::journal::save(&path, &store, self.pending.waiting()) {
+        let store = super::startup::store_identity(&self.config.store);
+        if let Err(e) = crate::journal::save(&path, &store, self.pending.waiting(), None) {
+            log::error!("cannot write the outcomes journal {}: {e}", path.display());
+        }
+    }
+
+    /// Exiting: give our running jobs back to the queue (they were given back one by one
+    /// as the stop went, but the store may have refused), unless fenced (they are not
+    /// ours to give). While outcomes wait, or when the store refuses for
+    /// [`PENDING_AT_EXIT`], the journal says so instead, and the next run gives them
+    /// back once it stored the outcomes: never before (a job whose outcome waits would be
+    /// queued again and run twice), and never as the death of a supervisor.
+    pub(super) fn give_back_at_exit(&mut self) {
+        if self.fenced() {
+            return;
+        }
+        let until = Instant::now() + PENDING_AT_EXIT;
+        if self.pending.is_empty() {
+            loop {
+                match self.store.unregister_instance(self.instance, wall_now()) {
+                    Ok(_) => return,
+                    Err(e) if Instant::now() >= until => {
+                        log::warn!("cannot give the running jobs back: {e}; the next run will");
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        }
+        let path = crate::journal::path(&self.config.state_dir);
+        let store = super::startup::store_identity(&self.config.store);
+        let waiting = self.pending.waiting();
+        if let Err(e) = crate::journal::save(&path, &store, waiting, Some(self.instance)) {
             log::error!("cannot write the outcomes journal {}: {e}", path.display());
         }
     }

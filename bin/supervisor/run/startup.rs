@@ -115,6 +115,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
         told_stopping: false,
         pending: Pending::default(),
         handed: Handed::default(),
+        stopped_event: None,
         store_arg,
         retention,
         http,
@@ -216,35 +217,41 @@ fn take_over(
     })
 }
 
-/// Store the outcomes a previous run could not, from the outcomes journal; returns the
-/// events of those stored.
+/// Store the outcomes a previous run could not, from the outcomes journal, then give
+/// back the jobs of the runs that stopped without giving them back; returns the events
+/// of the outcomes stored.
 fn replay_journal(
     store: &mut crate::store::Store,
     config: &Config,
     now: f64,
 ) -> Result<Vec<HeldEvent>> {
     let journal = crate::journal::path(&config.state_dir);
-    let replayed = crate::journal::load(&journal)
+    let loaded = crate::journal::load(&journal)
         .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
     // Outcomes of another store's jobs cannot be stored in this one, nor dropped.
-    let ours = config.store.describe();
-    if let Some(other) = (replayed.iter()).find_map(|j| j.store.as_ref().filter(|s| **s != ours)) {
+    let ours = store_identity(&config.store);
+    let stores =
+        (loaded.outcomes.iter().map(|j| &j.store)).chain(loaded.stopped.iter().map(|s| &s.1));
+    if let Some(other) = stores.flatten().find(|s| **s != ours) {
         bail!(
             "{} holds {} outcome(s) of jobs of another store ({other}) than this config's \
              ({ours}): run once with that store to store them, or remove the file to give \
              them up",
             journal.display(),
-            replayed.len()
+            loaded.outcomes.len()
         );
     }
-    let count = replayed.len();
+    let (mut stored, mut stale) = (0, 0);
     let mut events = Vec::new();
-    for crate::journal::Journaled { waiting: w, .. } in replayed {
+    for crate::journal::Journaled { waiting: w, .. } in loaded.outcomes {
         match store.settle(&[w.settle(now)]).map(|s| s.first().copied()) {
             Ok(Some(settled)) => {
                 // Stale: another run took the job on since; what it says stands.
                 if settled.stored() {
+                    stored += 1;
                     events.extend(crate::pending::as_settled(w, settled));
+                } else {
+                    stale += 1;
                 }
             }
             Ok(None) => bail!(
@@ -261,15 +268,42 @@ fn replay_journal(
             }
         }
     }
-    if count > 0 {
+    if stored + stale > 0 {
         log::warn!(
-            "stored {count} outcome(s) a previous run left in {}",
+            "stored {stored} outcome(s) a previous run left in {} ({stale} stale: their \
+             jobs were taken on since)",
             journal.display()
         );
-        crate::journal::save(&journal, &ours, [].iter())
+    }
+    // A stop that could not give its jobs back (or would have given back those whose
+    // outcome waited): given back now, as that stop would have, not taken for a death.
+    for (instance, _) in &loaded.stopped {
+        let ids = store
+            .unregister_instance(*instance, now)
+            .context("cannot give back the jobs of a run that stopped")?;
+        if !ids.is_empty() {
+            log::info!(
+                "gave back jobs {ids:?} of the run that stopped before (instance {instance})"
+            );
+        }
+    }
+    if stored + stale > 0 || !loaded.stopped.is_empty() {
+        crate::journal::save(&journal, &ours, [].iter(), None)
             .context("cannot clear the outcomes journal")?;
     }
     Ok(events)
+}
+
+/// The store as the outcomes journal names it: an SQLite file by its canonical path (a
+/// link or `..` name the same store), PostgreSQL by its URL without the password.
+pub(super) fn store_identity(store: &supervisor_config::StoreConfig) -> String {
+    match store {
+        StoreConfig::Sqlite { path } => {
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            format!("sqlite {}", path.display())
+        }
+        StoreConfig::Postgres { .. } => store.describe(),
+    }
 }
 
 /// A store shared across hosts: keep our instance alive there, find dead ones, and hear
@@ -341,7 +375,7 @@ impl Supervisor {
                 return Ok(EXIT_FAILURE);
             }
         };
-        let _ = self.store.unregister_instance(self.instance, wall_now());
+        self.give_back_at_exit();
         Ok(code)
     }
 }

@@ -556,7 +556,9 @@ fn a_worker_dead_before_it_said_it_started_its_job_still_announces_the_attempt()
     });
     // ... and before the worker's `child_exited`, so that `status` shows the slot as
     // exited, not as idle after the job.
-    let exited = ev.iter().position(|e| matches!(e, Event::ChildExited { .. }));
+    let exited = ev
+        .iter()
+        .position(|e| matches!(e, Event::ChildExited { .. }));
     assert!(
         matches!((started, exited, finished), (Some(a), Some(b), Some(c)) if a < b && b < c),
         "{ev:?}"

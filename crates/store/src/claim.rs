@@ -53,8 +53,9 @@ pub(crate) trait ClaimSql {
     /// The jobs whose group is not decided yet, oldest first, at most `limit`.
     fn unrouted(&mut self, limit: i64) -> Result<Vec<ToRoute>>;
 
-    /// Every job not running and not finished (queued, or waiting for a retry).
-    fn live(&mut self) -> Result<Vec<ToRoute>>;
+    /// The jobs not running and not finished (queued, or waiting for a retry) after id
+    /// `after`, in id order, at most `limit`.
+    fn live(&mut self, after: JobId, limit: u32) -> Result<Vec<ToRoute>>;
 
     /// Sets the group of each job (`None`: no route takes it) and marks it routed; `op`
     /// names the operation in errors.
@@ -193,10 +194,19 @@ fn route_new(sql: &mut impl ClaimSql, routes: &[Route]) -> Result<bool> {
     Ok(jobs.len() as i64 == ROUTE_BATCH)
 }
 
-/// [`JobStore::reroute`](crate::JobStore::reroute), inside the store's transaction.
-pub(crate) fn reroute(sql: &mut impl ClaimSql, routes: &[Route]) -> Result<usize> {
-    let changed: Vec<(JobId, Option<String>)> = sql
-        .live()?
+/// [`JobStore::reroute_from`](crate::JobStore::reroute_from), inside the store's
+/// transaction.
+pub(crate) fn reroute(
+    sql: &mut impl ClaimSql,
+    routes: &[Route],
+    after: JobId,
+    limit: u32,
+) -> Result<crate::Rerouted> {
+    let live = sql.live(after, limit)?;
+    let next = (live.len() >= limit as usize)
+        .then(|| live.last().map(|j| j.id))
+        .flatten();
+    let changed: Vec<(JobId, Option<String>)> = live
         .into_iter()
         .filter_map(|job| {
             let to = routed_to(routes, &job);
@@ -206,7 +216,10 @@ pub(crate) fn reroute(sql: &mut impl ClaimSql, routes: &[Route]) -> Result<usize
     if !changed.is_empty() {
         sql.set_routes(&changed, "reroute")?;
     }
-    Ok(changed.len())
+    Ok(crate::Rerouted {
+        changed: changed.len(),
+        next,
+    })
 }
 
 /// The group [`route`] sends a stored job to: the one it names, whatever the routes of

@@ -447,6 +447,19 @@ pub struct Settle {
     pub at: f64,
 }
 
+/// How many jobs one step of a reroute looks at ([`JobStore::reroute_from`]): a few tens
+/// of milliseconds of work.
+pub const REROUTE_CHUNK: u32 = 5_000;
+
+/// One step of a reroute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rerouted {
+    /// How many jobs changed group.
+    pub changed: usize,
+    /// The id the next step starts after (`None`: the queue is done).
+    pub next: Option<JobId>,
+}
+
 /// What the store made of an outcome ([`JobStore::settle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -667,7 +680,23 @@ pub trait JobStore {
     /// queued again (a retry scheduled, an attempt lost, a job given back or taken back,
     /// a `retry` by hand): the routes may have changed while it ran, and a reroute passes
     /// over running jobs.
-    fn reroute(&mut self, routes: &[Route]) -> Result<usize>;
+    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+        let (mut changed, mut after) = (0, 0);
+        loop {
+            let r = self.reroute_from(routes, after, REROUTE_CHUNK)?;
+            changed += r.changed;
+            match r.next {
+                Some(next) => after = next,
+                None => return Ok(changed),
+            }
+        }
+    }
+
+    /// [`reroute`](JobStore::reroute) in steps, each its own transaction: the jobs after
+    /// id `after`, at most `limit` of them (in id order); says how many changed group and
+    /// where the next step begins (`None`: done). A grabber reroutes a long queue a step
+    /// a pass, answering its heartbeats between two (and claiming nothing until done).
+    fn reroute_from(&mut self, routes: &[Route], after: JobId, limit: u32) -> Result<Rerouted>;
 
     /// Stores the outcome of attempt `attempt` of job `id` run by `owner`, and applies
     /// `next`. Returns false (and changes nothing) unless the job is running that attempt

@@ -63,8 +63,9 @@ pub(super) const BACKLOG: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state 
          AND route = ANY($2::text[]))";
 
 /// The jobs queued or waiting for a retry, with their group now, locked.
-const LIVE_ROUTES: &str = "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
-     OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out')) FOR UPDATE";
+const LIVE_ROUTES: &str = "SELECT id, named_group, tags, route FROM jobs WHERE id > $1 \
+     AND (state = 'queued' OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out'))) \
+     ORDER BY id LIMIT $2 FOR UPDATE";
 
 /// A job as routing reads it, from a row of `id, named_group, tags`, routed to `route`.
 fn to_route(row: &Row, route: Option<String>, op: &'static str) -> Result<ToRoute> {
@@ -94,9 +95,10 @@ impl ClaimSql for ClaimTx<'_, '_> {
         rows.iter().map(|row| to_route(row, None, op)).collect()
     }
 
-    fn live(&mut self) -> Result<Vec<ToRoute>> {
+    fn live(&mut self, after: JobId, limit: u32) -> Result<Vec<ToRoute>> {
         let op = "reroute";
-        let rows = query(self.stmts, self.tx, LIVE_ROUTES, &[], op)?;
+        let limit = i64::from(limit);
+        let rows = query(self.stmts, self.tx, LIVE_ROUTES, &[&after, &limit], op)?;
         rows.iter()
             .map(|row| to_route(row, row.try_get(3).ok().flatten(), op))
             .collect()

@@ -52,7 +52,7 @@ use crate::{
     AfterAttempt, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState, JobStore,
     NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, StoreError,
 };
-use crate::{GroupCount, JobFilter, Settle, Settled};
+use crate::{GroupCount, JobFilter, Rerouted, Settle, Settled};
 
 mod claim_sql;
 mod connect;
@@ -584,7 +584,7 @@ impl JobStore for PostgresStore {
         Ok(ids)
     }
 
-    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+    fn reroute_from(&mut self, routes: &[Route], after: JobId, limit: u32) -> Result<Rerouted> {
         let op = "reroute";
         let mut tx = self.client.transaction().ctx(op)?;
         // The update joins the new routes to the jobs by id: by the primary key, never
@@ -595,9 +595,9 @@ impl JobStore for PostgresStore {
             stmts: &mut self.stmts,
             tx: &mut tx,
         };
-        let changed = claim::reroute(&mut sql, routes)?;
+        let done = claim::reroute(&mut sql, routes, after, limit)?;
         tx.commit().ctx(op)?;
-        Ok(changed)
+        Ok(done)
     }
 
     fn record_outcome(

@@ -57,11 +57,12 @@ pub(super) fn waiting_sql(n: usize) -> String {
     )
 }
 
-/// The jobs queued or waiting for a retry, with their group now.
-pub(super) const LIVE_ROUTES: &str =
-    "SELECT id, named_group, tags, route FROM jobs WHERE state = 'queued' \
-     UNION ALL SELECT id, named_group, tags, route FROM jobs \
-     WHERE not_before IS NOT NULL AND state IN ('failed', 'timed_out')";
+/// The jobs queued or waiting for a retry after id `?1`, at most `?2`, in id order, with
+/// their group now: a range of the primary key (over the whole reroute, every row is
+/// read once, however many steps it takes).
+pub(super) const LIVE_ROUTES: &str = "SELECT id, named_group, tags, route FROM jobs WHERE id > ?1 \
+     AND (state = 'queued' OR (not_before IS NOT NULL AND state IN ('failed', 'timed_out'))) \
+     ORDER BY id LIMIT ?2";
 
 /// A job as routing reads it, from its columns as stored.
 fn to_route(id: JobId, named: Value, tags: &Value, route: Value) -> ToRoute {
@@ -113,11 +114,11 @@ impl ClaimSql for ClaimTx<'_> {
             .ctx("route new jobs")
     }
 
-    fn live(&mut self) -> Result<Vec<ToRoute>> {
+    fn live(&mut self, after: JobId, limit: u32) -> Result<Vec<ToRoute>> {
         self.conn
             .prepare_cached(LIVE_ROUTES)
             .and_then(|mut stmt| {
-                stmt.query_map([], |row| {
+                stmt.query_map(params![after, limit], |row| {
                     Ok(to_route(
                         row.get(0)?,
                         row.get(1)?,

@@ -33,7 +33,7 @@ use crate::{
     JobStore, NewJob, OutcomeRecord, PlaceRow, PlaceSql, QueuePlace, Result, Route, Settle,
     Settled, StoreError,
 };
-use crate::{GroupCount, JobFilter};
+use crate::{GroupCount, JobFilter, Rerouted};
 
 mod claim_sql;
 mod rows;
@@ -725,11 +725,11 @@ impl JobStore for SqliteStore {
         Ok(ids)
     }
 
-    fn reroute(&mut self, routes: &[Route]) -> Result<usize> {
+    fn reroute_from(&mut self, routes: &[Route], after: JobId, limit: u32) -> Result<Rerouted> {
         let tx = WriteTx::begin(&self.conn).ctx("reroute")?;
-        let changed = claim::reroute(&mut ClaimTx::new(&tx), routes)?;
+        let done = claim::reroute(&mut ClaimTx::new(&tx), routes, after, limit)?;
         tx.commit().ctx("reroute")?;
-        Ok(changed)
+        Ok(done)
     }
 
     fn record_outcome(

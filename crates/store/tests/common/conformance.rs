@@ -303,6 +303,50 @@ pub fn a_job_queued_again_is_routed_again(new: Factory) {
     assert_eq!(got, [(ids[0], "f")]);
 }
 
+/// A reroute in steps (as a grabber does it, a step a pass) covers every live job once,
+/// in id order, skipping finished and running ones.
+pub fn a_reroute_in_steps_covers_the_queue_once(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let jobs: Vec<NewJob> = (0..12).map(|_| tagged(&[("arch", "x")])).collect();
+    let ids = s.submit(&jobs, 1.0).unwrap();
+    let old = [matching("h", &[])];
+    // Three of them run, one of which then succeeds.
+    s.claim(me, &old, &mut credits(&[("h", 3)]), 2.0).unwrap();
+    assert!(s
+        .record_outcome(
+            ids[0],
+            1,
+            me,
+            &outcome(OutcomeKind::Succeeded),
+            AfterAttempt::Done,
+            3.0
+        )
+        .unwrap());
+    let new_routes = [matching("g", &[])];
+    let (mut after, mut steps, mut changed) = (0, 0, 0);
+    loop {
+        let step = s.reroute_from(&new_routes, after, 4).unwrap();
+        steps += 1;
+        changed += step.changed;
+        match step.next {
+            Some(next) => {
+                assert!(next > after, "steps move on");
+                after = next;
+            }
+            None => break,
+        }
+    }
+    // The 9 queued jobs, 4 at a time: 3 steps (the last one short).
+    assert_eq!((changed, steps), (9, 3));
+    assert_eq!(s.reroute(&new_routes).unwrap(), 0, "nothing left to change");
+    let res = s
+        .claim(me, &new_routes, &mut credits(&[("g", 20)]), 4.0)
+        .unwrap();
+    let got: Vec<i64> = res.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(got, ids[3..]);
+}
+
 pub fn claim_respects_credits_and_id_order(new: Factory) {
     let mut s = new();
     let me = instance(&mut *s, 1);
@@ -1841,6 +1885,7 @@ macro_rules! conformance_tests {
             idempotent_keys,
             routing_by_group_and_tags,
             a_job_queued_again_is_routed_again,
+            a_reroute_in_steps_covers_the_queue_once,
             claim_respects_credits_and_id_order,
             claimed_job_carries_what_the_worker_needs,
             retry_waits_in_failed_then_queues,
