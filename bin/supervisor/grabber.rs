@@ -79,6 +79,10 @@ struct Grabber {
     /// in the queue again, once, before the next claim, a step a pass (the id the next
     /// step starts after).
     reroute: Option<i64>,
+    /// How long a pass may spend on a reroute before it lets the loop answer the
+    /// supervisor (the rest is for the next pass): the store's wait, a quarter of the
+    /// heartbeat timeout.
+    reroute_budget: Duration,
     /// Outcomes the supervisor handed over with its grants, stored by the next pass
     /// with its claim (in one transaction), or given back to the supervisor by a pass
     /// that fails (`SourceFailed`: it stores every outcome it handed over and was not
@@ -133,6 +137,7 @@ pub fn main(
         cancels_sent: BTreeSet::new(),
         check_cancels: true,
         reroute: Some(0),
+        reroute_budget: supervisor_core::bounds::duration(store_wait_s),
         settle: Vec::new(),
         pass_began: 0.0,
     };
@@ -310,13 +315,27 @@ impl Grabber {
             Self::send_found(&self.tx, settled(&settle, &stored));
             return Ok(None);
         };
-        if let Some(after) = self.reroute {
-            let step = store.reroute_from(&self.routes, after, supervisor_store::REROUTE_CHUNK)?;
-            if step.changed > 0 {
-                let changed = step.changed;
+        if let Some(mut after) = self.reroute {
+            let (until, mut changed) = (Instant::now() + self.reroute_budget, 0);
+            self.reroute = loop {
+                // PostgreSQL reroutes in one transaction: a reroute split in several
+                // (even two) left dispatch a quarter slower for the whole run after it
+                // (100,000 tagged jobs: 634-671 jobs/s against 835-922 in one; cause
+                // not found), and it routes 100,000 jobs in ~0.8 s.
+                let chunk = match self.store_arg {
+                    StoreArg::Postgres(_) => u32::MAX,
+                    StoreArg::Sqlite(_) => supervisor_store::REROUTE_CHUNK,
+                };
+                let step = store.reroute_from(&self.routes, after, chunk)?;
+                changed += step.changed;
+                match step.next {
+                    Some(next) if Instant::now() < until => after = next,
+                    next => break next,
+                }
+            };
+            if changed > 0 {
                 log::info!("grabber: {changed} queued job(s) routed to another group");
             }
-            self.reroute = step.next;
             if self.reroute.is_some() {
                 // More to go: no claim until the queue is done (one now could start a
                 // job in a group that no longer takes it). The outcomes are stored, and

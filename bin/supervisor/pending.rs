@@ -240,8 +240,8 @@ pub struct Handed {
     unsent: Vec<Waiting>,
     /// Sent with a grant: the grabber's pass says when each is stored.
     sent: Vec<Waiting>,
-    /// Since when some sent outcome has waited for the grabber's word.
-    waited_since: Option<Instant>,
+    /// When each of `sent` was sent, in the same order (the oldest first).
+    sent_at: Vec<Instant>,
 }
 
 impl Handed {
@@ -290,9 +290,7 @@ impl Handed {
     pub fn send(&mut self, now: Instant) -> Vec<supervisor_store::Settle> {
         let wall = crate::events_file::wall_now();
         let settle = (self.unsent.iter()).map(|w| w.settle(wall)).collect();
-        if !self.unsent.is_empty() && self.sent.is_empty() {
-            self.waited_since = Some(now);
-        }
+        self.sent_at.extend(self.unsent.iter().map(|_| now));
         self.sent.append(&mut self.unsent);
         settle
     }
@@ -301,18 +299,15 @@ impl Handed {
     /// the loop takes them back ([`Handed::take_all`]), so that a grabber that hangs
     /// delays their events by [`HANDED_PATIENCE`] at most.
     pub fn deadline(&self) -> Option<Instant> {
-        self.waited_since.map(|t| t + HANDED_PATIENCE)
+        self.sent_at.first().map(|t| *t + HANDED_PATIENCE)
     }
 
     /// The grabber stored (or found stale) attempt `attempt` of `job`: its outcome, with
     /// the events held, if it was sent and not taken back.
     pub fn settled(&mut self, job: i64, attempt: u32) -> Option<Waiting> {
         let i = (self.sent.iter()).position(|w| w.job == job && w.attempt == attempt)?;
-        let waiting = self.sent.remove(i);
-        if self.sent.is_empty() {
-            self.waited_since = None;
-        }
-        Some(waiting)
+        self.sent_at.remove(i);
+        Some(self.sent.remove(i))
     }
 
     /// The outcomes not sent, in order: the loop stores them itself.
@@ -325,7 +320,7 @@ impl Handed {
     pub fn take_all(&mut self) -> Vec<Waiting> {
         let mut all = std::mem::take(&mut self.sent);
         all.append(&mut self.unsent);
-        self.waited_since = None;
+        self.sent_at.clear();
         all
     }
 
@@ -394,6 +389,12 @@ mod tests {
         let sent = h.send(t0);
         assert_eq!(h.deadline(), Some(t0 + HANDED_PATIENCE));
         assert_eq!((sent.len(), sent[0].job, sent[0].at), (1, 1, 1.0));
+        // The oldest outcome sent sets the deadline, not the first sent since none
+        // waited: a grabber that keeps up is never taken for one that hangs.
+        let t1 = t0 + Duration::from_millis(500);
+        h.add(waiting(5));
+        h.send(t1);
+        assert_eq!(h.deadline(), Some(t0 + HANDED_PATIENCE));
         h.add(waiting(2));
         h.hold_event(2, event(2));
         // Another attempt of job 1 is not this one.
@@ -401,6 +402,8 @@ mod tests {
         let w = h.settled(1, 1).expect("sent");
         assert_eq!(w.events.len(), 1);
         assert!(!h.holds(1) && h.settled(1, 1).is_none(), "settled once");
+        assert_eq!(h.deadline(), Some(t1 + HANDED_PATIENCE));
+        assert!(h.settled(5, 1).is_some());
         assert_eq!(h.deadline(), None, "nothing sent waits");
         assert_eq!(h.jobs().collect::<Vec<_>>(), [2]);
         // A job's start waits behind the newest held outcome of its group, if any.
