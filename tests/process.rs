@@ -801,6 +801,9 @@ fn what_a_supervisor_and_worker_killed_at_once_left_is_killed_by_the_next_run() 
     // it through its grace).
     let out = sb.run(&["cancel", &id.to_string()]);
     assert!(out.status.success(), "{out:?}");
+    // Canceled before the stop begins: when the SIGTERM came first, the cancel was not
+    // heard in time and the stop waited for the job through its grace (seen in CI).
+    sb.wait_job(id, &["canceled"], 10 * SEC);
     next.signal(Signal::SIGTERM);
     assert_eq!(next.wait_exit(10 * SEC), Some(0));
     next.assert_nothing_left(2 * SEC);

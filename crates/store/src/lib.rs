@@ -720,12 +720,10 @@ pub trait JobStore {
     /// each, and says what became of each. All or none are stored when the store fails.
     fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<Settled>>;
 
-    /// [`settle`](JobStore::settle), then [`claim`](JobStore::claim): the outcomes of the
-    /// attempts that just ended and the claims for the workers they freed, in one
-    /// transaction where the store can (SQLite: one commit, and one connection writing
-    /// where two made each reload what the other changed). When it fails, none of the
-    /// outcomes may be taken for stored (a store that cannot do it in one transaction
-    /// may have stored some: storing them again is refused as stale).
+    /// [`settle`](JobStore::settle), then [`claim`](JobStore::claim), in one transaction:
+    /// the outcomes of the attempts that just ended and the claims for the workers they
+    /// freed (one commit a job, and on SQLite one connection writing, where two made each
+    /// reload what the other had changed). When it fails, nothing of it is stored.
     fn settle_and_claim(
         &mut self,
         outcomes: &[Settle],
@@ -733,11 +731,7 @@ pub trait JobStore {
         routes: &[Route],
         credits: &mut BTreeMap<String, u32>,
         now: f64,
-    ) -> Result<(Vec<Settled>, ClaimResult)> {
-        let stored = self.settle(outcomes)?;
-        let claimed = self.claim(me, routes, credits, now)?;
-        Ok((stored, claimed))
-    }
+    ) -> Result<(Vec<Settled>, ClaimResult)>;
 
     /// Gives back a running job (graceful stop): it goes back to `queued` without using up
     /// an attempt (or becomes `canceled`, finished at `now`, if a cancel was requested).

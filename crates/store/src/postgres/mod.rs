@@ -444,16 +444,7 @@ impl JobStore for PostgresStore {
         credits: &mut BTreeMap<String, u32>,
         now: f64,
     ) -> Result<ClaimResult> {
-        let mut tx = self.client.transaction().ctx("claim")?;
-        tx.batch_execute(CLAIM_PLANNER).ctx("claim")?;
-        materialise(&mut self.stmts, &mut tx, now)?;
-        let mut sql = ClaimTx {
-            stmts: &mut self.stmts,
-            tx: &mut tx,
-        };
-        let result = claim::claim(&mut sql, me, routes, credits, now)?;
-        tx.commit().ctx("claim")?;
-        Ok(result)
+        (self.settle_and_claim(&[], me, routes, credits, now)).map(|(_, claimed)| claimed)
     }
 
     fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>> {

@@ -570,11 +570,7 @@ impl JobStore for SqliteStore {
         credits: &mut BTreeMap<String, u32>,
         now: f64,
     ) -> Result<ClaimResult> {
-        let tx = WriteTx::begin(&self.conn).ctx("claim")?;
-        materialise(&tx, now)?;
-        let result = claim::claim(&mut ClaimTx::new(&tx), me, routes, credits, now)?;
-        tx.commit().ctx("claim")?;
-        Ok(result)
+        (self.settle_and_claim(&[], me, routes, credits, now)).map(|(_, claimed)| claimed)
     }
 
     fn settle(&mut self, outcomes: &[Settle]) -> Result<Vec<Settled>> {
