@@ -19,6 +19,15 @@ Then what the contract adds to every job, each part measured alone by
 processes, of the five a job takes: Claimed, Run, JobStarted, JobEnded, Grant), and the
 best rate that leaves on this machine's cores: the floor's CPU per job plus those parts,
 with every core busy and nothing else spent.
+
+And the design's skeleton (`examples/dispatch_skeleton`), the best the design card's
+shape allows here: a supervisor process with a hub thread and one crossbeam queue, a
+grabber that stores each outcome with the next claim on the real SQLite store, and 4
+worker processes that spawn each job with its own log, five messages a job, two events
+file lines, and nothing else (no heartbeat, writer thread, timeout, cancel, journal).
+Three ways: whole; with a store that hands out jobs from a counter (`nostore`); with
+neither store, logs nor events file (`hops`). Ours on SQLite is reported against the
+whole skeleton too: what the rest of the system costs.
 """
 
 import json
@@ -33,6 +42,7 @@ import time
 BIN = sys.argv[1]
 FLOOR_BIN = sys.argv[2]
 PARTS_BIN = sys.argv[3]
+SKELETON_BIN = sys.argv[4]
 HOPS = 5  # Claimed, Run, JobStarted, JobEnded, Grant
 DEPTHS = [int(x) for x in os.environ.get("BENCH_DEPTHS", "1000,10000,100000").split(",")]
 KINDS = os.environ.get("BENCH_KINDS", "tagged,named").split(",")
@@ -200,6 +210,19 @@ def parts():
     return store, hop
 
 
+def skeleton():
+    """jobs/s and CPU µs per job of the skeleton, each way: the median rate of 3 runs."""
+    out = {}
+    for way in ("full", "nostore", "hops"):
+        runs = []
+        for _ in range(3):
+            line = subprocess.run([SKELETON_BIN, str(FLOOR_N), "4", way], check=True,
+                                  capture_output=True, text=True).stdout
+            runs.append((float(line.split()[0]), float(line.split("; ")[1].split()[0])))
+        out[way] = sorted(runs)[1]
+    return out
+
+
 def postgres_part(url):
     """CPU µs per job of a claim and an outcome on PostgreSQL, the server's included: the
     whole machine's, from /proc/stat (the server runs here too)."""
@@ -245,6 +268,10 @@ def main():
               f"{cores * 1e6 / least:.0f} jobs/s on {cores} cores = "
               f"{cores * 1e6 / least / best:.2f} of the floor (0.8 of it allows "
               f"{cores * 1e6 / (0.8 * best):.0f} µs)", flush=True)
+        skel = skeleton()
+        print("  the design's skeleton (median of 3): " + "; ".join(
+            f"{way} {rate:.0f} jobs/s = {rate / best:.2f} of the floor, {cpu:.0f} µs CPU "
+            f"per job" for way, (rate, cpu) in skel.items()), flush=True)
         if url:
             pg = postgres_part(url)
             least_pg = spawner_cpu + pg + HOPS * hop_cpu
@@ -267,7 +294,8 @@ def main():
                     rows.append((name, kind, n, rate, per_job, workers))
                     cpu = ", ".join(f"{r} {v:.0f}" for r, v in sorted(per_job.items()))
                     print(f"  {name:8} {kind:6} {n:>7} queued: {rate:7.0f} jobs/s "
-                          f"= {rate / best:.2f} of the floor; CPU µs/job: {cpu} "
+                          f"= {rate / best:.2f} of the floor, {rate / skel['full'][0]:.2f} of "
+                          f"the skeleton; CPU µs/job: {cpu} "
                           f"(each worker: {workers}); machine {machine:.0f} µs/job, "
                           f"{busy:.0%} busy", flush=True)
         for name in {r[0] for r in rows}:
