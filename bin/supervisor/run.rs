@@ -37,6 +37,22 @@ pub use startup::run;
 /// process's lock on an SQLite store before it fails.
 pub const LOOP_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a store call waits for a lock once a second SIGINT asked for an exit at once.
+const HURRIED_STORE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// SIGINTs so far, counted by the signal thread as they come: from the second on, the
+/// stop is at once, and so is the exit (a store that does not answer is tried once, not
+/// for [`outcomes::PENDING_AT_EXIT`]), even when the loop is busy exiting already.
+static INTERRUPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A SIGINT came (the signal thread): count it; from the second, store calls wait
+/// [`HURRIED_STORE_WAIT`] at most.
+fn interrupted() {
+    if INTERRUPTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1 {
+        supervisor_store::set_busy_timeout(HURRIED_STORE_WAIT);
+    }
+}
+
 /// Exit codes of the contract.
 pub const EXIT_FAILURE: i32 = 1;
 /// Bad usage or config.
@@ -109,6 +125,11 @@ enum Wake {
 }
 
 impl Supervisor {
+    /// Interrupted twice: stop, and exit, without waiting for the store.
+    fn in_a_hurry(&self) -> bool {
+        INTERRUPTS.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    }
+
     fn now(&self) -> Time {
         Time::from_origin(self.started.elapsed())
     }

@@ -16,7 +16,7 @@ use super::{Supervisor, Wake};
 
 /// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
 /// exits and leaves them to the next run (the outcomes journal).
-const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
+pub(super) const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// The store's record of an attempt's outcome.
 pub(super) fn stored_outcome(
@@ -151,12 +151,12 @@ impl Supervisor {
         if self.fenced() {
             return;
         }
-        let until = Instant::now() + PENDING_AT_EXIT;
+        let until = Instant::now() + self.patience_at_exit();
         if self.pending.is_empty() {
             loop {
                 match self.store.unregister_instance(self.instance, wall_now()) {
                     Ok(_) => return,
-                    Err(e) if Instant::now() >= until => {
+                    Err(e) if Instant::now() >= until || self.in_a_hurry() => {
                         log::warn!("cannot give the running jobs back: {e}; the next run will");
                         break;
                     }
@@ -172,13 +172,30 @@ impl Supervisor {
         }
     }
 
+    /// How long the exit keeps trying a store that refuses: not at all after a second
+    /// SIGINT (the contract's "stops at once"; the journal keeps what waits).
+    fn patience_at_exit(&self) -> Duration {
+        if self.in_a_hurry() {
+            Duration::ZERO
+        } else {
+            PENDING_AT_EXIT
+        }
+    }
+
     /// Stopping: keep trying the outcomes that wait, for a while. Those still waiting
     /// then stay in the outcomes journal, which the next run stores first.
     pub(super) fn flush_pending(&mut self) {
-        let until = Instant::now() + PENDING_AT_EXIT;
-        while !self.pending.is_empty() && Instant::now() < until {
+        let until = Instant::now() + self.patience_at_exit();
+        // One try at least: a store that answers takes them all at once.
+        self.retry_pending();
+        while !self.pending.is_empty() && Instant::now() < until && !self.in_a_hurry() {
             if let Some(at) = self.pending.deadline() {
-                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                // In steps, so that a second SIGINT meanwhile cuts it short.
+                let step = at.saturating_duration_since(Instant::now());
+                std::thread::sleep(step.min(Duration::from_millis(50)));
+                if Instant::now() < at {
+                    continue;
+                }
             }
             self.retry_pending();
         }

@@ -493,6 +493,9 @@ fn start_signal_thread(tx: Sender<Ev>) -> Result<()> {
                 if sig == SIGUSR1 && fault == Some(Fault::PanicOnDoorbell) {
                     super::injected_panic(format_args!("panic-on-doorbell"));
                 }
+                if sig == SIGINT {
+                    super::interrupted();
+                }
                 if tx.send(Ev::Signal(sig)).is_err() {
                     return;
                 }
