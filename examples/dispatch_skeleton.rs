@@ -376,6 +376,8 @@ fn supervisor(n: u64, workers: usize, mode: Mode) {
 }
 
 fn main() {
+    // As every process of ours does (see there why).
+    supervisor_os::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let mode = |a: String| match a.as_str() {
