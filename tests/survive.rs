@@ -735,6 +735,10 @@ fn an_outcome_waiting_when_its_supervisor_dies_is_stored_by_the_next_run() {
         "{err}"
     );
     assert!(journal.exists(), "the journal is kept");
+    for made in ["other.db", "state/other.db"] {
+        let made = sb.path().join(made);
+        assert!(!made.exists(), "a refused run made {}", made.display());
+    }
     sb.write_config(&c);
     // The next run stores it (the attempt ended: it does not run again) and says so.
     let mut sv = sb.start(&[]);

@@ -45,6 +45,9 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     supervisor_os::become_subreaper().context("cannot become child subreaper")?;
     install_panic_hook();
 
+    // Before the store is opened (and an SQLite file made): a journal of another
+    // store's outcomes refuses this run.
+    journal_of_this_store(&config)?;
     let store_arg = crate::store::arg(&config.store);
     let mut store = crate::store::open_for_loop(&store_arg)
         .with_context(|| format!("cannot open the job store {}", config.store.describe()))?;
@@ -217,18 +220,13 @@ fn take_over(
     })
 }
 
-/// Store the outcomes a previous run could not, from the outcomes journal, then give
-/// back the jobs of the runs that stopped without giving them back; returns the events
-/// of the outcomes stored.
-fn replay_journal(
-    store: &mut crate::store::Store,
-    config: &Config,
-    now: f64,
-) -> Result<Vec<HeldEvent>> {
+/// The outcomes journal, unless it holds outcomes (or stopped runs) of another store
+/// than the config's: those cannot be stored in this one, nor dropped, so the run
+/// refuses to start.
+fn journal_of_this_store(config: &Config) -> Result<(PathBuf, crate::journal::Loaded)> {
     let journal = crate::journal::path(&config.state_dir);
     let loaded = crate::journal::load(&journal)
         .with_context(|| format!("cannot read the outcomes journal {}", journal.display()))?;
-    // Outcomes of another store's jobs cannot be stored in this one, nor dropped.
     let ours = store_identity(&config.store);
     let stores =
         (loaded.outcomes.iter().map(|j| &j.store)).chain(loaded.stopped.iter().map(|s| &s.1));
@@ -241,6 +239,19 @@ fn replay_journal(
             loaded.outcomes.len()
         );
     }
+    Ok((journal, loaded))
+}
+
+/// Store the outcomes a previous run could not, from the outcomes journal, then give
+/// back the jobs of the runs that stopped without giving them back; returns the events
+/// of the outcomes stored.
+fn replay_journal(
+    store: &mut crate::store::Store,
+    config: &Config,
+    now: f64,
+) -> Result<Vec<HeldEvent>> {
+    let (journal, loaded) = journal_of_this_store(config)?;
+    let ours = store_identity(&config.store);
     let (mut stored, mut stale) = (0, 0);
     let mut events = Vec::new();
     for crate::journal::Journaled { waiting: w, .. } in loaded.outcomes {
@@ -299,7 +310,13 @@ fn replay_journal(
 pub(super) fn store_identity(store: &supervisor_config::StoreConfig) -> String {
     match store {
         StoreConfig::Sqlite { path } => {
-            let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            // A file not made yet is named by its directory's canonical path.
+            let path = std::fs::canonicalize(path)
+                .or_else(|e| match (path.parent(), path.file_name()) {
+                    (Some(dir), Some(name)) => Ok(std::fs::canonicalize(dir)?.join(name)),
+                    _ => Err(e),
+                })
+                .unwrap_or_else(|_| path.clone());
             format!("sqlite {}", path.display())
         }
         StoreConfig::Postgres { .. } => store.describe(),
