@@ -341,6 +341,26 @@ fn bad_requests_get_json_errors_and_change_nothing() {
         &["Host: evil.example:80"],
     );
     assert_eq!(r.status, 403, "{}", r.body);
+    // What the HTTP library refuses before any handler (it cannot parse it) is JSON too.
+    let addr = api.base.trim_start_matches("http://");
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ] {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        c.write_all(raw).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        let what = String::from_utf8_lossy(raw);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{what:?}: {answer}");
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let v: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what:?}: not JSON ({e}): {answer}"));
+        assert!(v["error"].is_string(), "{what:?}: {answer}");
+    }
     // Nothing was queued by any of it, and the supervisor runs on.
     assert_eq!(api.get_json("/api/jobs").as_array().unwrap().len(), 0);
     assert_eq!(api.get_json("/api/status")["supervisor"]["running"], true);
@@ -499,6 +519,58 @@ fn the_event_stream_replays_after_a_seq_then_follows_live() {
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(!text.contains(&format!("\"seq\":{},", last + 1)), "{text}");
     assert!(text.contains(&format!("\"seq\":{},", last + 2)), "{text}");
+    sv.stop_cleanly();
+}
+
+#[test]
+fn connections_held_open_by_clients_that_do_nothing_never_lock_the_api_out() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let sb = with_http(1, "127.0.0.1:0");
+    let mut sv = sb.start(&[]);
+    let api = api(&sb);
+    sv.wait_event(T, |e| e["event"] == "child_ready" && e["role"] == "worker");
+    // An event stream, open before the flood: busy, so never closed to make room.
+    let (mut curl, rx) = stream(&format!("{}/api/events", api.base));
+    let addr = api.base.trim_start_matches("http://").to_string();
+    // More connections than the server holds (256), sending nothing, then a few that
+    // send half a request's headers and stop.
+    let silent: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut slow: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // The API answers at once all the same: the connection idle longest makes room.
+    let reply = api.get("/api/status");
+    assert_eq!(reply.status, 200, "{}", reply.error());
+    let id = sb.submit(&["--group", "g", "--", "true"]);
+    wait_state(&api, id, "succeeded");
+    data_until(&rx, |e| e["event"] == "job_finished" && e["job_id"] == id);
+    // A request whose headers never come whole is closed (10 s after it began).
+    let closed = |c: &mut TcpStream| {
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut
+            }
+        }
+    };
+    wait_until(T, || slow.iter_mut().all(closed))
+        .expect("half-sent requests are closed within 10 s");
+    drop(silent);
+    let _ = curl.kill();
+    let _ = curl.wait();
     sv.stop_cleanly();
 }
 

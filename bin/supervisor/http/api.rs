@@ -23,6 +23,7 @@ use supervisor_store::{CancelResult, GroupCount, JobState};
 use tokio::sync::Semaphore;
 
 use super::auth::{self, Access};
+use super::conn::{Busy, ConnTag, Limited};
 use super::feed::Feed;
 use super::{assets, metrics, stream};
 use crate::commands::{self, CommandError, JobLog, ReloadAnswer};
@@ -37,8 +38,9 @@ const MAX_JOBS_PER_SUBMIT: usize = 10_000;
 /// `limit` of `GET /api/jobs`: its default and its most.
 const JOBS_DEFAULT: u32 = 100;
 const JOBS_MAX: u32 = 1000;
-/// The most connections at once.
-const MAX_CONNECTIONS: usize = 256;
+/// How long a request's handler may take (reading its body included); an answer that
+/// streams is not counted, only the handler that starts it.
+const HANDLER_WITHIN: Duration = Duration::from_secs(30);
 /// The most event streams and log follows at once.
 const MAX_STREAMS: usize = 64;
 /// How long a count of the jobs serves, at least and at most.
@@ -159,108 +161,11 @@ pub fn serve(listener: std::net::TcpListener, app: App) -> Result<()> {
         .thread_keep_alive(Duration::from_secs(10))
         .build()?;
     runtime.block_on(async move {
-        let listener = Limited {
-            inner: tokio::net::TcpListener::from_std(listener)?,
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        };
-        axum::serve(listener, router(Arc::new(app))).await?;
+        let listener = Limited::new(tokio::net::TcpListener::from_std(listener)?);
+        let service = router(Arc::new(app)).into_make_service_with_connect_info::<ConnTag>();
+        axum::serve(listener, service).await?;
         Ok(())
     })
-}
-
-/// The listener, holding at most [`MAX_CONNECTIONS`] connections at once: the server
-/// lives in the supervisor's process, whose file descriptors its children and jobs
-/// need.
-struct Limited {
-    inner: tokio::net::TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-/// A connection, with its place among the [`MAX_CONNECTIONS`].
-struct Connection {
-    stream: tokio::net::TcpStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl axum::serve::Listener for Limited {
-    type Io = Connection;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Connection, std::net::SocketAddr) {
-        // The semaphore is never closed.
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            std::future::pending::<()>().await;
-            unreachable!("a pending future never ends");
-        };
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    return (
-                        Connection {
-                            stream,
-                            _permit: permit,
-                        },
-                        addr,
-                    )
-                }
-                // Out of descriptors, say: wait a little rather than spin.
-                Err(e) => {
-                    log::debug!("http: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-impl tokio::io::AsyncRead for Connection {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Connection {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -350,7 +255,14 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 /// Before every route: the `Host` (no DNS rebinding), the token (reads on a non-loopback
 /// address, every write), and after it JSON for axum's own bare answers (405) and the
 /// headers every answer carries.
-async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    // The connection is busy until the answer is made (a stream's, until it ends: its
+    // handler takes a `Busy` of its own from the tag).
+    let tag = (req.extensions())
+        .get::<axum::extract::ConnectInfo<ConnTag>>()
+        .map(|c| c.0.clone());
+    let _busy = tag.as_ref().map(Busy::new);
+    req.extensions_mut().insert(Hold(tag));
     if !auth::host_is_allowed(req.headers()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -391,7 +303,22 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
-    let mut r = next.run(req).await;
+    let mut r = match tokio::time::timeout(HANDLER_WITHIN, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut r = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request took over {} s (its body too slow to come?)",
+                    HANDLER_WITHIN.as_secs()
+                ),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    };
     if r.status() == StatusCode::METHOD_NOT_ALLOWED {
         let allow = r.headers().get(header::ALLOW).cloned();
         r = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -412,6 +339,17 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     r
+}
+
+/// The connection a request came on (none when served without connect info): a stream
+/// keeps it busy while it lasts.
+#[derive(Clone, Debug)]
+struct Hold(Option<ConnTag>);
+
+impl Hold {
+    fn busy(&self) -> Option<Busy> {
+        self.0.as_ref().map(Busy::new)
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -615,6 +553,7 @@ struct LogQuery {
 
 async fn job_log(
     State(app): State<Arc<App>>,
+    axum::Extension(hold): axum::Extension<Hold>,
     JobIdPath(id): JobIdPath,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Answer {
@@ -645,7 +584,7 @@ async fn job_log(
         JobLog::open(config, store, id, follow, attempt)
     })
     .await?;
-    let body = stream::log(&app, log, permit);
+    let body = stream::log(&app, log, (permit, hold.busy()));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
@@ -660,6 +599,7 @@ struct EventsQuery {
 
 async fn events(
     State(app): State<Arc<App>>,
+    axum::Extension(hold): axum::Extension<Hold>,
     headers: HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Answer {
@@ -684,7 +624,7 @@ async fn events(
         )
     })?;
     let path = app.feed.config().events.path.clone();
-    let body = stream::events(&app, path, after, permit);
+    let body = stream::events(&app, path, after, (permit, hold.busy()));
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),

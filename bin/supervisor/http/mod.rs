@@ -21,6 +21,7 @@
 mod api;
 mod assets;
 mod auth;
+mod conn;
 mod feed;
 mod metrics;
 mod stream;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 
 use super::api::App;
 use super::feed::Live;
@@ -59,7 +59,7 @@ pub fn events(
     app: &Arc<App>,
     events_path: PathBuf,
     after: Option<u64>,
-    permit: OwnedSemaphorePermit,
+    permit: impl Send + 'static,
 ) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     // Subscribed before the file is read: nothing falls between the two.
@@ -266,7 +266,7 @@ impl Backlog {
 /// A job's log, followed until the job is final when `log` follows: each chunk read
 /// (and each look at the store) on a blocking thread, each sent from here, so that no
 /// thread waits for the client.
-pub fn log(app: &Arc<App>, log: JobLog, permit: Option<OwnedSemaphorePermit>) -> Body {
+pub fn log(app: &Arc<App>, log: JobLog, permit: impl Send + 'static) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let app = app.clone();
     tokio::spawn(async move {
