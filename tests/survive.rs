@@ -428,6 +428,45 @@ fn a_job_that_kills_its_supervisor_is_quarantined_after_three_deaths() {
     let job = sb.job(id);
     assert_eq!(job["state"], "dead");
     assert_eq!(job["reason"], dead["reason"]);
+    // Each attempt its supervisor died under has its end, told by the next run: lost,
+    // and not used up (each start is attempt 1).
+    // Each run began a new events file; the older ones are kept beside it.
+    let mut all: Vec<Value> = std::fs::read_dir(sb.path().join("state"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("events.jsonl"))
+        .flat_map(|p| crate::common::read_events(&p))
+        .collect();
+    all.sort_by_key(|e| e["seq"].as_u64());
+    let told: Vec<(String, Value, Value)> = (all.into_iter())
+        .filter(|e| e["job_id"] == id)
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["attempt"].clone(),
+                e["outcome"].clone(),
+            )
+        })
+        .collect();
+    let (started, lost) = (
+        ("job_started".to_string(), json!(1), Value::Null),
+        ("job_finished".to_string(), json!(1), json!("lost")),
+    );
+    let dead = ("job_dead".to_string(), Value::Null, Value::Null);
+    assert_eq!(
+        told,
+        [
+            started.clone(),
+            lost.clone(),
+            started.clone(),
+            lost.clone(),
+            started,
+            lost,
+            dead
+        ],
+        "{}",
+        sv.dump()
+    );
     // And this supervisor keeps running jobs.
     let ok = sb.submit(&["--", "true"]);
     sb.wait_job(ok, &["succeeded"], LONG);

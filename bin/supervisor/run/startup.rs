@@ -20,7 +20,7 @@ use crate::instances::Me;
 use crate::ipc::{Ev, Hub};
 use crate::notify::Notifier;
 use crate::pending::{Handed, HeldEvent, Pending};
-use crate::record::EventRecord;
+use crate::record::{EventRecord, JobOutcome};
 
 use super::panics::{injected_fault, install_panic_hook, Fault, LAST_PANIC, PANIC_TX};
 use super::{Supervisor, EXIT_FAILURE, EXIT_USAGE};
@@ -178,6 +178,9 @@ fn take_state_dir(config: &Config) -> Result<Option<PidFile>> {
 struct LeftBehind {
     /// The events of the outcomes stored from the journal.
     replayed: Vec<HeldEvent>,
+    /// The attempts of dead supervisors' jobs, ended (`job_finished`, `lost`) as they
+    /// were taken back: each `job_started` has its end.
+    lost: Vec<HeldEvent>,
     /// Jobs taken back from dead supervisors and quarantined: (id, attempts, reason).
     quarantined: Vec<(i64, u32, String)>,
 }
@@ -202,6 +205,7 @@ fn take_over(
         .collect();
     let replayed = replay_journal(store, config, now)?;
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
+    let lost = lost_attempts(store, &orphans, now);
     // Those whose supervisors keep dying under them are dead now.
     let quarantined = quarantined(store, &orphans, now);
     let killed = crate::instances::kill_leftovers(&dead_here, &config.state_dir.join("logs"));
@@ -216,6 +220,7 @@ fn take_over(
     }
     Ok(LeftBehind {
         replayed,
+        lost,
         quarantined,
     })
 }
@@ -358,7 +363,7 @@ impl Supervisor {
             version: env!("CARGO_PKG_VERSION").to_string(),
         });
         self.config_event(None, Vec::new());
-        for record in left.replayed {
+        for record in left.replayed.into_iter().chain(left.lost) {
             self.emit(record);
         }
         for (job, attempts, reason) in left.quarantined {
@@ -482,6 +487,42 @@ fn tighten_files(config: &Config) {
 
 /// Of the jobs just taken back from dead supervisors, those that the store quarantined
 /// (dead, with the quarantine reason), as (id, attempts, reason).
+/// The end of each attempt taken back from a dead supervisor (`taken`, read again as the
+/// take-back left them): `lost` (its worker died with its supervisor), or `canceled` if
+/// a cancel was asked for. A requeued job did not use up the attempt, which its next
+/// start numbers the same.
+fn lost_attempts(store: &mut crate::store::Store, taken: &[i64], now: f64) -> Vec<HeldEvent> {
+    use supervisor_store::JobState;
+    taken
+        .iter()
+        .filter_map(|&id| store.get(id, now).ok().flatten())
+        .filter_map(|j| {
+            let (attempt, outcome) = match j.state {
+                JobState::Queued => (j.attempts.saturating_add(1), JobOutcome::Lost),
+                JobState::Dead => (j.attempts, JobOutcome::Lost),
+                JobState::Canceled => (j.attempts, JobOutcome::Canceled),
+                _ => return None,
+            };
+            // A store row's time: bounded before use.
+            let duration_s = (j.started_at)
+                .map(|t| now - t)
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .unwrap_or(0.0);
+            Some(EventRecord::JobFinished {
+                job_id: j.id,
+                group: j.group.unwrap_or_default(),
+                attempt,
+                outcome,
+                exit_code: None,
+                signal: None,
+                duration_s,
+                start_error: None,
+                reason: Some("its supervisor died while running it".into()),
+            })
+        })
+        .collect()
+}
+
 fn quarantined(
     store: &mut crate::store::Store,
     taken: &[i64],
