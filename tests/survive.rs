@@ -738,6 +738,41 @@ fn retention_deletes_finished_jobs_and_their_logs_past_the_limits() {
 }
 
 #[test]
+fn a_supervisor_killed_and_not_yet_reaped_is_dead_to_the_next_run() {
+    // A supervisor killed under a parent that reaps it late stays a zombie, with its
+    // pid and start time: the next run takes its job back all the same.
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &[]);
+    sb.wait_job(held.id, &["running"], LONG);
+    let pid = sv.pid();
+    sv.signal(Signal::SIGKILL);
+    // Not waited for (yet): a zombie.
+    wait_until(LONG, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    })
+    .expect("the killed supervisor is a zombie");
+    let mut next = sb.start(&[]);
+    next.wait_event(LONG, |e| {
+        e["event"] == "job_finished" && e["job_id"] == held.id && e["outcome"] == "lost"
+    });
+    next.wait_event(LONG, |e| {
+        e["event"] == "job_started" && e["job_id"] == held.id
+    });
+    held.release_with(0);
+    sb.wait_job(held.id, &["succeeded"], LONG);
+    assert_eq!(sv.wait_exit(LONG), None, "killed");
+    next.stop_cleanly();
+    sv.assert_nothing_left(LONG);
+}
+
+#[test]
 fn an_outcome_waiting_when_its_supervisor_dies_is_stored_by_the_next_run() {
     let mut c = config(1);
     let sb = Sandbox::new(&c);

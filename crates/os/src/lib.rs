@@ -172,9 +172,19 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     }
 }
 
-/// Whether a process with this pid exists (signal 0).
+/// Whether a process with this pid exists (signal 0) and has not exited: a zombie (dead,
+/// not yet reaped by its parent; a supervisor killed with SIGKILL stays one until its
+/// parent waits for it) is not alive.
 pub fn pid_alive(pid: u32) -> bool {
     one_process(pid).is_ok_and(|p| !matches!(signal::kill(p, None), Err(Errno::ESRCH)))
+        && !matches!(process_state(pid), Some('Z' | 'X' | 'x'))
+}
+
+/// The state of a process (field 3 of `/proc/PID/stat`: `R`, `S`, `Z`, ...), if it can
+/// be read.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 2..)?.chars().next()
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of
@@ -359,6 +369,21 @@ mod tests {
             assert!(!pid_alive(pid), "{pid}");
         }
         assert!(pid_alive(std::process::id()));
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited, not reaped: a zombie until `wait`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_state(pid) != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "never a zombie");
+            std::thread::yield_now();
+        }
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
     }
 
     #[test]
