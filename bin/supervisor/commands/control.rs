@@ -28,6 +28,16 @@ pub fn retry(path: &Path, ids: &[String]) -> Result<(), CommandError> {
     let mut store = open_store(&config.store)?;
     for id in retry_jobs(&config, &mut store, &ids)? {
         say!("{id}")?;
+        // Queued, and canceled again at once: a dependency of it ended otherwise than
+        // `succeeded` (it would never run).
+        if let Ok(Some(job)) = store.get(id, wall_now()) {
+            if job.state == JobState::Canceled {
+                eprintln!(
+                    "job {id} was canceled again: {}",
+                    job.reason.as_deref().unwrap_or("canceled")
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -65,7 +75,7 @@ pub(crate) fn retry_jobs(
     }
     let mut done = Vec::with_capacity(ids.len());
     for &id in ids {
-        if !store.retry(id)? {
+        if !store.retry(id, now)? {
             ring(config);
             return Err(CommandError::Failed(anyhow::anyhow!(
                 "job {id} changed meanwhile and was not retried"

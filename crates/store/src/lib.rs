@@ -776,9 +776,11 @@ pub trait JobStore {
     /// logs are the caller's).
     fn purge(&mut self, before: f64, state: Option<JobState>, limit: u32) -> Result<Vec<JobId>>;
 
-    /// Queues job `id` again with a fresh attempt budget, if it finished otherwise than
-    /// `succeeded`; false if it did not (it is live, or succeeded, or unknown).
-    fn retry(&mut self, id: JobId) -> Result<bool>;
+    /// Queues job `id` again at `now` with a fresh attempt budget, if it finished
+    /// otherwise than `succeeded`; false if it did not (it is live, or succeeded, or
+    /// unknown). It waits on its dependencies that have not succeeded, and one of them
+    /// that ended otherwise cancels it again at once (its `reason` says which).
+    fn retry(&mut self, id: JobId, now: f64) -> Result<bool>;
 
     /// Pauses `groups` (from `now`): claims take nothing for them, on every supervisor of
     /// the store, until they are resumed.

@@ -39,15 +39,41 @@ pub(crate) const PAUSE: &str = "INSERT INTO paused_groups (name, since) \
 /// Resumes group `$1`.
 pub(crate) const RESUME: &str = "DELETE FROM paused_groups WHERE name = $1";
 
-/// Queues job `$1` again with a fresh attempt budget, if it is finished otherwise than
-/// `succeeded` (`dead`, `canceled`, `failed` or `timed_out` with no retry to come).
-pub(crate) const RETRY: &str =
-    "UPDATE jobs SET state = 'queued', attempts = 0, started_at = NULL, \
-     not_before = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, \
-     last_outcome = NULL, reason = NULL, start_error = NULL, cancel_requested = FALSE, \
-     supervisor_deaths = 0, routed = FALSE \
+/// The dependencies of job `$1` that ended otherwise than `succeeded`, as `d`.
+macro_rules! failed_deps {
+    () => {
+        "FROM job_deps dd JOIN jobs d ON d.id = dd.dep WHERE dd.job = $1 \
+         AND (d.state IN ('dead', 'canceled') \
+              OR (d.state IN ('failed', 'timed_out') AND d.not_before IS NULL))"
+    };
+}
+
+/// Queues job `$1` again at `$2` with a fresh attempt budget, if it is finished otherwise
+/// than `succeeded` (`dead`, `canceled`, `failed` or `timed_out` with no retry to come),
+/// waiting on each of its dependencies that has not succeeded. One that ended otherwise
+/// cancels it again at once, as it would have at submit: it never runs after a
+/// dependency that failed.
+pub(crate) const RETRY: &str = concat!(
+    "UPDATE jobs SET \
+     state = CASE WHEN EXISTS (SELECT 1 ",
+    failed_deps!(),
+    ") THEN 'canceled' ELSE 'queued' END, \
+     last_outcome = CASE WHEN EXISTS (SELECT 1 ",
+    failed_deps!(),
+    ") THEN 'canceled' ELSE NULL END, \
+     finished_at = CASE WHEN EXISTS (SELECT 1 ",
+    failed_deps!(),
+    ") THEN CAST($2 AS float8) ELSE NULL END, \
+     reason = (SELECT 'dependency ' || d.id || ' ended ' || d.state ",
+    failed_deps!(),
+    " ORDER BY d.id LIMIT 1), \
+     waiting_on = (SELECT COUNT(*) FROM job_deps wd JOIN jobs w ON w.id = wd.dep \
+                   WHERE wd.job = $1 AND w.state <> 'succeeded'), \
+     attempts = 0, started_at = NULL, not_before = NULL, exit_code = NULL, signal = NULL, \
+     start_error = NULL, cancel_requested = FALSE, supervisor_deaths = 0, routed = FALSE \
      WHERE id = $1 AND (state IN ('dead', 'canceled') \
-     OR (state IN ('failed', 'timed_out') AND not_before IS NULL)) RETURNING id";
+     OR (state IN ('failed', 'timed_out') AND not_before IS NULL)) RETURNING id"
+);
 
 /// Gives back the running jobs of owner `$1` at time `$2`: queued without using up an
 /// attempt (`finished_at` left unset, as the claim left it), or canceled at `$2` if a

@@ -469,12 +469,12 @@ impl JobStore for PostgresStore {
         ids_of(rows, op)
     }
 
-    fn retry(&mut self, id: JobId) -> Result<bool> {
+    fn retry(&mut self, id: JobId, now: f64) -> Result<bool> {
         let rows = query(
             &mut self.stmts,
             &mut self.client,
             sql::RETRY,
-            &[&id],
+            &[&id, &now],
             "retry a job",
         )?;
         Ok(!rows.is_empty())

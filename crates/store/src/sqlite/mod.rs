@@ -617,10 +617,10 @@ impl JobStore for SqliteStore {
         ids.ctx(op)
     }
 
-    fn retry(&mut self, id: JobId) -> Result<bool> {
+    fn retry(&mut self, id: JobId, now: f64) -> Result<bool> {
         self.conn
             .prepare_cached(&RETRY)
-            .and_then(|mut stmt| stmt.exists([id]))
+            .and_then(|mut stmt| stmt.exists(params![id, now]))
             .ctx("retry a job")
     }
 

@@ -296,7 +296,7 @@ pub fn a_job_queued_again_is_routed_again(new: Factory) {
     assert!(s
         .record_outcome(ids[0], 2, me, &failed, AfterAttempt::Dead, 5.0)
         .unwrap());
-    assert!(s.retry(ids[0]).unwrap());
+    assert!(s.retry(ids[0], 5.0).unwrap());
     let last = [matching("f", &[])];
     let res = s.claim(me, &last, &mut credits(&[("f", 9)]), 6.0).unwrap();
     let got: Vec<(i64, &str)> = res.jobs.iter().map(|c| (c.id, c.group.as_str())).collect();
@@ -1783,6 +1783,30 @@ pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
         jl.reason.as_deref(),
         Some(&*format!("dependency {d} ended dead"))
     );
+    // A retry of a job whose dependency ended otherwise queues it, and cancels it again
+    // at once: it never runs after a dependency that failed.
+    assert!(s.retry(c, 9.0).unwrap());
+    let jc = s.get(c, 9.0).unwrap().unwrap();
+    assert_eq!(
+        (jc.state, jc.reason.as_deref(), jc.finished_at),
+        (
+            JobState::Canceled,
+            Some(&*format!("dependency {d} ended dead")),
+            Some(9.0)
+        )
+    );
+    assert!(claim_all(&mut *s, 10.0).is_empty());
+    // Once that dependency is retried too, the dependent retried waits for it, and runs
+    // when it succeeds.
+    assert!(s.retry(d, 11.0).unwrap());
+    assert!(s.retry(c, 11.0).unwrap());
+    let jc = s.get(c, 11.0).unwrap().unwrap();
+    assert_eq!((jc.state, jc.reason), (JobState::Queued, None));
+    assert_eq!(claim_all(&mut *s, 12.0), [d], "c waits on d");
+    assert!(s
+        .record_outcome(d, 1, me, &ok, AfterAttempt::Done, 13.0)
+        .unwrap());
+    assert_eq!(claim_all(&mut *s, 14.0), [c]);
 }
 
 /// Where a queued job stands: its group, how many claimable jobs of that group come
@@ -1847,10 +1871,10 @@ pub fn retry_and_purge_final_jobs(new: Factory) {
     assert!(s
         .record_outcome(got[1].id, 1, me, &failed, AfterAttempt::Dead, 4.0)
         .unwrap());
-    assert!(!s.retry(ids[0]).unwrap(), "succeeded: not retried");
-    assert!(!s.retry(ids[2]).unwrap(), "queued: not retried");
-    assert!(!s.retry(999).unwrap(), "unknown");
-    assert!(s.retry(ids[1]).unwrap());
+    assert!(!s.retry(ids[0], 5.0).unwrap(), "succeeded: not retried");
+    assert!(!s.retry(ids[2], 5.0).unwrap(), "queued: not retried");
+    assert!(!s.retry(999, 5.0).unwrap(), "unknown");
+    assert!(s.retry(ids[1], 5.0).unwrap());
     let j = s.get(ids[1], 5.0).unwrap().unwrap();
     assert_eq!(
         (j.state, j.attempts, j.started_at, j.finished_at),
