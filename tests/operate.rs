@@ -664,6 +664,27 @@ fn events_prints_the_events_file_as_json_lines() {
         assert_eq!(seq(e), n as u64 + 1, "{e}");
         assert!(e["ts"].as_f64().is_some() && e["event"].is_string(), "{e}");
     }
+    // A line that is not UTF-8 (a write torn inside a character) hides nothing else:
+    // every event is still printed, and a new run goes on from the last seq.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(sb.events_path())
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\xff\xfe\n").unwrap();
+    drop(f);
+    let out = sb.run(&["events", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in &file {
+        assert!(
+            printed.contains(line.as_str()),
+            "{line} not printed:\n{printed}"
+        );
+    }
+    let mut sv = sb.start(&[]);
+    let started = sv.wait_event(T, |e| e["event"] == "supervisor_started");
+    assert!(seq(&started) > file.len() as u64, "{started}");
+    sv.stop_cleanly();
 }
 
 /// Check that what a follower printed is every event of every file, in order, once.

@@ -73,6 +73,27 @@ fn remove_beyond(path: &Path, keep: u32) {
     }
 }
 
+/// `BufRead::read_line`, but a line that is not UTF-8 (a write torn inside a character,
+/// a stray byte) is read with U+FFFD for its bad bytes instead of failing: one bad line
+/// never hides the others. Returns the bytes read, as `read_line` does.
+pub fn read_line_lossy(reader: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    let mut bytes = Vec::new();
+    let n = reader.read_until(b'\n', &mut bytes)?;
+    line.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(n)
+}
+
+/// The lines of `reader` without their ends, each read as [`read_line_lossy`] does; to
+/// the end, or to the first error of the reader itself.
+pub fn lines_lossy(reader: impl BufRead) -> impl Iterator<Item = String> {
+    reader.split(b'\n').map_while(Result::ok).map(|mut bytes| {
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
 /// The `seq` of the last complete line of a file, if any.
 fn last_seq(path: &Path) -> Option<u64> {
     let mut file = File::open(path).ok()?;
@@ -81,7 +102,7 @@ fn last_seq(path: &Path) -> Option<u64> {
     let start = len.saturating_sub(64 * 1024);
     file.seek(SeekFrom::Start(start)).ok()?;
     let mut last = None;
-    for line in BufReader::new(file).lines().map_while(Result::ok) {
+    for line in lines_lossy(BufReader::new(file)) {
         if let Some(seq) = EventLine::seq_of(&line) {
             last = Some(seq);
         }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::config::{self, Lenient};
 use super::format::human;
 use super::CommandError;
-use crate::events_file::rotated;
+use crate::events_file::{lines_lossy, read_line_lossy, rotated};
 use crate::record::EventLine;
 
 /// `supervisor events [--follow]`: the current events file as it is; with `--follow`,
@@ -149,12 +149,19 @@ fn print_events(path: &Path, printer: &mut Printer) -> io::Result<()> {
         }
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     };
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    // A torn last line (being written) is left out.
-    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
-    for line in complete.lines() {
-        printer.print(line)?;
+    // Line by line, each read as it is (a stray byte is U+FFFD, not the end of all).
+    let mut reader = BufReader::new(&mut file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = read_line_lossy(&mut reader, &mut line)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // The end, or a torn last line (being written): left out.
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        let text = line.trim_end_matches('\n');
+        printer.print(text.strip_suffix('\r').unwrap_or(text))?;
     }
     printer.out.flush()
 }
@@ -253,7 +260,7 @@ fn rotated_events(path: &Path, last: u64, next: u64, found: &mut BTreeMap<u64, S
         if file.seek(SeekFrom::Start(0)).is_err() {
             continue;
         }
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
+        for line in lines_lossy(BufReader::new(file)) {
             if let Some(seq) = seq_of(&line).filter(|s| (last + 1..next).contains(s)) {
                 found.entry(seq).or_insert(line);
             }
@@ -290,7 +297,7 @@ fn seq_range(file: &mut File) -> io::Result<Option<(u64, u64)>> {
     let mut line = String::new();
     let first = loop {
         line.clear();
-        if reader.read_line(&mut line)? == 0 {
+        if read_line_lossy(&mut reader, &mut line)? == 0 {
             return Ok(None);
         }
         if let Some(seq) = seq_of(line.trim_end()) {

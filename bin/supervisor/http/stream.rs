@@ -4,7 +4,7 @@
 //! only its own task, and a client gone ends it at its next write.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::api::App;
 use super::feed::Live;
 use crate::commands::{JobLog, LogStep, FOLLOW_EVERY};
+use crate::events_file::read_line_lossy;
 use crate::record::EventLine;
 
 /// How long an idle event stream waits before a comment line that keeps proxies from
@@ -166,9 +167,7 @@ const MAX_ROTATED: u32 = 1000;
 /// The `seq` of a file's first line.
 fn first_seq(path: &Path) -> Option<u64> {
     let mut line = String::new();
-    BufReader::new(File::open(path).ok()?)
-        .read_line(&mut line)
-        .ok()?;
+    read_line_lossy(&mut BufReader::new(File::open(path).ok()?), &mut line).ok()?;
     EventLine::seq_of(line.trim_end())
 }
 
@@ -215,9 +214,9 @@ impl Backlog {
             file.seek(SeekFrom::Start(from)).ok()?;
             let mut reader = BufReader::new(&mut file);
             let mut torn = String::new();
-            let skipped = reader.read_line(&mut torn).ok()? as u64;
+            let skipped = read_line_lossy(&mut reader, &mut torn).ok()? as u64;
             let mut first = String::new();
-            reader.read_line(&mut first).ok()?;
+            read_line_lossy(&mut reader, &mut first).ok()?;
             if EventLine::seq_of(first.trim_end()).is_some_and(|s| s <= after.saturating_add(1)) {
                 start = from + skipped;
             }
@@ -239,7 +238,7 @@ impl Backlog {
                 continue;
             };
             line.clear();
-            match reader.read_line(&mut line) {
+            match read_line_lossy(reader, &mut line) {
                 Ok(n) if n > 0 && line.ends_with('\n') => {}
                 _ => {
                     self.reader = None;

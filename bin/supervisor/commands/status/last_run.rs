@@ -2,11 +2,11 @@
 //! `status` when no supervisor runs).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use crate::commands::events::{lines_from, TAIL_BYTES};
-use crate::events_file::rotated;
+use crate::events_file::{read_line_lossy, rotated};
 use crate::record::{EventLine, EventRecord};
 
 /// How the last run of the supervisor ended, as its events tell it.
@@ -112,9 +112,7 @@ pub(super) fn last_run(path: &Path, current: &[EventLine]) -> (Ending, Option<f6
 /// The first event of an events file.
 fn first_event(path: &Path) -> Option<EventLine> {
     let mut line = String::new();
-    BufReader::new(File::open(path).ok()?)
-        .read_line(&mut line)
-        .ok()?;
+    read_line_lossy(&mut BufReader::new(File::open(path).ok()?), &mut line).ok()?;
     EventLine::parse(line.trim_end())
 }
 
