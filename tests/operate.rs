@@ -631,6 +631,36 @@ fn stop_returns_at_once_and_stop_wait_returns_once_it_has_exited() {
     assert_eq!(sb.job(held.id)["state"], "succeeded");
 }
 
+#[test]
+fn stop_wait_tells_a_supervisor_killed_while_it_waited_from_one_that_stopped() {
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    wait_ready(&sv, 1);
+    let held = sb.submit_held("held", &["--group", "a"]);
+    sv.wait_event(T, |e| e["event"] == "job_started" && e["job_id"] == held.id);
+    let err_path = sb.path().join("stop.stderr");
+    let err = fs::File::create(&err_path).unwrap();
+    let mut waiter = Piped::spawn_with_stderr(sb.command(&["stop", "--wait"]), err);
+    waiter.wait_line("saying it asked", |l| l.contains("asked"));
+    sv.wait_event(T, |e| e["event"] == "supervisor_stopping");
+    sv.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(sv.wait_exit(T), None, "killed");
+    assert_eq!(waiter.wait_exit(T), Some(1), "{:?}", waiter.lines());
+    let said = waiter.lines().join("\n");
+    let error = fs::read_to_string(&err_path).unwrap();
+    assert!(error.contains("without stopping"), "{said}\n{error}");
+    assert!(
+        !said.contains(&format!("supervisor {} stopped", sv.pid())),
+        "{said}"
+    );
+    // The next run takes the job back; it then runs to its end.
+    let mut next = sb.start(&[]);
+    held.release();
+    sb.wait_job(held.id, &["succeeded"], T);
+    next.stop_cleanly();
+    sv.assert_nothing_left(T);
+}
+
 // ----- events ------------------------------------------------------------------------
 
 #[test]

@@ -59,12 +59,33 @@ pub fn signal(path: &Path, what: Control) -> Result<(), CommandError> {
             answer(pid, &found.events, &found.state_dir, after)
         }
         Control::Stop { wait } => {
+            let after = last_seq(&found.events);
             supervisor_os::signal_pid(pid, Sig::SIGTERM)?;
             say!("asked supervisor {pid} to stop")?;
             if wait {
                 let grace = supervisor_config::load(path).ok().map(|c| c.shutdown_grace);
                 wait_for_exit(pid, &pidfile, &found.events, grace)?;
-                say!("supervisor {pid} stopped")?;
+                // Gone: stopped as asked (its last event says so), or died meanwhile.
+                let stopped = (tail_across_rotations(&found.events).into_iter())
+                    .filter(|e| e.seq > after)
+                    .find_map(|e| match e.record {
+                        EventRecord::SupervisorStopped { code } => Some(code),
+                        _ => None,
+                    });
+                match stopped {
+                    Some(0) => say!("supervisor {pid} stopped")?,
+                    Some(code) => {
+                        return Err(CommandError::Failed(anyhow::anyhow!(
+                            "supervisor {pid} stopped with exit code {code}"
+                        )))
+                    }
+                    None => {
+                        return Err(CommandError::Failed(anyhow::anyhow!(
+                            "supervisor {pid} is gone without stopping (killed, or it \
+                             crashed): `supervisor status` tells what it left"
+                        )))
+                    }
+                }
             }
             Ok(())
         }
