@@ -1476,9 +1476,23 @@ impl Chaos {
             }
 
             // Events: one outcome per attempt, attempts in order, none beyond the store's.
+            // An attempt its supervisor died under ends `lost` when the next run takes it
+            // back, and runs again with the same number (it was not used up).
             let mut seen = BTreeSet::new();
             let mut prev = 0;
             for (_, a, outcome, e) in &ev.finished {
+                if e["reason"] == "its supervisor died while running it" {
+                    if outcome != "lost" && outcome != "canceled" {
+                        v.push(format!("{what}: taken back, yet ended {outcome}: {e}"));
+                    }
+                    if *a == 0 || *a > attempts + 1 || *a <= prev {
+                        v.push(format!(
+                            "{what}: taken back as attempt {a}, after {prev}, the store \
+                             counts {attempts}: {e}"
+                        ));
+                    }
+                    continue;
+                }
                 if !seen.insert(*a) {
                     v.push(format!("{what}: attempt {a} finished twice: {e}"));
                 }
