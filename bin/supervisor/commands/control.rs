@@ -95,13 +95,22 @@ pub fn purge(path: &Path, before: Option<&str>, state: Option<&str>) -> Result<(
     let now = wall_now();
     let before = match before {
         None => f64::INFINITY,
-        Some(t) => parse_time(t)
-            .or_else(|time_err| {
-                parse_duration(t)
-                    .map(|ago| now - ago)
-                    .map_err(|_| format!("--before: {time_err}, nor a duration like 7d"))
-            })
-            .map_err(CommandError::Usage)?,
+        Some(t) => match (parse_time(t), parse_duration(t)) {
+            (Ok(at), _) => at,
+            (_, Ok(ago)) => now - ago,
+            // Say what is wrong with what it looks like: a time has a date's dashes or
+            // a clock's colons, a duration has neither.
+            (Err(time_err), Err(_))
+                if t.trim().get(1..).is_some_and(|r| r.contains(['-', ':'])) =>
+            {
+                return Err(CommandError::Usage(format!("--before: {time_err}")))
+            }
+            (Err(_), Err(duration_err)) => {
+                return Err(CommandError::Usage(format!(
+                    "--before: {duration_err}; or a time (RFC 3339, like 2026-12-01T08:00:00Z)"
+                )))
+            }
+        },
     };
     let state = state
         .map(|s| {

@@ -161,8 +161,15 @@ fn job_of_flags(args: &SubmitArgs, here: Option<&Path>) -> Result<NewJob, Comman
         .map_err(|e| CommandError::Usage(format!("submit: {e}")))?;
     let priority = match &args.priority {
         None => 0,
-        Some(p) => p.trim().parse::<i64>().map_err(|_| {
-            CommandError::Usage(format!("submit: --priority: `{p}` is not a whole number"))
+        Some(p) => p.trim().parse::<i64>().map_err(|e| {
+            use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+            let max = supervisor_core::bounds::MAX_PRIORITY;
+            CommandError::Usage(match e.kind() {
+                PosOverflow | NegOverflow => {
+                    format!("submit: --priority: `{p}` is out of range (-{max} to {max})")
+                }
+                _ => format!("submit: --priority: `{p}` is not a whole number"),
+            })
         })?,
     };
     let usage = |flag: &str, e: String| CommandError::Usage(format!("submit: {flag}: {e}"));
