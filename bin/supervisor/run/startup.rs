@@ -485,8 +485,6 @@ fn tighten_files(config: &Config) {
     }
 }
 
-/// Of the jobs just taken back from dead supervisors, those that the store quarantined
-/// (dead, with the quarantine reason), as (id, attempts, reason).
 /// The end of each attempt taken back from a dead supervisor (`taken`, read again as the
 /// take-back left them): `lost` (its worker died with its supervisor), or `canceled` if
 /// a cancel was asked for. A requeued job did not use up the attempt, which its next
@@ -523,6 +521,8 @@ fn lost_attempts(store: &mut crate::store::Store, taken: &[i64], now: f64) -> Ve
         .collect()
 }
 
+/// Of the jobs just taken back from dead supervisors, those that the store quarantined
+/// (dead, with the quarantine reason), as (id, attempts, reason).
 fn quarantined(
     store: &mut crate::store::Store,
     taken: &[i64],
