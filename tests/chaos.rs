@@ -1476,12 +1476,15 @@ impl Chaos {
             }
 
             // Events: one outcome per attempt, attempts in order, none beyond the store's.
-            // An attempt its supervisor died under ends `lost` when the next run takes it
-            // back, and runs again with the same number (it was not used up).
+            // An attempt cut short by a stop, or by its supervisor's death (told when the
+            // next run takes it back), ends `lost` and runs again with the same number (it
+            // was not used up).
             let mut seen = BTreeSet::new();
             let mut prev = 0;
             for (_, a, outcome, e) in &ev.finished {
-                if e["reason"] == "its supervisor died while running it" {
+                if e["reason"] == "its supervisor died while running it"
+                    || e["reason"] == "the supervisor stopped before it ended"
+                {
                     if outcome != "lost" && outcome != "canceled" {
                         v.push(format!("{what}: taken back, yet ended {outcome}: {e}"));
                     }

@@ -357,7 +357,16 @@ fn a_job_after_others_runs_once_they_succeeded_and_is_canceled_if_one_did_not() 
         "--",
         "true",
     ]);
-    let doomed = sb.submit(&["--group", "g", "--max-attempts", "1", "--", "false"]);
+    let doomed = sb.submit(&[
+        "--group",
+        "g",
+        "--max-attempts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "test -e fixed",
+    ]);
     let orphan = sb.submit(&[
         "--group",
         "g",
@@ -386,6 +395,24 @@ fn a_job_after_others_runs_once_they_succeeded_and_is_canceled_if_one_did_not() 
     let out = sb.run(&["submit", "--group", "g", "--after", "777", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("777"));
+    // Retried alone, the canceled one is canceled again at once: its dependency is
+    // still dead, and it says so.
+    let out = sb.run(&["retry", &orphan.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out)
+            .1
+            .contains(&format!("dependency {doomed} ended dead")),
+        "{out:?}"
+    );
+    assert_eq!(sb.job(orphan)["state"], "canceled");
+    // Retried with its dependency (named first or not), it waits for it, then runs.
+    std::fs::write(sb.path().join("fixed"), "").unwrap();
+    let out = sb.run(&["retry", &orphan.to_string(), &doomed.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let job = sb.wait_job(orphan, &["succeeded", "canceled", "dead"], T);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(sb.job(doomed)["state"], "succeeded");
     sv.stop_cleanly();
 }
 

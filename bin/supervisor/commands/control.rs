@@ -58,6 +58,10 @@ pub(crate) fn retry_jobs(
             unique.push(id);
         }
     }
+    // Oldest first: a job's dependencies are older than it (`after` names jobs that
+    // exist), so one retried with its dependent is queued again before the dependent
+    // looks at it (else the dependent would find it still ended otherwise).
+    unique.sort_unstable();
     let ids = &unique[..];
     for &id in ids {
         let job = store.get(id, now)?.ok_or(CommandError::UnknownJob(id))?;

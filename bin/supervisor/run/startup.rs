@@ -515,7 +515,7 @@ fn lost_attempts(store: &mut crate::store::Store, taken: &[i64], now: f64) -> Ve
                 signal: None,
                 duration_s,
                 start_error: None,
-                reason: Some("its supervisor died while running it".into()),
+                reason: Some(supervisor_core::supervision::TAKEN_BACK.into()),
             })
         })
         .collect()

@@ -311,6 +311,8 @@ struct Sim {
     restarts: BTreeMap<Option<String>, Vec<Time>>,
     started: BTreeSet<u32>,
     exited: BTreeSet<u32>,
+    /// Attempts whose `job_started` was told and whose `job_finished` was not yet.
+    attempts_open: BTreeSet<(JobId, u32)>,
     /// Per group, jobs that were running when the pool last shrank or closed.
     legacy: BTreeMap<String, BTreeSet<JobId>>,
     disabled: BTreeSet<String>,

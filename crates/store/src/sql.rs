@@ -23,6 +23,14 @@ macro_rules! take_back {
 pub(crate) const FINISHED: &str = "(state IN ('succeeded', 'dead', 'canceled') \
      OR (state IN ('failed', 'timed_out') AND not_before IS NULL))";
 
+/// A finished job that may be deleted: one no job that has not succeeded names in its
+/// `after` (a dependent canceled for it may be retried, and must then find it ended
+/// otherwise than `succeeded`, not gone). The subquery's `jobs` is the candidate's.
+pub(crate) const PURGEABLE: &str = "(state IN ('succeeded', 'dead', 'canceled') \
+     OR (state IN ('failed', 'timed_out') AND not_before IS NULL)) \
+     AND NOT EXISTS (SELECT 1 FROM job_deps pd JOIN jobs pj ON pj.id = pd.job \
+                     WHERE pd.dep = jobs.id AND pj.state <> 'succeeded')";
+
 /// The columns a store's `read_job` expects, in order.
 pub(crate) const JOB_COLUMNS: &str = "id, state, COALESCE(run_group, named_group), command, \
      tags, env, cwd, timeout_s, max_attempts, idem_key, attempts, exit_code, signal, \
@@ -177,7 +185,7 @@ pub(crate) const WAITING_ON: &str = "SELECT d.dep FROM job_deps d JOIN jobs j ON
 /// returns their ids. With `in_state`, only those in state `$3`.
 pub(crate) fn purge(in_state: bool) -> String {
     format!(
-        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {PURGEABLE} \
          AND COALESCE(finished_at, created_at) < CAST($1 AS float8){} \
          ORDER BY id LIMIT $2) RETURNING id",
         if in_state {

@@ -8,6 +8,13 @@ use super::{
     Signal,
 };
 
+/// The `reason` of the end of an attempt cut short by a stop ([`Core::give_back`]).
+pub const GIVEN_BACK: &str = "the supervisor stopped before it ended";
+
+/// The `reason` of the end of an attempt whose supervisor died under it, told by the next
+/// run as it takes the job back.
+pub const TAKEN_BACK: &str = "its supervisor died while running it";
+
 impl Core {
     pub(super) fn claimed(&mut self, now: Time, job: ClaimedJob) {
         let idle = self.idle_workers(&job.group);
@@ -122,7 +129,7 @@ impl Core {
         };
         let stop = (run.stop.map(|s| s.reason)).filter(kept);
         if stop == Some(StopReason::Shutdown) {
-            self.release(run.claim);
+            self.give_back(now, run, end);
         } else {
             let outcome = match (stop, end) {
                 (Some(StopReason::Timeout), _) => Outcome::TimedOut,
@@ -134,6 +141,25 @@ impl Core {
         }
         self.source_changed();
         self.worker_idle(now, child, &group);
+    }
+
+    /// A started attempt cut short by a stop: its end is told (`job_finished`, `lost`,
+    /// with why), so that each `job_started` has one; then the job goes back to the
+    /// queue without using the attempt (which its next start numbers the same).
+    pub(super) fn give_back(&mut self, now: Time, run: JobRun, end: Option<ProcessEnd>) {
+        if let Some(started) = run.started {
+            self.out.push(Action::Emit(Event::JobFinished {
+                job_id: run.claim.id,
+                group: run.claim.group.clone(),
+                attempt: run.claim.attempt,
+                outcome: Outcome::Lost,
+                end,
+                duration: now.saturating_since(started.at),
+                start_error: None,
+                reason: Some(GIVEN_BACK.into()),
+            }));
+        }
+        self.release(run.claim);
     }
 
     /// Decide what follows an attempt and record it: done, retry, or dead.

@@ -254,8 +254,8 @@ impl Core {
                 (None, Some(StopReason::Timeout)) => {
                     self.finish_job(now, run, Outcome::TimedOut, None, Facts::default())
                 }
-                (None, Some(StopReason::Shutdown)) => self.release(run.claim),
-                (None, None) if self.is_stopping() => self.release(run.claim),
+                (None, Some(StopReason::Shutdown)) => self.give_back(now, run, None),
+                (None, None) if self.is_stopping() => self.give_back(now, run, None),
                 (None, None) => self.finish_job(now, run, Outcome::Lost, None, Facts::default()),
             }
             // A lost job may be queued again: a report of an empty source made while it

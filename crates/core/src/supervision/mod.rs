@@ -36,6 +36,7 @@ use crate::time::Time;
 
 pub use child::{ProcessEnd, Role, StateKind, ALLOWED_TRANSITIONS};
 pub use event::{Event, Outcome};
+pub use jobs::{GIVEN_BACK, TAKEN_BACK};
 pub use timers::TimerTable;
 
 use child::Child;

@@ -321,6 +321,23 @@ impl Sim {
                 self.ensure(new, || format!("child_exited twice for pid {pid}"));
             }
             Event::ChildExited { pid: None, .. } => {}
+            // Each attempt told started is told ended, once, before it starts again.
+            Event::JobStarted {
+                job_id, attempt, ..
+            } => {
+                let new = self.attempts_open.insert((job_id, attempt));
+                self.ensure(new, || {
+                    format!("job_started for job {job_id} attempt {attempt}, still running")
+                });
+            }
+            Event::JobFinished {
+                job_id, attempt, ..
+            } => {
+                let open = self.attempts_open.remove(&(job_id, attempt));
+                self.ensure(open, || {
+                    format!("job_finished for job {job_id} attempt {attempt}, not started")
+                });
+            }
             Event::ChildRestartScheduled { role, delay, .. } => {
                 self.earliest.insert(role.clone(), self.now + delay);
                 let group = role.group().map(str::to_string);

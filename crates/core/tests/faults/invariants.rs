@@ -99,6 +99,10 @@ impl Sim {
         self.ensure(procs.is_empty(), || {
             format!("job processes outlive their worker: {procs:?}")
         });
+        let open = &self.attempts_open;
+        self.ensure(open.is_empty(), || {
+            format!("job_started without job_finished: {open:?}")
+        });
         let unexited: Vec<&u32> = self.started.difference(&self.exited).collect();
         self.ensure(unexited.is_empty(), || {
             format!("child_started without child_exited: {unexited:?}")

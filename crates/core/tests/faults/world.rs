@@ -35,6 +35,7 @@ impl Sim {
             restarts: BTreeMap::new(),
             started: BTreeSet::new(),
             exited: BTreeSet::new(),
+            attempts_open: BTreeSet::new(),
             legacy: BTreeMap::new(),
             disabled: BTreeSet::new(),
             stop_began: None,

@@ -44,8 +44,8 @@ use supervisor_config::redact_password;
 
 use crate::error::Context;
 use crate::sql::{
-    self, CANCEL_WAITING, FINISHED, JOB_COLUMNS, RECORD_OUTCOME, RELEASE, REQUEST_CANCEL,
-    TAKE_BACK, TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
+    self, CANCEL_WAITING, FINISHED, JOB_COLUMNS, PURGEABLE, RECORD_OUTCOME, RELEASE,
+    REQUEST_CANCEL, TAKE_BACK, TAKE_BACK_ALL, TAKE_BACK_ORPHANS,
 };
 use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, settled, state_counts};
 use crate::{
@@ -543,7 +543,7 @@ impl JobStore for PostgresStore {
                 &mut self.stmts,
                 &mut tx,
                 &format!(
-                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {PURGEABLE} \
                      AND finished_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      RETURNING id"
                 ),
@@ -559,7 +559,7 @@ impl JobStore for PostgresStore {
                 &mut self.stmts,
                 &mut tx,
                 &format!(
-                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {PURGEABLE} \
                      AND id <= (SELECT id FROM jobs WHERE {FINISHED} ORDER BY id DESC \
                      LIMIT 1 OFFSET $1) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      RETURNING id"

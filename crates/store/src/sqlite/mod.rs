@@ -26,7 +26,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::Context;
-use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS};
+use crate::sql::{self, for_sqlite, FINISHED, JOB_COLUMNS, PURGEABLE};
 use crate::{cancel_step, claim, group_counts, outcome_state, parse_state, settled, state_counts};
 use crate::{
     AfterAttempt, AfterPlan, CancelResult, ClaimResult, Instance, InstanceId, Job, JobId, JobState,
@@ -687,7 +687,7 @@ impl JobStore for SqliteStore {
         if let Some(before) = finished_before {
             delete(
                 &format!(
-                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {PURGEABLE} \
                      AND finished_at < ?1 ORDER BY id LIMIT ?2) RETURNING id"
                 ),
                 &[&before, &limit],
@@ -707,7 +707,7 @@ impl JobStore for SqliteStore {
             if let Some(t) = threshold {
                 delete(
                     &format!(
-                        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {FINISHED} \
+                        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {PURGEABLE} \
                          AND id <= ?1 ORDER BY id LIMIT ?2) RETURNING id"
                     ),
                     &[&t, &left],

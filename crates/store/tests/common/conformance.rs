@@ -1809,6 +1809,31 @@ pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
     assert_eq!(claim_all(&mut *s, 14.0), [c]);
 }
 
+/// A finished job that a job not succeeded names in its `after` is not purged (that one
+/// may be retried, and must then find its dependency ended otherwise, not gone); once
+/// that one is gone, it is.
+pub fn a_dependency_is_kept_while_a_job_not_succeeded_names_it(new: Factory) {
+    let mut s = new();
+    let me = instance(&mut *s, 1);
+    let b = s.submit(&[job_in("g")], 1.0).unwrap()[0];
+    let mut dependent = job_in("g");
+    dependent.after = vec![b];
+    let a = s.submit(&[dependent], 1.0).unwrap()[0];
+    let mut cr = credits(&[("g", 1)]);
+    let got = s.claim(me, &[named("g")], &mut cr, 2.0).unwrap().jobs;
+    assert_eq!(got[0].id, b);
+    let failed = outcome(OutcomeKind::Failed);
+    assert!(s
+        .record_outcome(b, 1, me, &failed, AfterAttempt::Dead, 3.0)
+        .unwrap());
+    assert_eq!(s.get(a, 4.0).unwrap().unwrap().state, JobState::Canceled);
+    assert!(s.purge(5.0, Some(JobState::Dead), 100).unwrap().is_empty());
+    // Retention too.
+    assert_eq!(s.purge_finished(Some(5.0), None, 100).unwrap(), [a]);
+    // `a` is gone: `b` may go too.
+    assert_eq!(s.purge(5.0, None, 100).unwrap(), [b]);
+}
+
 /// Where a queued job stands: its group, how many claimable jobs of that group come
 /// first (in the claim's order), and the dependencies it still waits for.
 pub fn a_queued_jobs_place_follows_the_claims_order(new: Factory) {
@@ -1939,6 +1964,7 @@ macro_rules! conformance_tests {
             paused_groups_claim_nothing_until_resumed,
             retry_and_purge_final_jobs,
             jobs_run_after_their_dependencies_succeed_or_are_canceled,
+            a_dependency_is_kept_while_a_job_not_succeeded_names_it,
             a_queued_jobs_place_follows_the_claims_order,
             two_handles_claiming_at_once_never_double_claim,
             a_job_whose_supervisor_dies_three_times_is_quarantined,
