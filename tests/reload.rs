@@ -699,6 +699,12 @@ fn a_bad_config_is_rejected_and_nothing_changes() {
     fs::remove_file(sb.config_path()).unwrap();
     let error = reload_rejected(&sb, &sv, Via::Sighup);
     assert!(error.contains("supervisor.json"), "{error}");
+    // A FIFO in its place: refused at once (a read would wait for a writer forever,
+    // and the loop with it).
+    nix::unistd::mkfifo(&sb.config_path(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let error = reload_rejected(&sb, &sv, Via::Sighup);
+    assert!(error.contains("not a regular file"), "{error}");
+    fs::remove_file(sb.config_path()).unwrap();
 
     // Nothing changed: same children, the job runs on, no generation was used.
     sb.write_config(&good);

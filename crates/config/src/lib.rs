@@ -405,12 +405,15 @@ fn config_path_from(cli: Option<&Path>, env: Option<OsString>) -> PathBuf {
     }
 }
 
+/// The largest config file read (a config of a thousand groups is well under it).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads and validates the config file at `path`.
 ///
 /// An unreadable file is one error naming the file and the OS error; a file that is not
 /// UTF-8 is one error at the line and column of its first bad byte.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = supervisor_os::read_regular_file(path, MAX_CONFIG_BYTES).map_err(|e| {
         ConfigError::one(format!(
             "{}: cannot read the config file: {e}",
             path.display()
@@ -452,8 +455,9 @@ pub fn locate(path: &Path) -> Result<Locations, ConfigError> {
         ))
     })?;
     let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let text = std::fs::read_to_string(path)
+    let text = supervisor_os::read_regular_file(path, MAX_CONFIG_BYTES)
         .ok()
+        .and_then(|b| String::from_utf8(b).ok())
         .map(|t| without_bom(&t).to_string());
     let mut guessed = Vec::new();
     // A file with a syntax error (half edited) still says where the state is, if it

@@ -984,6 +984,17 @@ fn unreadable_file_names_the_file_and_the_os_error() {
 }
 
 #[test]
+fn a_config_that_is_not_a_regular_file_is_refused_at_once() {
+    // A device that never ends, and a directory: neither is read.
+    for path in ["/dev/zero", "/"] {
+        let errors = load(std::path::Path::new(path)).unwrap_err().errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{path}: ")), "{errors:?}");
+        assert!(errors[0].contains("not a regular file"), "{errors:?}");
+    }
+}
+
+#[test]
 fn load_names_the_file_as_given() {
     let dir = std::env::temp_dir().join(format!("supervisor-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

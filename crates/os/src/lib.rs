@@ -172,6 +172,33 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     }
 }
 
+/// The content of the regular file at `path`, at most `max` bytes. Opened without
+/// blocking: a FIFO, a device or a directory there is an error at once, where a plain
+/// read would wait forever for a FIFO's writer (or never end on `/dev/zero`).
+pub fn read_regular_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("over {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Whether a process with this pid exists (signal 0) and has not exited: a zombie (dead,
 /// not yet reaped by its parent; a supervisor killed with SIGKILL stays one until its
 /// parent waits for it) is not alive.
