@@ -629,6 +629,80 @@ fn fill(path: &std::path::Path) {
 }
 
 #[test]
+fn events_a_full_disk_refuses_are_written_in_order_once_there_is_room() {
+    let mut c = config(1);
+    let sb = Sandbox::new(&c);
+    let small = sb.path().join("small");
+    let Some(_mount) = Tmpfs::mount(&small, "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    c["events"] = json!({"path": "small/events.jsonl"});
+    sb.write_config(&c);
+    let events = small.join("events.jsonl");
+    let stderr = std::fs::File::create(sb.path().join("supervisor.stderr")).unwrap();
+    let mut sv = crate::common::spawn_supervisor(
+        &mut sb.command(&["run"]),
+        stderr,
+        events.clone(),
+        sb.path(),
+    );
+    sv.wait_event(LONG, |e| {
+        e["event"] == "child_ready" && e["role"] == "worker"
+    });
+    fill(&small.join("filler"));
+    // Reloads (a config_loaded each) until the full disk refuses one (the file's last
+    // page may have had room for a few), then five more, and a job's events.
+    let failures = || {
+        std::fs::read_to_string(sb.path().join("supervisor.stderr"))
+            .map_or(0, |e| e.matches("cannot write to the events file").count())
+    };
+    let size = || std::fs::metadata(&events).unwrap().len();
+    let mut reloads = 0;
+    while failures() < 6 {
+        assert!(reloads < 1000, "the full disk never refused an event");
+        let (before, failed) = (size(), failures());
+        sv.signal(Signal::SIGHUP);
+        reloads += 1;
+        wait_until(LONG, || size() > before || failures() > failed)
+            .expect("the reload's event written, or its write failed");
+    }
+    let id = sb.submit(&["--", "true"]);
+    sb.wait_job(id, &["succeeded"], LONG);
+    std::fs::remove_file(small.join("filler")).unwrap();
+    // The next event brings every one that waited, in order, each whole.
+    sv.signal(Signal::SIGHUP);
+    sv.wait_event(LONG, |e| e["event"] == "job_finished" && e["job_id"] == id);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let parsed: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let seqs: Vec<u64> = parsed.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap or a repeat: {seqs:?}\n{text}"
+    );
+    let loaded = parsed
+        .iter()
+        .filter(|e| e["event"] == "config_loaded")
+        .count();
+    assert_eq!(
+        loaded,
+        reloads + 2,
+        "config_loaded: the start's, each reload's, the last's\n{text}"
+    );
+    // A line cut short by the full disk is a line of its own: nothing is glued to it.
+    for line in text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+    {
+        assert!(!line.contains("}{"), "two events on one line: {line}");
+    }
+    sv.stop_cleanly();
+}
+
+#[test]
 fn an_outcome_the_full_disk_refuses_waits_and_lands_when_there_is_room() {
     let mut c = config(1);
     let sb = Sandbox::new(&c);

@@ -19,7 +19,17 @@ pub struct EventsFile {
     keep: u32,
     /// Who else gets every event as it is written (the HTTP server's feed), if anyone.
     tap: Option<crossbeam_channel::Sender<Tapped>>,
+    /// Lines a write failed for (a full disk), oldest first, with their bytes: written
+    /// before the next event, in order, their `seq` and `ts` as they were made. At most
+    /// [`MAX_UNWRITTEN_BYTES`]: beyond, the oldest are dropped (and said so on stderr).
+    unwritten: std::collections::VecDeque<String>,
+    unwritten_bytes: usize,
+    /// A write failed: the file may end in part of a line.
+    maybe_torn: bool,
 }
+
+/// The most bytes of events kept in memory while the events file refuses them.
+const MAX_UNWRITTEN_BYTES: usize = 16 << 20;
 
 /// An event as written, for the HTTP server: the record and its line (without the
 /// newline).
@@ -128,6 +138,9 @@ impl EventsFile {
             rotate_bytes,
             keep,
             tap: None,
+            unwritten: std::collections::VecDeque::new(),
+            unwritten_bytes: 0,
+            maybe_torn: false,
         };
         ev.size = ev.file.metadata()?.len();
         if ev.size > 0 {
@@ -137,38 +150,87 @@ impl EventsFile {
     }
 
     fn open_append(path: &Path) -> io::Result<File> {
-        OpenOptions::new().create(true).append(true).open(path)
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
     }
 
-    /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it.
     /// The seq of the last event written (0: none yet).
     pub fn seq(&self) -> u64 {
         self.seq
     }
 
+    /// Write one event (`seq`, `ts` and `event` first, then its fields) and flush it,
+    /// after those a full disk refused before (kept, in order).
     pub fn write(&mut self, record: EventRecord) -> io::Result<()> {
         let event = EventLine {
             seq: self.seq + 1,
             ts: (wall_now() * 1000.0).round() / 1000.0,
             record,
         };
-        let mut line = event.to_line().map_err(io::Error::other)?;
+        let line = event.to_line().map_err(io::Error::other)?;
         self.seq += 1;
-        line.push('\n');
-        // One write per event: a reader never sees half a line from us.
-        let written = self.file.write_all(line.as_bytes());
-        if written.is_ok() {
-            self.size += line.len() as u64;
-        }
         if let Some(tap) = &self.tap {
             // Never blocks (unbounded); a feed gone is no error of ours.
-            line.pop();
             let _ = tap.send(Tapped {
                 event,
-                line: line.into(),
+                line: line.as_str().into(),
             });
         }
-        written
+        self.unwritten_bytes += line.len() + 1;
+        self.unwritten.push_back(line + "\n");
+        let mut dropped = 0;
+        while self.unwritten_bytes > MAX_UNWRITTEN_BYTES {
+            let Some(old) = self.unwritten.pop_front() else {
+                break;
+            };
+            self.unwritten_bytes -= old.len();
+            dropped += 1;
+        }
+        if dropped > 0 {
+            log::error!(
+                "the events file refuses writes: {dropped} event(s) dropped, more than \
+                 {MAX_UNWRITTEN_BYTES} bytes of them waited"
+            );
+        }
+        self.write_unwritten()
+    }
+
+    /// Write the lines that wait, oldest first, each in one write (a reader never sees
+    /// half a line from us); the first that fails stays first, with the rest.
+    fn write_unwritten(&mut self) -> io::Result<()> {
+        if self.maybe_torn && !self.unwritten.is_empty() {
+            // The failed write may have left part of its line: end it, so that the
+            // lines that follow stay whole (the torn part is a line of its own, which
+            // readers skip).
+            if self.ends_mid_line() {
+                self.file.write_all(b"\n")?;
+                self.size += 1;
+            }
+            self.maybe_torn = false;
+        }
+        while let Some(line) = self.unwritten.front() {
+            if let Err(e) = self.file.write_all(line.as_bytes()) {
+                self.maybe_torn = true;
+                return Err(e);
+            }
+            self.size += line.len() as u64;
+            self.unwritten_bytes -= line.len();
+            self.unwritten.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Whether the file's last byte is not a newline.
+    fn ends_mid_line(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(len) = self.file.metadata().map(|m| m.len()) else {
+            return false;
+        };
+        let mut last = [0u8; 1];
+        len > 0 && self.file.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
     }
 
     /// Send every event written from now on to `tap` too.
