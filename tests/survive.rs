@@ -629,6 +629,22 @@ fn fill(path: &std::path::Path) {
 }
 
 #[test]
+fn a_supervisor_whose_state_dir_is_removed_stops() {
+    // Its store, events file and pidfile unlinked, no verb can reach it: it stops,
+    // instead of running on beside the next run.
+    let sb = Sandbox::new(&config(1));
+    let mut sv = sb.start(&[]);
+    let held = sb.submit_held("held", &[]);
+    sb.wait_job(held.id, &["running"], LONG);
+    let job = held.pid();
+    std::fs::remove_dir_all(sb.path().join("state")).unwrap();
+    assert_eq!(sv.wait_exit(LONG), Some(0), "it stops (its grace is 1 s)");
+    let err = std::fs::read_to_string(sb.path().join("supervisor.stderr")).unwrap();
+    assert!(err.contains("was removed or replaced"), "{err}");
+    assert!(!alive(job), "its job is stopped with it");
+}
+
+#[test]
 fn events_a_full_disk_refuses_are_written_in_order_once_there_is_room() {
     let mut c = config(1);
     let sb = Sandbox::new(&c);

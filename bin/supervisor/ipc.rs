@@ -57,6 +57,9 @@ pub enum Ev {
     /// The lease in a shared store is lost (see `lease.rs`); every process below us is
     /// being killed.
     Fenced { reason: String },
+    /// The state dir was removed or replaced under us (its pidfile is gone): nothing
+    /// can reach us any more, and our store and events file are unlinked files.
+    StateGone { reason: String },
     /// A thread of the supervisor other than the loop's panicked.
     Panicked {
         message: String,

@@ -240,6 +240,13 @@ impl Supervisor {
                 self.timers.set(Wake::Reload, self.now());
             }
             Ev::Fenced { reason } => self.feed(Input::Fenced { reason }),
+            Ev::StateGone { reason } => {
+                log::error!("{reason}: stopping");
+                self.feed(Input::Shutdown {
+                    reason,
+                    immediate: false,
+                })
+            }
             Ev::Signal(SIGUSR1) | Ev::Doorbell => {
                 // The doorbell of `submit` and `cancel` (SIGUSR1 on this host, NOTIFY
                 // from any host): the grabber looks at the store now.

@@ -70,6 +70,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<Ev>();
     let _ = PANIC_TX.set(queue_tx.clone());
     start_signal_thread(queue_tx.clone())?;
+    watch_state_dir(&config.state_dir, queue_tx.clone())?;
     let lease = start_lease(&config, &store_arg, instance, me, &queue_tx)?;
     let hub = Hub::start(queue_tx.clone(), crate::instances::marker(pid, &token))
         .context("cannot start the IPC hub")?;
@@ -537,6 +538,38 @@ fn quarantined(
         })
         .map(|j| (j.id, j.attempts, reason.clone()))
         .collect()
+}
+
+/// How often the state dir's watch looks at the pidfile.
+const STATE_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A thread that looks at our pidfile every [`STATE_WATCH_EVERY`]: removed or replaced
+/// (the state dir wiped under us), the loop hears it and stops, instead of running on
+/// unlinked files that no verb can reach while a new run starts beside us.
+fn watch_state_dir(state_dir: &Path, tx: Sender<Ev>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let pidfile = state_dir.join("supervisor.pid");
+    let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let ours = std::fs::metadata(&pidfile).map(id)?;
+    let dir = state_dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("state-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(STATE_WATCH_EVERY);
+            match std::fs::metadata(&pidfile).map(id) {
+                Ok(now) if now == ours => continue,
+                // Another error (EACCES, EIO) says nothing of whether it is there.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
+                _ => {}
+            }
+            let reason = format!(
+                "the state dir {} was removed or replaced under the running supervisor",
+                dir.display()
+            );
+            let _ = tx.send(Ev::StateGone { reason });
+            return;
+        })?;
+    Ok(())
 }
 
 /// The signal thread: every signal we handle becomes an event of the loop.
