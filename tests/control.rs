@@ -505,7 +505,26 @@ fn reload_waits_for_the_supervisors_answer() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(stderr.contains("max_workers"), "{stderr}");
-    sv.stop_cleanly();
+    // A supervisor that is stopping (waiting for a job) applies no reload, and says so
+    // at once rather than after the 10 s wait.
+    config["groups"][0]["max_workers"] = json!(2);
+    sb.write_config(&config);
+    let held = sb.submit_held("held", &["--group", "g"]);
+    held.pid();
+    sv.signal(nix::sys::signal::Signal::SIGTERM);
+    sv.wait_event(T, |e| e["event"] == "supervisor_stopping");
+    let t0 = std::time::Instant::now();
+    let out = sb.run(&["reload"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t0.elapsed()
+    );
+    held.release();
+    assert_eq!(sv.wait_exit(T), Some(0));
 }
 
 #[test]

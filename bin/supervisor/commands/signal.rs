@@ -152,6 +152,11 @@ fn answer(pid: u32, events: &Path, state_dir: &Path, after: u64) -> Result<(), C
                 None => {}
             }
         }
+        if stopping(events) {
+            return Err(CommandError::Failed(anyhow::anyhow!(
+                "supervisor {pid} is stopping: it applies no reload"
+            )));
+        }
         if Instant::now() >= deadline {
             return Err(CommandError::Failed(anyhow::anyhow!(
                 "asked supervisor {pid} to reload, but it has not answered within {} s",
@@ -160,6 +165,23 @@ fn answer(pid: u32, events: &Path, state_dir: &Path, after: u64) -> Result<(), C
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Whether the supervisor writing `events` is stopping: its last start is followed by
+/// a `supervisor_stopping`.
+fn stopping(events: &Path) -> bool {
+    let tail = tail_across_rotations(events);
+    let last = |name: &str| {
+        (tail.iter())
+            .filter(|e| e.record.name() == name)
+            .map(|e| e.seq)
+            .max()
+    };
+    // A start too far back to be seen says nothing: the reload is waited for.
+    matches!(
+        (last("supervisor_started"), last("supervisor_stopping")),
+        (Some(started), Some(stopping)) if stopping > started
+    )
 }
 
 /// Wait until supervisor `pid` is gone, saying at once and then every few seconds which
