@@ -21,30 +21,19 @@
 //! and a copy of it over ipc-channel, each side blocked in `recv` (as the hub and a
 //! worker's reader are). Prints the CPU of one hop (half a round trip), both sides.
 
+mod common;
+use common::{cpu, now};
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
-use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::resource::UsageWho;
 use serde::{Deserialize, Serialize};
 use supervisor_store::{
     AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, Settle,
     Settled, SqliteStore,
 };
-
-/// User + system CPU seconds of `who`.
-fn cpu(who: UsageWho) -> f64 {
-    let u = getrusage(who).expect("getrusage");
-    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    secs(u.user_time()) + secs(u.system_time())
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64()
-}
 
 /// How a claim and an outcome reach the store.
 #[derive(Clone, Copy, PartialEq)]

@@ -24,6 +24,9 @@
 //! Prints jobs per second and the CPU time per job of everything (the supervisor, its
 //! children and the jobs; user + system).
 
+mod common;
+use common::{cpu, now};
+
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -34,7 +37,7 @@ use std::time::Instant;
 use ipc_channel::ipc::{
     self, IpcOneShotServer, IpcReceiver, IpcReceiverSet, IpcSelectionResult, IpcSender,
 };
-use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::resource::UsageWho;
 use serde::{Deserialize, Serialize};
 use supervisor_os::{wait_pid, Ended, JobCommand, Spawner};
 use supervisor_store::{
@@ -76,20 +79,6 @@ enum Up {
         attempt: u32,
         code: i32,
     },
-}
-
-/// User + system CPU seconds of `who`.
-fn cpu(who: UsageWho) -> f64 {
-    let u = getrusage(who).expect("getrusage");
-    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    secs(u.user_time()) + secs(u.system_time())
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64()
 }
 
 fn connect(name: String) -> (IpcSender<Up>, IpcReceiver<Down>) {
