@@ -638,10 +638,26 @@ fn a_supervisor_whose_state_dir_is_removed_stops() {
     sb.wait_job(held.id, &["running"], LONG);
     let job = held.pid();
     std::fs::remove_dir_all(sb.path().join("state")).unwrap();
+    // A new run takes the state dir at once; the old one, stopping, leaves its pidfile.
+    let next_err = std::fs::File::create(sb.path().join("next.stderr")).unwrap();
+    let mut next = crate::common::spawn_supervisor(
+        &mut sb.command(&["run"]),
+        next_err,
+        sb.events_path(),
+        sb.path(),
+    );
+    next.wait_event(LONG, |e| e["event"] == "supervisor_started");
     assert_eq!(sv.wait_exit(LONG), Some(0), "it stops (its grace is 1 s)");
     let err = std::fs::read_to_string(sb.path().join("supervisor.stderr")).unwrap();
     assert!(err.contains("was removed or replaced"), "{err}");
     assert!(!alive(job), "its job is stopped with it");
+    let pidfile = sb.path().join("state/supervisor.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        next.pid().to_string(),
+        "the new run's pidfile"
+    );
+    next.stop_cleanly();
 }
 
 #[test]

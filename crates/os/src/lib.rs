@@ -355,8 +355,16 @@ impl PidFile {
 }
 
 impl Drop for PidFile {
+    /// Remove the pidfile, if the file at its path is still ours: one whose state dir was
+    /// removed under it must not remove the pidfile of the run that took the path since.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let ours = self._lock.metadata().map(id);
+        let there = std::fs::metadata(&self.path).map(id);
+        if matches!((ours, there), (Ok(a), Ok(b)) if a == b) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
