@@ -224,13 +224,15 @@ fn submit_one(
             continue; // the key was taken meanwhile: look it up again
         };
         let id: JobId = row.try_get(0).ctx(op)?;
-        if !plan.waiting_on.is_empty() {
+        // Every dependency, not only those it waits on: one that ended otherwise must
+        // still be found by a retry of this job (and kept from purge).
+        if !job.after.is_empty() {
             execute(
                 stmts,
                 client,
                 "INSERT INTO job_deps (job, dep) SELECT $1, d FROM unnest($2::bigint[]) AS d \
                  ON CONFLICT DO NOTHING",
-                &[&id, &plan.waiting_on],
+                &[&id, &job.after],
                 "submit: note the dependencies",
             )?;
         }

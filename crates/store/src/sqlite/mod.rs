@@ -459,7 +459,9 @@ impl JobStore for SqliteStore {
                         plan.doomed,
                     ])
                     .ctx("submit")?;
-                for dep in &plan.waiting_on {
+                // Every dependency, not only those it waits on: one that ended otherwise
+                // must still be found by a retry of this job (and kept from purge).
+                for dep in &job.after {
                     tx.prepare_cached("INSERT OR IGNORE INTO job_deps (job, dep) VALUES (?1, ?2)")
                         .and_then(|mut stmt| stmt.execute(params![id, dep]))
                         .ctx("submit: note a dependency")?;

@@ -1783,6 +1783,16 @@ pub fn jobs_run_after_their_dependencies_succeed_or_are_canceled(new: Factory) {
         jl.reason.as_deref(),
         Some(&*format!("dependency {d} ended dead"))
     );
+    // Canceled at submit, it still names its dependency: a retry finds it dead.
+    assert!(s.retry(late, 8.5).unwrap());
+    let jl = s.get(late, 8.5).unwrap().unwrap();
+    assert_eq!(
+        (jl.state, jl.reason),
+        (
+            JobState::Canceled,
+            Some(format!("dependency {d} ended dead"))
+        )
+    );
     // A retry of a job whose dependency ended otherwise queues it, and cancels it again
     // at once: it never runs after a dependency that failed.
     assert!(s.retry(c, 9.0).unwrap());
