@@ -191,6 +191,23 @@ fn purge_deletes_final_jobs_and_their_logs_by_state_and_age() {
     assert_eq!((out.status.code(), text(&out).0.trim()), (Some(0), "1"));
     assert!(!log(ok).exists());
     assert_eq!(sb.job(held.id)["state"], "running");
+    // A chain, each after the one before, the first dead: the dependents are canceled,
+    // and one purge takes them all (a dependency goes once its dependent is gone).
+    let first = sb.submit(&["--group", "g", "--max-attempts", "1", "--", "false"]);
+    let mut chain = vec![first];
+    for _ in 0..3 {
+        let after = chain.last().unwrap().to_string();
+        chain.push(sb.submit(&["--group", "g", "--after", &after, "--", "true"]));
+    }
+    for &id in &chain[1..] {
+        sb.wait_job(id, &["canceled"], T);
+    }
+    let out = sb.run(&["purge", "--before", "2999-01-01T00:00:00Z"]);
+    assert_eq!(
+        (out.status.code(), text(&out).0.trim()),
+        (Some(0), "4"),
+        "{out:?}"
+    );
     // Bad input: exit 2, naming what is wrong.
     for args in [
         vec!["purge", "--before", "yesterday-ish"],

@@ -140,7 +140,9 @@ pub fn purge(path: &Path, before: Option<&str>, state: Option<&str>) -> Result<(
             }
         }
         total += ids.len();
-        if ids.len() < PURGE_BATCH as usize {
+        // Until a batch finds nothing: a dependency kept for a dependent deleted in this
+        // batch (see the store's purge) goes in the next.
+        if ids.is_empty() {
             break;
         }
     }
