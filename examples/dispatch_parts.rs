@@ -22,7 +22,7 @@
 //! worker's reader are). Prints the CPU of one hop (half a round trip), both sides.
 
 mod common;
-use common::{cpu, now};
+use common::{cpu, now, true_jobs};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,8 +31,8 @@ use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender};
 use nix::sys::resource::UsageWho;
 use serde::{Deserialize, Serialize};
 use supervisor_store::{
-    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, PostgresStore, Route, Settle,
-    Settled, SqliteStore,
+    AfterAttempt, JobStore, OutcomeKind, OutcomeRecord, PostgresStore, Route, Settle, Settled,
+    SqliteStore,
 };
 
 /// How a claim and an outcome reach the store.
@@ -76,14 +76,7 @@ fn store_loop<S: JobStore>(n: u64, mut store: S, mut other: Option<S>, way: Way,
     let me = store
         .register_instance("bench", std::process::id(), "bench", now())
         .expect("register");
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|_| NewJob {
-            command: vec!["/bin/true".into()],
-            group: Some("g".into()),
-            ..Default::default()
-        })
-        .collect();
-    store.submit(&jobs, now()).expect("submit");
+    store.submit(&true_jobs(n), now()).expect("submit");
     let routes = vec![Route {
         group: "g".into(),
         matches: None,

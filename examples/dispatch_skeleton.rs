@@ -25,7 +25,7 @@
 //! children and the jobs; user + system).
 
 mod common;
-use common::{cpu, now};
+use common::{cpu, now, true_jobs};
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -41,7 +41,7 @@ use nix::sys::resource::UsageWho;
 use serde::{Deserialize, Serialize};
 use supervisor_os::{wait_pid, Ended, JobCommand, Spawner};
 use supervisor_store::{
-    AfterAttempt, JobStore, NewJob, OutcomeKind, OutcomeRecord, Route, Settle, SqliteStore,
+    AfterAttempt, JobStore, OutcomeKind, OutcomeRecord, Route, Settle, SqliteStore,
 };
 
 /// What the supervisor sends its children.
@@ -189,14 +189,7 @@ fn supervisor(n: u64, workers: usize, mode: Mode) {
     std::fs::create_dir(&logs).expect("logs dir");
     {
         let mut store = SqliteStore::open(&db).expect("open the store");
-        let jobs: Vec<NewJob> = (0..n)
-            .map(|_| NewJob {
-                command: vec!["/bin/true".into()],
-                group: Some("g".into()),
-                ..Default::default()
-            })
-            .collect();
-        store.submit(&jobs, now()).expect("submit");
+        store.submit(&true_jobs(n), now()).expect("submit");
     }
     let exe = std::env::current_exe().expect("exe");
     // Child 0 is the grabber, 1..=W the workers.

@@ -1,6 +1,19 @@
-//! What the benchmark examples share: CPU time and wall time as they measure them.
+//! What the benchmark examples share: CPU time and wall time as they measure them, and
+//! the jobs they queue.
 
 use nix::sys::resource::{getrusage, UsageWho};
+use supervisor_store::NewJob;
+
+/// `n` jobs of `/bin/true` naming group `g`.
+pub fn true_jobs(n: u64) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| NewJob {
+            command: vec!["/bin/true".into()],
+            group: Some("g".into()),
+            ..Default::default()
+        })
+        .collect()
+}
 
 /// User + system CPU seconds of `who`.
 pub fn cpu(who: UsageWho) -> f64 {
