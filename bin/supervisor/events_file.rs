@@ -202,10 +202,15 @@ impl EventsFile {
     /// half a line from us); the first that fails stays first, with the rest.
     fn write_unwritten(&mut self) -> io::Result<()> {
         if self.maybe_torn && !self.unwritten.is_empty() {
-            // The failed write may have left part of its line: end it, so that the
-            // lines that follow stay whole (the torn part is a line of its own, which
-            // readers skip).
-            if self.ends_mid_line() {
+            // The failed write may have left part of its line. What the file holds past
+            // our last whole line, shorter than that line, can only be that part: cut
+            // it off. Anything else (the file changed under us) is ended with a newline,
+            // so that the lines that follow stay whole (readers skip a torn one).
+            let len = self.file.metadata()?.len();
+            let front = self.unwritten.front().map_or(0, |l| l.len() as u64);
+            if len > self.size && len - self.size < front {
+                self.file.set_len(self.size)?;
+            } else if self.ends_mid_line() {
                 self.file.write_all(b"\n")?;
                 self.size += 1;
             }
@@ -276,8 +281,17 @@ impl EventsFile {
 
     /// Open `path` again (after logrotate moved it away, on SIGHUP).
     pub fn reopen(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let id = |m: &fs::Metadata| (m.dev(), m.ino());
+        let was = self.file.metadata().ok();
         self.file = Self::open_append(&self.path)?;
-        self.size = self.file.metadata()?.len();
+        let now = self.file.metadata()?;
+        // The same file, no shorter (neither moved away nor truncated by logrotate): our
+        // count of its whole lines stands (its length may hold part of a line a full
+        // disk cut short).
+        if was.as_ref().map(id) != Some(id(&now)) || now.len() < self.size {
+            self.size = now.len();
+        }
         Ok(())
     }
 
