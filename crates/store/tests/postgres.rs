@@ -517,12 +517,13 @@ fn values_no_query_can_use_are_refused_and_the_old_ones_end_dead() {
             "{set}: {e:?}"
         );
     }
-    // Written before the check (here: with it dropped, and the schema one version
-    // back), they end the job when the store is opened again.
+    // Written before the check (here: with it dropped, and the schema back to before
+    // the version that brought it, the one before the last), they end the job when the
+    // store is opened again.
     client
         .batch_execute(
             "ALTER TABLE jobs DROP CONSTRAINT jobs_values_usable;
-             UPDATE supervisor_schema SET version = version - 1;",
+             UPDATE supervisor_schema SET version = version - 2;",
         )
         .unwrap();
     client
@@ -541,4 +542,29 @@ fn values_no_query_can_use_are_refused_and_the_old_ones_end_dead() {
         store.get(ids[0], 2.0).unwrap().unwrap().state,
         supervisor_store::JobState::Queued
     );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: scripts/with-postgres cargo nextest run -p supervisor-store --run-ignored only"]
+fn the_last_migration_links_every_dependency_a_job_names() {
+    // The version before it linked only the dependencies a job waited on: one canceled
+    // at submit for a dependency already dead had none.
+    let db = PgDatabase::new();
+    let mut store = PostgresStore::connect(&db.url).unwrap();
+    let dep = store.submit(&[job("g")], 1.0).unwrap()[0];
+    let mut dependent = job("g");
+    dependent.after = vec![dep];
+    let id = store.submit(&[dependent], 1.0).unwrap()[0];
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "DELETE FROM job_deps;
+             UPDATE supervisor_schema SET version = version - 1;",
+        )
+        .unwrap();
+    let store = PostgresStore::connect(&db.url).unwrap();
+    drop(store);
+    let rows = client.query("SELECT job, dep FROM job_deps", &[]).unwrap();
+    let linked: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(linked, [(id, dep)]);
 }

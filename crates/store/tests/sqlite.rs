@@ -105,8 +105,8 @@ fn schema_2_gains_last_seen() {
     drop(conn);
 
     let mut s = SqliteStore::open(&path).unwrap();
-    assert_eq!(SCHEMA_VERSION, 7);
-    assert_eq!(s.schema_version().unwrap(), 7);
+    assert_eq!(SCHEMA_VERSION, 8);
+    assert_eq!(s.schema_version().unwrap(), 8);
     let old = &s.instances().unwrap()[0];
     assert_eq!((old.started_at, old.last_seen), (12.5, 12.5));
     assert!(s.touch_instance(old.id, 20.0).unwrap());
@@ -122,4 +122,34 @@ fn schema_2_gains_last_seen() {
         )
         .unwrap();
     assert_eq!(res.jobs.len(), 1);
+}
+
+#[test]
+fn schema_8_links_every_dependency_a_job_names() {
+    // Version 7 linked only the dependencies a job waited on: one canceled at submit for
+    // a dependency already dead had none.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let mut s = SqliteStore::open(&path).unwrap();
+    let dep = s.submit(&[common::job_in("g")], 1.0).unwrap()[0];
+    let mut job = common::job_in("g");
+    job.after = vec![dep];
+    let id = s.submit(&[job], 1.0).unwrap()[0];
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DELETE FROM job_deps; PRAGMA user_version = 7;")
+        .unwrap();
+    drop(conn);
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 8);
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let linked: Vec<(i64, i64)> = conn
+        .prepare("SELECT job, dep FROM job_deps")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(linked, [(id, dep)]);
 }

@@ -167,6 +167,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
         AND (finished_at IS NULL OR abs(finished_at) < 1e15)
         AND (signal IS NULL OR signal BETWEEN -2147483648 AND 2147483647));
     "#,
+    // Every dependency a job names is in `job_deps`. A job canceled at submit for a
+    // dependency that had already ended otherwise had no row: a retry of it then found
+    // nothing to wait on and ran it, and purge took the dependency.
+    r#"
+    INSERT INTO job_deps (job, dep)
+        SELECT j.id, d::bigint
+        FROM jobs j, jsonb_array_elements_text(
+            CASE WHEN jsonb_typeof(j.after_ids) = 'array' THEN j.after_ids
+                 ELSE '[]'::jsonb END) AS d
+        WHERE j.after_ids IS NOT NULL AND d ~ '^-?[0-9]{1,18}$'
+        ON CONFLICT DO NOTHING;
+    "#,
 ];
 
 /// The newest PostgreSQL schema version this code knows (`supervisor_schema.version` of

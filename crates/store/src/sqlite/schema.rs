@@ -135,15 +135,32 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Migrations after [`damage_guard`] (version 7), from version 8 on.
+const LATER: &[&str] = &[
+    // Version 8: every dependency a job names is in `job_deps`. A job canceled at submit
+    // for a dependency that had already ended otherwise had no row: a retry of it then
+    // found nothing to wait on and ran it, and purge took the dependency.
+    r#"
+    INSERT OR IGNORE INTO job_deps (job, dep)
+        SELECT jobs.id, d.value
+        FROM jobs, json_each(CASE WHEN json_valid(jobs.after_ids)
+                                   AND json_type(jobs.after_ids) = 'array'
+                              THEN jobs.after_ids ELSE '[]' END) AS d
+        WHERE jobs.after_ids IS NOT NULL AND d.type = 'integer';
+    "#,
+];
+
 /// The newest schema version this code knows (`PRAGMA user_version` of a current file):
-/// the migrations above, then [`damage_guard`].
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32 + 1;
+/// the migrations above, then [`damage_guard`], then [`LATER`].
+pub const SCHEMA_VERSION: u32 = (MIGRATIONS.len() + 1 + LATER.len()) as u32;
 
 /// The SQL of schema version `version` (1-based).
 fn migration(version: u32) -> std::borrow::Cow<'static, str> {
-    match MIGRATIONS.get(version as usize - 1) {
-        Some(sql) => (*sql).into(),
-        None => damage_guard().into(),
+    let first = MIGRATIONS.len() + 1;
+    match version as usize {
+        v if v < first => MIGRATIONS[v - 1].into(),
+        v if v == first => damage_guard().into(),
+        v => LATER[v - first - 1].into(),
     }
 }
 
