@@ -27,6 +27,20 @@ fn text(out: &std::process::Output) -> (String, String) {
 }
 
 /// One group `g` of `workers` that retries at once, with quick heartbeats.
+/// A job of group `g` with one attempt, running `script` with `sh -c`.
+fn one_try(sb: &Sandbox, script: &str) -> i64 {
+    sb.submit(&[
+        "--group",
+        "g",
+        "--max-attempts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
 fn one_group(workers: u32) -> Value {
     json!({
         "heartbeat": {"interval_s": 0.2, "timeout_s": 2},
@@ -155,16 +169,7 @@ fn retry_queues_a_final_job_again_with_a_fresh_attempt_budget() {
 fn purge_deletes_final_jobs_and_their_logs_by_state_and_age() {
     let sb = Sandbox::new(&one_group(2));
     let ok = sb.submit(&["--group", "g", "--", "echo", "fine"]);
-    let bad = sb.submit(&[
-        "--group",
-        "g",
-        "--max-attempts",
-        "1",
-        "--",
-        "sh",
-        "-c",
-        "echo no; exit 3",
-    ]);
+    let bad = one_try(&sb, "echo no; exit 3");
     let mut sv = sb.start(&[]);
     sb.wait_job(ok, &["succeeded"], T);
     sb.wait_job(bad, &["dead"], T);
@@ -193,7 +198,7 @@ fn purge_deletes_final_jobs_and_their_logs_by_state_and_age() {
     assert_eq!(sb.job(held.id)["state"], "running");
     // A chain, each after the one before, the first dead: the dependents are canceled,
     // and one purge takes them all (a dependency goes once its dependent is gone).
-    let first = sb.submit(&["--group", "g", "--max-attempts", "1", "--", "false"]);
+    let first = one_try(&sb, "false");
     let mut chain = vec![first];
     for _ in 0..3 {
         let after = chain.last().unwrap().to_string();
@@ -374,16 +379,7 @@ fn a_job_after_others_runs_once_they_succeeded_and_is_canceled_if_one_did_not() 
         "--",
         "true",
     ]);
-    let doomed = sb.submit(&[
-        "--group",
-        "g",
-        "--max-attempts",
-        "1",
-        "--",
-        "sh",
-        "-c",
-        "test -e fixed",
-    ]);
+    let doomed = one_try(&sb, "test -e fixed");
     let orphan = sb.submit(&[
         "--group",
         "g",

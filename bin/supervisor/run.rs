@@ -42,7 +42,7 @@ const HURRIED_STORE_WAIT: std::time::Duration = std::time::Duration::from_millis
 
 /// SIGINTs so far, counted by the signal thread as they come: from the second on, the
 /// stop is at once, and so is the exit (a store that does not answer is tried once, not
-/// for [`outcomes::PENDING_AT_EXIT`]), even when the loop is busy exiting already.
+/// for as long as a graceful stop tries it), even when the loop is busy exiting already.
 static INTERRUPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A SIGINT came (the signal thread): count it; from the second, store calls wait

@@ -500,5 +500,12 @@ mod tests {
         ] {
             assert_eq!(own_refusal(left), None, "{}", String::from_utf8_lossy(left));
         }
+        // Whatever follows the status line, cut anywhere (inside a character too), it
+        // never panics.
+        let mut head = b"HTTP/1.1 4\xff\xfe0\r\ncontent-length: 0\r\n\r\n\xe2\x82".to_vec();
+        head.extend(std::iter::repeat_n(b'\xc3', 600));
+        for cut in 0..=head.len() {
+            let _ = own_refusal(&head[..cut]);
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::{Supervisor, Wake};
 
 /// How long a stopping supervisor keeps trying to store the outcomes that wait, before it
 /// exits and leaves them to the next run (the outcomes journal).
-pub(super) const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
+const PENDING_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// The store's record of an attempt's outcome.
 pub(super) fn stored_outcome(

@@ -47,7 +47,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
 
     // Before the store is opened (and an SQLite file made): a journal of another
     // store's outcomes refuses this run.
-    journal_of_this_store(&config)?;
+    let journal = journal_of_this_store(&config)?;
     let store_arg = crate::store::arg(&config.store);
     let mut store = crate::store::open_for_loop(&store_arg)
         .with_context(|| format!("cannot open the job store {}", config.store.describe()))?;
@@ -59,7 +59,7 @@ pub fn run(config_path: &Path, until_empty: bool) -> Result<i32> {
     let pid = std::process::id();
     let token = crate::instances::token();
     let instance = store.register_instance(&me.host, pid, &token, wall_now())?;
-    let left = take_over(&mut store, &config, instance, &me)?;
+    let left = take_over(&mut store, &config, journal, instance, &me)?;
 
     let retention = crate::retention::Retention::start(
         store_arg.clone(),
@@ -193,6 +193,7 @@ struct LeftBehind {
 fn take_over(
     store: &mut crate::store::Store,
     config: &Config,
+    journal: (PathBuf, crate::journal::Loaded),
     instance: i64,
     me: &Me,
 ) -> Result<LeftBehind> {
@@ -204,7 +205,7 @@ fn take_over(
         .filter(|i| i.id != instance && i.host == me.host && me.is_dead(i, now))
         .map(|i| crate::instances::marker(i.pid, &i.token))
         .collect();
-    let replayed = replay_journal(store, config, now)?;
+    let replayed = replay_journal(store, config, journal, now)?;
     let orphans = store.requeue_orphans(instance, &|i| me.is_dead(i, now), now)?;
     let lost = lost_attempts(store, &orphans, now);
     // Those whose supervisors keep dying under them are dead now.
@@ -248,15 +249,16 @@ fn journal_of_this_store(config: &Config) -> Result<(PathBuf, crate::journal::Lo
     Ok((journal, loaded))
 }
 
-/// Store the outcomes a previous run could not, from the outcomes journal, then give
+/// Store the outcomes a previous run could not, from the outcomes journal (as
+/// [`journal_of_this_store`] read it, before the store was opened), then give
 /// back the jobs of the runs that stopped without giving them back; returns the events
 /// of the outcomes stored.
 fn replay_journal(
     store: &mut crate::store::Store,
     config: &Config,
+    (journal, loaded): (PathBuf, crate::journal::Loaded),
     now: f64,
 ) -> Result<Vec<HeldEvent>> {
-    let (journal, loaded) = journal_of_this_store(config)?;
     let ours = store_identity(&config.store);
     let (mut stored, mut stale) = (0, 0);
     let mut events = Vec::new();
